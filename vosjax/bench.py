@@ -1,0 +1,27 @@
+"""Benchmarks: `python -m vosjax.bench {backbone,clustering,keyframes,data,evaluate} [options]`.
+
+Each benchmark lives in `vosjax/benchmarks/<name>.py` and exposes `main(argv)`.
+"""
+import importlib
+import pkgutil
+import sys
+
+import vosjax.benchmarks
+
+
+def available():
+  return sorted(m.name for m in pkgutil.iter_modules(vosjax.benchmarks.__path__))
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  names = available()
+  if not argv or argv[0] not in names:
+    print(f"usage: python -m vosjax.bench {{{','.join(names)}}} [options]", file=sys.stderr)
+    return 2
+  module = importlib.import_module(f"vosjax.benchmarks.{argv[0]}")
+  return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

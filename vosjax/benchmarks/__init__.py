@@ -1,0 +1,1 @@
+"""Benchmarks run with `python -m vosjax.bench NAME`; each module here has `main(argv)`."""

@@ -1,0 +1,1 @@
+"""Input pipelines: MOVi through TFDS, the synthetic MOVi-format dataset, DAVIS folders, videos."""
