@@ -1,0 +1,92 @@
+"""Orbax checkpoints: atomic periodic saves, automatic resume, fallback past a corrupt latest step.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,meta}`. Orbax writes each step into a temporary directory
+and renames it when complete, so a save interrupted by SIGKILL leaves no half-written `<step>`
+directory behind; a directory that is damaged afterwards (truncated files) is skipped on restore with a
+warning and the previous step is used instead.
+
+`meta` is JSON holding the step and the data position (number of batches consumed), so a resumed run
+continues with the exact batch an uninterrupted run would have seen next.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+@dataclasses.dataclass
+class Restored:
+  """What `CheckpointManager.restore_latest` found: the state and its metadata."""
+  state: Any
+  meta: dict
+
+
+class CheckpointManager:
+  """A thin wrapper of `orbax.checkpoint.CheckpointManager` for one train state pytree."""
+
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, asynchronous: bool = False):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        cleanup_tmp_directories=True,  # leftovers of a save killed mid-write
+        enable_async_checkpointing=asynchronous,
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict, *, force: bool = True) -> None:
+    """Saves `state` (any pytree of jax arrays) and the JSON `meta` at `step`, atomically."""
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=force,
+    )
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def restore_latest(self, abstract_state: Any) -> Restored | None:
+    """Restores the newest readable checkpoint into the shardings of `abstract_state`.
+
+    Args:
+      abstract_state: a pytree of `jax.ShapeDtypeStruct` (with `.sharding`) or arrays, giving the
+        structure, shapes and target shardings; the device count may differ from the one that saved.
+
+    Returns:
+      `Restored` or None when there is no checkpoint. A checkpoint that fails to read is skipped
+      (logged), and the next older one is tried.
+    """
+    target = jax.tree.map(_as_abstract, abstract_state)
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+        )
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
+                        self.directory, step, type(e).__name__, str(e).splitlines()[0][:300])
+        continue
+      return Restored(state=restored["state"], meta=dict(restored["meta"]))
+    return None
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _as_abstract(x: Any) -> Any:
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
