@@ -1,0 +1,73 @@
+"""Frozen ViT feature extraction over video batches, chunked over frames to bound memory."""
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from vosjax.models import vit
+
+# ImageNet statistics, used by both DINO and DINOv2 preprocessing.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+FeatureFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
+
+
+def make_feature_extractor(
+    module: vit.VisionTransformer,
+    frame_chunk: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    output_dtype: Any = jnp.float32,
+) -> FeatureFn:
+  """Builds a jitted `extract(params, video) -> features` function for a frozen backbone.
+
+  The module's dtype is the compute dtype (build it with dtype=jnp.bfloat16 for a bf16 forward;
+  parameters stay float32 and are cast inside the layers). Frames are processed `frame_chunk` at a
+  time with `lax.map`, so peak memory is that of one chunk; the frame count is padded up to a whole
+  number of chunks and the padding is dropped from the outputs. No gradient flows to the params.
+
+  Args:
+    module: the ViT.
+    frame_chunk: frames per forward pass (>= 1).
+    mean: per-channel mean of the normalisation, applied to video in [0, 1].
+    std: per-channel standard deviation.
+    output_dtype: dtype of the returned features.
+
+  Returns:
+    extract(params, video) where params is the module's params tree (without the 'params'
+    wrapper) and video is float [B, T, H, W, 3] in [0, 1]. It returns a dict:
+      keys:   [B, T, h, w, C] last-block key projection (see vit.ViTOutput.keys),
+      tokens: [B, T, h, w, C] last-block output tokens before the final norm,
+      cls:    [B, T, C] CLS token before the final norm.
+  """
+  if frame_chunk < 1:
+    raise ValueError(f"frame_chunk must be >= 1, got {frame_chunk}")
+  mean_array = jnp.asarray(mean, jnp.float32)
+  std_array = jnp.asarray(std, jnp.float32)
+
+  def forward(params: Any, frames: jax.Array) -> dict[str, jax.Array]:
+    output = module.apply({"params": params}, frames.astype(module.dtype))
+    return {"keys": output.keys.astype(output_dtype),
+            "tokens": output.tokens.astype(output_dtype),
+            "cls": output.cls.astype(output_dtype)}
+
+  @jax.jit
+  def extract(params: Any, video: jax.Array) -> dict[str, jax.Array]:
+    if video.ndim != 5 or video.shape[-1] != 3:
+      raise ValueError(f"video must be [B, T, H, W, 3], got shape {video.shape}")
+    batch, time, height, width, _ = video.shape
+    num_frames = batch * time
+    chunk = min(frame_chunk, num_frames)
+    num_chunks = -(-num_frames // chunk)
+    frames = video.reshape(num_frames, height, width, 3).astype(jnp.float32)
+    frames = (frames - mean_array) / std_array
+    frames = jnp.pad(frames, ((0, num_chunks * chunk - num_frames), (0, 0), (0, 0), (0, 0)))
+    frames = frames.reshape(num_chunks, chunk, height, width, 3)
+    params = jax.lax.stop_gradient(params)
+    chunked = jax.lax.map(lambda chunk_frames: forward(params, chunk_frames), frames)
+    return jax.tree.map(
+        lambda x: x.reshape((num_chunks * chunk,) + x.shape[2:])[:num_frames].reshape(
+            (batch, time) + x.shape[2:]), chunked)
+
+  return extract
