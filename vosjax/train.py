@@ -16,7 +16,6 @@ import importlib
 import logging
 import pkgutil
 import signal
-import time
 from typing import Any
 
 import flax
