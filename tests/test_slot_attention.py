@@ -1,0 +1,226 @@
+"""Tests for vosjax.models.slot_attention."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import reference_slot_attention as reference
+from vosjax.models import slot_attention as sa
+
+B, K, N, D, D_IN = 2, 4, 10, 8, 6
+_MLP_HIDDEN = 12
+# Every module in this file uses this MLP width so that one parameter set serves all.
+_slot_attention = functools.partial(sa.SlotAttention, mlp_hidden_size=_MLP_HIDDEN)
+
+
+def _randomize(params, key, scale=0.5):
+  """Replaces every parameter (incl. zero biases, unit LN scales) by random values."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  new = [leaf + scale * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
+  return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def _inputs(seed=0):
+  rng = np.random.default_rng(seed)
+  slots = rng.normal(size=(B, K, D)).astype(np.float32)
+  inputs = rng.normal(size=(B, N, D_IN)).astype(np.float32)
+  return jnp.asarray(slots), jnp.asarray(inputs)
+
+
+@functools.lru_cache(maxsize=None)
+def _full_params(seed=0):
+  """Random parameters of the largest variant (q/k/v bias, GRU, MLP); initialised once
+  because parameter initialisation dominates this file's run time."""
+  module = _slot_attention(use_qkv_bias=True)
+  slots, inputs = _inputs()
+  params = module.init(jax.random.key(seed), slots, inputs)['params']
+  return _randomize(params, jax.random.key(seed + 100))
+
+
+def _init(module, slots, inputs, seed=0):
+  """Parameters for `module`: the full random set minus the parts it does not use."""
+  del slots, inputs
+  params = dict(_full_params(seed))
+  if not module.use_qkv_bias:
+    for name in ('project_q', 'project_k', 'project_v'):
+      params[name] = {'kernel': params[name]['kernel']}
+  if not module.use_gru:
+    del params['gru']
+  if module.mlp_hidden_size is None:
+    for name in ('norm_mlp', 'mlp_hidden', 'mlp_out'):
+      del params[name]
+  return params
+
+
+@pytest.mark.parametrize('use_qkv_bias,use_gru,use_mlp',
+                         [(False, True, True), (True, True, True), (True, False, True),
+                          (False, True, False)])
+def test_matches_numpy_reference(use_qkv_bias, use_gru, use_mlp):
+  module = _slot_attention(num_iterations=3, mlp_hidden_size=_MLP_HIDDEN if use_mlp else None,
+                            epsilon=1e-8, use_qkv_bias=use_qkv_bias, use_gru=use_gru,
+                            return_all_attention=True)
+  slots, inputs = _inputs()
+  params = _init(module, slots, inputs)
+  out_slots, attn = module.apply({'params': params}, slots, inputs)
+  np_params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
+  ref_slots, ref_attn = reference.slot_attention(
+      np_params, np.asarray(slots), np.asarray(inputs), num_iterations=3, epsilon=1e-8,
+      layer_norm_epsilon=1e-5, use_gru=use_gru, use_mlp=use_mlp)
+  assert attn.shape == (3, B, K, N)
+  np.testing.assert_allclose(np.asarray(out_slots), ref_slots, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(attn), ref_attn, rtol=1e-5, atol=1e-6)
+
+
+def test_large_epsilon_is_added_to_attention():
+  # With a big epsilon the weighted mean becomes nearly uniform: this separates "added to
+  # the attention" (ours, as the reference) from "added to the denominator" (SAVi).
+  module = _slot_attention(num_iterations=2, epsilon=0.5)
+  slots, inputs = _inputs(1)
+  params = _init(module, slots, inputs)
+  out_slots, _ = module.apply({'params': params}, slots, inputs)
+  np_params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
+  ref_slots, _ = reference.slot_attention(np_params, np.asarray(slots), np.asarray(inputs),
+                                          num_iterations=2, epsilon=0.5,
+                                          layer_norm_epsilon=1e-5)
+  np.testing.assert_allclose(np.asarray(out_slots), ref_slots, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_is_softmax_over_slots():
+  module = _slot_attention(num_iterations=3)
+  slots, inputs = _inputs(2)
+  params = _init(module, slots, inputs)
+  _, attn = module.apply({'params': params}, slots, inputs)
+  assert attn.shape == (B, K, N)
+  np.testing.assert_allclose(np.asarray(attn.sum(axis=1)), 1.0, atol=1e-6)
+  assert float(attn.min()) >= 0.0
+
+
+def test_invariant_to_input_permutation():
+  module = _slot_attention(num_iterations=3, use_qkv_bias=True)
+  slots, inputs = _inputs(3)
+  params = _init(module, slots, inputs)
+  perm = np.random.default_rng(0).permutation(N)
+  out, attn = module.apply({'params': params}, slots, inputs)
+  out_perm, attn_perm = module.apply({'params': params}, slots, inputs[:, perm])
+  np.testing.assert_allclose(np.asarray(out_perm), np.asarray(out), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(attn_perm), np.asarray(attn[:, :, perm]),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_equivariant_to_slot_permutation_with_gaussian_init():
+  init = sa.GaussianSlotInit(num_slots=K, slot_dim=D)
+  module = _slot_attention(num_iterations=3)
+  _, inputs = _inputs(4)
+  noise = jax.random.normal(jax.random.key(5), (B, K, D))
+  init_params = _randomize(init.init(jax.random.key(0), B, noise)['params'],
+                           jax.random.key(1))
+  slots = init.apply({'params': init_params}, B, noise)
+  params = _init(module, slots, inputs)
+  perm = np.array([2, 0, 3, 1])
+  slots_perm = init.apply({'params': init_params}, B, noise[:, perm])
+  np.testing.assert_allclose(np.asarray(slots_perm), np.asarray(slots[:, perm]), atol=1e-6)
+  out, attn = module.apply({'params': params}, slots, inputs)
+  out_perm, attn_perm = module.apply({'params': params}, slots_perm, inputs)
+  np.testing.assert_allclose(np.asarray(out_perm), np.asarray(out[:, perm]),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(attn_perm), np.asarray(attn[:, perm]),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_init_uses_slots_rng_and_checks_noise_shape():
+  init = sa.GaussianSlotInit(num_slots=K, slot_dim=D)
+  variables = init.init({'params': jax.random.key(0), 'slots': jax.random.key(1)}, B)
+  first = init.apply(variables, B, rngs={'slots': jax.random.key(2)})
+  second = init.apply(variables, B, rngs={'slots': jax.random.key(3)})
+  assert first.shape == (B, K, D)
+  assert not np.allclose(np.asarray(first), np.asarray(second))
+  mu = variables['params']['mu']
+  sigma = jnp.exp(variables['params']['log_sigma'])
+  noise = jax.random.normal(jax.random.key(4), (B, K, D))
+  np.testing.assert_allclose(np.asarray(init.apply(variables, B, noise)),
+                             np.asarray(mu + sigma * noise), atol=1e-6)
+  with pytest.raises(ValueError, match='noise must have shape'):
+    init.apply(variables, B, jnp.zeros((B, K + 1, D)))
+
+
+def test_learned_init_is_shared_over_batch():
+  init = sa.LearnedSlotInit(num_slots=K, slot_dim=D)
+  variables = init.init(jax.random.key(0), 3)
+  slots = init.apply(variables, 3)
+  assert slots.shape == (3, K, D)
+  np.testing.assert_array_equal(np.asarray(slots[0]), np.asarray(slots[2]))
+  np.testing.assert_array_equal(np.asarray(slots[1]), np.asarray(variables['params']['queries']))
+
+
+def test_rejects_bad_arguments():
+  slots, inputs = _inputs()
+  with pytest.raises(ValueError, match='gradient_mode'):
+    sa.SlotAttention(gradient_mode='nope').init(jax.random.key(0), slots, inputs)
+  with pytest.raises(ValueError, match='same B'):
+    sa.SlotAttention().init(jax.random.key(0), slots, inputs[:1])
+
+
+def _grads(mode, params, slots, inputs, cotangent, iters=3):
+  module = _slot_attention(num_iterations=iters, gradient_mode=mode)
+
+  def loss(p, s):
+    out, _ = module.apply({'params': p}, s, inputs)
+    return jnp.sum(out * cotangent)
+
+  return (jax.grad(loss, argnums=(0, 1)))(params, slots)
+
+
+def _manual_last_iteration(params, slots, inputs, cotangent, iters=3):
+  """Gradient of the last iteration alone, taken at the (constant) pre-last slots."""
+  head = _slot_attention(num_iterations=iters - 1)
+  last = _slot_attention(num_iterations=1)
+  slots_mid, _ = head.apply({'params': params}, slots, inputs)
+
+  def loss(p, s):
+    out, _ = last.apply({'params': p}, s, inputs)
+    return jnp.sum(out * cotangent)
+
+  return (jax.grad(loss, argnums=(0, 1)))(params, slots_mid)
+
+
+def test_straight_through_gradients_only_pass_the_last_iteration():
+  slots, inputs = _inputs(6)
+  module = _slot_attention(num_iterations=3)
+  params = _init(module, slots, inputs)
+  cotangent = jax.random.normal(jax.random.key(7), (B, K, D))
+  full_p, full_s = _grads('full', params, slots, inputs, cotangent)
+  last_p, last_s = _grads('last_iteration', params, slots, inputs, cotangent)
+  init_p, init_s = _grads('last_iteration_to_init', params, slots, inputs, cotangent)
+  manual_p, manual_s_mid = _manual_last_iteration(params, slots, inputs, cotangent)
+
+  def assert_trees_close(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=2e-5)
+
+  assert_trees_close(last_p, manual_p)
+  assert_trees_close(init_p, manual_p)
+  # 'last_iteration' cuts the initial slots off; the SMTC variant hands them the gradient
+  # of the pre-last slots unchanged.
+  np.testing.assert_array_equal(np.asarray(last_s), 0.0)
+  np.testing.assert_allclose(np.asarray(init_s), np.asarray(manual_s_mid), rtol=1e-4,
+                             atol=2e-5)
+  # Full backprop differs (gradient also flows through the first two iterations).
+  assert not np.allclose(np.asarray(full_s), np.asarray(init_s), atol=1e-4)
+  diffs = [float(jnp.max(jnp.abs(x - y))) for x, y in
+           zip(jax.tree_util.tree_leaves(full_p), jax.tree_util.tree_leaves(last_p))]
+  assert max(diffs) > 1e-4
+
+
+def test_gradient_modes_share_the_forward_pass():
+  slots, inputs = _inputs(8)
+  outs = []
+  for mode in ('full', 'last_iteration', 'last_iteration_to_init'):
+    module = _slot_attention(num_iterations=3, gradient_mode=mode)
+    params = _init(module, slots, inputs)
+    outs.append(np.asarray(module.apply({'params': params}, slots, inputs)[0]))
+  np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(outs[2], outs[0], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,194 @@
+"""Building blocks shared by the slot-attention models.
+
+Soft position embeddings, spatial broadcast, PyTorch-style convolution blocks with
+InstanceNorm, and ceil-mode max pooling. All tensors are channels-last (`[B, H, W, C]`).
+
+PyTorch `nn.InstanceNorm2d(affine=True)` (as used by Motion Grouping) normalises each
+channel of each example over H and W with the biased variance and eps 1e-5, and keeps no
+running statistics; `flax.linen.InstanceNorm` does the same with the settings below.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+# PyTorch's InstanceNorm2d default epsilon (flax's default is 1e-6).
+TORCH_INSTANCE_NORM_EPS = 1e-5
+
+
+def build_grid(height: int, width: int) -> np.ndarray:
+  """Returns the soft position grid used by Slot Attention and Motion Grouping.
+
+  Args:
+    height: Number of rows.
+    width: Number of columns.
+
+  Returns:
+    float32 `[height, width, 4]` with channels `[y, x, 1 - y, 1 - x]`, where y and x run
+    linearly from 0 to 1 inclusive (`np.linspace(0, 1, n)`), as in the official code.
+  """
+  ys = np.linspace(0.0, 1.0, num=height, dtype=np.float64)
+  xs = np.linspace(0.0, 1.0, num=width, dtype=np.float64)
+  grid = np.stack(np.meshgrid(ys, xs, indexing='ij'), axis=-1)
+  return np.concatenate([grid, 1.0 - grid], axis=-1).astype(np.float32)
+
+
+class SoftPositionEmbed(nn.Module):
+  """Adds a learned linear projection of the `[y, x, 1-y, 1-x]` grid to the features."""
+
+  @nn.compact
+  def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+    """Adds the position embedding.
+
+    Args:
+      inputs: `[..., H, W, D]` features.
+
+    Returns:
+      `[..., H, W, D]` features plus `Dense(D)(grid)` (broadcast over leading axes).
+    """
+    if inputs.ndim < 3:
+      raise ValueError(
+          f'SoftPositionEmbed expects [..., H, W, D] inputs, got shape {inputs.shape}.')
+    height, width, features = inputs.shape[-3:]
+    grid = jnp.asarray(build_grid(height, width))
+    return inputs + nn.Dense(features, name='proj')(grid)
+
+
+def spatial_broadcast(slots: jnp.ndarray, resolution: Sequence[int]) -> jnp.ndarray:
+  """Tiles every slot vector over a 2-D grid.
+
+  Args:
+    slots: `[B, K, D]` slot vectors.
+    resolution: `(h, w)` grid size.
+
+  Returns:
+    `[B, K, h, w, D]`.
+  """
+  height, width = resolution
+  return jnp.broadcast_to(
+      slots[:, :, None, None, :],
+      slots.shape[:2] + (height, width) + slots.shape[2:])
+
+
+def torch_conv_transpose_padding(kernel_size: int, stride: int, padding: int,
+                                 output_padding: int) -> tuple[int, int]:
+  """Flax `ConvTranspose` padding that reproduces a PyTorch `ConvTranspose2d`.
+
+  PyTorch's transposed convolution equals a stride-1 convolution of the stride-dilated
+  input padded by `k - 1 - p` before and `k - 1 - p + output_padding` after; flax applies
+  its explicit padding to that dilated input, so the two agree in output size and
+  alignment. Output size: `(n - 1) * stride - 2 * padding + kernel_size + output_padding`.
+  Flax's kernel (with `transpose_kernel=False`) is PyTorch's spatially flipped.
+
+  Args:
+    kernel_size: Kernel size k.
+    stride: Stride s (only used to document the formula; padding does not depend on it).
+    padding: PyTorch `padding` p.
+    output_padding: PyTorch `output_padding`.
+
+  Returns:
+    `(low, high)` padding for one spatial axis.
+  """
+  del stride
+  low = kernel_size - 1 - padding
+  return low, low + output_padding
+
+
+class ConvNormReLU(nn.Module):
+  """Conv (stride 1, 'SAME' padding = PyTorch `padding=k//2`) + InstanceNorm(affine) + ReLU.
+
+  Attributes:
+    features: Output channels.
+    kernel_size: Square kernel size (odd).
+    use_norm: Whether to apply InstanceNorm (affine) between conv and ReLU.
+    use_relu: Whether to apply the ReLU.
+  """
+  features: int
+  kernel_size: int = 5
+  use_norm: bool = True
+  use_relu: bool = True
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """`[B, H, W, C]` -> `[B, H, W, features]`."""
+    pad = self.kernel_size // 2
+    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
+                padding=((pad, pad), (pad, pad)), name='conv')(x)
+    if self.use_norm:
+      x = nn.InstanceNorm(epsilon=TORCH_INSTANCE_NORM_EPS, use_fast_variance=False,
+                          name='norm')(x)
+    if self.use_relu:
+      x = nn.relu(x)
+    return x
+
+
+class ConvTransposeNormReLU(nn.Module):
+  """PyTorch `ConvTranspose2d(k, stride, padding, output_padding)` + InstanceNorm + ReLU.
+
+  Defaults (5, 2, 2, 1) double the spatial size exactly, as in Motion Grouping's decoder.
+
+  Attributes:
+    features: Output channels.
+    kernel_size: Square kernel size.
+    stride: Upsampling stride.
+    padding: PyTorch `padding`.
+    output_padding: PyTorch `output_padding`.
+    use_norm: Whether to apply InstanceNorm (affine).
+    use_relu: Whether to apply the ReLU.
+  """
+  features: int
+  kernel_size: int = 5
+  stride: int = 2
+  padding: int = 2
+  output_padding: int = 1
+  use_norm: bool = True
+  use_relu: bool = True
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """`[B, H, W, C]` -> `[B, H', W', features]`, H' = (H-1)s - 2p + k + output_padding."""
+    pad = torch_conv_transpose_padding(self.kernel_size, self.stride, self.padding,
+                                       self.output_padding)
+    x = nn.ConvTranspose(self.features, (self.kernel_size, self.kernel_size),
+                         strides=(self.stride, self.stride), padding=(pad, pad),
+                         name='conv_transpose')(x)
+    if self.use_norm:
+      x = nn.InstanceNorm(epsilon=TORCH_INSTANCE_NORM_EPS, use_fast_variance=False,
+                          name='norm')(x)
+    if self.use_relu:
+      x = nn.relu(x)
+    return x
+
+
+def max_pool_2x2_ceil(x: jnp.ndarray) -> jnp.ndarray:
+  """PyTorch `MaxPool2d(2, stride=2, ceil_mode=True)` on `[B, H, W, C]`.
+
+  Odd sizes are padded at the end with -inf, so the last partial window is kept.
+
+  Returns:
+    `[B, ceil(H/2), ceil(W/2), C]`.
+  """
+  pad_h = x.shape[-3] % 2
+  pad_w = x.shape[-2] % 2
+  if pad_h or pad_w:
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=-jnp.inf)
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+
+
+class FeatureMLP(nn.Module):
+  """Dense(hidden) -> ReLU -> Dense(out): the per-token feed-forward after the encoder.
+
+  Attributes:
+    hidden_size: Hidden width.
+    output_size: Output width.
+  """
+  hidden_size: int
+  output_size: int
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """`[..., D_in]` -> `[..., output_size]`."""
+    x = nn.relu(nn.Dense(self.hidden_size, name='dense_1')(x))
+    return nn.Dense(self.output_size, name='dense_2')(x)
