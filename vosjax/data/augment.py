@@ -57,7 +57,7 @@ class AugmentationConfig:
   def from_config(cls, config) -> "AugmentationConfig":
     """Builds from a mapping / ConfigDict with any subset of the field names."""
     names = {f.name for f in dataclasses.fields(cls)}
-    values = dict(config) if config is not None else {}
+    values = dict(config.items()) if config is not None else {}
     unknown = set(values) - names
     if unknown:
       raise ValueError(f"Unknown augmentation option(s) {sorted(unknown)}; known: {sorted(names)}.")

@@ -1,0 +1,298 @@
+"""Betrayed by Attention (Ding et al., ECCV 2024): method glue for `vosjax.train`.
+
+Training (`src/train_RGB_cluster.py`): a clip of T = 3 frames is augmented (`vosjax.data.augment`),
+ImageNet-normalized and passed through the frozen DINO ViT; the per-frame CLS token and last-block
+patch keys enter one spatio-temporal Transformer block (`vosjax.models.spatiotemporal`), whose output
+tokens and dropout-perturbed attention feed the semantic and motion consistency losses
+(`vosjax.attention_losses`), weighted 1 : 1. Only the block is trained (AdamW, cosine learning rate
+lr -> final_learning_rate without warmup, weight decay on >= 2-D weights only).
+
+Inference (`src/eval_oneshot.py`): per-frame backbone keys -> the block's q, k projection of
+norm1(keys) -> sparse key-frame attention and hierarchical clustering (`vosjax.clustering`) -> token
+labels, upsampled (nearest) to the input resolution. Every cluster, background included, is a segment.
+
+Frozen backbone: `make_model` loads the backbone once (`vosjax.models.pretrained.load_backbone`) and
+returns a `BetrayedModel`, a pytree whose leaves are the frozen backbone parameters and whose static
+fields are the modules. The trained parameters (`init_params`, what the optimizer updates and the
+checkpoints store) are the block's only. A caller that closes over the model in `jax.jit` embeds the
+backbone weights as constants (works, but makes compilation slower); passing the model as a jit
+argument avoids that.
+
+Config keys read here (`default_config`; configs/movi_e.py adds `data`): backbone.*, model.{num_heads, mlp_ratio,
+dropout_rate, attention_dropout_rate, train_resolution, inference_resolution, tau, key_frame_ratio,
+max_window_clusters, max_clusters, max_levels}, loss.*, augment.*, optimizer.*, num_train_steps.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vosjax import attention_losses
+from vosjax import clustering
+from vosjax.data import augment
+from vosjax.models import features as features_lib
+from vosjax.models import pretrained
+from vosjax.models import spatiotemporal
+from vosjax.models import vit
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Method settings shared by the Betrayed-by-Attention configs (official values); no `data`."""
+  config = ml_collections.ConfigDict()
+  config.method = "betrayed"
+  config.seed = 0
+  config.batch_size = 8  # 8 GPUs x 1 clip in the official run
+  config.eval_batch_size = 8
+  config.num_train_steps = 60_000
+  config.log_every_steps = 100
+  config.eval_every_steps = 0  # 0: evaluate only at the end (clustering full videos is slow)
+  config.checkpoint_every_steps = 1000
+  config.max_to_keep = 3
+  config.num_eval_videos_to_write = 8
+
+  config.backbone = pretrained.default_backbone_config()  # DINO ViT-S/8
+  config.backbone.arch_overrides = ml_collections.ConfigDict()  # tests only (random_init)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.num_heads = 8
+  config.model.mlp_ratio = 4.0
+  config.model.dropout_rate = 0.1  # official `path_drop`, used as plain dropout
+  config.model.attention_dropout_rate = 0.4  # also perturbs the attention the losses see (quirk)
+  # (H, W) the frames are resized to before the backbone; None keeps the data resolution.
+  config.model.train_resolution = ml_collections.FieldReference(None, field_type=tuple)
+  config.model.inference_resolution = ml_collections.FieldReference(None, field_type=tuple)
+  config.model.tau = 1.0  # 1.0 multi-object, 1.6 single-object (paper appendix)
+  config.model.key_frame_ratio = 10
+  config.model.max_window_clusters = 128
+  config.model.max_clusters = 1024
+  config.model.max_levels = 16
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.num_queries = 8
+  config.loss.semantic_positives = 30
+  config.loss.semantic_negatives = 200
+  config.loss.semantic_positive_margin = 0.9
+  config.loss.semantic_negative_margin = 0.1
+  config.loss.motion_positives = 10
+  config.loss.motion_negatives = 50
+  config.loss.motion_margin = 1.0
+  config.loss.semantic_weight = 1.0
+  config.loss.motion_weight = 1.0
+
+  config.augment = ml_collections.ConfigDict()  # vosjax.data.augment.AugmentationConfig fields
+  config.augment.grayscale_prob = 0.2
+  config.augment.jitter_prob = 0.8
+  config.augment.blur_prob = 0.5
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 1e-5
+  config.optimizer.final_learning_rate = 1e-6
+  config.optimizer.weight_decay = 0.1
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.eps = 1e-8
+  config.optimizer.grad_clip_norm = 0.0  # 0: no clipping (official)
+  return config
+
+
+@flax.struct.dataclass
+class BetrayedModel:
+  """The frozen backbone (modules static, parameters as leaves) and the trainable block module."""
+  backbone: vit.VisionTransformer = flax.struct.field(pytree_node=False)
+  block: spatiotemporal.SpatioTemporalBlock = flax.struct.field(pytree_node=False)
+  frame_chunk: int = flax.struct.field(pytree_node=False)
+  backbone_params: Any = None
+
+  def features(self, video: jax.Array) -> dict[str, jax.Array]:
+    """Frozen ViT features of video `[B, T, H, W, 3]` in [0, 1] (ImageNet-normalized inside).
+
+    Returns:
+      keys `[B, T, h, w, C]`, tokens `[B, T, h, w, C]`, cls `[B, T, C]`, without gradient.
+    """
+    extract = features_lib.make_feature_extractor(
+        self.backbone, self.frame_chunk, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD)
+    return jax.tree.map(jax.lax.stop_gradient,
+                        extract(jax.lax.stop_gradient(self.backbone_params), video))
+
+
+def _load_backbone(backbone_config: ml_collections.ConfigDict):
+  """`load_backbone`, or a shrunken random ViT when `backbone.arch_overrides` is set (tests only)."""
+  overrides = backbone_config.get("arch_overrides")
+  overrides = dict(overrides.items()) if overrides else {}
+  if not overrides:
+    return pretrained.load_backbone(backbone_config)
+  if not backbone_config.random_init:
+    raise ValueError("backbone.arch_overrides changes the architecture, so no pretrained checkpoint "
+                     "fits it; set backbone.random_init=True (tests only) or clear arch_overrides.")
+  arch = pretrained.resolve_architecture(backbone_config.name).replace(**overrides)
+  banner = "!" * 78
+  logging.warning("\n%s\n!!! backbone.random_init=True with arch_overrides=%s: the backbone has "
+                  "RANDOM weights and its features are meaningless; tests and benchmarks only.\n%s",
+                  banner, overrides, banner)
+  module = vit.VisionTransformer(arch)
+  size = 2 * arch.patch_size
+  params = module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
+  return module, params
+
+
+def make_model(config: ml_collections.ConfigDict) -> BetrayedModel:
+  """Loads the frozen backbone and builds the spatio-temporal block matching its width."""
+  backbone, backbone_params = _load_backbone(config.backbone)
+  block = spatiotemporal.SpatioTemporalBlock(
+      dim=backbone.arch.embed_dim, num_heads=config.model.num_heads,
+      mlp_ratio=config.model.mlp_ratio, dropout_rate=config.model.dropout_rate,
+      attention_dropout_rate=config.model.attention_dropout_rate)
+  return BetrayedModel(backbone=backbone, block=block, frame_chunk=config.backbone.frame_chunk,
+                       backbone_params=jax.device_put(backbone_params))
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with the official DINO-style cosine schedule and decay on >= 2-D parameters only."""
+  opt = config.optimizer
+  schedule = optax.cosine_decay_schedule(
+      init_value=opt.learning_rate, decay_steps=max(config.num_train_steps, 1),
+      alpha=opt.final_learning_rate / opt.learning_rate)
+  adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+                      mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+  if opt.grad_clip_norm:
+    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw)
+  return adamw
+
+
+def init_params(model: BetrayedModel, config: ml_collections.ConfigDict, rng: jax.Array,
+                batch: dict) -> Any:
+  """The block's parameters only (their shapes do not depend on the token count)."""
+  del batch
+  frames, dim = config.data.clip_length, model.block.dim
+  return model.block.init(rng, jnp.zeros((1, frames, dim)), jnp.zeros((1, frames, 1, dim)))["params"]
+
+
+def _resize(video: jax.Array, resolution) -> jax.Array:
+  """Bilinear resize of `[B, T, H, W, 3]` to `resolution` (no antialiasing, like cv2.resize)."""
+  if resolution is None or tuple(resolution) == tuple(video.shape[2:4]):
+    return video
+  shape = video.shape[:2] + tuple(resolution) + video.shape[4:]
+  return jax.image.resize(video, shape, "bilinear", antialias=False)
+
+
+def _check_video(batch: dict, what: str) -> jax.Array:
+  if "video" not in batch:
+    raise KeyError(f"Betrayed by Attention {what} needs batch['video'] [B, T, H, W, 3]; got keys "
+                   f"{sorted(batch)}.")
+  video = batch["video"]
+  if video.ndim != 5 or video.shape[-1] != 3:
+    raise ValueError(f"batch['video'] must be [B, T, H, W, 3], got {video.shape}.")
+  return video
+
+
+def _flatten_grid(x: jax.Array) -> jax.Array:
+  """`[B, T, h, w, C]` -> `[B, T, h * w, C]`."""
+  return x.reshape(x.shape[:2] + (-1,) + x.shape[4:])
+
+
+def loss_fn(params: Any, model: BetrayedModel, batch: dict, rng: jax.Array, step: jax.Array,
+            config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+  """Semantic + motion consistency on one augmented clip batch (official weights 1 : 1)."""
+  del step
+  video = _check_video(batch, "training")
+  if video.shape[1] < 2:
+    raise ValueError(f"Training clips need >= 2 frames, got T={video.shape[1]} "
+                     "(config.data.clip_length; official 3).")
+  augment_rng, query_rng, dropout_rng = jax.random.split(rng, 3)
+  video = _resize(video, config.model.train_resolution)
+  video = augment.augment_video(
+      augment_rng, video, augment.AugmentationConfig.from_config(config.augment))
+  feats = model.features(video)
+  keys = _flatten_grid(feats["keys"])
+  tokens, attention = model.block.apply({"params": params}, feats["cls"], keys,
+                                        deterministic=False, rngs={"dropout": dropout_rng})
+  loss_config = config.loss
+  queries = attention_losses.sample_query_indices(query_rng, keys.shape[2], loss_config.num_queries)
+  semantic = attention_losses.semantic_consistency_loss(
+      tokens, attention, queries, num_positives=loss_config.semantic_positives,
+      num_negatives=loss_config.semantic_negatives,
+      positive_margin=loss_config.semantic_positive_margin,
+      negative_margin=loss_config.semantic_negative_margin)
+  motion = attention_losses.motion_consistency_loss(
+      attention, queries, num_frames=video.shape[1], num_positives=loss_config.motion_positives,
+      num_negatives=loss_config.motion_negatives, margin=loss_config.motion_margin)
+  loss = loss_config.semantic_weight * semantic + loss_config.motion_weight * motion
+  return loss, {"semantic_loss": semantic, "motion_loss": motion}
+
+
+def query_key(params: Any, model: BetrayedModel, video: jax.Array,
+              config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, tuple[int, int]]:
+  """Per-frame q, k `[B, T, N, heads, head_dim]` of the block for `video` `[B, T, H, W, 3]`."""
+  keys = model.features(_resize(video, config.model.inference_resolution))["keys"]
+  grid = tuple(keys.shape[2:4])
+  q, k = model.block.apply({"params": params}, _flatten_grid(keys),
+                           method=spatiotemporal.SpatioTemporalBlock.query_key)
+  return q, k, grid
+
+
+def predict(params: Any, model: BetrayedModel, batch: dict,
+            config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Segments whole videos by key-frame attention clustering.
+
+  Returns:
+    ids: int32 `[B, T, H, W]` cluster index per pixel (arbitrary order; background is a cluster).
+    num_clusters: int32 `[B]`; overflow: bool `[B]` (clustering capacity exceeded, see clustering).
+  """
+  video = _check_video(batch, "prediction")
+  q, k, grid = query_key(params, model, video, config)
+  model_config = config.model
+
+  def cluster(q_video, k_video):
+    return clustering.hierarchical_cluster(
+        q_video, k_video, grid_shape=grid, tau=model_config.tau, ratio=model_config.key_frame_ratio,
+        max_window_clusters=model_config.max_window_clusters,
+        max_clusters=model_config.max_clusters, max_levels=model_config.max_levels)
+
+  result = jax.vmap(cluster)(q, k)
+  ids = clustering.upsample_labels(result.labels, tuple(video.shape[2:4])).astype(jnp.int32)
+  return {"ids": ids, "num_clusters": result.num_clusters[:, -1], "overflow": result.overflow}
+
+
+def _palette(count: int) -> np.ndarray:
+  """Fixed distinct colors `[count, 3]` uint8 (golden-ratio hues)."""
+  hues = (np.arange(count) * 0.618033988749895) % 1.0
+  hsv = np.stack([hues, np.full(count, 0.75), np.full(count, 0.95)], axis=-1)
+  return np.asarray(augment.hsv_to_rgb(jnp.asarray(hsv)) * 255.0).astype(np.uint8)
+
+
+def summary_images(params: Any, model: BetrayedModel, batch: dict,
+                   config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """For the first clip: frames | cluster labels, and the attention of the centre token of frame 0.
+
+  Returns:
+    "segmentation": uint8 `[T, H, 2W, 3]`; "attention": uint8 `[T, H, W, 3]` (each frame's attention
+    from the query, shared color scale, upsampled nearest).
+  """
+  video = jnp.asarray(_check_video(batch, "summary")[:1])
+  ids = np.asarray(jax.jit(lambda p, v: predict(p, model, {"video": v}, config)["ids"])(
+      params, video))[0]
+  frames = np.asarray(video[0])
+  colors = _palette(int(ids.max()) + 1)[ids]
+  frames_u8 = np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
+  segmentation = np.concatenate([frames_u8, colors], axis=2)
+
+  def centre_attention(p, v):
+    feats = model.features(_resize(v, config.model.inference_resolution))
+    grid = feats["keys"].shape[2:4]
+    _, attention = model.block.apply({"params": p}, feats["cls"], _flatten_grid(feats["keys"]))
+    centre = (grid[0] // 2) * grid[1] + grid[1] // 2
+    return attention[0, centre].reshape(v.shape[1], *grid)
+
+  maps = np.asarray(jax.jit(centre_attention)(params, video))
+  maps = maps / max(float(maps.max()), 1e-12)
+  maps = np.asarray(clustering.upsample_labels(
+      jnp.asarray((maps * 255.0).astype(np.int32)), tuple(frames.shape[1:3])))
+  heat = np.stack([maps, maps // 4, 255 - maps], axis=-1).astype(np.uint8)
+  return {"segmentation": segmentation, "attention": heat}
