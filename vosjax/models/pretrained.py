@@ -465,7 +465,7 @@ def load_backbone(config: ml_collections.ConfigDict) -> tuple[vit.VisionTransfor
   if config.random_init:
     _warn_random_features(config.name)
     size = 2 * arch.patch_size
-    params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
+    params = jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
     return module, params
   path = resolve_checkpoint_file(config)
   params = load_params_file(path, arch)

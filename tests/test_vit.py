@@ -1,0 +1,256 @@
+"""Flax DINO/DINOv2 ViT against PyTorch references (timm models + transcriptions of the originals).
+
+torch and timm are test-only dependencies. The reference forward below transcribes DINO's
+`prepare_tokens` / DINOv2's `prepare_tokens_with_masks` (patch conv, CLS, interpolated position
+embedding, registers) and `Attention.forward` (explicit softmax(q k^T * scale)), run with timm's
+modules and weights; at the training resolution timm's own `forward_features` is the reference.
+"""
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+with warnings.catch_warnings():
+  # torchvision (needed by timm's imports) warns that its C++ image extension cannot load.
+  warnings.simplefilter("ignore")
+  import timm
+
+from vosjax.models import features
+from vosjax.models import pretrained
+from vosjax.models import vit
+
+RTOL = 1e-5
+
+
+def relative_error(actual, expected) -> float:
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def original_patch_pos_embed(patch_pos: torch.Tensor, height: int, width: int, patch: int,
+                             offset: float, antialias: bool) -> torch.Tensor:
+  """Transcription of DINO/DINOv2 `interpolate_pos_encoding` on the patch part [1, N, C]."""
+  num_positions = patch_pos.shape[1]
+  rows, cols = height // patch, width // patch
+  if rows * cols == num_positions and height == width:
+    return patch_pos
+  side = int(math.sqrt(num_positions))
+  grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+  if offset:
+    kwargs = {"scale_factor": ((rows + offset) / side, (cols + offset) / side)}
+  else:
+    kwargs = {"size": (rows, cols)}
+  resized = F.interpolate(grid, mode="bicubic", antialias=antialias, **kwargs)
+  assert resized.shape[-2:] == (rows, cols)
+  return resized.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+
+
+@torch.no_grad()
+def reference_forward(model, images: np.ndarray, offset: float, antialias: bool) -> dict:
+  """Original DINO/DINOv2 forward on timm's modules; returns last-block outputs as numpy."""
+  x = torch.from_numpy(images).permute(0, 3, 1, 2)
+  proj = model.patch_embed.proj
+  patch = proj.kernel_size[0]
+  tokens = F.conv2d(x, proj.weight, proj.bias, stride=patch).flatten(2).transpose(1, 2)
+  batch = tokens.shape[0]
+  cls = model.cls_token.expand(batch, -1, -1)
+  if getattr(model, "reg_token", None) is not None:
+    # timm's registers layout: CLS position folded into cls_token, pos_embed covers patches only.
+    tokens = tokens + original_patch_pos_embed(model.pos_embed, *images.shape[1:3], patch,
+                                               offset, antialias)
+    x = torch.cat([cls, model.reg_token.expand(batch, -1, -1), tokens], dim=1)
+  else:
+    pos = model.pos_embed
+    pos = torch.cat([pos[:, :1], original_patch_pos_embed(pos[:, 1:], *images.shape[1:3], patch,
+                                                          offset, antialias)], dim=1)
+    x = torch.cat([cls, tokens], dim=1) + pos
+  for block in model.blocks[:-1]:
+    x = block(x)
+  last = model.blocks[-1]
+  width = x.shape[-1]
+  qkv = last.attn.qkv(last.norm1(x))
+  heads = last.attn.num_heads
+  q, k, _ = qkv.reshape(batch, -1, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+  attention = ((q @ k.transpose(-2, -1)) * (width // heads) ** -0.5).softmax(dim=-1)
+  x = last(x)
+  return {"tokens": x.numpy(), "tokens_normed": model.norm(x).numpy(),
+          "keys": qkv[..., width:2 * width].numpy(), "attention": attention.numpy()}
+
+
+def randomized_timm(name: str, seed: int, **kwargs):
+  """A timm model whose every parameter is random (biases, norms, layer scales included)."""
+  torch.manual_seed(seed)
+  model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs).eval()
+  with torch.no_grad():
+    for param_name, param in model.named_parameters():
+      if param_name.endswith(".gamma") or ("norm" in param_name and param_name.endswith("weight")):
+        param.uniform_(0.5, 1.5)
+      else:
+        param.add_(0.05 * torch.randn_like(param))
+  return model
+
+
+def compare(model, arch: vit.ViTArch, images: np.ndarray, use_timm_forward: bool) -> None:
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  params = pretrained.convert_state_dict(state, arch)
+  output = jax.jit(lambda p, x: vit.VisionTransformer(arch).apply(
+      {"params": p}, x, return_attention=True))(params, jnp.asarray(images))
+  reference = reference_forward(model, images, arch.interpolate_offset,
+                                arch.interpolate_antialias)
+  if use_timm_forward:  # Independent of the transcription above.
+    with torch.no_grad():
+      timm_tokens = model.forward_features(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    assert relative_error(reference["tokens_normed"], timm_tokens) < RTOL
+  batch, rows, cols = images.shape[0], *arch.grid_shape(*images.shape[1:3])
+  first = 1 + arch.num_register_tokens
+  spatial = (batch, rows, cols, arch.embed_dim)
+  assert output.tokens.shape == spatial
+  for field in ("tokens", "tokens_normed", "keys"):
+    expected = reference[field][:, first:].reshape(spatial)
+    assert relative_error(getattr(output, field), expected) < RTOL, field
+  assert relative_error(output.cls, reference["tokens"][:, 0]) < RTOL
+  assert relative_error(output.cls_normed, reference["tokens_normed"][:, 0]) < RTOL
+  assert relative_error(output.attention, reference["attention"]) < RTOL
+
+
+def test_dino_vits16_full_depth_matches_timm():
+  model = randomized_timm("vit_small_patch16_224", seed=0)
+  images = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype(np.float32)
+  compare(model, vit.VIT_ARCHITECTURES["dino_vits16"], images, True)
+
+
+@pytest.mark.parametrize("timm_name,arch_name", [
+    ("vit_small_patch16_224", "dino_vits16"),
+    ("vit_small_patch8_224", "dino_vits8"),
+])
+def test_dino_layout_matches_timm_at_non_square_resolution(timm_name, arch_name):
+  model = randomized_timm(timm_name, seed=2, depth=1)
+  arch = vit.VIT_ARCHITECTURES[arch_name].replace(depth=1)
+  rng = np.random.default_rng(2)
+  compare(model, arch, rng.normal(size=(1, 224, 224, 3)).astype(np.float32), True)
+  # One axis below and one above the pretraining grid, with a pixel remainder on the second.
+  compare(model, arch, rng.normal(size=(2, 160, 295, 3)).astype(np.float32), False)
+
+
+@pytest.mark.parametrize("timm_name,arch_name", [
+    ("vit_small_patch14_dinov2", "dinov2_vits14"),
+    ("vit_small_patch14_reg4_dinov2", "dinov2_vits14_reg"),
+])
+def test_dinov2_layout_matches_timm(timm_name, arch_name):
+  model = randomized_timm(timm_name, seed=1, depth=1)
+  arch = vit.VIT_ARCHITECTURES[arch_name].replace(depth=1)
+  rng = np.random.default_rng(1)
+  compare(model, arch, rng.normal(size=(1, 518, 518, 3)).astype(np.float32), True)
+  compare(model, arch, rng.normal(size=(2, 224, 308, 3)).astype(np.float32), False)
+
+
+@pytest.mark.parametrize("side,out_rows,out_cols,offset,antialias", [
+    (14, 12, 20, 0.1, False),  # DINO /16: down on one axis, up on the other.
+    (28, 40, 60, 0.1, False),  # DINO /8 upsampling.
+    (37, 16, 16, 0.1, False),  # DINOv2 default.
+    (37, 16, 22, 0.0, True),  # DINOv2 registers: antialiased downsampling.
+    (37, 45, 50, 0.0, True),  # DINOv2 registers: antialiased upsampling.
+])
+def test_resize_matrix_matches_torch_interpolate(side, out_rows, out_cols, offset, antialias):
+  grid = np.random.default_rng(2).normal(size=(1, 5, side, side))
+  if offset:
+    kwargs = {"scale_factor": ((out_rows + offset) / side, (out_cols + offset) / side)}
+  else:
+    kwargs = {"size": (out_rows, out_cols)}
+  expected = F.interpolate(torch.from_numpy(grid), mode="bicubic", antialias=antialias,
+                           **kwargs).numpy()
+  matrices = [vit.bicubic_resize_matrix(side, n, side / (n + offset), antialias)
+              for n in (out_rows, out_cols)]
+  actual = np.einsum("hi,wj,bcij->bchw", matrices[0], matrices[1], grid)
+  np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12)
+
+
+def test_original_dino_interpolation_offset_matters():
+  """The +0.1 scale factor is not a plain resize to the target size (as timm's resample does)."""
+  arch = vit.VIT_ARCHITECTURES["dino_vits16"]
+  pos = np.random.default_rng(3).normal(size=(1, 1 + 14 * 14, 8)).astype(np.float32)
+  ours = np.asarray(vit.interpolate_pos_embed(jnp.asarray(pos), (10, 30), arch))
+  original = original_patch_pos_embed(torch.from_numpy(pos[:, 1:]), 160, 480, 16, 0.1, False)
+  sized = F.interpolate(torch.from_numpy(pos[:, 1:]).reshape(1, 14, 14, 8).permute(0, 3, 1, 2),
+                        size=(10, 30), mode="bicubic").permute(0, 2, 3, 1).reshape(1, 300, 8)
+  np.testing.assert_allclose(ours[0, 0], pos[0, 0])
+  assert relative_error(ours[:, 1:], original.numpy()) < RTOL
+  assert relative_error(ours[:, 1:], sized.numpy()) > 1e-3
+
+
+def test_pretraining_grid_keeps_pos_embed_for_non_square_pixels():
+  # 224x230 pixels -> 14x14 patches: CUDA's bicubic copies same-size inputs (see vit docstring).
+  arch = vit.VIT_ARCHITECTURES["dino_vits16"]
+  pos = jnp.asarray(np.random.default_rng(4).normal(size=(1, 197, 4)), jnp.float32)
+  np.testing.assert_array_equal(vit.interpolate_pos_embed(pos, arch.grid_shape(224, 230), arch),
+                                pos)
+
+
+TINY = vit.ViTArch(patch_size=8, embed_dim=32, depth=2, num_heads=2, pos_embed_grid=4,
+                   layer_scale=True, num_register_tokens=2)
+
+
+def random_params(module: vit.VisionTransformer, seed: int):
+  """Random params of the module's shapes (cheaper than compiling module.init)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
+  return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), jnp.float32), shapes)
+
+
+def test_bfloat16_forward_close_to_float32():
+  images = jnp.asarray(np.random.default_rng(5).normal(size=(2, 40, 56, 3)), jnp.float32)
+  params = random_params(vit.VisionTransformer(TINY), seed=0)
+  full = jax.jit(vit.VisionTransformer(TINY).apply)({"params": params}, images)
+  half = jax.jit(vit.VisionTransformer(TINY, dtype=jnp.bfloat16).apply)({"params": params}, images)
+  assert half.keys.dtype == jnp.bfloat16
+  assert relative_error(half.keys, full.keys) < 5e-2
+  assert relative_error(half.tokens, full.tokens) < 5e-2
+
+
+def test_rejects_bad_images():
+  module = vit.VisionTransformer(TINY)
+  with pytest.raises(ValueError, match=r"\[B, H, W, 3\]"):
+    module.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+  with pytest.raises(ValueError, match="smaller than one 8px patch"):
+    module.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 32, 3)))
+
+
+def test_feature_extractor_matches_per_frame_forward():
+  rng = np.random.default_rng(6)
+  video = rng.uniform(size=(2, 3, 40, 48, 3)).astype(np.float32)
+  module = vit.VisionTransformer(TINY)
+  params = random_params(module, seed=1)
+  # 6 frames in chunks of 4: exercises the padding of the last chunk.
+  extracted = features.make_feature_extractor(module, frame_chunk=4)(params, jnp.asarray(video))
+  mean, std = np.array(features.IMAGENET_MEAN), np.array(features.IMAGENET_STD)
+  frames = ((video - mean) / std).reshape(6, 40, 48, 3).astype(np.float32)
+  expected = jax.jit(module.apply)({"params": params}, jnp.asarray(frames))
+  assert extracted["keys"].shape == (2, 3, 5, 6, 32)
+  assert extracted["cls"].shape == (2, 3, 32)
+  np.testing.assert_allclose(extracted["keys"], np.asarray(expected.keys).reshape(2, 3, 5, 6, 32),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(extracted["tokens"],
+                             np.asarray(expected.tokens).reshape(2, 3, 5, 6, 32),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(extracted["cls"], np.asarray(expected.cls).reshape(2, 3, 32),
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match=r"\[B, T, H, W, 3\]"):
+    features.make_feature_extractor(module, frame_chunk=4)(params, jnp.asarray(video[0]))
+
+
+def test_flop_count_agrees_with_xla_cost_analysis():
+  arch = vit.VIT_ARCHITECTURES["dino_vits16"].replace(depth=1)
+  module = vit.VisionTransformer(arch)
+  images = jnp.zeros((1, 192, 384, 3))
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), images)["params"]
+  compiled = jax.jit(lambda p, x: module.apply({"params": p}, x).tokens).lower(
+      shapes, images).compile()
+  xla_flops = compiled.cost_analysis()["flops"]
+  ours = vit.vit_flops_per_image(arch, 192, 384)
+  # XLA also counts element-wise work (norms, softmax, GELU): a few percent on top of matmuls.
+  assert ours <= xla_flops <= 1.08 * ours, (ours, xla_flops)
