@@ -110,9 +110,8 @@ def test_cli_writes_official_csv_layout(shared_data, reference_rows, tmp_path, c
 
 def write_png(path: Path, ids: np.ndarray, mode: str = "P") -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
-  image = Image.fromarray(ids.astype(np.uint8), mode="L")
-  if mode == "P":
-    image = image.convert("P")
+  image = Image.fromarray(ids.astype(np.uint8))
+  if mode == "P":  # putpalette keeps the pixel values (an indexed PNG).
     image.putpalette(list(np.random.default_rng(0).integers(0, 256, 768)))
   image.save(path)
 
