@@ -408,6 +408,12 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: vit.ViTArch,
   return flax.traverse_util.unflatten_dict(flat)
 
 
+def _param_shapes(arch: vit.ViTArch) -> Any:
+  """Param tree of jax.ShapeDtypeStruct (traced only, nothing computed)."""
+  return jax.eval_shape(vit.VisionTransformer(arch).init, jax.random.PRNGKey(0),
+                        jnp.zeros((1, arch.patch_size, arch.patch_size, 3)))["params"]
+
+
 def save_params(path: os.PathLike, params: Params, arch_name: str) -> None:
   """Writes converted params as .npz (atomically), tagged with the architecture name."""
   path = pathlib.Path(path)
@@ -425,9 +431,8 @@ def load_params(path: os.PathLike, arch: vit.ViTArch) -> Params:
       flat = {tuple(k.split("/")): archive[k] for k in archive.files if k != "__arch__"}
   except Exception as error:  # zipfile.BadZipFile, EOFError, ValueError, ...
     raise CheckpointError(f"{path}: cannot read converted params: {error}") from error
-  shapes = jax.eval_shape(lambda: vit.VisionTransformer(arch).init(
-      jax.random.PRNGKey(0), jnp.zeros((1, arch.patch_size, arch.patch_size, 3))))["params"]
-  expected = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(shapes).items()}
+  expected = {k: tuple(v.shape) for k, v in
+              flax.traverse_util.flatten_dict(_param_shapes(arch)).items()}
   missing = ["/".join(k) for k in expected if k not in flat]
   unexpected = ["/".join(k) for k in flat if k not in expected]
   wrong_shapes = {"/".join(k): (flat[k].shape, s) for k, s in expected.items()
@@ -443,6 +448,22 @@ def load_params_file(path: os.PathLike, arch: vit.ViTArch, prefer: str = "teache
   if path.suffix == ".npz":
     return load_params(path, arch)
   return convert_state_dict(read_state_dict(path, prefer), arch, source=str(path))
+
+
+def random_params(arch: vit.ViTArch, seed: int = 0) -> Params:
+  """Random params in NumPy (no XLA compile): N(0, 0.02) clipped at 2 sigma for weights and tokens,
+  ones for norm scales and layer scales (the DINOv2 hub value), zeros for biases."""
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for path, shape in flax.traverse_util.flatten_dict(_param_shapes(arch)).items():
+    if path[-1] in ("scale", "gamma"):
+      value = np.ones(shape.shape)
+    elif path[-1] == "bias":
+      value = np.zeros(shape.shape)
+    else:
+      value = 0.02 * np.clip(rng.standard_normal(shape.shape), -2.0, 2.0)
+    flat[path] = jnp.asarray(value, jnp.float32)
+  return flax.traverse_util.unflatten_dict(flat)
 
 
 def _warn_random_features(name: str) -> None:
@@ -464,9 +485,7 @@ def load_backbone(config: ml_collections.ConfigDict) -> tuple[vit.VisionTransfor
   module = vit.VisionTransformer(arch, dtype=_DTYPES[config.dtype])
   if config.random_init:
     _warn_random_features(config.name)
-    size = 2 * arch.patch_size
-    params = jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
-    return module, params
+    return module, random_params(arch, seed=0)
   path = resolve_checkpoint_file(config)
   params = load_params_file(path, arch)
   if not config.checkpoint and path.suffix != ".npz":
