@@ -66,10 +66,16 @@ def valid_gap_frames(num_frames: int, gap: int) -> np.ndarray:
 
 
 def video_flow(video, gap: int, preset: str = "medium") -> np.ndarray:
-  """Flow of every frame t to t + gap -> float32 [T, H, W, 2]; zeros where t + gap is outside."""
+  """Flow of every frame t to t + gap -> float32 [T, H, W, 2]; zeros where t + gap is outside.
+
+  Args:
+    video: [T, H, W, 3] float in [0, 1] or uint8, or grayscale uint8 [T, H, W].
+    gap: frame offset (negative: backward flow).
+    preset: DIS preset.
+  """
   video = np.asarray(video)
-  if video.ndim != 4:
-    raise ValueError(f"video must be [T, H, W, 3], got shape {video.shape}")
+  if video.ndim not in (3, 4) or (video.ndim == 4 and video.shape[-1] != 3):
+    raise ValueError(f"video must be [T, H, W, 3] or grayscale [T, H, W], got {video.shape}")
   if gap == 0:
     raise ValueError("gap must be non-zero")
   dis = _dis(preset)

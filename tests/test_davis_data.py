@@ -1,0 +1,151 @@
+"""DAVIS folders: shared DAVIS-2016 data, synthetic roots, flow-pair iterator, evaluation flows."""
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+import pytest
+
+from vosjax.data import davis
+from vosjax.data import optical_flow
+from vosjax.data import video as video_io
+
+VELOCITY = np.array([1.0, -1.0])  # Pixels per frame (dy, dx) at the native 64x80 size.
+RESOLUTION = (32, 40)  # Half size: flows are rescaled by 0.5.
+
+
+@pytest.fixture(scope="module")
+def davis2016_root() -> Path:
+  shared = Path(os.environ.get("VOSJAX_SHARED",
+                               Path(__file__).resolve().parents[2] / "shared"))
+  root = shared / "data" / "davis2016"
+  if not (root / "JPEGImages/480p").is_dir():
+    pytest.fail(f"shared DAVIS-2016 data {root} is missing: these tests need the project's "
+                "shared/ folder next to the repository (or set VOSJAX_SHARED)")
+  return root
+
+
+def test_shared_davis2016_sequences_and_loading(davis2016_root):
+  with pytest.warns(UserWarning, match="without frames: cows, goat"):
+    sequences = davis.list_sequences(davis2016_root)
+  assert len(sequences) == 18 and "blackswan" in sequences and "cows" not in sequences
+  assert davis.sequences_without_frames(davis2016_root) == ["cows", "goat"]
+  assert len(davis.list_sequences(davis2016_root, require_frames=False)) == 20
+  sample = davis.load_sequence(davis2016_root, "blackswan", resolution=(120, 214))
+  assert sample["video"].shape == (50, 120, 214, 3) and sample["video"].dtype == np.float32
+  assert sample["segmentations"].shape == (50, 120, 214)
+  assert sample["segmentations"].dtype == np.int32
+  assert set(np.unique(sample["segmentations"])) == {0, 1}
+  assert sample["annotated"].all() and sample["names"][:2] == ["00000", "00001"]
+  assert 0.0 <= sample["video"].min() and sample["video"].max() <= 1.0
+  with pytest.raises(FileNotFoundError, match="'cows' has no frames.*annotations only"):
+    davis.load_sequence(davis2016_root, "cows")
+
+
+def texture(height, width, seed):
+  noise = np.random.default_rng(seed).random((height, width, 3)).astype(np.float32)
+  return (cv2.GaussianBlur(noise, (0, 0), 2.0) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def synthetic_root(tmp_path) -> Path:
+  """Two translating-texture sequences (7 and 5 frames, 64x80), masks with void, one mask-only."""
+  root = tmp_path / "DAVIS"
+  for seq, num_frames, seed in (("alpha", 7, 0), ("beta", 5, 1)):
+    base = texture(96, 112, seed)
+    for t in range(num_frames):
+      top, left = 16 - int(VELOCITY[0] * t), 16 - int(VELOCITY[1] * t)
+      frame = base[top:top + 64, left:left + 80]  # Content moves by VELOCITY per frame.
+      path = davis.frames_dir(root) / seq / f"{t:05d}.png"  # Lossless, so DIS is clean.
+      path.parent.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(frame).save(path)
+      ids = np.zeros((64, 80), np.uint8)
+      ids[10:30, 10:30], ids[40:50, 50:70], ids[0, :] = 1, 2, davis.VOID_LABEL
+      if t != 3:  # Frame 3 is not annotated.
+        video_io.write_indexed_png(davis.annotations_dir(root) / seq / f"{t:05d}.png", ids)
+  video_io.write_indexed_png(davis.annotations_dir(root) / "masks-only/00000.png",
+                             np.zeros((64, 80)))
+  return root
+
+
+def test_synthetic_sequence_loading(synthetic_root):
+  with pytest.warns(UserWarning, match="masks-only"):
+    assert davis.list_sequences(synthetic_root) == ["alpha", "beta"]
+  sample = davis.load_sequence(synthetic_root, "alpha")
+  assert sample["video"].shape == (7, 64, 80, 3)
+  np.testing.assert_array_equal(sample["annotated"], [1, 1, 1, 0, 1, 1, 1])
+  assert sample["segmentations"][0, 15, 15] == 1 and sample["segmentations"][0, 45, 60] == 2
+  np.testing.assert_array_equal(sample["segmentations"][:, 0], 0)  # Void -> background.
+  np.testing.assert_array_equal(sample["segmentations"][3], 0)
+  small = davis.load_sequence(synthetic_root, "alpha", resolution=(32, 40))
+  assert small["segmentations"][0, 7, 7] == 1 and set(np.unique(small["segmentations"])) == {0, 1, 2}
+  with pytest.raises(FileNotFoundError, match="not a DAVIS root"):
+    davis.list_sequences(synthetic_root / "nope")
+
+
+def test_flow_pair_iterator_is_deterministic_resumable_and_pairs_one_frame(synthetic_root,
+                                                                            tmp_path):
+  cache = tmp_path / "cache"
+  make = lambda start: davis.make_flow_pair_iterator(
+      synthetic_root, ["alpha", "beta"], RESOLUTION, batch_size=6, seed=3, start_step=start,
+      flow_cache_dir=cache)
+  run = make(0)
+  batches = [next(run) for _ in range(4)]
+  cached = sorted(p.name for p in cache.rglob("*.npy"))
+  assert len(cached) == 8  # 2 sequences x 4 gaps, computed once.
+  mtimes = [p.stat().st_mtime_ns for p in sorted(cache.rglob("*.npy"))]
+  resumed = next(make(2))
+  assert [p.stat().st_mtime_ns for p in sorted(cache.rglob("*.npy"))] == mtimes
+  for key in batches[2]:
+    np.testing.assert_array_equal(resumed[key], batches[2][key])
+  assert not np.array_equal(batches[0]["flow_a"], batches[1]["flow_a"])
+  first = batches[0]
+  assert first["flow_a"].shape == first["flow_b"].shape == (6, 32, 40, 2)
+  assert first["flow_a"].dtype == np.float32
+  seen_pairs = set()
+  for batch in batches:
+    for i in range(6):
+      gap_a, gap_b = batch["gaps"][i]
+      seen_pairs.add((gap_a, gap_b))
+      assert gap_a != gap_b
+      num_frames = (7, 5)[batch["sequence_index"][i]]
+      assert 0 <= batch["frame_index"][i] + gap_a < num_frames
+      assert 0 <= batch["frame_index"][i] + gap_b < num_frames
+      # Both flows describe the same frame: each is its gap times the velocity (half size).
+      for flow, gap in ((batch["flow_a"][i], gap_a), (batch["flow_b"][i], gap_b)):
+        np.testing.assert_allclose(np.median(flow[6:-6, 6:-6].reshape(-1, 2), 0),
+                                   0.5 * gap * VELOCITY, atol=0.25)
+  assert len(seen_pairs) >= 4
+
+
+def test_evaluation_flows_fall_back_to_the_opposite_gap(synthetic_root, tmp_path):
+  out = davis.evaluation_flows(synthetic_root, "beta", RESOLUTION, tmp_path / "cache")
+  assert out["flows"].shape == (5, 4, 32, 40, 2)
+  np.testing.assert_array_equal(out["gaps_used"],
+                                [[1, 2, 1, 2], [1, 2, -1, 2], [1, 2, -1, -2], [1, -2, -1, -2],
+                                 [-1, -2, -1, -2]])
+  medians = np.median(out["flows"][:, :, 6:-6, 6:-6].reshape(5, 4, -1, 2), 2)
+  np.testing.assert_allclose(medians, 0.5 * out["gaps_used"][..., None] * VELOCITY, atol=0.25)
+  assert out["segmentations"].shape == (5, 32, 40) and out["video"].shape == (5, 32, 40, 3)
+
+
+def test_raft_flow_folders_feed_the_iterator(synthetic_root, tmp_path):
+  flow_root = tmp_path / "raft"
+  for seq, num_frames in (("alpha", 7), ("beta", 5)):
+    for gap in (1, 2, -1, -2):
+      for t in np.flatnonzero(optical_flow.valid_gap_frames(num_frames, gap)):
+        constant = np.broadcast_to(np.array([gap, 10.0 * t], np.float32), (64, 80, 2))
+        optical_flow.write_flo(optical_flow.raft_flow_dir(flow_root, seq, gap)
+                               / f"{t:05d}.flo", constant)
+  batch = next(davis.make_flow_pair_iterator(
+      synthetic_root, ["alpha", "beta"], RESOLUTION, batch_size=5, seed=0,
+      flow_cache_dir=tmp_path / "cache", raft_flow_root=flow_root))
+  for i in range(5):
+    t = batch["frame_index"][i]
+    for flow, gap in ((batch["flow_a"][i], batch["gaps"][i, 0]),
+                      (batch["flow_b"][i], batch["gaps"][i, 1])):
+      np.testing.assert_allclose(flow, np.broadcast_to([0.5 * gap, 5.0 * t], flow.shape),
+                                 rtol=1e-6)
+  with pytest.raises(ValueError, match="flow_cache_dir"):
+    next(davis.make_flow_pair_iterator(synthetic_root, ["alpha"], RESOLUTION, 2, 0))
