@@ -85,25 +85,26 @@ def blur_kernel_size(size: int, fraction: float = 0.1) -> int:
 @functools.partial(jax.jit, static_argnames=("batch_size", "config"))
 def sample_augmentation(rng: jax.Array, batch_size: int,
                         config: AugmentationConfig = AugmentationConfig()) -> ClipAugmentation:
-  """Draws the parameters of `batch_size` clips."""
-  keys = jax.random.split(rng, 9)
+  """Draws the parameters of `batch_size` clips (one uniform draw, split into the fields)."""
+  draws = jax.random.uniform(rng, (12, batch_size))
 
-  def uniform(key, spread):
-    return jax.random.uniform(key, (batch_size,), minval=max(0.0, 1.0 - spread), maxval=1.0 + spread)
+  def between(row, low, high):
+    return low + draws[row] * (high - low)
 
-  order_keys = jax.random.split(keys[8], batch_size)
+  def factor(row, spread):
+    return between(row, max(0.0, 1.0 - spread), 1.0 + spread)
+
   return ClipAugmentation(
-      grayscale=jax.random.bernoulli(keys[0], config.grayscale_prob, (batch_size,)),
-      jitter=jax.random.bernoulli(keys[1], config.jitter_prob, (batch_size,)),
-      brightness=uniform(keys[2], config.brightness),
-      contrast=uniform(keys[3], config.contrast),
-      saturation=uniform(keys[4], config.saturation),
-      hue=jax.random.uniform(keys[5], (batch_size,), minval=-config.hue, maxval=config.hue),
-      jitter_order=jax.vmap(lambda k: jax.random.permutation(k, _NUM_JITTER_STEPS))(order_keys)
-      .astype(jnp.int32),
-      blur=jax.random.bernoulli(keys[6], config.blur_prob, (batch_size,)),
-      blur_sigma=jax.random.uniform(keys[7], (batch_size,), minval=config.blur_sigma_min,
-                                    maxval=config.blur_sigma_max),
+      grayscale=draws[0] < config.grayscale_prob,
+      jitter=draws[1] < config.jitter_prob,
+      brightness=factor(2, config.brightness),
+      contrast=factor(3, config.contrast),
+      saturation=factor(4, config.saturation),
+      hue=between(5, -config.hue, config.hue),
+      blur=draws[6] < config.blur_prob,
+      blur_sigma=between(7, config.blur_sigma_min, config.blur_sigma_max),
+      # A uniformly random permutation per clip: the ranks of i.i.d. uniforms.
+      jitter_order=jnp.argsort(draws[8:12].T, axis=-1).astype(jnp.int32),
   )
 
 
