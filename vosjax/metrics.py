@@ -8,8 +8,8 @@ All functions take integer label maps (0 = background, object id = index + 1).
 - `pairwise_region_and_boundary`, `region_similarity`, `boundary_f_measure`, `davis_statistics`:
   a reimplementation of `davis2017/metrics.py` and `davis2017/utils.py::db_statistics` of the
   official DAVIS toolkit (davisvideochallenge/davis2017-evaluation). The boundary F-measure
-  gives the same numbers as the toolkit's `seg2bmap` + `cv2.dilate(disk(r))`, but counts the
-  matched boundary pixels with nearest-neighbour queries instead of dilating full frames.
+  gives the same numbers as the toolkit's `seg2bmap` + `cv2.dilate(disk(r))`, but dilates each
+  boundary only over its bounding box and works on whole label maps instead of object pairs.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import math
 import cv2
 import numpy as np
 from scipy import optimize
-from scipy import spatial
 
 
 def _as_video_batch(name: str, ids: np.ndarray) -> np.ndarray:
@@ -220,20 +219,37 @@ def _group_boundaries(ids: np.ndarray, num_labels: int) -> list[np.ndarray]:
   return [points[starts[k]:starts[k + 1]] for k in range(num_labels)]
 
 
+def _disk(radius: int) -> np.ndarray:
+  """skimage.morphology.disk(radius): x^2 + y^2 <= radius^2, uint8 [2r+1, 2r+1]."""
+  grid = np.arange(-radius, radius + 1)
+  return (grid[:, None] ** 2 + grid[None, :] ** 2 <= radius ** 2).astype(np.uint8)
+
+
 def _near_counts(targets: list[np.ndarray], queries: list[np.ndarray], radius: int) -> np.ndarray:
-  """counts[q, t] = number of points of queries[q] within `radius` of a point of targets[t]."""
+  """counts[q, t] = number of points of queries[q] within `radius` of a point of targets[t].
+
+  Same as the toolkit's cv2.dilate of the full boundary map with disk(radius), but each target
+  is dilated on a canvas covering only its bounding box plus the radius (dilation commutes with
+  translation, and the toolkit's dilation does not wrap or pad the image border).
+  """
   counts = np.zeros((len(queries), len(targets)), np.int64)
   query_labels = np.concatenate([np.full(len(q), i) for i, q in enumerate(queries)])
   if not len(query_labels):
     return counts
   query_points = np.concatenate(queries)
-  # Integer coordinates: squared distances are integers, so this bound separates d^2 <= r^2
-  # (inside the disk) from d^2 >= r^2 + 1 without any floating-point tie.
-  upper = math.sqrt(radius * radius + 0.5)
+  disk = _disk(radius)
   for t, target in enumerate(targets):
-    if len(target):
-      dist, _ = spatial.cKDTree(target).query(query_points, distance_upper_bound=upper)
-      counts[:, t] = np.bincount(query_labels[dist <= upper], minlength=len(queries))
+    if not len(target):
+      continue
+    origin = target.min(0) - radius
+    size = target.max(0) + radius + 1 - origin
+    canvas = np.zeros(size, np.uint8)
+    canvas[target[:, 0] - origin[0], target[:, 1] - origin[1]] = 1
+    canvas = cv2.dilate(canvas, disk)
+    local = query_points - origin
+    inside = np.flatnonzero((local >= 0).all(1) & (local < size).all(1))
+    hit = inside[canvas[local[inside, 0], local[inside, 1]] > 0]
+    counts[:, t] = np.bincount(query_labels[hit], minlength=len(queries))
   return counts
 
 
@@ -255,6 +271,8 @@ def _f_measure(pred_points, true_points, radius) -> np.ndarray:
 def _small_ids(ids: np.ndarray, num_labels: int, void) -> np.ndarray:
   """Ids outside 1..num_labels and void pixels -> 0, as uint8 when possible (speed)."""
   dtype = np.uint8 if num_labels < 256 else np.int32
+  if ids.dtype == bool:
+    ids = ids.view(np.uint8)
   if void is None and ids.dtype == dtype and ids.max(initial=0) <= num_labels:
     return ids
   inside = (ids >= 0) & (ids <= num_labels)
@@ -267,6 +285,14 @@ def _contingency(true_ids, pred_ids, num_true: int, num_pred: int, void) -> np.n
   """Pixel counts [num_true + 1, num_pred + 1] of (true id, pred id) pairs off the void."""
   cells = (num_true + 1) * (num_pred + 1)
   valid = None if void is None else ~void
+  if num_true == num_pred == 1:
+    true_mask, pred_mask = true_ids > 0, pred_ids > 0
+    if valid is not None:
+      true_mask, pred_mask = true_mask & valid, pred_mask & valid
+    both = np.count_nonzero(true_mask & pred_mask)
+    true_only, pred_only = np.count_nonzero(true_mask) - both, np.count_nonzero(pred_mask) - both
+    num_valid = true_ids.size if valid is None else np.count_nonzero(valid)
+    return np.array([[num_valid - both - true_only - pred_only, pred_only], [true_only, both]])
   if cells <= 256:
     # cv2.calcHist on a uint8 key image is ~10x faster than np.bincount; its float32 counts
     # are exact below 2**24 pixels per frame.
