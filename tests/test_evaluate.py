@@ -217,6 +217,9 @@ def test_folder_errors_name_the_file(tmp_path):
     evaluate.evaluate_folders(gt, res, "davis2016", sequences=["nope"])
   with pytest.raises(ValueError, match="frames"):
     evaluate.evaluate_folders(gt, res, "davis2016", frames="2:")
+  write_sequence(tmp_path / "gt2016", "seq", np.where(ids > 0, 255, 0), mode="L")
+  with pytest.raises(ValueError, match="00000.png.*--protocol davis2016"):
+    evaluate.evaluate_folders(tmp_path / "gt2016", res, "davis2017-unsupervised")
   # The CLI refuses to write its CSVs into an input folder.
   with pytest.raises(SystemExit):
     evaluate.main(["--protocol", "davis2016", "--gt", str(gt), "--results", str(res),

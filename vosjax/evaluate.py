@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 from concurrent import futures
 import dataclasses
+import multiprocessing
 import os
 from pathlib import Path
 import sys
@@ -226,6 +227,10 @@ def _evaluate_folder_sequence(args) -> SequenceResult:
   # The official rule takes the object count from the first frame, before any frame is dropped.
   first_frame = np.where(true_ids[0] == VOID_LABEL, 0, true_ids[0])
   num_objects = int(first_frame.max())
+  if num_objects == 0 and not PROTOCOLS[protocol].single_object and (true_ids[0] > 0).any():
+    raise ValueError(f"{gt_paths[0]}: the first GT frame holds only void (255) pixels, so "
+                     f"{protocol} finds no object; DAVIS-2016 style 0/255 masks need "
+                     "--protocol davis2016")
   selected = gt_paths[_frame_slice(frames)]
   if not selected:
     raise ValueError(f"{annotation_dir / seq}: no frame left to score with frames={frames}")
@@ -278,7 +283,9 @@ def evaluate_folders(gt, results, protocol: str = "davis2016", sequences=None,
                               "to evaluate a subset)")
   jobs = [(annotation_dir, results, seq, protocol, frames, bound_th) for seq in sequences]
   if workers > 1 and len(jobs) > 1:
-    with futures.ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+    # spawn, not fork: the caller may be a multithreaded JAX program.
+    with futures.ProcessPoolExecutor(min(workers, len(jobs)),
+                                     mp_context=multiprocessing.get_context("spawn")) as pool:
       scored = list(pool.map(_evaluate_folder_sequence, jobs))
   else:
     scored = [_evaluate_folder_sequence(job) for job in jobs]
@@ -307,19 +314,22 @@ def main(argv: list[str] | None = None) -> int:
     if folder.exists() and _inside(args.output, folder):
       parser.error(f"--output {args.output} is inside the input folder {folder}; choose another")
   start = time.perf_counter()
+  sequences = [s.strip() for s in args.sequences.split(",")] if args.sequences else None
   try:
-    results = evaluate_folders(args.gt, args.results, args.protocol,
-                               args.sequences.split(",") if args.sequences else None,
-                               args.frames, args.workers)
+    results = evaluate_folders(args.gt, args.results, args.protocol, sequences, args.frames,
+                               args.workers)
+    global_path, sequence_path = results.write_csv(args.output, args.decimals)
   except (FileNotFoundError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 1
-  global_path, sequence_path = results.write_csv(args.output, args.decimals)
   num_objects = sum(s.j.shape[0] for s in results.sequences)
   print(f"{args.protocol}, frames {results.frames}: {len(results.sequences)} sequences, "
-        f"{num_objects} objects, {time.perf_counter() - start:.1f} s")
+        f"{num_objects} objects, {time.perf_counter() - start:.1f} s\n")
   print(results.format_table())
-  print(f"wrote {global_path} and {sequence_path}")
+  print("\nper object:  J-Mean  F-Mean")
+  for row in results.object_rows():
+    print(f"  {row['Sequence']:<24} {row['J-Mean']:.3f}   {row['F-Mean']:.3f}")
+  print(f"\nwrote {global_path} and {sequence_path}")
   return 0
 
 
