@@ -262,6 +262,10 @@ class _RangeServer:
         requested = self.headers.get("Range")
         server.ranges.append(requested)
         start = int(requested[len("bytes="):-1]) if requested and server.honour_range else 0
+        if start >= len(server.payload):
+          self.send_response(416)  # Range Not Satisfiable, as real servers answer.
+          self.end_headers()
+          return
         body = server.payload[start:]
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
@@ -293,6 +297,9 @@ def test_download_resumes_and_verifies_checksum(tmp_path, honour_range):
     assert destination.read_bytes() == payload
     assert not (tmp_path / "dino.pth.part").exists()
     assert server.ranges == ["bytes=120000-"]
+    # Interrupted after the last byte but before the rename: the server answers 416 (or 200).
+    (tmp_path / "again.pth.part").write_bytes(payload)
+    assert pretrained.download(server.url, tmp_path / "again.pth", sha256).read_bytes() == payload
     # A corrupt download: the partial file is removed and nothing appears at the destination.
     with pytest.raises(pretrained.ChecksumMismatchError, match="does not match"):
       pretrained.download(server.url, tmp_path / "other.pth", "0" * 64)

@@ -174,14 +174,19 @@ def download(url: str, destination: os.PathLike, sha256: Optional[str] = None,
   if host:
     _resolve_host(host, timeout_s)
   request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-  with urllib.request.urlopen(request, timeout=timeout_s) as response:
-    if offset and response.status != 206:  # Server ignored the Range header: start over.
-      offset = 0
-    length = response.headers.get("Content-Length")
-    expected_size = offset + int(length) if length is not None else None
-    with open(partial, "ab" if offset else "wb") as stream:
-      for block in iter(lambda: response.read(1 << 20), b""):
-        stream.write(block)
+  expected_size = None
+  try:
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+      if offset and response.status != 206:  # Server ignored the Range header: start over.
+        offset = 0
+      length = response.headers.get("Content-Length")
+      expected_size = offset + int(length) if length is not None else None
+      with open(partial, "ab" if offset else "wb") as stream:
+        for block in iter(lambda: response.read(1 << 20), b""):
+          stream.write(block)
+  except urllib.error.HTTPError as error:
+    if not (offset and error.code == 416):  # 416: the partial file already holds everything.
+      raise
   size = partial.stat().st_size
   if expected_size is not None and size != expected_size:
     raise OSError(f"download of {url} stopped at {size} of {expected_size} bytes; "
