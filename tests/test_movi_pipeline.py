@@ -7,6 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vosjax.data import movi
+from vosjax.data import synthetic
 from vosjax.data import synthetic_render as sr
 
 NAME = "vosjax_synthetic/32x32_f10_o2-4_n6-5_s3"
@@ -54,7 +55,7 @@ def render(name):
   split, index = name.split("_")
   scene = sr.sample_scene(sr.scene_rng(SEED, {"train": 0, "validation": 1}[split],
                                        int(index)), FRAMES, 2, 4)
-  return scene, sr.render_movi_arrays(scene, SIZE, SIZE)
+  return scene, synthetic.render_movi_arrays(scene, SIZE, SIZE)
 
 
 def valid_videos(batches):

@@ -167,11 +167,11 @@ def test_shape_masks_match_polygon_reference(shape, points):
 
 
 def test_scenes_are_deterministic_and_varied():
-  first = sr.render_movi_arrays(sr.sample_scene(sr.scene_rng(1, 0, 4), 5, 2, 23),
+  first = synthetic.render_movi_arrays(sr.sample_scene(sr.scene_rng(1, 0, 4), 5, 2, 23),
                                 24, 24)
-  again = sr.render_movi_arrays(sr.sample_scene(sr.scene_rng(1, 0, 4), 5, 2, 23),
+  again = synthetic.render_movi_arrays(sr.sample_scene(sr.scene_rng(1, 0, 4), 5, 2, 23),
                                 24, 24)
-  other = sr.render_movi_arrays(sr.sample_scene(sr.scene_rng(1, 1, 4), 5, 2, 23),
+  other = synthetic.render_movi_arrays(sr.sample_scene(sr.scene_rng(1, 1, 4), 5, 2, 23),
                                 24, 24)
   for key in ("video", "segmentations", "forward_flow", "depth"):
     np.testing.assert_array_equal(first[key], again[key])
@@ -236,7 +236,7 @@ def test_built_examples_are_the_rendered_scenes(tiny_builder):
     scene = sr.sample_scene(sr.scene_rng(config.seed, 1, int(index)),
                             config.num_frames, config.min_objects,
                             config.max_objects)
-    arrays = sr.render_movi_arrays(scene, 32, 32)
+    arrays = synthetic.render_movi_arrays(scene, 32, 32)
     assert split == "validation"
     for key in ("video", "segmentations", "forward_flow", "backward_flow",
                 "depth", "object_coordinates"):

@@ -134,7 +134,8 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
                      "'movi_e/128x128:1.0.0' or 'vosjax_synthetic/64x64'")
   dataset = tfds_name.split("/")[0].split(":")[0]
   if dataset == SYNTHETIC_NAME:
-    from vosjax.data import synthetic  # pylint: disable=g-import-not-at-top,unused-import
+    # Registers the builder; imported here so MOVi users never need it.
+    from vosjax.data import synthetic  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
     try:
       builder = tfds.builder(tfds_name, data_dir=data_dir)
     except ValueError as e:

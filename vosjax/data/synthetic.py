@@ -45,6 +45,7 @@ from __future__ import annotations
 import collections
 from concurrent import futures
 import dataclasses
+import math
 import os
 import re
 from typing import Iterator
@@ -137,6 +138,128 @@ class VosjaxSyntheticConfig(tfds.core.BuilderConfig):
     return config
 
 
+def _bounding_boxes(segmentation: np.ndarray,
+                    instance_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Kubric's `compute_bboxes` for one id: boxes [n, 4] (ymin, xmin, ymax, xmax)
+  normalized, with max + 1 pixel, and the n frames where the id is visible."""
+  mask = segmentation == instance_id  # [T, H, W]
+  rows, cols = mask.any(2), mask.any(1)  # [T, H], [T, W]
+  frames = np.flatnonzero(rows.any(1))
+  height, width = mask.shape[1:]
+  rows, cols = rows[frames], cols[frames]
+  ymin = rows.argmax(1)
+  ymax = height - rows[:, ::-1].argmax(1)
+  xmin = cols.argmax(1)
+  xmax = width - cols[:, ::-1].argmax(1)
+  boxes = np.stack([ymin / height, xmin / width, ymax / height, xmax / width], -1)
+  return boxes.astype(np.float32), frames.astype(np.int32)
+
+
+def _instance_features_of(obj: synthetic_render.SceneObject, boxes: np.ndarray,
+                          frames: np.ndarray, visibility: np.ndarray,
+                          image_position: np.ndarray) -> dict:
+  """MOVi-E instance features of one card (stand-ins where 3-D is missing)."""
+  fps = synthetic_render.FRAMES_PER_SECOND
+  zeros = np.zeros_like(obj.angle)
+  half = obj.angle / 2.0
+  # The card's 3-D box has no thickness: its top and bottom corners coincide.
+  corners = np.array([(x, y * obj.aspect) for x in (-1, 1) for y in (-1, 1)
+                      for _ in (0, 1)])  # [8, 2]
+  cos, sin = np.cos(obj.angle)[:, None], np.sin(obj.angle)[:, None]
+  rotated = np.stack([cos * corners[:, 0] - sin * corners[:, 1],
+                      sin * corners[:, 0] + cos * corners[:, 1],
+                      np.zeros((len(cos), 8))], -1)  # [T, 8, 3]
+  return {
+      "mass": np.float32(np.pi * obj.aspect * obj.scale[0] ** 2),
+      "friction": np.float32(0.5),
+      "restitution": np.float32(0.5),
+      "positions": obj.position.astype(np.float32),
+      "quaternions": np.stack([np.cos(half), zeros, zeros, np.sin(half)],
+                              -1).astype(np.float32),
+      "velocities": (np.gradient(obj.position, axis=0) * fps).astype(np.float32),
+      "angular_velocities": np.stack(
+          [zeros, zeros, np.gradient(obj.angle) * fps], -1).astype(np.float32),
+      "bboxes_3d": (obj.scale[:, None, None] * rotated +
+                    obj.position[:, None, :]).astype(np.float32),
+      "image_positions": image_position.astype(np.float32),
+      "bboxes": boxes,
+      "bbox_frames": frames,
+      "visibility": visibility.astype(np.uint16),
+      "asset_id": obj.asset_id,
+      "category": "None",
+      "scale": np.float32(obj.scale[0]),
+      "is_dynamic": obj.is_dynamic,
+  }
+
+
+def _camera_features_of(scene: synthetic_render.Scene) -> dict:
+  """MOVi camera features: MOVi's lens, looking along +z without rotation."""
+  focal, sensor = synthetic_render.FOCAL_LENGTH_MM, synthetic_render.SENSOR_WIDTH_MM
+  return {
+      "focal_length": np.float32(focal),
+      "sensor_width": np.float32(sensor),
+      "field_of_view": np.float32(2 * math.atan(sensor / (2 * focal))),
+      "positions": scene.camera_position.astype(np.float32),
+      "quaternions": np.tile(np.array([1, 0, 0, 0], np.float32),
+                             (scene.num_frames, 1)),
+  }
+
+
+def render_movi_arrays(scene: synthetic_render.Scene, height: int,
+                       width: int) -> dict:
+  """Renders a scene into MOVi-E's layout (numpy; no image encoding).
+
+  Instances are sorted by total visibility, descending, and segmentation ids
+  are index + 1 in that order (background 0), as in MOVi.
+
+  Returns:
+    dict with video uint8 [T, H, W, 3], segmentations uint8 [T, H, W, 1],
+    forward_flow / backward_flow uint16 [T, H, W, 2] (delta_row, delta_col),
+    depth uint16 [T, H, W, 1], object_coordinates uint16 [T, H, W, 3], the
+    float32 [2] ranges forward_flow_range / backward_flow_range / depth_range,
+    `instances` (list of per-instance dicts of MOVi-E instance features,
+    sorted), `camera` (MOVi camera features), `order` (scene object index of
+    each sorted instance) and `render` (the `render_scene` output).
+  """
+  render = synthetic_render.render_scene(scene, height, width)
+  layer = render["layer"]
+  num_frames, num_objects = scene.num_frames, len(scene.objects)
+  counts = np.stack([np.bincount(layer[t].ravel(), minlength=num_objects + 1)
+                     for t in range(num_frames)], 1)[:num_objects]  # [K, T]
+  order = np.argsort(-counts.sum(1), kind="stable")
+  new_id = np.zeros(num_objects + 1, np.uint8)  # background -> 0
+  new_id[order] = np.arange(1, num_objects + 1)
+  segmentation = new_id[layer]
+
+  quantize = synthetic_render.quantize_to_uint16
+  forward, forward_range = quantize(render["forward_flow"])
+  backward, backward_range = quantize(render["backward_flow"])
+  depth, depth_range = quantize(render["depth"])
+  is_object = (layer < num_objects)[..., None]
+  coords = np.concatenate([(render["object_uv"] + 1.0) / 2.0,
+                           np.full(layer.shape + (1,), 0.5)], -1)
+  coords = np.where(is_object, np.clip(coords, 0.0, 1.0), 0.0)
+  object_coordinates = np.round(coords * 65535.0).astype(np.uint16)
+
+  instances = []
+  for rank, k in enumerate(order):
+    boxes, frames = _bounding_boxes(segmentation, rank + 1)
+    instances.append(_instance_features_of(
+        scene.objects[k], boxes, frames, counts[k],
+        render["offset"][k] / [width, height]))
+  return {
+      "video": np.round(np.clip(render["rgb"], 0, 1) * 255).astype(np.uint8),
+      "segmentations": segmentation[..., None],
+      "forward_flow": forward, "forward_flow_range": forward_range,
+      "backward_flow": backward, "backward_flow_range": backward_range,
+      "depth": depth, "depth_range": depth_range,
+      "object_coordinates": object_coordinates,
+      "instances": instances, "camera": _camera_features_of(scene),
+      "order": order,
+      "render": render,
+  }
+
+
 def _png(frame: np.ndarray) -> bytes:
   """Lossless PNG bytes of one frame [H, W, C] (uint8 or uint16, RGB order)."""
   if frame.shape[-1] == 3:
@@ -159,8 +282,7 @@ def render_example(config: VosjaxSyntheticConfig, split: str,
   rng = synthetic_render.scene_rng(config.seed, _SPLITS[split], index)
   scene = synthetic_render.sample_scene(rng, config.num_frames,
                                         config.min_objects, config.max_objects)
-  arrays = synthetic_render.render_movi_arrays(scene, config.height,
-                                               config.width)
+  arrays = render_movi_arrays(scene, config.height, config.width)
   normal = np.zeros((config.height, config.width, 3), np.uint16)
   normal[..., :2] = 32768  # (0, 0, -1) encoded as (n + 1) / 2 * 65535
   normal_png = _png(normal)

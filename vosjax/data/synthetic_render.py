@@ -23,14 +23,14 @@ centre. Scenes are defined in world units, so the same scene renders at any
 resolution; the camera intrinsics are MOVi's (focal length 35 mm, sensor
 width 32 mm).
 
-The only entry points the TFDS builder needs are `sample_scene`,
-`render_scene` and `quantize_to_uint16`; everything is deterministic given
-the numpy Generator passed to `sample_scene`.
+The TFDS builder (`synthetic.py`) uses `sample_scene`, `render_scene` and
+`quantize_to_uint16`; everything is deterministic given the numpy Generator
+passed to `sample_scene` (`scene_rng`).
 """
 from __future__ import annotations
 
+import colorsys
 import dataclasses
-import math
 
 import numpy as np
 
@@ -101,11 +101,7 @@ def focal_length_px(width: int) -> float:
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
-  i = int(h * 6.0) % 6
-  f = h * 6.0 - math.floor(h * 6.0)
-  p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-  return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v),
-                   (v, p, q)][i], np.float64)
+  return np.array(colorsys.hsv_to_rgb(h, s, v), np.float64)
 
 
 def _sample_object_texture(rng: np.random.Generator) -> Texture:
@@ -487,111 +483,3 @@ def dequantize_uint16(values: np.ndarray, value_range) -> np.ndarray:
 def scene_rng(seed: int, split_index: int, index: int) -> np.random.Generator:
   """The generator of video `index` of split `split_index` (0 train, 1 val)."""
   return np.random.default_rng([seed, split_index, index])
-
-
-def _bounding_boxes(segmentation: np.ndarray,
-                    instance_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Kubric's `compute_bboxes` for one id: boxes [n, 4] (ymin, xmin, ymax, xmax)
-  normalized, with max + 1 pixel, and the n frames where the id is visible."""
-  mask = segmentation == instance_id  # [T, H, W]
-  rows, cols = mask.any(2), mask.any(1)  # [T, H], [T, W]
-  frames = np.flatnonzero(rows.any(1))
-  height, width = mask.shape[1:]
-  rows, cols = rows[frames], cols[frames]
-  ymin = rows.argmax(1)
-  ymax = height - rows[:, ::-1].argmax(1)
-  xmin = cols.argmax(1)
-  xmax = width - cols[:, ::-1].argmax(1)
-  boxes = np.stack([ymin / height, xmin / width, ymax / height, xmax / width], -1)
-  return boxes.astype(np.float32), frames.astype(np.int32)
-
-
-def render_movi_arrays(scene: Scene, height: int, width: int) -> dict:
-  """Renders a scene into MOVi-E's layout (numpy; no image encoding).
-
-  Instances are sorted by total visibility, descending, and segmentation ids
-  are index + 1 in that order (background 0), as in MOVi.
-
-  Returns:
-    dict with video uint8 [T, H, W, 3], segmentations uint8 [T, H, W, 1],
-    forward_flow / backward_flow uint16 [T, H, W, 2] (delta_row, delta_col),
-    depth uint16 [T, H, W, 1], object_coordinates uint16 [T, H, W, 3], the
-    float32 [2] ranges forward_flow_range / backward_flow_range / depth_range,
-    `instances` (list of per-instance dicts of MOVi-E instance features,
-    sorted), `camera` (MOVi camera features), `order` (scene object index of
-    each sorted instance) and `render` (the `render_scene` output).
-  """
-  render = render_scene(scene, height, width)
-  layer = render["layer"]
-  num_frames, num_objects = scene.num_frames, len(scene.objects)
-  counts = np.stack([np.bincount(layer[t].ravel(), minlength=num_objects + 1)
-                     for t in range(num_frames)], 1)[:num_objects]  # [K, T]
-  order = np.argsort(-counts.sum(1), kind="stable")
-  new_id = np.zeros(num_objects + 1, np.uint8)  # background -> 0
-  new_id[order] = np.arange(1, num_objects + 1)
-  segmentation = new_id[layer]
-
-  forward, forward_range = quantize_to_uint16(render["forward_flow"])
-  backward, backward_range = quantize_to_uint16(render["backward_flow"])
-  depth, depth_range = quantize_to_uint16(render["depth"])
-  is_object = (layer < num_objects)[..., None]
-  coords = np.concatenate([(render["object_uv"] + 1.0) / 2.0,
-                           np.full(layer.shape + (1,), 0.5)], -1)
-  coords = np.where(is_object, np.clip(coords, 0.0, 1.0), 0.0)
-  object_coordinates = np.round(coords * 65535.0).astype(np.uint16)
-
-  instances = []
-  for rank, k in enumerate(order):
-    obj = scene.objects[k]
-    boxes, frames = _bounding_boxes(segmentation, rank + 1)
-    half = obj.angle / 2.0
-    corners = np.array([(sx, sy * obj.aspect, 0.0) for sx in (-1, 1)
-                        for sy in (-1, 1) for _ in (0, 1)])  # [8, 3], flat card
-    cos, sin = np.cos(obj.angle), np.sin(obj.angle)
-    rotated_x = cos[:, None] * corners[:, 0] - sin[:, None] * corners[:, 1]
-    rotated_y = sin[:, None] * corners[:, 0] + cos[:, None] * corners[:, 1]
-    bboxes_3d = np.stack([rotated_x, rotated_y, np.zeros_like(rotated_x)], -1)
-    bboxes_3d = obj.scale[:, None, None] * bboxes_3d + obj.position[:, None, :]
-    centre = render["offset"][k]  # image (x, y) of the card centre, [T, 2]
-    instances.append({
-        "mass": np.float32(np.pi * obj.aspect * obj.scale[0] ** 2),
-        "friction": np.float32(0.5),
-        "restitution": np.float32(0.5),
-        "positions": obj.position.astype(np.float32),
-        "quaternions": np.stack([np.cos(half), np.zeros_like(half),
-                                 np.zeros_like(half), np.sin(half)],
-                                -1).astype(np.float32),
-        "velocities": (np.gradient(obj.position, axis=0) *
-                       FRAMES_PER_SECOND).astype(np.float32),
-        "angular_velocities": np.stack(
-            [np.zeros_like(half), np.zeros_like(half),
-             np.gradient(obj.angle) * FRAMES_PER_SECOND], -1).astype(np.float32),
-        "bboxes_3d": bboxes_3d.astype(np.float32),
-        "image_positions": (centre / [width, height]).astype(np.float32),
-        "bboxes": boxes,
-        "bbox_frames": frames,
-        "visibility": counts[k].astype(np.uint16),
-        "asset_id": obj.asset_id,
-        "category": "None",
-        "scale": np.float32(obj.scale[0]),
-        "is_dynamic": obj.is_dynamic,
-    })
-  identity = np.tile(np.array([1.0, 0.0, 0.0, 0.0], np.float32), (num_frames, 1))
-  camera = {
-      "focal_length": np.float32(FOCAL_LENGTH_MM),
-      "sensor_width": np.float32(SENSOR_WIDTH_MM),
-      "field_of_view": np.float32(
-          2 * math.atan(SENSOR_WIDTH_MM / (2 * FOCAL_LENGTH_MM))),
-      "positions": scene.camera_position.astype(np.float32),
-      "quaternions": identity,
-  }
-  return {
-      "video": np.round(np.clip(render["rgb"], 0, 1) * 255).astype(np.uint8),
-      "segmentations": segmentation[..., None],
-      "forward_flow": forward, "forward_flow_range": forward_range,
-      "backward_flow": backward, "backward_flow_range": backward_range,
-      "depth": depth, "depth_range": depth_range,
-      "object_coordinates": object_coordinates,
-      "instances": instances, "camera": camera, "order": order,
-      "render": render,
-  }
