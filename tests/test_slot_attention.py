@@ -16,12 +16,25 @@ _MLP_HIDDEN = 12
 _slot_attention = functools.partial(sa.SlotAttention, mlp_hidden_size=_MLP_HIDDEN)
 
 
-def _randomize(params, key, scale=0.5):
-  """Replaces every parameter (incl. zero biases, unit LN scales) by random values."""
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  new = [leaf + scale * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
-  return jax.tree_util.tree_unflatten(treedef, new)
+def _random_params(module, *args, seed=0):
+  """Random parameters with the module's tree structure, without compiling `init`.
+
+  Every entry is random (biases and LayerNorm scales included, so that none of them is a
+  trivial 0 or 1): kernels N(0, 1/fan_in), scales 1 + N(0, 0.5^2), others N(0, 0.5^2).
+  """
+  shapes = jax.eval_shape(lambda key: module.init(key, *args), jax.random.key(0))['params']
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    noise = rng.normal(size=leaf.shape).astype(np.float32)
+    name = path[-1].key
+    if name == 'kernel':
+      return jnp.asarray(noise / np.sqrt(leaf.shape[0]))
+    if name == 'scale':
+      return jnp.asarray(1.0 + 0.5 * noise)
+    return jnp.asarray(0.5 * noise)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _inputs(seed=0):
@@ -36,9 +49,7 @@ def _full_params(seed=0):
   """Random parameters of the largest variant (q/k/v bias, GRU, MLP); initialised once
   because parameter initialisation dominates this file's run time."""
   module = _slot_attention(use_qkv_bias=True)
-  slots, inputs = _inputs()
-  params = module.init(jax.random.key(seed), slots, inputs)['params']
-  return _randomize(params, jax.random.key(seed + 100))
+  return _random_params(module, *_inputs(), seed=seed)
 
 
 def _init(module, slots, inputs, seed=0):
@@ -116,8 +127,7 @@ def test_equivariant_to_slot_permutation_with_gaussian_init():
   module = _slot_attention(num_iterations=3)
   _, inputs = _inputs(4)
   noise = jax.random.normal(jax.random.key(5), (B, K, D))
-  init_params = _randomize(init.init(jax.random.key(0), B, noise)['params'],
-                           jax.random.key(1))
+  init_params = _random_params(init, B, noise)
   slots = init.apply({'params': init_params}, B, noise)
   params = _init(module, slots, inputs)
   perm = np.array([2, 0, 3, 1])

@@ -1,0 +1,159 @@
+"""Motion Grouping (Yang et al., ICCV 2021): a slot-attention autoencoder on optical flow.
+
+Follows the official `src/model.py` (charigyang/motiongrouping):
+  encoder: for each width w in `encoder_widths`, two [Conv5x5 -> InstanceNorm(affine) ->
+    ReLU] blocks, with MaxPool 2x2 (ceil_mode) between stages ([64, MP, 128, MP, 256]);
+  SoftPositionEmbed, flatten, LayerNorm, MLP(D, D) (no activation after the last Dense);
+  slot attention: learned queries (nn.Embedding), q/k/v with bias, GRU, residual MLP;
+  decoder per slot: broadcast to (H/8, W/8) + SoftPositionEmbed, three
+    ConvTranspose(5x5, stride 2, pad 2, output_pad 1) + IN + ReLU, Conv5x5 + IN + ReLU,
+    Conv5x5 -> C + 1 (reconstruction channels + alpha logit);
+  alpha softmax over slots, recon = sum_k recon_k * mask_k.
+
+Differences from the PyTorch code: parameter initialisers are flax defaults (lecun-normal
+kernels, zero biases) rather than PyTorch's uniform fan-in ones; flax `ConvTranspose`
+kernels are PyTorch's spatially flipped (same function family, same output alignment).
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vosjax.models import layers
+from vosjax.models import slot_attention
+
+
+class MotionGroupingEncoder(nn.Module):
+  """CNN encoder [w0, MP, w1, MP, w2, ...] with two conv blocks per width.
+
+  Attributes:
+    widths: Channel width of each stage; a 2x2 ceil-mode max-pool separates stages.
+  """
+  widths: Sequence[int] = (64, 128, 256)
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """`[B, H, W, C]` -> `[B, ceil(H / 2^(S-1)), ceil(W / 2^(S-1)), widths[-1]]`."""
+    for stage, width in enumerate(self.widths):
+      if stage > 0:
+        x = layers.max_pool_2x2_ceil(x)
+      x = layers.ConvNormReLU(width, 5, name=f'stage{stage}_conv1')(x)
+      x = layers.ConvNormReLU(width, 5, name=f'stage{stage}_conv2')(x)
+    return x
+
+
+class MotionGroupingDecoder(nn.Module):
+  """Spatial-broadcast decoder shared by all slots.
+
+  Attributes:
+    transpose_widths: Output width of each stride-2 ConvTranspose (+IN+ReLU); the broadcast
+      grid is the output size divided by 2**len(transpose_widths).
+    conv_width: Width of the stride-1 Conv5x5 + IN + ReLU block.
+    output_channels: C; the last conv outputs C + 1 channels (recon + alpha logit).
+  """
+  transpose_widths: Sequence[int] = (64, 64, 64)
+  conv_width: int = 64
+  output_channels: int = 3
+
+  @nn.compact
+  def __call__(self, slots: jnp.ndarray, output_size: Sequence[int]) -> jnp.ndarray:
+    """Decodes every slot.
+
+    Args:
+      slots: `[B, K, D]`.
+      output_size: `(H, W)`, divisible by 2**len(transpose_widths).
+
+    Returns:
+      `[B, K, H, W, C + 1]` per-slot reconstructions and alpha logits.
+    """
+    factor = 2**len(self.transpose_widths)
+    height, width = output_size
+    batch, num_slots = slots.shape[:2]
+    x = layers.spatial_broadcast(slots, (height // factor, width // factor))
+    x = x.reshape((batch * num_slots,) + x.shape[2:])
+    x = layers.SoftPositionEmbed(name='pos_embed')(x)
+    for i, features in enumerate(self.transpose_widths):
+      x = layers.ConvTransposeNormReLU(features, name=f'upsample{i}')(x)
+    x = layers.ConvNormReLU(self.conv_width, 5, name='conv')(x)
+    x = layers.ConvNormReLU(self.output_channels + 1, 5, use_norm=False, use_relu=False,
+                            name='output')(x)
+    return x.reshape((batch, num_slots) + x.shape[1:])
+
+
+class MotionGrouping(nn.Module):
+  """Motion Grouping autoencoder. Defaults are the official DAVIS configuration.
+
+  A small CPU variant, e.g. for 64x64 demos: `encoder_widths=(16, 32, 32), slot_dim=32,
+  slot_mlp_hidden_size=32, decoder_transpose_widths=(32, 32, 32), decoder_conv_width=32`.
+
+  Attributes:
+    num_slots: K (2: foreground and background).
+    num_iterations: Slot-attention iterations.
+    encoder_widths: Encoder stage widths (max-pool between stages).
+    slot_dim: Slot / q,k,v size; the post-encoder MLP maps features to it.
+    slot_mlp_hidden_size: Hidden width of slot attention's residual MLP.
+    decoder_transpose_widths: Widths of the stride-2 ConvTranspose layers; their count
+      sets the broadcast resolution (H / 2**count) and the required divisibility of H, W.
+    decoder_conv_width: Width of the decoder's stride-1 conv block.
+    epsilon: Slot-attention epsilon.
+    gradient_mode: Slot-attention gradient mode ('full', 'last_iteration',
+      'last_iteration_to_init').
+  """
+  num_slots: int = 2
+  num_iterations: int = 5
+  encoder_widths: Sequence[int] = (64, 128, 256)
+  slot_dim: int = 256
+  slot_mlp_hidden_size: int = 256
+  decoder_transpose_widths: Sequence[int] = (64, 64, 64)
+  decoder_conv_width: int = 64
+  epsilon: float = 1e-8
+  gradient_mode: slot_attention.GradientMode = 'full'
+
+  @nn.compact
+  def __call__(self, flow: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    """Reconstructs encoded flow through K slots.
+
+    Args:
+      flow: `[B, H, W, C]` encoded flow (C = 3 for RGB-encoded, 2 for raw); H and W must
+        be divisible by 2**len(decoder_transpose_widths) (8 by default).
+
+    Returns:
+      dict with
+        recon: `[B, H, W, C]` combined reconstruction;
+        masks: `[B, K, H, W]` alpha masks (softmax over slots);
+        slot_recons: `[B, K, H, W, C]` per-slot reconstructions;
+        attn: `[B, K, N]` last slot-attention iteration's attention (softmax over slots)
+          over the N = h * w encoder positions (row-major), h, w = encoder output size;
+        slots: `[B, K, slot_dim]`.
+    """
+    if flow.ndim != 4:
+      raise ValueError(f'MotionGrouping expects flow [B, H, W, C], got shape {flow.shape}.')
+    batch, height, width, channels = flow.shape
+    factor = 2**len(self.decoder_transpose_widths)
+    if height % factor or width % factor:
+      raise ValueError(
+          f'MotionGrouping needs H and W divisible by {factor} (the decoder upsamples '
+          f'{len(self.decoder_transpose_widths)} times by 2), got H={height}, W={width}.')
+
+    x = MotionGroupingEncoder(self.encoder_widths, name='encoder')(flow)
+    x = layers.SoftPositionEmbed(name='encoder_pos')(x)
+    x = x.reshape((batch, -1, x.shape[-1]))
+    x = nn.LayerNorm(epsilon=1e-5, name='encoder_norm')(x)
+    x = layers.FeatureMLP(self.slot_dim, self.slot_dim, name='encoder_mlp')(x)
+
+    init_slots = slot_attention.LearnedSlotInit(self.num_slots, self.slot_dim,
+                                                name='slot_init')(batch)
+    slots, attn = slot_attention.SlotAttention(
+        num_iterations=self.num_iterations, mlp_hidden_size=self.slot_mlp_hidden_size,
+        epsilon=self.epsilon, use_qkv_bias=True, use_gru=True,
+        gradient_mode=self.gradient_mode, name='slot_attention')(init_slots, x)
+
+    decoded = MotionGroupingDecoder(self.decoder_transpose_widths, self.decoder_conv_width,
+                                    channels, name='decoder')(slots, (height, width))
+    slot_recons, alpha_logits = decoded[..., :channels], decoded[..., channels]
+    masks = jax.nn.softmax(alpha_logits, axis=1)
+    recon = jnp.sum(slot_recons * masks[..., None], axis=1)
+    return {'recon': recon, 'masks': masks, 'slot_recons': slot_recons, 'attn': attn,
+            'slots': slots}
