@@ -87,13 +87,13 @@ def plain_greedy(distance, valid, tau):
 def test_greedy_group_matches_plain_loop_and_flags_overflow():
   rng = np.random.default_rng(3)
   points = rng.normal(size=(40, 2))
-  distance = np.linalg.norm(points[:, None] - points[None], axis=-1).astype(np.float32)
+  distance = jnp.asarray(np.linalg.norm(points[:, None] - points[None], axis=-1), jnp.float32)
   valid = rng.random(40) > 0.2
-  expected_ids, expected_count = plain_greedy(distance, valid, 1.0)
-  group_ids, count, overflow = clustering.greedy_group(distance, valid, 1.0, max_groups=40)
+  expected_ids, expected_count = plain_greedy(np.asarray(distance), valid, 1.0)
+  group_ids, count, overflow = clustering.greedy_group(lambda i: distance[i], valid, 1.0, max_groups=40)
   np.testing.assert_array_equal(group_ids, expected_ids)
   assert int(count) == expected_count and not overflow
-  group_ids, count, overflow = clustering.greedy_group(distance, valid, 1.0, max_groups=2)
+  group_ids, count, overflow = clustering.greedy_group(lambda i: distance[i], valid, 1.0, max_groups=2)
   assert int(count) == 2 and bool(overflow)
   np.testing.assert_array_equal(group_ids, np.where(expected_ids < 2, expected_ids, -1))
 

@@ -17,7 +17,9 @@ Fixed shapes: centroid sets live in [max_clusters, K'] buffers with a count; win
 a flag (`ClusterResult.overflow`; the extra groups are dropped, the extra levels not merged) instead
 of failing silently.
 Greedy grouping is a `lax.while_loop` that jumps to the first unassigned row, which is the row the
-official loop over i in index order would process next, so it runs once per group rather than per row.
+official loop over i in index order would process next, so it runs once per group rather than per row,
+and it computes only those rows of D' (the official code builds all of D'): per window the cost is
+two [M, M, K'] products (D and the smoothing) instead of three.
 
 Numerics: KLsym(p, q) = sum p log p + sum q log q - p.log q - q.log p like the official code (no epsilon).
 log(x) is taken as log(max(x, float32 tiny)), so 0 * log 0 gives 0 instead of NaN; for strictly
@@ -27,7 +29,7 @@ bf16/tf32, which would move distances across tau).
 """
 
 import functools
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -106,15 +108,18 @@ def _self_symmetric_kl(p: jax.Array, precision: kfa.Precision) -> jax.Array:
   return neg_entropy[:, None] + neg_entropy[None, :] - cross - cross.T
 
 
-def greedy_group(distance: jax.Array, valid: jax.Array, tau: jax.Array,
-                 max_groups: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def greedy_group(distance_row: Callable[[jax.Array], jax.Array], valid: jax.Array,
+                 tau: jax.Array, max_groups: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Official greedy grouping in index order, with fixed shapes.
 
   For i = 0, 1, ...: skip i if assigned; else open group G = {j unassigned: distance[i, j] <= tau}
   (plus i itself, which the official code gets from distance[i, i] = 0), mark G assigned.
 
+  Only the rows that open a group are ever read, so the distance matrix is given as a function of
+  the row index and rows are computed on demand (tens of rows instead of an [M, M] product).
+
   Args:
-    distance: [M, M].
+    distance_row: i (int32 []) -> distance[i] [M].
     valid: bool [M]; invalid rows are never grouped nor members.
     tau: scalar threshold.
     max_groups: static capacity; grouping stops after that many groups.
@@ -123,8 +128,8 @@ def greedy_group(distance: jax.Array, valid: jax.Array, tau: jax.Array,
     (group_ids int32 [M] with -1 for invalid or dropped rows, num_groups int32 [],
      overflow bool [] = some valid row left ungrouped because of the capacity).
   """
-  distance, valid = jnp.asarray(distance), jnp.asarray(valid, bool)
-  num_rows = distance.shape[0]
+  valid = jnp.asarray(valid, bool)
+  num_rows = valid.shape[0]
   row_index = jnp.arange(num_rows)
 
   def not_done(state):
@@ -134,12 +139,26 @@ def greedy_group(distance: jax.Array, valid: jax.Array, tau: jax.Array,
   def open_group(state):
     assigned, group_ids, count = state
     first = jnp.argmax(~assigned)  # first unassigned row = next row the official loop processes
-    members = ((distance[first] <= tau) & ~assigned) | (row_index == first)
+    members = ((distance_row(first) <= tau) & ~assigned) | (row_index == first)
     return assigned | members, jnp.where(members, count, group_ids), count + 1
 
   initial = (~valid, jnp.full((num_rows,), -1, jnp.int32), jnp.zeros((), jnp.int32))
   assigned, group_ids, count = jax.lax.while_loop(not_done, open_group, initial)
   return group_ids, count, jnp.any(~assigned)
+
+
+def _self_symmetric_kl_rows(p: jax.Array,
+                            precision: kfa.Precision) -> Callable[[jax.Array], jax.Array]:
+  """Row function of symmetric_kl(p, p): i -> [n], two matrix-vector products per row."""
+  log_p = _safe_log(p)
+  neg_entropy = jnp.sum(p * log_p, axis=-1)
+
+  def row(i):
+    cross = (jnp.matmul(p, log_p[i], precision=precision)
+             + jnp.matmul(log_p, p[i], precision=precision))
+    return neg_entropy[i] + neg_entropy - cross
+
+  return row
 
 
 def group_means(x: jax.Array, group_ids: jax.Array, num_groups: int) -> jax.Array:
@@ -165,7 +184,7 @@ def _window_centroids(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, m
   smoothed = smoothed / jnp.sum(smoothed, axis=-1, keepdims=True)
   smoothed = jnp.where(row_valid[:, None], smoothed, sample)  # padded rows: keep finite values
   group_ids, count, overflow = greedy_group(
-      _self_symmetric_kl(smoothed, precision), row_valid, tau, max_groups)
+      _self_symmetric_kl_rows(smoothed, precision), row_valid, tau, max_groups)
   return group_means(smoothed, group_ids, max_groups), count, overflow
 
 
@@ -284,7 +303,7 @@ def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, i
     centroids, level, counts, parents, done, overflow = state
     count = counts[level]
     group_ids, new_count, _ = greedy_group(
-        _self_symmetric_kl(centroids, precision), cluster_index < count, tau, max_clusters)
+        _self_symmetric_kl_rows(centroids, precision), cluster_index < count, tau, max_clusters)
     merged = new_count < count
     has_room = level + 1 < max_levels
     record = merged & has_room
