@@ -98,7 +98,8 @@ def _check_gcs_reachable(data_dir: str, tfds_name: str) -> None:
 
   def probe():
     try:
-      socket.create_connection((_GCS_HOST, 443), timeout=_GCS_PROBE_TIMEOUT_S).close()
+      socket.create_connection((_GCS_HOST, 443),
+                               timeout=_GCS_PROBE_TIMEOUT_S).close()
     except OSError as e:
       error.append(e)
 
@@ -107,10 +108,12 @@ def _check_gcs_reachable(data_dir: str, tfds_name: str) -> None:
   thread.join(_GCS_PROBE_TIMEOUT_S + 1.0)
   if thread.is_alive() or error:
     reason = error[0] if error else "timed out"
+    name, _, version = tfds_name.partition(":")
+    version = version or "1.0.0"
     raise ConnectionError(
         f"Cannot reach {data_dir!r} for dataset {tfds_name!r} ({_GCS_HOST}: "
-        f"{reason}). Copy the data locally (gsutil -m cp -r "
-        f"{data_dir.rstrip('/')}/{tfds_name.split(':')[0]} DIR) and set "
+        f"{reason}). Copy it locally (mkdir -p DIR/{name} && gsutil -m cp -r "
+        f"{data_dir.rstrip('/')}/{name}/{version} DIR/{name}/) and set "
         f"{_DATA_DIR_KEY}=DIR, or use the offline synthetic set with "
         f"{_NAME_KEY}={SYNTHETIC_NAME}/64x64.")
 
@@ -153,7 +156,7 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
   except Exception as e:  # TFDS raises several types for a missing dataset.
     raise FileNotFoundError(
         f"Dataset {tfds_name!r} not found in data_dir {data_dir!r} (expected "
-        f"{data_dir}/{tfds_name.replace(':', '/')}/dataset_info.json): "
+        f"{data_dir}/{tfds_name.split(':')[0]}/VERSION/dataset_info.json): "
         f"{type(e).__name__}: {e}. Set {_DATA_DIR_KEY} to the folder that "
         f"holds it or {_NAME_KEY} to an available dataset (offline: "
         f"{SYNTHETIC_NAME}/64x64).") from e
