@@ -169,15 +169,16 @@ def sample_scene(rng: np.random.Generator, num_frames: int, min_objects: int,
   objects = []
   for k in range(num_objects):
     shape = str(rng.choice(SHAPES))
+    star_points = int(rng.integers(4, 7))  # drawn for every shape, used by stars
     num_points = {"triangle": 3, "pentagon": 5, "hexagon": 6,
-                  "star": int(rng.integers(4, 7))}.get(shape, 0)
+                  "star": star_points}.get(shape, 0)
     depth = rng.uniform(6.0, 14.0)
-    size = rng.uniform(0.6, 1.6)
+    size = rng.uniform(0.7, 1.8)
     centre = rng.uniform(-0.85, 0.85, size=2) * view * depth
     angle0 = rng.uniform(0, 2 * np.pi)
     if dynamic[k]:
       direction = rng.uniform(0, 2 * np.pi)
-      speed = rng.uniform(0.04, 0.2)
+      speed = rng.uniform(0.05, 0.25)
       velocity = np.array([speed * np.cos(direction), speed * np.sin(direction),
                            rng.uniform(-0.1, 0.1)])
       depth_t = depth + rel[:, 0] * velocity[2]
