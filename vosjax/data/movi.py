@@ -23,6 +23,8 @@ used below), frames decoded after the temporal window is chosen.
                   (SAVi draws one of the non-overlapping windows instead.)
   eval_frames:    frames per evaluation video from its start; None = all.
   shuffle_buffer: records per shuffle block (see below); 1 disables shuffling.
+                  Holds that many raw records in memory (about 1.3 MB each
+                  for vosjax_synthetic/64x64, several MB for MOVi 128x128).
   max_instances:  segmentation ids above this become background 0 (SAVi: 23).
 
 Batches (host-local numpy, shapes static):
