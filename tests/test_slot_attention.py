@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests import reference_slot_attention as reference
+from vosjax.models import autoencoder
 from vosjax.models import slot_attention as sa
 
 B, K, N, D, D_IN = 2, 4, 10, 8, 6
@@ -29,7 +30,7 @@ def _random_params(module, *args, seed=0):
     noise = rng.normal(size=leaf.shape).astype(np.float32)
     name = path[-1].key
     if name == 'kernel':
-      return jnp.asarray(noise / np.sqrt(leaf.shape[0]))
+      return jnp.asarray(noise / np.sqrt(np.prod(leaf.shape[:-1])))
     if name == 'scale':
       return jnp.asarray(1.0 + 0.5 * noise)
     return jnp.asarray(0.5 * noise)
@@ -181,7 +182,7 @@ def _grads(mode, params, slots, inputs, cotangent, iters=3):
     out, _ = module.apply({'params': p}, s, inputs)
     return jnp.sum(out * cotangent)
 
-  return (jax.grad(loss, argnums=(0, 1)))(params, slots)
+  return jax.grad(loss, argnums=(0, 1))(params, slots)
 
 
 def _manual_last_iteration(params, slots, inputs, cotangent, iters=3):
@@ -194,7 +195,7 @@ def _manual_last_iteration(params, slots, inputs, cotangent, iters=3):
     out, _ = last.apply({'params': p}, s, inputs)
     return jnp.sum(out * cotangent)
 
-  return (jax.grad(loss, argnums=(0, 1)))(params, slots_mid)
+  return jax.grad(loss, argnums=(0, 1))(params, slots_mid)
 
 
 def test_straight_through_gradients_only_pass_the_last_iteration():
@@ -234,3 +235,60 @@ def test_gradient_modes_share_the_forward_pass():
     outs.append(np.asarray(module.apply({'params': params}, slots, inputs)[0]))
   np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(outs[2], outs[0], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- autoencoder
+
+_SMALL_AE = dict(num_slots=3, encoder_widths=(8, 8), slot_dim=8, slot_mlp_hidden_size=16,
+                 decoder_initial_size=(8, 8), decoder_width=8)
+
+
+def test_autoencoder_shapes_masks_and_slot_equivariance():
+  model = autoencoder.SlotAttentionAutoEncoder(**_SMALL_AE)
+  image = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+  noise = jax.random.normal(jax.random.key(1), (2, 3, 8))
+  params = _random_params(model, image, noise)
+  apply = jax.jit(model.apply)
+  out = apply({'params': params}, image, noise)
+  assert out['recon'].shape == (2, 32, 32, 3)
+  assert out['masks'].shape == (2, 3, 32, 32)
+  assert out['slot_recons'].shape == (2, 3, 32, 32, 3)
+  assert out['attn'].shape == (2, 3, 32 * 32)
+  np.testing.assert_allclose(np.asarray(out['masks'].sum(1)), 1.0, atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(out['recon']),
+      np.asarray((out['slot_recons'] * out['masks'][..., None]).sum(1)), atol=1e-5)
+  # Permuting the slot noise permutes the slots' masks and leaves the image unchanged.
+  perm = np.array([2, 0, 1])
+  out_perm = apply({'params': params}, image, noise[:, perm])
+  np.testing.assert_allclose(np.asarray(out_perm['masks']),
+                             np.asarray(out['masks'][:, perm]), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(out_perm['recon']), np.asarray(out['recon']),
+                             atol=1e-4)
+
+
+def test_autoencoder_default_parameter_count_matches_original():
+  model = autoencoder.SlotAttentionAutoEncoder()
+  shapes = jax.eval_shape(
+      lambda key: model.init({'params': key, 'slots': key}, jnp.zeros((1, 128, 128, 3))),
+      jax.random.key(0))
+  count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+  conv = lambda k, cin, cout: k * k * cin * cout + cout
+  dense = lambda cin, cout, bias=True: cin * cout + (cout if bias else 0)
+  # Layer by layer, the Keras model of google-research/slot_attention/model.py.
+  encoder = conv(5, 3, 64) + 3 * conv(5, 64, 64) + dense(4, 64) + 2 * 64 + 2 * dense(64, 64)
+  slot_attn = (3 * 2 * 64 + 2 * 64 + 3 * dense(64, 64, bias=False)
+               + 2 * 64 * 192 + 2 * 192  # GRUCell(reset_after=True): bias shape (2, 192)
+               + dense(64, 128) + dense(128, 64))
+  decoder = dense(4, 64) + 5 * conv(5, 64, 64) + conv(3, 64, 4)
+  assert count == encoder + slot_attn + decoder == 890308
+
+
+def test_autoencoder_rejects_bad_resolution():
+  model = autoencoder.SlotAttentionAutoEncoder(**_SMALL_AE)
+  with pytest.raises(ValueError, match='power of 2'):
+    model.init({'params': jax.random.key(0), 'slots': jax.random.key(1)},
+               jnp.zeros((1, 32, 64, 3)))
+  with pytest.raises(ValueError, match='power of 2'):
+    model.init({'params': jax.random.key(0), 'slots': jax.random.key(1)},
+               jnp.zeros((1, 24, 24, 3)))
