@@ -185,7 +185,8 @@ def _resize(video: jax.Array, resolution) -> jax.Array:
 def _check_video(batch: dict, what: str) -> jax.Array:
   if "video" not in batch:
     raise KeyError(f"Betrayed by Attention {what} needs batch['video'] [B, T, H, W, 3]; got keys "
-                   f"{sorted(batch)}.")
+                   f"{sorted(batch)}. config.data must select a reader of RGB clips (MOVi-format "
+                   "TFDS does; data.source='davis' yields Motion Grouping flow pairs).")
   video = batch["video"]
   if video.ndim != 5 or video.shape[-1] != 3:
     raise ValueError(f"batch['video'] must be [B, T, H, W, 3], got {video.shape}.")
