@@ -71,6 +71,17 @@ def test_symmetric_kl_matches_float64_and_handles_zeros():
   assert np.isfinite(distance).all() and abs(distance[0, 0]) < 1e-6
 
 
+def test_nearest_centroid_in_chunks_matches_argmin():
+  rng = np.random.default_rng(2)
+  sample = rng.dirichlet(np.ones(12), size=30).astype(np.float32)
+  centroids = rng.dirichlet(np.ones(12), size=10).astype(np.float32)
+  for count in (10, 9, 3):  # chunks of 4 over 10 slots: the last chunk overlaps the previous one
+    nearest = clustering.nearest_centroid(sample, centroids, jnp.int32(count), chunk=4)
+    expected = np.argmin(reference.kl_distance(centroids[:count].astype(np.float64),
+                                               sample.astype(np.float64)), axis=0)
+    np.testing.assert_array_equal(nearest, expected)
+
+
 def plain_greedy(distance, valid, tau):
   group_ids = np.full(len(distance), -1)
   count = 0

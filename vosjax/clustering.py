@@ -188,8 +188,9 @@ def _window_centroids(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, m
   return group_means(smoothed, group_ids, max_groups), count, overflow
 
 
-def _nearest_centroid(sample: jax.Array, centroids: jax.Array, count: jax.Array,
-                      precision: kfa.Precision) -> jax.Array:
+def nearest_centroid(sample: jax.Array, centroids: jax.Array, count: jax.Array,
+                     precision: kfa.Precision = jax.lax.Precision.HIGHEST,
+                     chunk: int = _ASSIGN_CHUNK) -> jax.Array:
   """Index of the centroid with the smallest KLsym for each row, first index on ties (like argmin).
 
   Only the first `count` centroids are valid; they are compared in chunks so the cost follows
@@ -199,12 +200,14 @@ def _nearest_centroid(sample: jax.Array, centroids: jax.Array, count: jax.Array,
     sample: [M, K'] attention rows.
     centroids: [Kmax, K'] buffer.
     count: int32 [], number of valid centroids (>= 1).
+    precision: matmul precision.
+    chunk: centroids per step (static).
 
   Returns:
     int32 [M].
   """
   capacity = centroids.shape[0]
-  chunk = min(_ASSIGN_CHUNK, capacity)
+  chunk = min(chunk, capacity)
   log_sample = _safe_log(sample)
   neg_entropy_sample = jnp.sum(sample * log_sample, axis=-1)
 
@@ -327,7 +330,7 @@ def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, i
 
     def assign_level(level, state):
       centroids, labels = state
-      labels = labels.at[level].set(_nearest_centroid(sample, centroids, counts[level], precision))
+      labels = labels.at[level].set(nearest_centroid(sample, centroids, counts[level], precision))
       return group_means(centroids, parents[level], max_clusters), labels
 
     labels = jnp.zeros((max_levels, sample.shape[0]), jnp.int32)
