@@ -29,8 +29,8 @@ names, shapes, dtypes and storage (PNG frames, uint16 tensors):
 See `synthetic_render` for the scene model and the exactness of the ground
 truth. Differences from real MOVi-E: 2-D textured cards instead of 3-D
 scanned objects (shapes are in `asset_id`, `category` is always "None"),
-no physics (`events.collisions` is empty), constant normals, and the flow of
-the last frame (forward) and first frame (backward) is zero.
+no physics (`events.collisions` is empty), constant normals; the forward flow
+of the last frame and the backward flow of the first frame are zero.
 
 Configs: "64x64" and "128x128" (24 frames, 2..6 objects, 384 train and 48
 validation videos, seed 0) or any `VosjaxSyntheticConfig(...)`. A config's
@@ -427,8 +427,7 @@ class VosjaxSynthetic(tfds.core.GeneratorBasedBuilder):
     with futures.ThreadPoolExecutor(workers) as pool:
       pending = collections.deque()  # in order, at most 2 per worker ahead
       for index in range(num_videos):
-        pending.append(pool.submit(render_example, config, split, index))
-        if len(pending) > 2 * workers:
-          yield video_name(split, index - len(pending) + 1), pending.popleft().result()
-      for offset, future in enumerate(pending):
-        yield video_name(split, num_videos - len(pending) + offset), future.result()
+        pending.append((index, pool.submit(render_example, config, split, index)))
+        while pending and (len(pending) > 2 * workers or index == num_videos - 1):
+          done, future = pending.popleft()
+          yield video_name(split, done), future.result()
