@@ -24,6 +24,8 @@ Choices that the official code does not fix for MOVi-E (it ships no MOVi code):
     giving 32x32 = 1024 tokens per frame, close to the official 24x48 = 1152 at 192x384, so that the
     official counts (30/200 semantic, 10/50 motion positives/negatives) keep their proportions.
   * tau = 1.0 (multi-object; MOVi-E has up to 23 objects) and key-frame ratio 10 over the 24 frames.
+  * Training clips are 3 consecutive frames (the MOVi pipeline has no frame stride; the official
+    YouTube-VIS clips take every 4th stored frame).
 Everything else is the official recipe (docs/algorithms.md sections 1.3-1.6): 3-frame clips, global
 batch 8, AdamW lr 1e-5 cosine to 1e-6 without warmup, weight decay 0.1, 60k steps.
 """

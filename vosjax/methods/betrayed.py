@@ -18,9 +18,14 @@ checkpoints store) are the block's only. A caller that closes over the model in 
 backbone weights as constants (works, but makes compilation slower); passing the model as a jit
 argument avoids that.
 
-Config keys read here (`default_config`; configs/movi_e.py adds `data`): backbone.*, model.{num_heads, mlp_ratio,
-dropout_rate, attention_dropout_rate, train_resolution, inference_resolution, tau, key_frame_ratio,
-max_window_clusters, max_clusters, max_levels}, loss.*, augment.*, optimizer.*, num_train_steps.
+Config keys read here (`default_config`; the configs add `data`): backbone.*, model.{num_heads,
+mlp_ratio, dropout_rate, attention_dropout_rate, train_resolution, inference_resolution, tau,
+key_frame_ratio, max_window_clusters, max_clusters, max_levels}, loss.*, augment.*, optimizer.*,
+num_train_steps, data.clip_length.
+
+Differences from the official code: blur sigma drawn per clip and one normalization (ImageNet) for
+training and inference (see `vosjax.data.augment`); optional resizing of the frames before the
+backbone (`model.train_resolution`, `model.inference_resolution`).
 """
 from __future__ import annotations
 
