@@ -7,7 +7,7 @@ import tensorflow_datasets as tfds
 from vosjax.data import synthetic
 from vosjax.data import synthetic_render as sr
 
-TINY = "32x32_f8_o3-5_n5-3_s7"
+TINY = "32x32_f8_o3-5_n8-3_s7"  # 8 train videos: rendered by 2 threads
 
 # MOVi-E's feature spec, written down from Kubric's TFDS definition
 # (google-research/kubric, challenges/movi/movi_e.py, `MoviE._info` and
@@ -209,9 +209,9 @@ def test_config_names_encode_parameters():
   assert synthetic.VosjaxSyntheticConfig().name == "64x64"
   config = synthetic.VosjaxSyntheticConfig(height=32, width=48, num_frames=8,
                                            min_objects=3, max_objects=5,
-                                           train_videos=5, validation_videos=3,
+                                           train_videos=8, validation_videos=3,
                                            seed=7)
-  assert config.name == "32x48_f8_o3-5_n5-3_s7"
+  assert config.name == "32x48_f8_o3-5_n8-3_s7"
   assert synthetic.VosjaxSyntheticConfig.from_name(config.name).seed == 7
   assert synthetic.VosjaxSyntheticConfig(seed=1).name == "64x64_s1"
   with pytest.raises(ValueError, match="does not match"):
@@ -226,18 +226,19 @@ def test_config_names_encode_parameters():
 
 def test_built_examples_are_the_rendered_scenes(tiny_builder):
   config = tiny_builder.builder_config
-  assert tiny_builder.info.splits["train"].num_examples == 5
-  assert tiny_builder.info.splits["validation"].num_examples == 3
-  examples = list(tfds.as_numpy(tiny_builder.as_dataset("validation")))
-  assert len(examples) == 3
-  for example in examples:
+  examples = {split: list(tfds.as_numpy(tiny_builder.as_dataset(split)))
+              for split in ("train", "validation")}
+  for split, count in (("train", 8), ("validation", 3)):
+    assert tiny_builder.info.splits[split].num_examples == count
+    names = sorted(e["metadata"]["video_name"].decode() for e in examples[split])
+    assert names == [synthetic.video_name(split, i) for i in range(count)]
+  for example in examples["train"] + examples["validation"]:
     name = example["metadata"]["video_name"].decode()
     split, index = name.split("_")
-    scene = sr.sample_scene(sr.scene_rng(config.seed, 1, int(index)),
-                            config.num_frames, config.min_objects,
-                            config.max_objects)
+    scene = sr.sample_scene(
+        sr.scene_rng(config.seed, {"train": 0, "validation": 1}[split], int(index)),
+        config.num_frames, config.min_objects, config.max_objects)
     arrays = synthetic.render_movi_arrays(scene, 32, 32)
-    assert split == "validation"
     for key in ("video", "segmentations", "forward_flow", "backward_flow",
                 "depth", "object_coordinates"):
       np.testing.assert_array_equal(example[key], arrays[key], err_msg=key)
