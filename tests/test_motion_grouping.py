@@ -7,6 +7,7 @@ nn.Embedding queries. The flax parameters are copied into it and the outputs com
 torch is a test-only dependency.
 """
 
+import flax.linen as flax_nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,6 +205,24 @@ def test_conv_transpose_matches_torch_and_doubles_size():
   with torch.no_grad():
     ref_out = ref(_t(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
   np.testing.assert_allclose(out, ref_out, atol=1e-5)
+
+
+@pytest.mark.parametrize('kernel,stride,padding,output_padding,size',
+                         [(5, 2, 2, 1, 7), (4, 2, 1, 0, 6), (5, 3, 2, 2, 5), (3, 1, 1, 0, 4),
+                          (1, 2, 0, 1, 3)])
+def test_subpixel_conv_transpose_equals_flax_conv_transpose(kernel, stride, padding,
+                                                             output_padding, size):
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(2, size, size + 1, 3)), jnp.float32)
+  module = layers.TorchConvTranspose(4, kernel, stride, padding, output_padding)
+  params = _random_params(module, x)
+  reference = flax_nn.ConvTranspose(
+      4, (kernel, kernel), strides=(stride, stride),
+      padding=(layers.torch_conv_transpose_padding(kernel, stride, padding,
+                                                   output_padding),) * 2)
+  out = module.apply({'params': params}, x)
+  expected = reference.apply({'params': params}, x)
+  assert out.shape == expected.shape
+  np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5)
 
 
 def test_conv_norm_relu_matches_torch():

@@ -10,6 +10,10 @@ Follows the TF2 original (`google-research/slot_attention/model.py`,
     'SAME') + ReLU until the input size, ConvTranspose(5x5, stride 1) + ReLU,
     ConvTranspose(3x3, stride 1) -> C + 1;
   alpha softmax over slots, recon = sum_k recon_k * mask_k.
+The stride-2 layers here are PyTorch-style ConvTranspose(5, stride 2, padding 2,
+output_padding 1), which doubles the size like Keras 'SAME' (the two place the kernel
+one output pixel apart); the stride-1 transposed convolutions are written as 'SAME'
+convolutions, the same function family.
 LayerNorm epsilon defaults to Keras' 1e-3. The original trains on images scaled to
 [-1, 1]; scaling is the caller's job.
 """
@@ -116,11 +120,12 @@ class SlotAttentionAutoEncoder(nn.Module):
     y = y.reshape((batch * self.num_slots,) + y.shape[2:])
     y = layers.SoftPositionEmbed(name='decoder_pos')(y)
     for i in range(doublings_h):
-      y = nn.relu(nn.ConvTranspose(self.decoder_width, (5, 5), strides=(2, 2),
-                                   padding='SAME', name=f'decoder_upsample{i}')(y))
-    y = nn.relu(nn.ConvTranspose(self.decoder_width, (5, 5), padding='SAME',
-                                 name='decoder_conv')(y))
-    y = nn.ConvTranspose(channels + 1, (3, 3), padding='SAME', name='decoder_output')(y)
+      y = nn.relu(layers.TorchConvTranspose(self.decoder_width, 5, stride=2, padding=2,
+                                            output_padding=1,
+                                            name=f'decoder_upsample{i}')(y))
+    # A stride-1 'SAME' transposed convolution is a 'SAME' convolution (flipped kernel).
+    y = nn.relu(nn.Conv(self.decoder_width, (5, 5), padding='SAME', name='decoder_conv')(y))
+    y = nn.Conv(channels + 1, (3, 3), padding='SAME', name='decoder_output')(y)
     y = y.reshape((batch, self.num_slots) + y.shape[1:])
 
     slot_recons, alpha_logits = y[..., :channels], y[..., channels]

@@ -11,6 +11,7 @@ running statistics; `flax.linen.InstanceNorm` does the same with the settings be
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -124,6 +125,72 @@ class ConvNormReLU(nn.Module):
     return x
 
 
+class TorchConvTranspose(nn.Module):
+  """PyTorch `ConvTranspose2d(k, stride, padding, output_padding)` computed sub-pixel-wise.
+
+  Same parameters as `nn.ConvTranspose(features, (k, k), strides, padding=
+  torch_conv_transpose_padding(...))` (kernel `[k, k, C_in, features]`, bias) and the
+  same result, but computed as `stride**2` small stride-1 convolutions on the undilated
+  input (one per output phase) that are interleaved: XLA:CPU computes the gradient of a
+  input-dilated convolution (how `nn.ConvTranspose` is lowered) about 9x slower, and the
+  phases skip the multiplications by inserted zeros.
+
+  Attributes:
+    features: Output channels.
+    kernel_size: Square kernel size k.
+    stride: Upsampling stride s.
+    padding: PyTorch `padding` p (0 <= p <= k - 1).
+    output_padding: PyTorch `output_padding`.
+  """
+  features: int
+  kernel_size: int = 5
+  stride: int = 2
+  padding: int = 2
+  output_padding: int = 1
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """`[B, H, W, C]` -> `[B, H', W', features]`, H' = (H-1)s - 2p + k + output_padding."""
+    k, s = self.kernel_size, self.stride
+    if not 0 <= self.padding <= k - 1:
+      raise ValueError(f'TorchConvTranspose: padding must be in [0, {k - 1}], '
+                       f'got {self.padding}.')
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    pad_low = k - 1 - self.padding
+    in_h, in_w = x.shape[-3:-1]
+    out_h = (in_h - 1) * s - 2 * self.padding + k + self.output_padding
+    out_w = (in_w - 1) * s - 2 * self.padding + k + self.output_padding
+
+    def phase_geometry(phase: int, in_size: int, out_size: int):
+      # Output o = s*m + phase reads dilated-input taps a = a0 + s*t of the (flax,
+      # correlation-oriented) kernel, i.e. input i = m + q + t.
+      a0 = (pad_low - phase) % s
+      taps = len(range(a0, k, s))
+      q = (phase + a0 - pad_low) // s
+      count = len(range(phase, out_size, s))
+      return a0, taps, (-q, count + q + taps - 1 - in_size), count
+
+    out = jnp.zeros(x.shape[:-3] + (out_h, out_w, self.features), x.dtype)
+    for phase_y in range(s):
+      a0_y, taps_y, pad_y, count_y = phase_geometry(phase_y, in_h, out_h)
+      for phase_x in range(s):
+        a0_x, taps_x, pad_x, count_x = phase_geometry(phase_x, in_w, out_w)
+        if count_y == 0 or count_x == 0:
+          continue
+        if taps_y == 0 or taps_x == 0:  # no kernel tap reaches this phase: bias only
+          continue
+        sub_kernel = kernel[a0_y::s, a0_x::s]
+        padded = jax.lax.pad(x, jnp.array(0, x.dtype),
+                             ((0, 0, 0), (*pad_y, 0), (*pad_x, 0), (0, 0, 0)))
+        y = jax.lax.conv_general_dilated(
+            padded, sub_kernel.astype(x.dtype), (1, 1), 'VALID',
+            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        out = out.at[:, phase_y::s, phase_x::s].set(y)
+    return out + bias
+
+
 class ConvTransposeNormReLU(nn.Module):
   """PyTorch `ConvTranspose2d(k, stride, padding, output_padding)` + InstanceNorm + ReLU.
 
@@ -149,11 +216,8 @@ class ConvTransposeNormReLU(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """`[B, H, W, C]` -> `[B, H', W', features]`, H' = (H-1)s - 2p + k + output_padding."""
-    pad = torch_conv_transpose_padding(self.kernel_size, self.stride, self.padding,
-                                       self.output_padding)
-    x = nn.ConvTranspose(self.features, (self.kernel_size, self.kernel_size),
-                         strides=(self.stride, self.stride), padding=(pad, pad),
-                         name='conv_transpose')(x)
+    x = TorchConvTranspose(self.features, self.kernel_size, self.stride, self.padding,
+                           self.output_padding, name='conv_transpose')(x)
     if self.use_norm:
       x = nn.InstanceNorm(epsilon=TORCH_INSTANCE_NORM_EPS, use_fast_variance=False,
                           name='norm')(x)
