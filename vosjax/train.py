@@ -55,8 +55,13 @@ def load_method(config: ml_collections.ConfigDict):
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh named `data` over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ("data",), devices=jax.devices())
+  """A 1-D mesh named `data` over every device of every process.
+
+  Auto axis type: shardings are given at the jit boundary and XLA propagates them inside, so the
+  model code needs no sharding annotations (JAX 0.10's default, Explicit, would ask for them).
+  """
+  return jax.make_mesh((jax.device_count(),), ("data",), (jax.sharding.AxisType.Auto,),
+                       devices=jax.devices())
 
 
 def check_batch_size(global_batch_size: int, what: str = "config.batch_size") -> None:
@@ -71,6 +76,23 @@ def to_global(batch: dict, sharding: NamedSharding) -> dict:
   """Host-local numpy batch -> global jax arrays sharded on the leading (batch) axis."""
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                       batch)
+
+
+def place_model(model, mesh):
+  """Returns (model_argument, bind) for passing a model through `jax.jit`.
+
+  A flax linen Module holds no arrays and is closed over (argument None). A method may instead
+  return a pytree model holding frozen arrays (e.g. Betrayed by Attention's backbone); it is
+  replicated onto the devices once and passed as a jit argument, so its weights are neither baked
+  into the program as constants nor copied again at every step.
+  """
+  if isinstance(model, flax.linen.Module):
+    return None, lambda argument: model
+  replicated = NamedSharding(mesh, P())
+  placed = jax.tree.map(
+      lambda x: jax.make_array_from_callback(np.shape(x), replicated,
+                                             lambda index: np.asarray(x)[index]), model)
+  return placed, lambda argument: argument
 
 
 def create_train_state(method, model, config, tx, batch: dict, mesh) -> tuple[TrainState, Any]:
@@ -88,14 +110,16 @@ def create_train_state(method, model, config, tx, batch: dict, mesh) -> tuple[Tr
 
 
 def make_train_step(method, model, config, tx, state_shardings, data_sharding):
-  """Returns jitted `train_step(state, batch, rng) -> (state, metrics)`, state donated."""
+  """Returns `train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated."""
   replicated = NamedSharding(data_sharding.mesh, P())
 
-  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+  model_argument, bind = place_model(model, data_sharding.mesh)
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array, model_argument):
     step_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
-      return method.loss_fn(params, model, batch, step_rng, state.step, config)
+      return method.loss_fn(params, bind(model_argument), batch, step_rng, state.step, config)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
@@ -108,8 +132,9 @@ def make_train_step(method, model, config, tx, state_shardings, data_sharding):
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
     return new_state, metrics
 
-  return jax.jit(train_step, in_shardings=(state_shardings, data_sharding, replicated),
-                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, data_sharding, replicated, replicated),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  return lambda state, batch, rng: jitted(state, batch, rng, model_argument)
 
 
 class _Preemption:

@@ -55,10 +55,12 @@ def _host_local(tree, mesh):
 def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, mesh, *,
              step: int, writer=None, write_outputs: bool = True) -> dict:
   """Evaluates `params` on `config.data.eval_split`; returns the averaged metrics."""
-  from vosjax.train import check_batch_size, to_global  # pylint: disable=g-import-not-at-top
+  from vosjax.train import check_batch_size, place_model, to_global  # pylint: disable=g-import-not-at-top
   check_batch_size(config.eval_batch_size, "config.eval_batch_size")
   data_sharding = NamedSharding(mesh, P("data"))
-  predict = jax.jit(lambda p, b: method.predict(p, model, b, config))
+  model_argument, bind = place_model(model, mesh)
+  jitted_predict = jax.jit(lambda p, b, m: method.predict(p, bind(m), b, config))
+  predict = lambda p, b: jitted_predict(p, b, model_argument)
   sums = collections.defaultdict(float)
   count = 0
   outputs_written = 0

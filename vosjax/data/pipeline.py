@@ -2,6 +2,12 @@
 
 Both yield host-local numpy batches of `config.batch_size // jax.process_count()` examples; the
 training loop turns them into global arrays. `config.data.source` picks the reader.
+
+Data shards: the training stream of a TFDS dataset is split into `config.data.num_shards` shards
+(default: one per process). Each shard yields `batch_size // num_shards` examples per step and process
+p reads the contiguous shards p*k .. p*k+k-1 (k = num_shards // process_count), so the global batch of
+a step is the same whatever the number of processes: fix `num_shards` and a run can move between
+1 and many hosts (or be compared across them) and see the same data.
 """
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Iterator
 
 import jax
 import ml_collections
+import numpy as np
 
 SOURCES = ("tfds", "davis")
 
@@ -30,9 +37,21 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 
         start_step=start_step, flow_cache_dir=config.data.flow_cache_dir,
         gaps=tuple(config.data.gaps))
   from vosjax.data import movi  # pylint: disable=g-import-not-at-top
-  return movi.make_train_iterator(
+  num_shards = config.data.get("num_shards") or jax.process_count()
+  if num_shards % jax.process_count() or config.batch_size % num_shards:
+    raise ValueError(
+        f"config.data.num_shards={num_shards} must be a multiple of the process count "
+        f"({jax.process_count()}) and divide config.batch_size={config.batch_size}.")
+  per_process = num_shards // jax.process_count()
+  shards = [movi.make_train_iterator(
       config.data, config.batch_size, seed=config.seed, start_step=start_step,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=shard, process_count=num_shards)
+            for shard in range(jax.process_index() * per_process,
+                               (jax.process_index() + 1) * per_process)]
+  if len(shards) == 1:
+    return shards[0]
+  return (jax.tree.map(lambda *parts: np.concatenate(parts), *batches)
+          for batches in zip(*shards))
 
 
 def make_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict]:

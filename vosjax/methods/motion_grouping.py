@@ -1,0 +1,183 @@
+"""Motion Grouping (Yang et al., ICCV 2021): method glue for `vosjax.train`.
+
+Training sample: two optical flows of the same frame (official: two different gaps of the same target
+frame). On MOVi-format data these are the frame's forward (t -> t+1) and backward (t -> t-1) flows, so
+the data config uses `clip_length=1, clip_margin=1` (frames that have both); on DAVIS folders the
+flow-pair reader gives gaps from {1, 2, -1, -2} directly (`flow_a`, `flow_b`). Flows are colour-wheel
+encoded as in the official code (`config.model.flow_encoding="rgb"`) or fed raw ("raw").
+
+Evaluation: each frame's forward and backward flow go through the model; in each, the foreground slot
+is the one with less mass on the image border (no ground truth involved: the official evaluation
+picks the slot by IoU with the ground truth, an oracle); the foreground masks of the available flows
+are averaged and thresholded at 0.5, like the official "mean" masks.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vosjax import losses
+from vosjax.data import movi
+from vosjax.data import video as video_io
+from vosjax.models import flow_encoding
+from vosjax.models import motion_grouping as mg_model
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The official hyper-parameters on MOVi-E (configs/motion_grouping.py documents them)."""
+  config = ml_collections.ConfigDict()
+  config.method = "motion_grouping"
+  config.seed = 42
+  config.batch_size = 32
+  config.eval_batch_size = 8
+  config.num_train_steps = 300_000
+  config.log_every_steps = 100
+  config.eval_every_steps = 5_000
+  config.checkpoint_every_steps = 5_000
+  config.max_to_keep = 3
+  config.num_eval_videos_to_write = 8
+
+  config.data = movi.default_data_config()
+  config.data.tfds_name = "movi_e/128x128:1.0.0"
+  config.data.data_dir = "gs://kubric-public/tfds"
+  config.data.resolution = (128, 128)
+  config.data.clip_length = 1  # one frame per sample ...
+  config.data.clip_margin = 1  # ... that has both a forward and a backward flow
+  config.data.num_shards = ml_collections.FieldReference(None, field_type=int)  # None: per process
+
+  config.model = ml_collections.ConfigDict()
+  config.model.flow_encoding = "rgb"  # official --flow_to_rgb; "raw" for (u, v)
+  config.model.num_slots = 2
+  config.model.num_iterations = 5
+  config.model.encoder_widths = (64, 128, 256)
+  config.model.slot_dim = 256
+  config.model.slot_mlp_hidden_size = 256
+  config.model.decoder_transpose_widths = (64, 64, 64)
+  config.model.decoder_conv_width = 64
+  config.model.gradient_mode = "full"
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.recon_scale = 1e2
+  config.loss.ent_scale = 1e-2
+  config.loss.cons_scale = 1e-2
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 5e-4
+  config.optimizer.warmup_steps = 200
+  config.optimizer.decay_steps = 80_000
+  config.optimizer.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
+  return config
+
+
+def make_model(config: ml_collections.ConfigDict) -> mg_model.MotionGrouping:
+  m = config.model
+  return mg_model.MotionGrouping(
+      num_slots=m.num_slots, num_iterations=m.num_iterations,
+      encoder_widths=tuple(m.encoder_widths), slot_dim=m.slot_dim,
+      slot_mlp_hidden_size=m.slot_mlp_hidden_size,
+      decoder_transpose_widths=tuple(m.decoder_transpose_widths),
+      decoder_conv_width=m.decoder_conv_width, gradient_mode=m.get("gradient_mode", "full"))
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with the official schedule: linear warm-up, then the lr halves every `decay_steps`."""
+  o = config.optimizer
+  schedule = losses.motion_grouping_lr_schedule(o.learning_rate, o.warmup_steps, o.decay_steps)
+  chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.get("grad_clip_norm") else []
+  return optax.chain(*chain, optax.adam(schedule))
+
+
+def encode(flow: jnp.ndarray, config: ml_collections.ConfigDict) -> jnp.ndarray:
+  """`[..., H, W, 2]` flow (delta_row, delta_col) -> the network input `[..., H, W, C]`."""
+  if config.model.flow_encoding == "rgb":
+    return flow_encoding.encode_flow_rgb(flow)
+  if config.model.flow_encoding == "raw":
+    return flow_encoding.encode_flow_raw(flow, config.model.get("raw_flow_scale", 1.0))
+  raise ValueError(f"config.model.flow_encoding must be 'rgb' or 'raw', got "
+                   f"{config.model.flow_encoding!r}.")
+
+
+def flow_pair(batch: dict) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The two flows `[B, H, W, 2]` of the same frame that one training sample holds."""
+  if "flow_a" in batch:
+    return batch["flow_a"], batch["flow_b"]
+  if batch["forward_flow"].shape[1] != 1:
+    raise ValueError("Motion Grouping trains on one frame per sample: set "
+                     "--config.data.clip_length=1 --config.data.clip_margin=1, got clips of "
+                     f"{batch['forward_flow'].shape[1]} frames.")
+  return batch["forward_flow"][:, 0], batch["backward_flow"][:, 0]
+
+
+def init_params(model, config, rng, batch):
+  flow_a, _ = flow_pair(batch)
+  return model.init(rng, encode(jnp.asarray(flow_a[:1]), config))["params"]
+
+
+def loss_fn(params, model, batch, rng, step, config):
+  del rng  # Motion Grouping is deterministic (learned-query slots, no dropout).
+  flow_a, flow_b = flow_pair(batch)
+  inputs_a, inputs_b = encode(flow_a, config), encode(flow_b, config)
+  # Both flows in one forward pass: the same parameters, half the kernel launches.
+  out = model.apply({"params": params}, jnp.concatenate([inputs_a, inputs_b], axis=0))
+  half = inputs_a.shape[0]
+  out_a = jax.tree.map(lambda x: x[:half], out)
+  out_b = jax.tree.map(lambda x: x[half:], out)
+  total, terms = losses.motion_grouping_losses(
+      out_a, out_b, inputs_a, inputs_b, step, recon_scale=config.loss.recon_scale,
+      ent_scale=config.loss.ent_scale, cons_scale=config.loss.cons_scale,
+      decay_steps=config.optimizer.decay_steps)
+  return total, terms
+
+
+def border_mass(masks: jnp.ndarray) -> jnp.ndarray:
+  """Mean of each mask on the one-pixel image border. `[..., K, H, W]` -> `[..., K]`."""
+  border = np.zeros(masks.shape[-2:], bool)
+  border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+  return jnp.sum(masks * border, axis=(-2, -1)) / border.sum()
+
+
+def foreground_probability(params, model, flow: jnp.ndarray, config) -> jnp.ndarray:
+  """Soft foreground `[N, H, W]` of flows `[N, H, W, 2]`: the slot that touches the border least."""
+  masks = model.apply({"params": params}, encode(flow, config))["masks"]  # [N, K, H, W]
+  foreground_slot = jnp.argmin(border_mass(masks), axis=-1)
+  return jnp.take_along_axis(masks, foreground_slot[:, None, None, None], axis=1)[:, 0]
+
+
+def predict(params, model, batch, config) -> dict:
+  """Foreground of each frame from its forward and backward flow (no ground truth used).
+
+  Args:
+    batch: forward_flow, backward_flow float `[B, T, H, W, 2]`.
+
+  Returns:
+    ids int32 `[B, T, H, W]` (1 foreground, 0 background) and foreground bool `[B, T, H, W]`.
+  """
+  forward, backward = batch["forward_flow"], batch["backward_flow"]
+  b, t, h, w, _ = forward.shape
+  both = jnp.concatenate([forward, backward], axis=0).reshape(2 * b * t, h, w, 2)
+  prob = foreground_probability(params, model, both, config).reshape(2, b, t, h, w)
+  # MOVi stores zero forward flow on the last frame and zero backward flow on the first.
+  has_forward = jnp.arange(t) < t - 1
+  has_backward = jnp.arange(t) > 0
+  weight = jnp.stack([has_forward, has_backward]).astype(prob.dtype)[:, None, :, None, None]
+  mean = jnp.sum(prob * weight, axis=0) / jnp.maximum(jnp.sum(weight, axis=0), 1.0)
+  foreground = mean > 0.5
+  return {"ids": foreground.astype(jnp.int32), "foreground": foreground}
+
+
+def summary_images(params, model, batch, config) -> dict:
+  """Input flow (colour wheel), reconstruction and mask overlay of a few training samples."""
+  flow_a, _ = flow_pair(batch)
+  flow_a = jnp.asarray(flow_a[:4])
+  inputs = encode(flow_a, config)
+  out = model.apply({"params": params}, inputs)
+  to_u8 = lambda x: np.asarray(jnp.clip(x * 127.5 + 127.5, 0, 255)).astype(np.uint8)
+  images = {"flow": (np.asarray(flow_encoding.flow_to_rgb(flow_a)) * 255).astype(np.uint8)}
+  if inputs.shape[-1] == 3:
+    images["reconstruction"] = to_u8(out["recon"])
+  ids = np.asarray(jnp.argmax(out["masks"], axis=1))
+  images["masks"] = video_io.overlay_masks(images["flow"], ids)
+  return images
