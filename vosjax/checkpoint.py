@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
@@ -30,7 +30,9 @@ class CheckpointManager:
   """A thin wrapper of `orbax.checkpoint.CheckpointManager` for one train state pytree."""
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, asynchronous: bool = False):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    # epath: local paths and bucket paths (gs://) alike, so every host of a pod can share WORKDIR.
+    workdir = epath.Path(workdir)
+    self.directory = str((workdir if "://" in str(workdir) else workdir.resolve()) / "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=True,

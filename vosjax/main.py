@@ -48,7 +48,8 @@ def main(argv):
   if _wants_distributed():
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  os.makedirs(_WORKDIR.value, exist_ok=True)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  epath.Path(_WORKDIR.value).mkdir(parents=True, exist_ok=True)  # local or gs://
   if _MODE.value == "train":
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   else:

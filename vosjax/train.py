@@ -45,6 +45,24 @@ class NonFiniteLossError(RuntimeError):
   """The loss or the gradients became NaN/inf; the update was not applied."""
 
 
+def base_config(method: str, **values) -> ml_collections.ConfigDict:
+  """The loop settings every config has, with the given values (methods add data/model/...).
+
+  Keys: method, seed, batch_size (global), eval_batch_size, num_train_steps, log_every_steps,
+  eval_every_steps (0: only at the end), checkpoint_every_steps, max_to_keep,
+  num_eval_videos_to_write (overlay GIFs/PNGs written by the evaluation).
+  """
+  config = ml_collections.ConfigDict(dict(
+      method=method, seed=42, batch_size=32, eval_batch_size=8, num_train_steps=1000,
+      log_every_steps=100, eval_every_steps=0, checkpoint_every_steps=1000, max_to_keep=3,
+      num_eval_videos_to_write=4))
+  unknown = set(values) - set(config)
+  if unknown:
+    raise KeyError(f"base_config: unknown keys {sorted(unknown)}")
+  config.update(values)
+  return config
+
+
 def load_method(config: ml_collections.ConfigDict):
   """Imports `vosjax.methods.<config.method>`, with an error listing the methods that exist."""
   names = sorted(m.name for m in pkgutil.iter_modules(vosjax.methods.__path__))

@@ -15,7 +15,9 @@ import collections
 import json
 import logging
 import os
+import tempfile
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -64,7 +66,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   sums = collections.defaultdict(float)
   count = 0
   outputs_written = 0
-  out_dir = os.path.join(workdir, "eval_outputs")
+  # Images are written locally first; a bucket WORKDIR (gs://) gets a copy at the end.
+  remote = "://" in str(workdir)
+  out_dir = tempfile.mkdtemp() if remote else os.path.join(workdir, "eval_outputs")
   for batch in pipeline.make_eval_iterator(config):
     valid = np.asarray(batch["valid"], bool)
     # The prediction must not see the ground truth.
@@ -91,6 +95,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
                              prediction["ids"][i], true_ids[i])
         outputs_written += 1
 
+  if remote and outputs_written:
+    _copy_tree(out_dir, epath.Path(workdir) / "eval_outputs")
   keys = sorted(sums)
   totals = np.array([sums[k] for k in keys] + [count], np.float64)
   if jax.process_count() > 1:
@@ -103,12 +109,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   if writer is not None:
     writer.scalars(step, result, prefix="eval")
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    (epath.Path(workdir) / "eval_metrics.json").write_text(json.dumps(result, indent=2))
     print("EVAL " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                              for k, v in result.items()), flush=True)
   logging.info("Evaluation at step %d: %s", step, result)
   return result
+
+
+def _copy_tree(local_dir: str, target: epath.Path) -> None:
+  for root, _, files in os.walk(local_dir):
+    for name in files:
+      source = os.path.join(root, name)
+      destination = target / os.path.relpath(source, local_dir)
+      destination.parent.mkdir(parents=True, exist_ok=True)
+      epath.Path(source).copy(destination, overwrite=True)
 
 
 def _write_video_outputs(out_dir: str, name: str, frames: np.ndarray, pred_ids: np.ndarray,

@@ -1,8 +1,14 @@
-"""One module per method, each exposing the same small interface used by `vosjax.train`.
+"""One module per method, each exposing the small interface that `vosjax.train` calls.
 
 A method module defines:
-  make_model(config) -> flax.linen.Module
-  init_variables(model, config, rng, batch) -> params pytree
+  default_config() -> ml_collections.ConfigDict        the method's settings (configs/ start from it)
+  make_model(config) -> flax.linen.Module, or a pytree holding frozen arrays (passed to jit as an
+                        argument, see `vosjax.train.place_model`)
+  make_optimizer(config) -> optax.GradientTransformation
+  init_params(model, config, rng, batch) -> params pytree (what is trained and checkpointed)
   loss_fn(params, model, batch, rng, step, config) -> (loss, dict of scalar metrics)
-  predict_segmentation(params, model, video_batch, config) -> int32 [B, T, H, W]
+  predict(params, model, batch, config) -> dict(ids=int32 [B, T, H, W], optionally
+                                                foreground=bool [B, T, H, W]); never sees labels
+  summary_images(params, model, batch, config) -> dict name -> uint8 [N, H, W, 3]
+`config.method` names the module.
 """

@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from vosjax import attention_losses
+from vosjax import train
 from vosjax import clustering
 from vosjax.data import augment
 from vosjax.models import features as features_lib
@@ -50,17 +51,18 @@ from vosjax.models import vit
 
 def default_config() -> ml_collections.ConfigDict:
   """Method settings shared by the Betrayed-by-Attention configs (official values); no `data`."""
-  config = ml_collections.ConfigDict()
-  config.method = "betrayed"
-  config.seed = 0
-  config.batch_size = 8  # 8 GPUs x 1 clip in the official run
-  config.eval_batch_size = 8
-  config.num_train_steps = 60_000
-  config.log_every_steps = 100
-  config.eval_every_steps = 0  # 0: evaluate only at the end (clustering full videos is slow)
-  config.checkpoint_every_steps = 1000
-  config.max_to_keep = 3
-  config.num_eval_videos_to_write = 8
+  config = train.base_config(
+      "betrayed",
+      seed=0,
+      batch_size=8,  # 8 GPUs x 1 clip in the official run
+      eval_batch_size=8,
+      num_train_steps=60_000,
+      log_every_steps=100,
+      eval_every_steps=0,  # 0: evaluate only at the end (clustering full videos is slow)
+      checkpoint_every_steps=1000,
+      max_to_keep=3,
+      num_eval_videos_to_write=8,
+  )
 
   config.backbone = pretrained.default_backbone_config()  # DINO ViT-S/8
   config.backbone.arch_overrides = ml_collections.ConfigDict()  # tests only (random_init)

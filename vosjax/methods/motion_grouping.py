@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from vosjax import losses
+from vosjax import train
 from vosjax.data import movi
 from vosjax.data import video as video_io
 from vosjax.models import flow_encoding
@@ -28,17 +29,18 @@ from vosjax.models import motion_grouping as mg_model
 
 def default_config() -> ml_collections.ConfigDict:
   """The official hyper-parameters on MOVi-E (configs/motion_grouping.py documents them)."""
-  config = ml_collections.ConfigDict()
-  config.method = "motion_grouping"
-  config.seed = 42
-  config.batch_size = 32
-  config.eval_batch_size = 8
-  config.num_train_steps = 300_000
-  config.log_every_steps = 100
-  config.eval_every_steps = 5_000
-  config.checkpoint_every_steps = 5_000
-  config.max_to_keep = 3
-  config.num_eval_videos_to_write = 8
+  config = train.base_config(
+      "motion_grouping",
+      seed=42,
+      batch_size=32,
+      eval_batch_size=8,
+      num_train_steps=300_000,
+      log_every_steps=100,
+      eval_every_steps=5_000,
+      checkpoint_every_steps=5_000,
+      max_to_keep=3,
+      num_eval_videos_to_write=8,
+  )
 
   config.data = movi.default_data_config()
   config.data.tfds_name = "movi_e/128x128:1.0.0"

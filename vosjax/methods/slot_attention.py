@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from vosjax import losses
+from vosjax import train
 from vosjax.data import movi
 from vosjax.data import video as video_io
 from vosjax.models import autoencoder
@@ -23,17 +24,18 @@ from vosjax.models import autoencoder
 
 def default_config() -> ml_collections.ConfigDict:
   """Object discovery on the synthetic MOVi-format set at 64x64 (configs/slot_attention.py)."""
-  config = ml_collections.ConfigDict()
-  config.method = "slot_attention"
-  config.seed = 42
-  config.batch_size = 32
-  config.eval_batch_size = 8
-  config.num_train_steps = 1500
-  config.log_every_steps = 50
-  config.eval_every_steps = 0
-  config.checkpoint_every_steps = 500
-  config.max_to_keep = 3
-  config.num_eval_videos_to_write = 4
+  config = train.base_config(
+      "slot_attention",
+      seed=42,
+      batch_size=32,
+      eval_batch_size=8,
+      num_train_steps=1500,
+      log_every_steps=50,
+      eval_every_steps=0,
+      checkpoint_every_steps=500,
+      max_to_keep=3,
+      num_eval_videos_to_write=4,
+  )
 
   config.data = movi.default_data_config()
   config.data.clip_length = 1
