@@ -3,19 +3,14 @@
 Layout: `<root>/JPEGImages/<video>/<frame>.jpg` (YouTube-VIS train), i.e. the DAVIS layout of
 `vosjax.data.davis` with an empty quality folder (`data.quality = ""`).
 
-STATUS: this config cannot train yet. `vosjax.data.pipeline` routes `data.source = "davis"` to the
-Motion Grouping flow-pair iterator, which yields flows and no `video`; Betrayed by Attention needs RGB
-clips. What it needs (official `src/data.py::Dataloader`, training branch), requested from the owners
-of `vosjax/data/davis.py` and `vosjax/data/pipeline.py`:
-  a random video (uniformly over videos), T = `data.clip_length` = 3 frames at stride
-  `data.frame_gap` (official default 4; decremented until gap * (T // 2) < len - gap * (T // 2) - 1)
-  around a centre drawn uniformly from [gap * (T // 2), len - gap * (T // 2) - 1], frames read as RGB
-  in [0, 1] and resized bilinearly to `data.resolution` = (192, 384); batches
-  {"video": float32 [B, T, H, W, 3]}, deterministic in (seed, step) for resuming.
-The in-training evaluation reads MOVi-format data only; evaluate frame folders with `vosjax.evaluate`
-(DAVIS protocol) on the predicted masks.
+Training clips (`data.source = "frame_clips"`, `vosjax.data.davis.make_clip_iterator`, as the official
+`src/data.py::Dataloader`): a random video, T = `data.clip_length` = 3 frames at stride
+`data.frame_gap` = 4 (shrunk until the clip fits) around a uniform centre, RGB in [0, 1], resized
+bilinearly to `data.resolution` = (192, 384); deterministic in (seed, step) for resuming.
+The in-training evaluation reads MOVi-format data only; evaluate frame folders with `vosjax.segment`
+and `vosjax.evaluate` (DAVIS protocols) on the predicted masks.
 
-Command, once that reader exists:
+Command:
 
   python -m vosjax.main --config configs/ytvis.py --workdir /tmp/betrayed_ytvis \
       --config.data.root=/path/to/youtube-vis/train \
@@ -36,7 +31,7 @@ from vosjax.methods import betrayed
 def get_config() -> ml_collections.ConfigDict:
   config = betrayed.default_config()
   config.data = ml_collections.ConfigDict()
-  config.data.source = "davis"
+  config.data.source = "frame_clips"
   config.data.root = ml_collections.config_dict.placeholder(str)  # folder holding JPEGImages/
   config.data.quality = ""  # YouTube-VIS has no resolution sub-folder
   config.data.sequences = ()  # empty: every video folder under JPEGImages/

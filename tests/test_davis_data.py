@@ -149,3 +149,29 @@ def test_raft_flow_folders_feed_the_iterator(synthetic_root, tmp_path):
                                  rtol=1e-6)
   with pytest.raises(ValueError, match="flow_cache_dir"):
     next(davis.make_flow_pair_iterator(synthetic_root, ["alpha"], RESOLUTION, 2, 0))
+
+
+def test_clip_iterator_reads_frame_folders_deterministically(davis2016_root):
+  davis_lib = davis
+  root = davis2016_root
+  it = davis_lib.make_clip_iterator(root, ["blackswan", "camel"], (24, 48), batch_size=2, seed=3,
+                                    clip_length=3, frame_gap=4)
+  first, second = next(it), next(it)
+  assert first["video"].shape == (2, 3, 24, 48, 3) and first["video"].dtype == np.float32
+  assert 0.0 <= first["video"].min() and first["video"].max() <= 1.0
+  assert not np.array_equal(first["video"], second["video"])
+  resumed = next(davis_lib.make_clip_iterator(root, ["blackswan", "camel"], (24, 48), batch_size=2,
+                                              seed=3, start_step=1, clip_length=3, frame_gap=4))
+  np.testing.assert_array_equal(resumed["video"], second["video"])
+
+
+def test_clip_frame_indices_shrink_the_gap_to_fit():
+  davis_lib = davis
+  rng = np.random.default_rng(0)
+  for num_frames in (1, 2, 3, 5, 9, 50):
+    for _ in range(20):
+      idx = davis_lib.clip_frame_indices(num_frames, 3, 4, rng)
+      assert idx.min() >= 0 and idx.max() < num_frames
+      assert len(set(np.diff(idx))) == 1
+  idx = davis_lib.clip_frame_indices(50, 3, 4, rng)
+  assert list(np.diff(idx)) == [4, 4]

@@ -255,3 +255,52 @@ def evaluation_flows(root, sequence: str, resolution: Sequence[int], flow_cache_
         raise ValueError(f"sequence {sequence!r} ({num_frames} frames) has no flow of gap "
                          f"{gap} or {-gap} at frame {t}")
   return {"flows": out, "gaps_used": used, **load_sequence(root, sequence, resolution, quality)}
+
+
+def clip_frame_indices(num_frames: int, clip_length: int, gap: int,
+                       rng: np.random.Generator) -> np.ndarray:
+  """Frames of one training clip as the official Betrayed-by-Attention loader picks them.
+
+  `clip_length` frames at stride `gap` around a centre drawn uniformly from
+  [gap * (L // 2), num_frames - gap * (L // 2) - 1]; the stride shrinks until the clip fits
+  (down to 0 for a one-frame video, which then repeats its frame).
+  """
+  half = clip_length // 2
+  while gap > 0 and gap * half > num_frames - gap * half - 1:
+    gap -= 1
+  centre = int(rng.integers(gap * half, num_frames - gap * half))
+  return centre + gap * (np.arange(clip_length) - half)
+
+
+def make_clip_iterator(root, sequences: Sequence[str], resolution: Sequence[int],
+                       batch_size: int, seed: int, start_step: int = 0, clip_length: int = 3,
+                       frame_gap: int = 4, quality: str = "480p") -> Iterator[dict]:
+  """Endless RGB training clips from frame folders (YouTube-VIS / DAVIS layout).
+
+  Each sample: a video uniformly, then `clip_frame_indices`. Batch `step` depends only on
+  (seed, step), so resuming at `start_step` reproduces the run.
+
+  Args:
+    root: folder holding `JPEGImages/<quality>/<video>/`. sequences: videos to use (empty: all).
+    resolution: (H, W) the frames are resized to (bilinear).
+    batch_size: clips per batch. seed: sampling seed. start_step: first step to yield.
+    clip_length, frame_gap: frames per clip and their stride (official 3 and 4).
+    quality: the resolution folder ("" for YouTube-VIS).
+
+  Yields:
+    dict(video float32 [B, clip_length, H, W, 3] in [0, 1]).
+  """
+  sequences = list(sequences) or list_sequences(root, quality)
+  if not sequences:
+    raise ValueError(f"no videos with frames under {frames_dir(root, quality)}")
+  paths = [_frame_paths(root, s, quality) for s in sequences]
+  height, width = resolution
+  for step in itertools.count(start_step):
+    rng = np.random.default_rng([seed, step])
+    clips = []
+    for s in rng.integers(len(sequences), size=batch_size):
+      frames = [video_io.read_image(paths[s][t])
+                for t in clip_frame_indices(len(paths[s]), clip_length, frame_gap, rng)]
+      clips.append([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
+                    for f in frames])
+    yield {"video": np.asarray(clips, np.float32) / 255.0}

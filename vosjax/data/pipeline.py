@@ -17,7 +17,9 @@ import jax
 import ml_collections
 import numpy as np
 
-SOURCES = ("tfds", "davis")
+# tfds: MOVi-format TFDS datasets; davis: Motion Grouping flow pairs from DAVIS-layout folders;
+# frame_clips: RGB clips from frame folders (YouTube-VIS / DAVIS layout).
+SOURCES = ("tfds", "davis", "frame_clips")
 
 
 def _source(config: ml_collections.ConfigDict) -> str:
@@ -29,6 +31,13 @@ def _source(config: ml_collections.ConfigDict) -> str:
 
 def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0) -> Iterator[dict]:
   """Infinite, deterministic training batches; `start_step` resumes the exact sequence."""
+  if _source(config) == "frame_clips":
+    from vosjax.data import davis  # pylint: disable=g-import-not-at-top
+    return davis.make_clip_iterator(
+        config.data.root, config.data.sequences, config.data.resolution,
+        config.batch_size // jax.process_count(), seed=config.seed + jax.process_index(),
+        start_step=start_step, clip_length=config.data.clip_length,
+        frame_gap=config.data.frame_gap, quality=config.data.quality)
   if _source(config) == "davis":
     from vosjax.data import davis  # pylint: disable=g-import-not-at-top
     return davis.make_flow_pair_iterator(
@@ -56,8 +65,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 
 
 def make_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict]:
   """One finite pass over the evaluation split, full videos, last batch padded (`valid`)."""
-  if _source(config) == "davis":
-    raise ValueError("DAVIS evaluation runs through `vosjax.evaluate` / the segment command, "
+  if _source(config) != "tfds":
+    raise ValueError("Frame-folder evaluation runs through `vosjax.evaluate` / the segment command, "
                      "not the in-training evaluation; set --config.eval_every_steps=0.")
   from vosjax.data import movi  # pylint: disable=g-import-not-at-top
   return movi.make_eval_iterator(
