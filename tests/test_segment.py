@@ -145,9 +145,11 @@ def test_link_ids_follows_permuted_clusters_and_numbers_new_ones():
   permutation = np.array([2, 0, 1])  # previous id -> window id
   current = permutation[previous]
   current[0, :4] = 3  # a new cluster covering half of a frame
-  mapping, next_id = segment.link_ids(previous, current, next_id=5)
+  # Window id 4 is absent from the shared frames (it appears later in the window).
+  mapping, next_id = segment.link_ids(previous, current, num_ids=5, next_id=5)
   np.testing.assert_array_equal(mapping[:3], np.argsort(permutation))
-  assert mapping[3] == 5 and next_id == 6
+  np.testing.assert_array_equal(mapping[3:], [5, 6])
+  assert next_id == 7
 
 
 def test_rank_by_area_and_nearest_upsampling_match_references():
@@ -157,3 +159,39 @@ def test_rank_by_area_and_nearest_upsampling_match_references():
   for size in ((13, 11), (32, 20), (7, 5), (3, 2), (21, 15)):
     expected = jax.image.resize(small.astype(np.float32), (3,) + size, "nearest")
     np.testing.assert_array_equal(segment.upsample_nearest(small, size), expected)
+
+
+@pytest.mark.slow  # ~40 s: a random backbone and clustering compile; run with -m slow
+def test_betrayed_ids_of_static_segments_stay_the_same_across_windows(tmp_path):
+  """Betrayed by Attention on a frame folder, 12 frames in 3 windows, with a tiny random backbone.
+
+  At a tiny tau every token is its own cluster, and a token that the square never crosses sees the
+  same pixels in every frame (lossless PNG frames): its id must be the same in all 12 frames, which
+  holds only if the clusters of each window are linked to the previous window's.
+  """
+  from test_betrayed import _tiny_config  # pylint: disable=g-import-not-at-top
+  from vosjax import checkpoint  # pylint: disable=g-import-not-at-top
+  config = _tiny_config(str(tmp_path / "unused"))
+  config.model.tau = 1e-5
+  method = train.load_method(config)
+  state, _ = train.create_train_state(
+      method, method.make_model(config), config, method.make_optimizer(config),
+      {"video": np.zeros((1, 3, 32, 32, 3), np.float32)}, train.make_mesh())
+  manager = checkpoint.CheckpointManager(str(tmp_path / "work"))
+  manager.save(0, state, {"step": 0, "data_step": 0})
+  manager.close()
+  frames_dir = tmp_path / "frames"
+  frames = video_io.read_video(moving_square_video(tmp_path / "v.mp4", num_frames=12))
+  for t, frame in enumerate(np.round(frames * 255).astype(np.uint8)):
+    frames_dir.mkdir(exist_ok=True)
+    Image.fromarray(frame).save(frames_dir / f"frame{t:03d}.png")
+
+  outputs = segment.segment_video(config, str(tmp_path / "work"), str(frames_dir),
+                                  str(tmp_path / "out"), chunk_frames=4)
+  masks = np.stack([np.asarray(Image.open(p)) for p in sorted(outputs.masks_dir.glob("*.png"))])
+  assert masks.shape == (12, HEIGHT, WIDTH)
+  # The square covers rows < 32 and columns < 42 of every frame; tokens are 12 x 16 pixels here.
+  static = np.concatenate([masks[:, 36:, :].reshape(12, -1), masks[:, :, 48:].reshape(12, -1)], 1)
+  assert len(np.unique(static)) >= 4
+  np.testing.assert_array_equal(static, np.broadcast_to(static[0], static.shape))
+  assert len(np.unique(masks)) > len(np.unique(static))  # the moving square has other ids

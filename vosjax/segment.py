@@ -111,19 +111,21 @@ def kept_end(start: int, window: int, num_frames: int) -> int:
   return start + window if start + window >= num_frames else start + window - 1
 
 
-def link_ids(previous: np.ndarray, current: np.ndarray, next_id: int) -> tuple[np.ndarray, int]:
+def link_ids(previous: np.ndarray, current: np.ndarray, num_ids: int, next_id: int
+             ) -> tuple[np.ndarray, int]:
   """Maps a window's cluster ids to video ids by IoU with the previous window's on shared frames.
 
   Args:
     previous: int [S, h, w] video ids of the shared frames (from the previous window).
     current: int [S, h, w] this window's cluster ids of the same frames.
+    num_ids: the window's number of ids (> max(current): some clusters may miss the shared frames).
     next_id: the first unused video id.
 
   Returns:
-    (mapping int64 [max(current) + 1]: window id -> video id, the new first unused video id). Window
-    ids matched (IoU >= LINK_MIN_IOU, Hungarian) keep the previous id; the others get new ids.
+    (mapping int64 [num_ids]: window id -> video id, the new first unused video id). Window ids
+    matched (IoU >= LINK_MIN_IOU, Hungarian) keep the previous id; the others get new ids.
   """
-  num_previous, num_current = int(previous.max()) + 1, int(current.max()) + 1
+  num_previous, num_current = int(previous.max()) + 1, num_ids
   intersection = np.bincount((previous.astype(np.int64) * num_current + current).ravel(),
                              minlength=num_previous * num_current).reshape(num_previous, num_current)
   union = intersection.sum(1, keepdims=True) + intersection.sum(0, keepdims=True) - intersection
@@ -179,7 +181,8 @@ def predict_in_windows(predict: Callable[[dict], dict], inputs: dict[str, np.nda
       if start == 0:
         mapping, next_id = np.arange(ids.max() + 1), int(ids.max()) + 1
       else:
-        mapping, next_id = link_ids(out[start:filled], ids[:filled - start], next_id)
+        mapping, next_id = link_ids(out[start:filled], ids[:filled - start], int(ids.max()) + 1,
+                                    next_id)
       ids = mapping[ids]
     # Frames before `filled` keep the previous window's result: there the first frame of this
     # window lacks its backward flow, and cluster ids were linked on them.
