@@ -4,9 +4,13 @@ Command (README's first command):
   python -m vosjax.main --config configs/demo.py --workdir workdirs/demo
 
 Builds `vosjax_synthetic/64x64` offline on first use (384 training and 48 validation videos of 24
-frames), trains a narrow Motion Grouping model and evaluates it on the 48 validation videos.
+frames), trains a narrow Motion Grouping model at 32x32 for 3000 steps and evaluates it on the 48
+validation videos.
 
-Expected result: see the README's results table (measured on 2 CPU cores).
+Expected result (measured 2026-11-22 on 2 shared CPU cores, 14.5 min wall under load; about 6.5
+steps/s when the machine is otherwise idle): EVAL fg_j=0.126 fg_ari=0.041 miou=0.036, against the
+motion baseline's baseline_fg_j=0.214. The model does NOT yet beat the baseline: after 3000 steps its
+masks are still a fixed decoder pattern rather than a grouping (mask entropy 0.56 nats of 0.69).
 """
 import ml_collections
 
@@ -15,25 +19,25 @@ from vosjax.methods import motion_grouping
 
 def get_config() -> ml_collections.ConfigDict:
   config = motion_grouping.default_config()
-  config.batch_size = 16
+  config.batch_size = 8
   config.eval_batch_size = 8
-  config.num_train_steps = 1500
-  config.log_every_steps = 50
+  config.num_train_steps = 3000
+  config.log_every_steps = 100
   config.eval_every_steps = 0  # evaluate once, at the end
-  config.checkpoint_every_steps = 500
+  config.checkpoint_every_steps = 1000
   config.num_eval_videos_to_write = 4
 
   config.data.tfds_name = "vosjax_synthetic/64x64"
   config.data.data_dir = "~/tensorflow_datasets"
-  config.data.resolution = (64, 64)
+  config.data.resolution = (32, 32)  # the 64x64 videos, halved: 4x cheaper per step
 
   # A narrow model: same architecture, fewer channels, so that it trains in minutes on 2 cores.
-  config.model.encoder_widths = (32, 32, 64)
-  config.model.slot_dim = 64
-  config.model.slot_mlp_hidden_size = 64
-  config.model.decoder_transpose_widths = (32, 32, 32)
-  config.model.decoder_conv_width = 32
+  config.model.encoder_widths = (16, 32, 32)
+  config.model.slot_dim = 32
+  config.model.slot_mlp_hidden_size = 32
+  config.model.decoder_transpose_widths = (16, 16, 16)
+  config.model.decoder_conv_width = 16
 
   # The official schedule compressed to the run length: regularisers x5 and lr /2 at its middle.
-  config.optimizer.decay_steps = 750
+  config.optimizer.decay_steps = 1500
   return config
