@@ -33,12 +33,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from pathlib import Path
 import sys
 from typing import Callable
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 import cv2
 from ml_collections import config_flags
 import numpy as np
@@ -355,8 +357,11 @@ def segment_video(config, workdir: str, input_path: str, output_dir: str, *,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from vosjax import progress  # pylint: disable=g-import-not-at-top
-  progress.setup_logging()
+  # Warnings only unless --verbosity is given: orbax logs every restore at length at INFO; the
+  # progress bars and prints are what people follow here.
+  if not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
     segment_video(_CONFIG.value, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
                   max_frames=_MAX_FRAMES.value, chunk_frames=_CHUNK_FRAMES.value,
