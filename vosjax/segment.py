@@ -63,8 +63,9 @@ _INPUT = flags.DEFINE_string("input", None, "Video file or folder of frames to s
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for the masks and overlays.")
 _MAX_FRAMES = flags.DEFINE_integer("max_frames", None, "Segment at most this many frames.",
                                    lower_bound=1)
-_CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 64, "Frames kept per model call (memory bound).",
-                                     lower_bound=1)
+_CHUNK_FRAMES = flags.DEFINE_integer(
+    "chunk_frames", 64, "Frames per model call (plus 2 shared with the neighbours); bounds the "
+    "memory on long videos.", lower_bound=1)
 _FLOW_PRESET = flags.DEFINE_enum("flow_preset", "medium", list(optical_flow.DIS_PRESETS),
                                  "OpenCV DIS preset of the optical flow (Motion Grouping).")
 _FPS = flags.DEFINE_float("fps", None, "Frame rate of the overlays; default: the input's, else 10.")
@@ -171,12 +172,13 @@ def predict_in_windows(predict: Callable[[dict], dict], inputs: dict[str, np.nda
   window, starts = windows(num_frames, chunk_frames)
   out = None
   filled = next_id = 0  # frames [0, filled) are labelled; video ids [0, next_id) are used
-  for start in tqdm.tqdm(starts, desc="segment", unit="window", disable=len(starts) == 1):
+  for start in tqdm.tqdm(starts, desc="segment", unit="window"):
     prediction = predict({k: np.asarray(v[start:start + window])[None] for k, v in inputs.items()})
     ids = np.asarray(prediction["ids"])[0].astype(np.int64)
     if np.any(prediction.get("overflow", False)):
       logging.warning("Frames %d-%d: clustering capacity exceeded (config.model.max_clusters / "
-                      "max_window_clusters); some segments were merged.", start, start + window - 1)
+                      "max_window_clusters): some clusters were dropped and their pixels went to "
+                      "the nearest kept one.", start, start + window - 1)
     if out is None:
       out = np.zeros((num_frames,) + ids.shape[1:], np.int32)
     if "foreground" not in prediction:  # cluster ids: arbitrary per window
