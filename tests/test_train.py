@@ -36,11 +36,14 @@ def tiny_config(data_dir, **overrides):
 
 
 def norm_cancelled(key: str, params: dict) -> bool:
-  """A conv bias that an InstanceNorm right after it subtracts again (the official architecture
-  has them): its true gradient is 0, so Adam turns float noise into lr-sized steps that differ
-  between device layouts. It does not change the model's function."""
-  return key.endswith("['conv']['bias']") and (
-      key.replace("['conv']['bias']", "['norm']['scale']") in params)
+  """A (transposed) conv bias that an InstanceNorm right after it subtracts again (the official
+  architecture has them): its true gradient is 0, so Adam turns float noise into lr-sized steps that
+  differ between device layouts. It does not change the model's function."""
+  parts = key[2:-2].split("']['")  # "['a']['b']" -> ["a", "b"]
+  if len(parts) < 3 or parts[-1] != "bias" or parts[-2] == "norm":
+    return False
+  block = "".join(f"['{p}']" for p in parts[:-2])
+  return block + "['norm']['scale']" in params
 
 
 # The alpha-logit bias of the decoder that all slots share: softmax over slots cancels it likewise.
