@@ -3,6 +3,7 @@ the checkpoint they write restores on a different device count and continues."""
 import socket
 
 import numpy as np
+import pytest
 
 from test_train import _train_in_subprocess, assert_same_params, finish, start_training
 
@@ -13,6 +14,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+# Not in CI yet, for the reason given at test_train.test_one_and_eight_devices_train_the_same_parameters.
+@pytest.mark.slow
 def test_two_hosts_match_one_host_and_resume_on_other_device_count(tiny_synthetic_dir, tmp_path):
   # Reference: 1 process x 8 devices, 4 steps, then continued to 6 steps.
   single4 = _train_in_subprocess(8, tiny_synthetic_dir, tmp_path / "single", tmp_path / "s4.npz")
