@@ -97,6 +97,13 @@ def torch_conv_transpose_padding(kernel_size: int, stride: int, padding: int,
   return low, low + output_padding
 
 
+def _norm_relu(x: jnp.ndarray, use_norm: bool, use_relu: bool) -> jnp.ndarray:
+  """InstanceNorm (affine, PyTorch eps, submodule 'norm' of the calling module) then ReLU."""
+  if use_norm:
+    x = nn.InstanceNorm(epsilon=TORCH_INSTANCE_NORM_EPS, use_fast_variance=False, name='norm')(x)
+  return nn.relu(x) if use_relu else x
+
+
 class ConvNormReLU(nn.Module):
   """Conv (stride 1, 'SAME' padding = PyTorch `padding=k//2`) + InstanceNorm(affine) + ReLU.
 
@@ -117,12 +124,7 @@ class ConvNormReLU(nn.Module):
     pad = self.kernel_size // 2
     x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
                 padding=((pad, pad), (pad, pad)), name='conv')(x)
-    if self.use_norm:
-      x = nn.InstanceNorm(epsilon=TORCH_INSTANCE_NORM_EPS, use_fast_variance=False,
-                          name='norm')(x)
-    if self.use_relu:
-      x = nn.relu(x)
-    return x
+    return _norm_relu(x, self.use_norm, self.use_relu)
 
 
 class TorchConvTranspose(nn.Module):
@@ -221,12 +223,7 @@ class ConvTransposeNormReLU(nn.Module):
     """`[B, H, W, C]` -> `[B, H', W', features]`, H' = (H-1)s - 2p + k + output_padding."""
     x = TorchConvTranspose(self.features, self.kernel_size, self.stride, self.padding,
                            self.output_padding, name='conv_transpose')(x)
-    if self.use_norm:
-      x = nn.InstanceNorm(epsilon=TORCH_INSTANCE_NORM_EPS, use_fast_variance=False,
-                          name='norm')(x)
-    if self.use_relu:
-      x = nn.relu(x)
-    return x
+    return _norm_relu(x, self.use_norm, self.use_relu)
 
 
 def max_pool_2x2_ceil(x: jnp.ndarray) -> jnp.ndarray:
