@@ -57,6 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_steps = 150  # official 10k of 500k steps
   config.optimizer.decay_steps = 1000  # official 100k: lr halves every decay_steps
   config.optimizer.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
+  config.optimizer.eps = 1e-8  # Adam's epsilon (optax's default)
   return config
 
 
@@ -76,7 +77,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   decay = optax.exponential_decay(o.learning_rate, o.decay_steps, 0.5)
   schedule = optax.join_schedules([warmup, lambda step: decay(step)], [o.warmup_steps])
   chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.get("grad_clip_norm") else []
-  return optax.chain(*chain, optax.adam(schedule))
+  return optax.chain(*chain, optax.adam(schedule, eps=o.eps))
 
 
 def frames(batch: dict) -> jnp.ndarray:
