@@ -59,6 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.slot_mlp_hidden_size = 256
   config.model.decoder_transpose_widths = (64, 64, 64)
   config.model.decoder_conv_width = 64
+  config.model.decoder_instance_norm = True  # official; see models.motion_grouping.MotionGrouping
   config.model.gradient_mode = "full"
 
   config.loss = ml_collections.ConfigDict()
@@ -71,6 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_steps = 200
   config.optimizer.decay_steps = 80_000
   config.optimizer.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
+  config.optimizer.eps = 1e-8  # Adam's epsilon (PyTorch's default, which the official code keeps)
   return config
 
 
@@ -81,7 +83,9 @@ def make_model(config: ml_collections.ConfigDict) -> mg_model.MotionGrouping:
       encoder_widths=tuple(m.encoder_widths), slot_dim=m.slot_dim,
       slot_mlp_hidden_size=m.slot_mlp_hidden_size,
       decoder_transpose_widths=tuple(m.decoder_transpose_widths),
-      decoder_conv_width=m.decoder_conv_width, gradient_mode=m.get("gradient_mode", "full"))
+      decoder_conv_width=m.decoder_conv_width,
+      decoder_instance_norm=m.get("decoder_instance_norm", True),
+      gradient_mode=m.get("gradient_mode", "full"))
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -89,7 +93,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   o = config.optimizer
   schedule = losses.motion_grouping_lr_schedule(o.learning_rate, o.warmup_steps, o.decay_steps)
   chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.get("grad_clip_norm") else []
-  return optax.chain(*chain, optax.adam(schedule))
+  return optax.chain(*chain, optax.adam(schedule, eps=o.eps))
 
 
 def encode(flow: jnp.ndarray, config: ml_collections.ConfigDict) -> jnp.ndarray:

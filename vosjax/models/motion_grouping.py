@@ -52,10 +52,12 @@ class MotionGroupingDecoder(nn.Module):
       grid is the output size divided by 2**len(transpose_widths).
     conv_width: Width of the stride-1 Conv5x5 + IN + ReLU block.
     output_channels: C; the last conv outputs C + 1 channels (recon + alpha logit).
+    instance_norm: InstanceNorm after each hidden layer (official). See `MotionGrouping`.
   """
   transpose_widths: Sequence[int] = (64, 64, 64)
   conv_width: int = 64
   output_channels: int = 3
+  instance_norm: bool = True
 
   @nn.compact
   def __call__(self, slots: jnp.ndarray, output_size: Sequence[int]) -> jnp.ndarray:
@@ -75,8 +77,9 @@ class MotionGroupingDecoder(nn.Module):
     x = x.reshape((batch * num_slots,) + x.shape[2:])
     x = layers.SoftPositionEmbed(name='pos_embed')(x)
     for i, features in enumerate(self.transpose_widths):
-      x = layers.ConvTransposeNormReLU(features, name=f'upsample{i}')(x)
-    x = layers.ConvNormReLU(self.conv_width, 5, name='conv')(x)
+      x = layers.ConvTransposeNormReLU(features, use_norm=self.instance_norm,
+                                       name=f'upsample{i}')(x)
+    x = layers.ConvNormReLU(self.conv_width, 5, use_norm=self.instance_norm, name='conv')(x)
     x = layers.ConvNormReLU(self.output_channels + 1, 5, use_norm=False, use_relu=False,
                             name='output')(x)
     return x.reshape((batch, num_slots) + x.shape[1:])
@@ -99,6 +102,12 @@ class MotionGrouping(nn.Module):
     decoder_transpose_widths: Widths of the stride-2 ConvTranspose layers; their count
       sets the broadcast resolution (H / 2**count) and the required divisibility of H, W.
     decoder_conv_width: Width of the decoder's stride-1 conv block.
+    decoder_instance_norm: InstanceNorm in the decoder, as in the official code. The slot
+      enters the decoder broadcast, i.e. as a spatially constant input; the first
+      InstanceNorm subtracts each channel's spatial mean and so removes most of it (only
+      the transposed convolution's stride pattern and border effects carry the slot
+      through), which makes the decoder nearly slot-blind early in training. False drops
+      the decoder's norms (as the original slot-attention decoders have none).
     epsilon: Slot-attention epsilon.
     gradient_mode: Slot-attention gradient mode ('full', 'last_iteration',
       'last_iteration_to_init').
@@ -110,6 +119,7 @@ class MotionGrouping(nn.Module):
   slot_mlp_hidden_size: int = 256
   decoder_transpose_widths: Sequence[int] = (64, 64, 64)
   decoder_conv_width: int = 64
+  decoder_instance_norm: bool = True
   epsilon: float = 1e-8
   gradient_mode: slot_attention.GradientMode = 'full'
 
@@ -153,7 +163,8 @@ class MotionGrouping(nn.Module):
         gradient_mode=self.gradient_mode, name='slot_attention')(init_slots, x)
 
     decoded = MotionGroupingDecoder(self.decoder_transpose_widths, self.decoder_conv_width,
-                                    channels, name='decoder')(slots, (height, width))
+                                    channels, self.decoder_instance_norm,
+                                    name='decoder')(slots, (height, width))
     slot_recons, alpha_logits = decoded[..., :channels], decoded[..., channels]
     masks = jax.nn.softmax(alpha_logits, axis=1)
     recon = jnp.sum(slot_recons * masks[..., None], axis=1)
