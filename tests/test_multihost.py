@@ -3,9 +3,9 @@ the checkpoint they write restores on a different device count and continues."""
 import socket
 
 import numpy as np
-import pytest
 
-from test_train import _train_in_subprocess, assert_same_params, finish, start_training
+from test_train import (LAYOUT_OVERRIDES, _train_in_subprocess, assert_same_params, finish,
+                        start_training)
 
 
 def _free_port() -> int:
@@ -14,15 +14,15 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-# Not in CI yet, for the reason given at test_train.test_one_and_eight_devices_train_the_same_parameters.
-@pytest.mark.slow
 def test_two_hosts_match_one_host_and_resume_on_other_device_count(tiny_synthetic_dir, tmp_path):
   # Reference: 1 process x 8 devices, 4 steps, then continued to 6 steps.
-  single4 = _train_in_subprocess(8, tiny_synthetic_dir, tmp_path / "single", tmp_path / "s4.npz")
+  single4 = _train_in_subprocess(8, tiny_synthetic_dir, tmp_path / "single", tmp_path / "s4.npz",
+                                 **LAYOUT_OVERRIDES)
 
   coordinator = f"127.0.0.1:{_free_port()}"
   hosts = [start_training(4, tiny_synthetic_dir, tmp_path / "multi", tmp_path / f"m4_{i}.npz",
-                          num_processes=2, process_id=i, coordinator=coordinator)
+                          num_processes=2, process_id=i, coordinator=coordinator,
+                          **LAYOUT_OVERRIDES)
            for i in range(2)]
   finish(*hosts)
   multi4 = dict(np.load(tmp_path / "m4_0.npz"))
@@ -31,9 +31,9 @@ def test_two_hosts_match_one_host_and_resume_on_other_device_count(tiny_syntheti
   # The 2-host checkpoint (step 4) restores on 1 process x 2 devices and trains on to step 6,
   # landing where the 8-device run lands when it continues to step 6.
   resumed6 = _train_in_subprocess(2, tiny_synthetic_dir, tmp_path / "multi", tmp_path / "r6.npz",
-                                  num_train_steps=6)
+                                  num_train_steps=6, **LAYOUT_OVERRIDES)
   single6 = _train_in_subprocess(8, tiny_synthetic_dir, tmp_path / "single", tmp_path / "s6.npz",
-                                 num_train_steps=6)
+                                 num_train_steps=6, **LAYOUT_OVERRIDES)
   moved = [k for k in single6 if not np.allclose(single6[k], single4[k])]
   assert moved, "steps 5-6 changed nothing; the comparison would prove nothing"
   assert_same_params(resumed6, single6)
