@@ -3,7 +3,8 @@
 Layout: `WORKDIR/checkpoints/<step>/{state,meta}`. Orbax writes each step into a temporary directory
 and renames it when complete, so a save interrupted by SIGKILL leaves no half-written `<step>`
 directory behind; a directory that is damaged afterwards (truncated files) is skipped on restore with a
-warning and the previous step is used instead.
+warning and the previous step is used instead; when the resumed run reaches that step again, the
+damaged directory is replaced by the new save.
 
 `meta` is JSON holding the step and the data position (number of batches consumed), so a resumed run
 continues with the exact batch an uninterrupted run would have seen next.
@@ -40,13 +41,23 @@ class CheckpointManager:
         enable_async_checkpointing=asynchronous,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # Steps newer than the one `restore_latest` resumed from that failed to read (damaged files).
+    self._unreadable: set[int] = set()
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict, *, force: bool = True) -> None:
-    """Saves `state` (any pytree of jax arrays) and the JSON `meta` at `step`, atomically."""
-    if step in self._manager.all_steps():
+    """Saves `state` (any pytree of jax arrays) and the JSON `meta` at `step`, atomically.
+
+    An existing readable checkpoint of `step` is kept as it is; a damaged one (skipped by
+    `restore_latest`) is deleted and written again, so the resumed run's result is not lost.
+    """
+    if step in self._unreadable:
+      logging.warning("Replacing the unreadable checkpoint %s/%d.", self.directory, step)
+      self._manager.delete(step)
+      self._unreadable.discard(step)
+    elif step in self._manager.all_steps():
       return
     self._manager.save(
         step,
@@ -69,6 +80,7 @@ class CheckpointManager:
       (logged), and the next older one is tried.
     """
     target = jax.tree.map(_as_abstract, abstract_state)
+    unreadable = set()
     for step in reversed(self.all_steps()):
       try:
         restored = self._manager.restore(
@@ -79,7 +91,11 @@ class CheckpointManager:
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
                         self.directory, step, type(e).__name__, str(e).splitlines()[0][:300])
+        unreadable.add(step)
         continue
+      # Only once an older step read fine into this state are the newer failures damage (and not a
+      # different model config): only then may `save` replace them.
+      self._unreadable = unreadable
       return Restored(state=restored["state"], meta=dict(restored["meta"]))
     return None
 

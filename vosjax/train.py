@@ -200,6 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # ------------------------------------------------------------------ Setup
   method = load_method(config)
   check_batch_size(config.batch_size)
+  pipeline.check_eval_data(config)  # a broken eval split fails now, not after the training
   mesh = make_mesh()
   data_sharding = NamedSharding(mesh, P("data"))
   writer = progress.SummaryWriter(workdir)
@@ -233,20 +234,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   meter = progress.ProgressMeter(config.num_train_steps, start_step=start_step)
   eval_metrics = None
   preempted = False
+  # (step, on-device finite flag) of the steps since the last check: read together at the next
+  # logged step, so that no step's skipped update goes unnoticed and no step waits for the device.
+  unchecked = []
   with _Preemption() as preemption:
     for step in range(start_step + 1, config.num_train_steps + 1):
       batch = to_global(next(batches), data_sharding)
       state, metrics = train_step(state, batch, rng)
       data_step += 1
+      unchecked.append((step, metrics.pop("finite")))
       is_last = step == config.num_train_steps
       if step % config.log_every_steps == 0 or is_last:
         metrics = jax.device_get(metrics)
-        if not metrics.pop("finite"):
+        skipped = [s for s, finite in jax.device_get(unchecked) if not finite]
+        unchecked = []
+        if skipped:
           save("non-finite loss")
+          later = f" and {len(skipped) - 1} later step(s) up to {skipped[-1]}" if skipped[1:] else ""
           raise NonFiniteLossError(
-              f"Non-finite loss or gradient at step {step} (loss={metrics['loss']}); the update "
-              f"was skipped and the last good state was saved in {ckpt.directory}. Lower the "
-              "learning rate (--config.optimizer.learning_rate) or check the input data for NaNs.")
+              f"Non-finite loss or gradient at step {skipped[0]}{later} (loss at step {step}: "
+              f"{metrics['loss']}); those updates were skipped and the last good state (step "
+              f"{int(state.step)}) is saved in {ckpt.directory}. Lower the learning rate "
+              "(--config.optimizer.learning_rate) or check the input data for NaNs.")
         meter.log(step, metrics)
         writer.scalars(step, metrics)
       if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:

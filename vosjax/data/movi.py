@@ -186,11 +186,26 @@ def _host_split(builder, split: str, key: str, process_index: int,
   host = tfds.even_splits(split, n=process_count)[process_index]
   instructions = _split_info(builder, host, key).file_instructions
   instructions = [i for i in instructions if i.take > 0]
+  # One listing of the folder (not a request per file, which is slow on gs://).
+  present = set(tf.io.gfile.listdir(builder.data_dir))
+  missing = sorted({os.path.basename(os.fspath(i.filename)) for i in instructions} - present)
+  if missing:
+    raise FileNotFoundError(
+        f"Split {split!r} of dataset {builder.info.full_name!r} is incomplete in "
+        f"{builder.data_dir}: {len(missing)} file(s) missing, e.g. {missing[0]!r}. Copy the "
+        f"dataset again, or set {_DATA_DIR_KEY} or --config.data.{key}.")
   num_records = sum(i.take for i in instructions)
   if num_records == 0:
     raise ValueError(f"Split {split!r} of {builder.info.full_name!r} gives no "
                      f"examples to process {process_index} of {process_count}.")
   return instructions, num_records
+
+
+def check_split(data_config: ml_collections.ConfigDict, key: str) -> None:
+  """Raises the error that reading `data_config.<key>` (e.g. "eval_split") would raise later:
+  unknown dataset or split, or a split whose files are missing from the dataset folder."""
+  builder = get_builder(data_config)
+  _host_split(builder, data_config[key], key, 0, 1)
 
 
 # ------------------------------------------------------------------ decoding --

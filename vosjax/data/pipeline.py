@@ -63,6 +63,13 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 
           for batches in zip(*shards))
 
 
+def check_eval_data(config: ml_collections.ConfigDict) -> None:
+  """Fails now (before any training) if the evaluation split cannot be read (TFDS source only)."""
+  if _source(config) == "tfds":
+    from vosjax.data import movi  # pylint: disable=g-import-not-at-top
+    movi.check_split(config.data, "eval_split")
+
+
 def make_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict]:
   """One finite pass over the evaluation split, full videos, last batch padded (`valid`)."""
   if _source(config) != "tfds":
