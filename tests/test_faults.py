@@ -368,6 +368,7 @@ def test_nan_input_stops_at_the_step_and_keeps_the_last_good_checkpoint(referenc
   assert re.search(r"NonFiniteLossError: Non-finite loss or gradient at step 6 and 4 later "
                    r"step\(s\) up to 10 .*last good state \(step 5\) is saved in", output), \
       output[-5000:]
+  assert "Traceback" not in output
   assert nan_run.steps() == [5]
   assert folder_snapshot(nan_run.workdir).items() >= nan_run.checkpoints_before.items()
   assert not differing_arrays(nan_run.workdir, finished(reference), 5)
@@ -389,6 +390,7 @@ def test_batch_size_not_divisible_by_the_device_count_fails_before_compiling(
   assert run.wait() != 0
   assert ("config.batch_size=6 is not divisible by the number of devices (8 over 1 process(es)); "
           "set --config.batch_size to a multiple of 8.") in run.output, run.output[-3000:]
+  assert "Traceback" not in run.output  # one line naming the problem
   # Raised before the summary writer, hence before any data was read or program compiled.
   assert os.listdir(run.workdir) == []
 
@@ -409,6 +411,20 @@ def test_dataset_directory_missing_a_split_fails_before_training(split, tiny_syn
                "--config.data.data_dir"):
     assert part in message, message
   assert not os.path.exists(tmp_path / "work" / "checkpoints")
+
+
+def test_checkpoints_of_another_config_are_an_error_not_a_fresh_start(reference, tiny_synthetic_dir,
+                                                                    tmp_path):
+  """Starting over instead would let max_to_keep delete the old run's checkpoints."""
+  from vosjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vosjax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "work"
+  shutil.copytree(os.path.join(finished(reference), "checkpoints"), workdir / "checkpoints")
+  before = folder_snapshot(str(workdir / "checkpoints"))
+  config = tiny_config(tiny_synthetic_dir, **{**FAULT_OVERRIDES, "model.slot_dim": 24})
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="rerun with the config"):
+    train.train_and_evaluate(config, str(workdir))
+  assert folder_snapshot(str(workdir / "checkpoints")) == before
 
 
 # A corrupt video file: `tests/test_segment.py::test_corrupt_video_fails_with_a_message_naming_it`

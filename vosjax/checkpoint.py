@@ -20,6 +20,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class CheckpointMismatchError(RuntimeError):
+  """Checkpoints exist in the workdir but none fits the state of this run."""
+
+
 @dataclasses.dataclass
 class Restored:
   """What `CheckpointManager.restore_latest` found: the state and its metadata."""
@@ -78,10 +82,16 @@ class CheckpointManager:
     Returns:
       `Restored` or None when there is no checkpoint. A checkpoint that fails to read is skipped
       (logged), and the next older one is tried.
+
+    Raises:
+      CheckpointMismatchError: there are checkpoints but none reads into `abstract_state` (e.g. the
+        model config changed). Starting from scratch instead would let `max_to_keep` delete them.
     """
     target = jax.tree.map(_as_abstract, abstract_state)
     unreadable = set()
-    for step in reversed(self.all_steps()):
+    first_error = None
+    steps = self.all_steps()
+    for step in reversed(steps):
       try:
         restored = self._manager.restore(
             step,
@@ -92,11 +102,17 @@ class CheckpointManager:
         logging.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
                         self.directory, step, type(e).__name__, str(e).splitlines()[0][:300])
         unreadable.add(step)
+        first_error = first_error or f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         continue
       # Only once an older step read fine into this state are the newer failures damage (and not a
       # different model config): only then may `save` replace them.
       self._unreadable = unreadable
       return Restored(state=restored["state"], meta=dict(restored["meta"]))
+    if steps:
+      raise CheckpointMismatchError(
+          f"None of the checkpoints {steps} in {self.directory} can be restored into this run's "
+          f"state (newest: {first_error}). If the config changed (model size, optimizer), rerun "
+          "with the config that wrote them, or use a new --workdir; nothing was deleted.")
     return None
 
   def close(self) -> None:

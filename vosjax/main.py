@@ -4,6 +4,7 @@ Only parses flags and starts (multi-host) JAX; the work is in `vosjax.train`. Co
 overridden from the command line, e.g. `--config.batch_size=8 --config.optimizer.learning_rate=1e-4`.
 """
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -23,6 +24,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", None, "Call jax.distributed.initialize(). Default: when a coordinator address "
     "is given, or on a TPU pod / SLURM job with more than one task.")
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False, "Show the full traceback of input and config errors (by default they are "
+    "one line naming the problem).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -49,11 +53,20 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   from etils import epath  # pylint: disable=g-import-not-at-top
+  from vosjax import checkpoint  # pylint: disable=g-import-not-at-top
   epath.Path(_WORKDIR.value).mkdir(parents=True, exist_ok=True)  # local or gs://
-  if _MODE.value == "train":
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  else:
-    train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+  # Errors about the user's input, config or workdir: one line naming the problem, not a traceback.
+  user_errors = (ValueError, FileNotFoundError, train.NonFiniteLossError,
+                 checkpoint.CheckpointMismatchError)
+  try:
+    if _MODE.value == "train":
+      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+      train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+  except user_errors as e:
+    if _TRACEBACK.value:
+      raise
+    sys.exit(f"vosjax: {type(e).__name__}: {e}\n(rerun with --traceback for the full trace)")
 
 
 if __name__ == "__main__":
