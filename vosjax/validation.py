@@ -56,7 +56,15 @@ def _host_local(tree, mesh):
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, mesh, *,
              step: int, writer=None, write_outputs: bool = True) -> dict:
-  """Evaluates `params` on `config.data.eval_split`; returns the averaged metrics."""
+  """Evaluates `params` on `config.data.eval_split`; returns the averaged metrics.
+
+  DAVIS-layout folders (`config.data.source == "davis"`) are scored per sequence with the davis2016
+  protocol instead (`vosjax.davis_validation`).
+  """
+  if config.data.get("source", "tfds") == "davis":
+    from vosjax import davis_validation  # pylint: disable=g-import-not-at-top
+    return davis_validation.evaluate(config, workdir, method, model, params, step=step,
+                                     writer=writer, write_outputs=write_outputs)
   from vosjax.train import check_batch_size, place_model, to_global  # pylint: disable=g-import-not-at-top
   check_batch_size(config.eval_batch_size, "config.eval_batch_size")
   data_sharding = NamedSharding(mesh, P("data"))

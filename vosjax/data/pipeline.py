@@ -41,7 +41,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 
   if _source(config) == "davis":
     from vosjax.data import davis  # pylint: disable=g-import-not-at-top
     return davis.make_flow_pair_iterator(
-        config.data.root, config.data.sequences, config.data.resolution,
+        config.data.root, config.data.sequences or davis.list_sequences(config.data.root),
+        config.data.resolution,
         config.batch_size // jax.process_count(), seed=config.seed + jax.process_index(),
         start_step=start_step, flow_cache_dir=config.data.flow_cache_dir,
         gaps=tuple(config.data.gaps))

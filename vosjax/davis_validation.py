@@ -1,0 +1,116 @@
+"""Motion Grouping on DAVIS-layout folders: masks for every frame, scored with the davis2016 protocol.
+
+Called by `vosjax.validation.evaluate` when `config.data.source == "davis"` (the end of training and
+`--mode eval`). For each sequence:
+  1. the evaluation flows of every frame (gaps `config.data.gaps` with Motion Grouping's fallback to
+     the opposite gap), at `config.data.resolution`;
+  2. the method's soft foreground of each flow (Motion Grouping: the slot with less border mass; no
+     ground truth involved, unlike the official evaluation's oracle slot choice), averaged over the
+     flows of a frame like the official "mean" masks;
+  3. bilinear upsampling of that probability to the annotation size, threshold 0.5, one indexed PNG
+     per frame in `WORKDIR/davis_results/<seq>/`;
+  4. the same for the motion baseline (median flow removed, Otsu threshold) on the first gap's flow,
+     in `WORKDIR/davis_baseline/<seq>/`.
+Both folders are scored in-process with `vosjax.evaluate` (davis2016 protocol, its default frames);
+the official-layout CSVs go to `WORKDIR/davis_eval/{model,baseline}/`, the metrics (J, F, J&F, per
+sequence) to `WORKDIR/eval_metrics.json`, overlays to `WORKDIR/eval_outputs/<seq>.gif`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vosjax import baselines
+from vosjax import evaluate as davis_eval
+from vosjax.data import davis
+from vosjax.data import video as video_io
+
+# Flows per jitted call: a fixed size, so every sequence reuses one compiled program.
+_CHUNK = 16
+
+
+def _soft_foreground(method, model, params, config, flows: np.ndarray) -> np.ndarray:
+  """Soft foreground `[N, h, w]` of flows `[N, h, w, 2]`, in fixed-size chunks."""
+  fn = jax.jit(lambda p, f: method.foreground_probability(p, model, f, config))
+  out = []
+  for start in range(0, len(flows), _CHUNK):
+    chunk = flows[start:start + _CHUNK]
+    padded = np.concatenate([chunk, np.zeros((_CHUNK - len(chunk),) + chunk.shape[1:],
+                                              chunk.dtype)]) if len(chunk) < _CHUNK else chunk
+    out.append(np.asarray(fn(params, jnp.asarray(padded)))[:len(chunk)])
+  return np.concatenate(out)
+
+
+def _upsample(values: np.ndarray, size: tuple[int, int], interpolation) -> np.ndarray:
+  """`[T, h, w]` -> `[T, H, W]` with OpenCV (size = (H, W))."""
+  return np.stack([cv2.resize(v, (size[1], size[0]), interpolation=interpolation)
+                   for v in values.astype(np.float32)])
+
+
+def _annotation_size(root, sequence: str) -> tuple[int, int]:
+  folder = Path(root) / "Annotations" / "480p" / sequence
+  first = sorted(folder.glob("*.png"))
+  if not first:
+    raise FileNotFoundError(f"no annotation PNG in {folder}")
+  return davis_eval.read_label_png(first[0]).shape[:2]
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, *,
+             step: int, writer=None, write_outputs: bool = True) -> dict:
+  """Writes and scores the masks of every `config.data.sequences` video; returns the metrics."""
+  if not hasattr(method, "foreground_probability"):
+    raise ValueError(f"DAVIS flow evaluation needs a flow method (motion_grouping), got "
+                     f"config.method={config.method!r}.")
+  data = config.data
+  sequences = list(data.sequences or davis.list_sequences(data.root))
+  workdir = Path(workdir)
+  folders = {"model": workdir / "davis_results", "baseline": workdir / "davis_baseline"}
+  for index, sequence in enumerate(sequences):
+    flows = davis.evaluation_flows(data.root, sequence, data.resolution, data.flow_cache_dir,
+                                   gaps=tuple(data.gaps))
+    num_frames, num_gaps = flows["flows"].shape[:2]
+    soft = _soft_foreground(method, model, params, config,
+                            flows["flows"].reshape((-1,) + flows["flows"].shape[2:]))
+    mean = soft.reshape((num_frames, num_gaps) + soft.shape[1:]).mean(axis=1)  # [T, h, w]
+    size = _annotation_size(data.root, sequence)
+    masks = {"model": _upsample(mean, size, cv2.INTER_LINEAR) > 0.5,
+             "baseline": _upsample(baselines.median_flow_foreground(flows["flows"][:, 0]), size,
+                                   cv2.INTER_NEAREST) > 0.5}
+    if jax.process_index() != 0:
+      continue
+    for kind, folder in folders.items():
+      for name, mask in zip(flows["names"], masks[kind]):
+        video_io.write_indexed_png(folder / sequence / f"{name}.png", mask.astype(np.uint8))
+    if write_outputs and index < config.num_eval_videos_to_write:
+      ids = (mean > 0.5).astype(np.int32)
+      frames = (flows["video"] * 255).astype(np.uint8)
+      video_io.write_gif(workdir / "eval_outputs" / f"{sequence}.gif",
+                         video_io.overlay_masks(frames, ids))
+    logging.info("DAVIS masks written for %s (%d frames).", sequence, num_frames)
+
+  result = {"step": step, "num_videos": len(sequences)}
+  if jax.process_index() == 0:
+    for kind, folder in folders.items():
+      scored = davis_eval.evaluate_folders(data.root, folder, "davis2016", sequences=sequences)
+      scored.write_csv(workdir / "davis_eval" / kind)
+      prefix = "" if kind == "model" else "baseline_"
+      for key, value in scored.global_results().items():
+        result[prefix + key] = value
+      # davis2016 scores one object (the union) per sequence: rows are named "<sequence>_1".
+      result[prefix + "per_sequence"] = {
+          row["Sequence"].rsplit("_", 1)[0]: {"J": row["J-Mean"], "F": row["F-Mean"]}
+          for row in scored.object_rows()}
+    (workdir / "eval_metrics.json").write_text(json.dumps(result, indent=2))
+    print("EVAL " + " ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float))
+          + f" step={step} num_videos={len(sequences)}", flush=True)
+    if writer is not None:
+      writer.scalars(step, {k: v for k, v in result.items() if isinstance(v, float)},
+                     prefix="eval")
+  return result
