@@ -89,3 +89,36 @@ def test_training_writes_and_scores_masks_of_every_frame(tiny_davis, tmp_path):
   again = train.evaluate_checkpoint(davis_config(tiny_davis, tmp_path / "flows"), str(workdir))
   assert again["J-Mean"] == pytest.approx(metrics["J-Mean"])
   assert again["baseline_J-Mean"] == pytest.approx(metrics["baseline_J-Mean"])
+
+
+def test_evaluation_sequences_are_the_val_list_with_frames(tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vosjax import davis_validation  # pylint: disable=g-import-not-at-top
+  # A train + val root: "bear" is a training sequence, "cows" a val one without frames.
+  for sequence, has_frames in (("bear", True), ("blackswan", True), ("camel", True),
+                               ("cows", False)):
+    (tmp_path / "Annotations" / "480p" / sequence).mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(
+        tmp_path / "Annotations" / "480p" / sequence / "00000.png")
+    if has_frames:
+      (tmp_path / "JPEGImages" / "480p" / sequence).mkdir(parents=True)
+      Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(
+          tmp_path / "JPEGImages" / "480p" / sequence / "00000.jpg")
+  data = ml_collections.ConfigDict({"root": str(tmp_path), "sequences": None})
+  with pytest.warns(UserWarning, match="cows"):
+    assert davis_validation.evaluation_sequences(data) == ["bear", "blackswan", "camel"]
+
+  (tmp_path / "ImageSets" / "480p").mkdir(parents=True)
+  (tmp_path / "ImageSets" / "480p" / "val.txt").write_text("".join(
+      f"/JPEGImages/480p/{s}/00000.jpg /Annotations/480p/{s}/00000.png\n"
+      for s in ("camel", "blackswan", "cows")))
+  with pytest.warns(UserWarning, match="cows"):
+    assert davis_validation.evaluation_sequences(data) == ["blackswan", "camel"]
+  data.sequences = ("bear",)  # an explicit list wins
+  assert davis_validation.evaluation_sequences(data) == ["bear"]
+
+  (tmp_path / "ImageSets" / "480p" / "val.txt").write_text(
+      "/JPEGImages/480p/cows/00000.jpg /Annotations/480p/cows/00000.png\n")
+  data.sequences = None
+  with pytest.warns(UserWarning, match="cows"), pytest.raises(ValueError, match="val.txt"):
+    davis_validation.evaluation_sequences(data)

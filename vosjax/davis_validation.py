@@ -1,7 +1,9 @@
 """Motion Grouping on DAVIS-layout folders: masks for every frame, scored with the davis2016 protocol.
 
 Called by `vosjax.validation.evaluate` when `config.data.source == "davis"` (the end of training and
-`--mode eval`). For each sequence:
+`--mode eval`). The sequences are `config.data.sequences`, else those of `ImageSets/480p/val.txt`
+that have frames (the official 20 val; 18 in ../shared/data/davis2016, which lacks the frames of cows
+and goat), so training on a full train + val root still scores val only. For each sequence:
   1. the evaluation flows of every frame (gaps `config.data.gaps` with Motion Grouping's fallback to
      the opposite gap), at `config.data.resolution`;
   2. the method's soft foreground of each flow (Motion Grouping: the slot with less border mass; no
@@ -36,15 +38,18 @@ from vosjax.data import video as video_io
 _CHUNK = 16
 
 
-def _soft_foreground(method, model, params, config, flows: np.ndarray) -> np.ndarray:
-  """Soft foreground `[N, h, w]` of flows `[N, h, w, 2]`, in fixed-size chunks."""
-  fn = jax.jit(lambda p, f: method.foreground_probability(p, model, f, config))
+def _soft_foreground(foreground_fn, params, flows: np.ndarray) -> np.ndarray:
+  """Soft foreground `[N, h, w]` of flows `[N, h, w, 2]`, in fixed-size chunks.
+
+  `foreground_fn(params, flows [_CHUNK, h, w, 2]) -> [_CHUNK, h, w]` is jitted once per evaluation:
+  a fresh jit per sequence recompiles (~7 s each at 128x224 on a CPU).
+  """
   out = []
   for start in range(0, len(flows), _CHUNK):
     chunk = flows[start:start + _CHUNK]
     padded = np.concatenate([chunk, np.zeros((_CHUNK - len(chunk),) + chunk.shape[1:],
                                               chunk.dtype)]) if len(chunk) < _CHUNK else chunk
-    out.append(np.asarray(fn(params, jnp.asarray(padded)))[:len(chunk)])
+    out.append(np.asarray(foreground_fn(params, jnp.asarray(padded)))[:len(chunk)])
   return np.concatenate(out)
 
 
@@ -52,6 +57,27 @@ def _upsample(values: np.ndarray, size: tuple[int, int], interpolation) -> np.nd
   """`[T, h, w]` -> `[T, H, W]` with OpenCV (size = (H, W))."""
   return np.stack([cv2.resize(v, (size[1], size[0]), interpolation=interpolation)
                    for v in values.astype(np.float32)])
+
+
+def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
+  """`data.sequences`, else the official val list that has frames, else every sequence with frames.
+
+  The val list is `ImageSets/480p/val.txt` (DAVIS-2016: one "<frame>.jpg <annotation>.png"
+  line per frame; the 20 val sequences). Without it, a full DAVIS-2016 root (train + val) would be
+  scored on all 50 sequences, including the 30 training ones.
+  """
+  if data.sequences:
+    return list(data.sequences)
+  val_list = Path(data.root) / "ImageSets" / "480p" / "val.txt"
+  with_frames = davis.list_sequences(data.root)
+  if not val_list.is_file():
+    return with_frames
+  val = {Path(line.split()[0]).parent.name if "/" in line else line.split()[0]
+         for line in val_list.read_text().splitlines() if line.strip()}
+  sequences = [s for s in with_frames if s in val]
+  if not sequences:
+    raise ValueError(f"none of the sequences listed in {val_list} has frames under {data.root}")
+  return sequences
 
 
 def _annotation_size(root, sequence: str) -> tuple[int, int]:
@@ -69,14 +95,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
     raise ValueError(f"DAVIS flow evaluation needs a flow method (motion_grouping), got "
                      f"config.method={config.method!r}.")
   data = config.data
-  sequences = list(data.sequences or davis.list_sequences(data.root))
+  sequences = evaluation_sequences(data)
+  foreground_fn = jax.jit(lambda p, f: method.foreground_probability(p, model, f, config))
   workdir = Path(workdir)
   folders = {"model": workdir / "davis_results", "baseline": workdir / "davis_baseline"}
   for index, sequence in enumerate(sequences):
     flows = davis.evaluation_flows(data.root, sequence, data.resolution, data.flow_cache_dir,
                                    gaps=tuple(data.gaps))
     num_frames, num_gaps = flows["flows"].shape[:2]
-    soft = _soft_foreground(method, model, params, config,
+    soft = _soft_foreground(foreground_fn, params,
                             flows["flows"].reshape((-1,) + flows["flows"].shape[2:]))
     mean = soft.reshape((num_frames, num_gaps) + soft.shape[1:]).mean(axis=1)  # [T, h, w]
     size = _annotation_size(data.root, sequence)
