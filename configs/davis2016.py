@@ -15,8 +15,8 @@ the same flows; see `vosjax/davis_validation.py` for the outputs.
 The model is the demo's narrow Motion Grouping (the official widths are 4-8x wider), so that it runs
 on a CPU: 0.10-0.22 steps/s at batch 8 on 2 busy cores. Measured 2026-11-22: stopped by SIGTERM at
 step 110 (14 min wall) and scored with `--mode eval` (12 min): J 0.071 / F 0.111 against the
-baseline's J 0.457 / F 0.378 on the same flows; i.e. after 110 steps the masks are not a grouping
-yet. The paper's 68.3 J needs RAFT flow and ~1e5 steps on GPUs.
+baseline's J 0.482 / F 0.416 on the same flows (4-flow vote); after 110 steps the masks are not a
+grouping yet. The paper's 68.3 J needs RAFT flow and ~1e5 steps on GPUs.
 """
 import os
 
