@@ -99,10 +99,11 @@ class CheckpointManager:
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
         )
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
-                        self.directory, step, type(e).__name__, str(e).splitlines()[0][:300])
+        error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        logging.warning("Checkpoint %s/%d is unreadable (%s); trying the previous one.",
+                        self.directory, step, error)
         unreadable.add(step)
-        first_error = first_error or f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        first_error = first_error or error
         continue
       # Only once an older step read fine into this state are the newer failures damage (and not a
       # different model config): only then may `save` replace them.

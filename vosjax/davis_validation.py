@@ -22,7 +22,6 @@ sequence) to `WORKDIR/eval_metrics.json`, overlays to `WORKDIR/eval_outputs/<seq
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from vosjax import baselines
 from vosjax import evaluate as davis_eval
+from vosjax import validation
 from vosjax.data import davis
 from vosjax.data import video as video_io
 
@@ -138,10 +138,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
       result[prefix + "per_sequence"] = {
           row["Sequence"].rsplit("_", 1)[0]: {"J": row["J-Mean"], "F": row["F-Mean"]}
           for row in scored.object_rows()}
-    (workdir / "eval_metrics.json").write_text(json.dumps(result, indent=2))
-    print("EVAL " + " ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float))
-          + f" step={step} num_videos={len(sequences)}", flush=True)
-    if writer is not None:
-      writer.scalars(step, {k: v for k, v in result.items() if isinstance(v, float)},
-                     prefix="eval")
+    validation.report(str(workdir), result, step, writer)
   return result

@@ -114,14 +114,21 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
     raise ValueError(f"The evaluation split {config.data.eval_split!r} yielded no videos.")
   result = {k: float(v) / num_videos for k, v in zip(keys, totals[:-1])}
   result.update(step=step, num_videos=num_videos)
+  report(workdir, result, step, writer)
+  logging.info("Evaluation at step %d: %s", step, result)
+  return result
+
+
+def report(workdir: str, result: dict, step: int, writer=None) -> None:
+  """Writes WORKDIR/eval_metrics.json and prints the `EVAL k=v ...` line (process 0), and logs the
+  scalar metrics to TensorBoard; nested values (e.g. per-sequence tables) go to the JSON only."""
+  scalars = {k: v for k, v in result.items() if isinstance(v, (int, float))}
   if writer is not None:
-    writer.scalars(step, result, prefix="eval")
+    writer.scalars(step, scalars, prefix="eval")
   if jax.process_index() == 0:
     (epath.Path(workdir) / "eval_metrics.json").write_text(json.dumps(result, indent=2))
     print("EVAL " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in result.items()), flush=True)
-  logging.info("Evaluation at step %d: %s", step, result)
-  return result
+                             for k, v in scalars.items()), flush=True)
 
 
 def _copy_tree(local_dir: str, target: epath.Path) -> None:
