@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m vosjax.bench {backbone,clustering,keyframes,data,evaluate} [options]`.
+"""Benchmarks: `python -m vosjax.bench {backbone,clustering,data,evaluate,keyframes,mg_recipes} [options]`.
 
 Each benchmark lives in `vosjax/benchmarks/<name>.py` and exposes `main(argv)`.
 """

@@ -1,0 +1,212 @@
+"""Motion Grouping recipe benchmark: how fast does a recipe learn a foreground, against the baseline.
+
+  python -m vosjax.bench mg_recipes [--config configs/demo.py] [--steps 10000] [--eval_every 1000]
+      [--set KEY=VALUE ...] [--eval_videos 48] [--train_videos N] [--json FILE]
+  python -m vosjax.bench mg_recipes --export DIR      # write the flows as npz, then stop
+  python -m vosjax.bench mg_recipes --arrays DIR ...  # train from those npz (no TFDS needed)
+
+Trains the Motion Grouping method of `--config` (with `--set` overrides, e.g.
+`--set model.decoder_instance_norm=False --set optimizer.learning_rate=2e-3`) in this process on one
+device and, every `--eval_every` steps, scores the validation videos with the library's own
+prediction (`method.predict`: the slot with less border mass, forward/backward masks averaged):
+
+  fg_j         foreground J, as `python -m vosjax.main` reports it;
+  oracle_fg_j  the same with each video's best slot chosen by IoU with the ground truth (the official
+               code's slot choice): tells a wrong slot choice from no grouping at all;
+  baseline_fg_j  the median-flow Otsu baseline (`vosjax.baselines`) on the same videos.
+
+Data: whole videos at the config's resolution are read once through the config's pipeline (TFDS) and
+kept in memory; each step draws `batch_size` (video, frame) pairs uniformly with replacement from the
+frames that have both flows (the training pipeline instead shuffles epochs: same distribution). With
+`--export DIR` the arrays are written as `DIR/train.npz` and `DIR/validation.npz` (float16 flows,
+uint8 ids) so that a machine without TFDS (a rented GPU) can run `--arrays DIR`.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vosjax import baselines
+from vosjax import train
+from vosjax import validation
+
+
+def load_config(path: str, overrides: list[str]):
+  """Config file `path` (`get_config()`), with `KEY=VALUE` overrides (Python literals)."""
+  spec = importlib.util.spec_from_file_location("mg_recipes_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set expects KEY=VALUE, got {item!r}.")
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    if leaf not in node:
+      raise ValueError(f"--set {key}: no such config key.")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    node[leaf] = value
+  return config
+
+
+def read_split(config, split: str, max_videos: int | None) -> dict[str, np.ndarray]:
+  """Whole videos of `split`: forward/backward float16 `[V, T, H, W, 2]`, ids uint8 `[V, T, H, W]`."""
+  from vosjax.data import pipeline  # TFDS: only when reading through the config's pipeline.
+  config = config.copy_and_resolve_references()
+  config.data.eval_split = split
+  forward, backward, ids = [], [], []
+  for batch in pipeline.make_eval_iterator(config):
+    valid = np.asarray(batch["valid"], bool)
+    forward.append(np.asarray(batch["forward_flow"], np.float16)[valid])
+    backward.append(np.asarray(batch["backward_flow"], np.float16)[valid])
+    segmentations = np.asarray(batch["segmentations"])[valid]
+    if segmentations.ndim == 5:  # [B, T, H, W, 1]
+      segmentations = segmentations[..., 0]
+    ids.append(segmentations.astype(np.uint8))
+    if max_videos and sum(len(f) for f in forward) >= max_videos:
+      break
+  arrays = {"forward": np.concatenate(forward), "backward": np.concatenate(backward),
+            "ids": np.concatenate(ids)}
+  return {k: v[:max_videos] if max_videos else v for k, v in arrays.items()}
+
+
+def load_arrays(directory: str, split: str, max_videos: int | None) -> dict[str, np.ndarray]:
+  path = os.path.join(directory, f"{split}.npz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: write it with --export {directory}.")
+  with np.load(path) as data:
+    return {k: data[k][:max_videos] if max_videos else data[k] for k in ("forward", "backward", "ids")}
+
+
+def video_j(ids: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+  """Foreground J of each video: `[V, T, H, W]` ids and bool masks -> `[V]`."""
+  return validation.foreground_j(ids, foreground)
+
+
+def run(config, train_arrays, val_arrays, steps: int, eval_every: int, log=print) -> list[dict]:
+  """Trains from `config`'s initial parameters; returns one record per evaluation."""
+  method = train.load_method(config)
+  if not hasattr(method, "flow_pair"):
+    raise ValueError(f"mg_recipes benchmarks Motion Grouping; config.method={config.method!r}.")
+  model, tx = method.make_model(config), method.make_optimizer(config)
+  # Frames 1..T-2 have both a forward and a backward flow (MOVi: zero flow at the ends).
+  forward = jnp.asarray(train_arrays["forward"][:, 1:-1], jnp.float32)
+  backward = jnp.asarray(train_arrays["backward"][:, 1:-1], jnp.float32)
+  num_videos, num_frames = forward.shape[:2]
+  example = {"forward_flow": forward[:1, :1], "backward_flow": backward[:1, :1]}
+  params = method.init_params(model, config, jax.random.key(config.seed), example)
+  opt_state = tx.init(params)
+  batch_size = config.batch_size
+
+  @jax.jit
+  def train_step(params, opt_state, key, step):
+    key_video, key_frame = jax.random.split(key)
+    video = jax.random.randint(key_video, (batch_size,), 0, num_videos)
+    frame = jax.random.randint(key_frame, (batch_size,), 0, num_frames)
+    batch = {"forward_flow": forward[video, frame][:, None],
+             "backward_flow": backward[video, frame][:, None]}
+    (_, terms), grads = jax.value_and_grad(method.loss_fn, has_aux=True)(
+        params, model, batch, None, step, config)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, terms
+
+  @jax.jit
+  def slot_masks(params, flow):
+    return model.apply({"params": params}, method.encode(flow, config))["masks"]
+
+  predict = jax.jit(lambda params, batch: method.predict(params, model, batch, config))
+  ids = val_arrays["ids"]
+  baseline = video_j(ids, baselines.median_flow_foreground(
+      val_arrays["forward"].astype(np.float32), val_arrays["backward"].astype(np.float32)))
+
+  def evaluate(params) -> tuple[float, float]:
+    fg_j, oracle_j = [], []
+    t = ids.shape[1]
+    weight = np.stack([np.arange(t) < t - 1, np.arange(t) > 0]).astype(np.float32)
+    weight = weight[:, :, None, None]
+    for v in range(len(ids)):
+      batch = {k: jnp.asarray(val_arrays[f][v:v + 1], jnp.float32)
+               for k, f in (("forward_flow", "forward"), ("backward_flow", "backward"))}
+      fg_j.append(video_j(ids[v:v + 1], np.asarray(predict(params, batch)["foreground"]))[0])
+      both = jnp.concatenate([batch["forward_flow"][0], batch["backward_flow"][0]])
+      masks = np.asarray(slot_masks(params, both))  # [2T, K, H, W]
+      per_slot = []
+      for k in range(masks.shape[1]):
+        prob = masks[:, k].reshape((2, t) + masks.shape[2:])
+        mean = (prob * weight).sum(0) / np.maximum(weight.sum(0), 1.0)
+        per_slot.append(video_j(ids[v:v + 1], (mean > 0.5)[None])[0])
+      oracle_j.append(max(per_slot))
+    return float(np.mean(fg_j)), float(np.mean(oracle_j))
+
+  records, key = [], jax.random.key(config.seed + 1)
+  train_seconds, segment_start = 0.0, time.perf_counter()
+  for step in range(steps):
+    key, step_key = jax.random.split(key)
+    params, opt_state, terms = train_step(params, opt_state, step_key, step)
+    if (step + 1) % eval_every == 0 or step + 1 == steps:
+      terms = jax.device_get(terms)  # waits for the steps dispatched so far
+      train_seconds += time.perf_counter() - segment_start
+      fg_j, oracle_j = evaluate(params)
+      record = {"step": step + 1, "reconstruction": float(terms["reconstruction"]),
+                "entropy": float(terms["entropy"]), "fg_j": fg_j, "oracle_fg_j": oracle_j,
+                "baseline_fg_j": float(baseline.mean()), "train_seconds": train_seconds}
+      records.append(record)
+      log(f"step {step + 1}/{steps}  rec {record['reconstruction']:.4f}  "
+          f"ent {record['entropy']:.3f}  fg_j {fg_j:.3f}  oracle_fg_j {oracle_j:.3f}  "
+          f"baseline_fg_j {record['baseline_fg_j']:.3f}  {(step + 1) / train_seconds:.1f} steps/s")
+      segment_start = time.perf_counter()  # evaluation time is not training time
+  return records
+
+
+def main(argv: list[str]) -> int | None:
+  parser = argparse.ArgumentParser(prog="python -m vosjax.bench mg_recipes")
+  parser.add_argument("--config", default="configs/demo.py")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override, repeatable (e.g. optimizer.learning_rate=2e-3)")
+  parser.add_argument("--steps", type=int, default=10000)
+  parser.add_argument("--eval_every", type=int, default=1000)
+  parser.add_argument("--eval_videos", type=int, default=48)
+  parser.add_argument("--train_videos", type=int, default=None, help="default: the whole split")
+  parser.add_argument("--export", default=None, help="write DIR/{train,validation}.npz and stop")
+  parser.add_argument("--arrays", default=None, help="read DIR/{train,validation}.npz (no TFDS)")
+  parser.add_argument("--json", default=None, help="also write the records to this file")
+  args = parser.parse_args(argv)
+
+  config = load_config(args.config, args.set)
+  if args.arrays:
+    train_arrays = load_arrays(args.arrays, "train", args.train_videos)
+    val_arrays = load_arrays(args.arrays, "validation", args.eval_videos)
+  else:
+    train_arrays = read_split(config, "train", args.train_videos)
+    val_arrays = read_split(config, config.data.eval_split, args.eval_videos)
+  if args.export:
+    os.makedirs(args.export, exist_ok=True)
+    np.savez_compressed(os.path.join(args.export, "train.npz"), **train_arrays)
+    np.savez_compressed(os.path.join(args.export, "validation.npz"), **val_arrays)
+    print(f"wrote {args.export}/train.npz ({len(train_arrays['ids'])} videos) and "
+          f"validation.npz ({len(val_arrays['ids'])} videos)")
+    return 0
+  print(f"{args.config} {' '.join(args.set)}: {len(train_arrays['ids'])} training videos, "
+        f"{len(val_arrays['ids'])} validation videos, device {jax.devices()[0].device_kind}",
+        flush=True)
+  records = run(config, train_arrays, val_arrays, args.steps, args.eval_every,
+                log=lambda line: print(line, flush=True))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"config": args.config, "overrides": args.set, "records": records}, f, indent=1)
+  return 0
