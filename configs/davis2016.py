@@ -2,7 +2,11 @@
 
 Command:
   python -m vosjax.main --config configs/davis2016.py --workdir workdirs/davis2016 \
-      [--config.data.root=PATH_TO_DAVIS2016]
+      [--config.data.root=PATH_TO_DAVIS2016] [--config.data.raft_flow_root=DIR --config.data.raft_res=480p]
+
+With `raft_flow_root` the flows are the precomputed RAFT `.flo` files of the official layout
+(`DIR/Flows_gap{1,2,-1,-2}[/raft_res]/<seq>/<frame>.flo`, as Motion Grouping's raft/run_inference.py
+writes them), resized to 128x224 with the vectors rescaled, instead of OpenCV DIS.
 
 As the official protocol: trains on the 18 DAVIS-2016 val sequences that have frames (cows and goat
 have none in ../shared/data/davis2016) without their labels, on pairs of OpenCV DIS flows of the same
@@ -38,6 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.resolution = (128, 224)
   config.data.gaps = (1, 2, -1, -2)
   config.data.flow_cache_dir = os.path.expanduser("~/.cache/vosjax/flows")
+  # Precomputed RAFT flows (Motion Grouping's `Flows_gap{g}[/raft_res]/<seq>/<frame>.flo` layout,
+  # e.g. from its raft/run_inference.py) instead of OpenCV DIS: --config.data.raft_flow_root=DIR.
+  config.data.raft_flow_root = ml_collections.FieldReference(None, field_type=str)
+  config.data.raft_res = ml_collections.FieldReference(None, field_type=str)  # "480p", "1080p"
 
   config.batch_size = 8
   config.num_train_steps = 3000

@@ -7,8 +7,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import davis2016
 from vosjax.data import davis
 from vosjax.data import optical_flow
+from vosjax.data import pipeline
 from vosjax.data import video as video_io
 
 VELOCITY = np.array([1.0, -1.0])  # Pixels per frame (dy, dx) at the native 64x80 size.
@@ -138,15 +140,33 @@ def test_raft_flow_folders_feed_the_iterator(synthetic_root, tmp_path):
         constant = np.broadcast_to(np.array([gap, 10.0 * t], np.float32), (64, 80, 2))
         optical_flow.write_flo(optical_flow.raft_flow_dir(flow_root, seq, gap)
                                / f"{t:05d}.flo", constant)
-  batch = next(davis.make_flow_pair_iterator(
+
+  def check(batch):
+    for i in range(len(batch["frame_index"])):
+      t = batch["frame_index"][i]
+      for flow, gap in ((batch["flow_a"][i], batch["gaps"][i, 0]),
+                        (batch["flow_b"][i], batch["gaps"][i, 1])):
+        np.testing.assert_allclose(flow, np.broadcast_to([0.5 * gap, 5.0 * t], flow.shape),
+                                   rtol=1e-6)
+
+  check(next(davis.make_flow_pair_iterator(
       synthetic_root, ["alpha", "beta"], RESOLUTION, batch_size=5, seed=0,
-      flow_cache_dir=tmp_path / "cache", raft_flow_root=flow_root))
-  for i in range(5):
-    t = batch["frame_index"][i]
-    for flow, gap in ((batch["flow_a"][i], batch["gaps"][i, 0]),
-                      (batch["flow_b"][i], batch["gaps"][i, 1])):
-      np.testing.assert_allclose(flow, np.broadcast_to([0.5 * gap, 5.0 * t], flow.shape),
-                                 rtol=1e-6)
+      flow_cache_dir=tmp_path / "cache", raft_flow_root=flow_root)))
+  # The same folders through the DAVIS config and the training pipeline.
+  config = davis2016.get_config()
+  config.data.root = str(synthetic_root)
+  config.data.sequences = ("alpha", "beta")
+  config.data.resolution = RESOLUTION
+  config.data.flow_cache_dir = str(tmp_path / "config_cache")
+  config.data.raft_flow_root = str(flow_root)
+  config.batch_size = 6
+  check(next(pipeline.make_train_iterator(config)))
+  evaluation = davis.evaluation_flows(synthetic_root, "beta", RESOLUTION,
+                                      config.data.flow_cache_dir,
+                                      raft_flow_root=config.data.raft_flow_root)
+  np.testing.assert_allclose(evaluation["flows"][0, 0, ..., 1], 0.0)  # gap 1 of frame 0: 10 * 0
+  np.testing.assert_allclose(evaluation["flows"][4, 0],
+                             np.broadcast_to([-0.5, 20.0], RESOLUTION + (2,)))
   with pytest.raises(ValueError, match="flow_cache_dir"):
     next(davis.make_flow_pair_iterator(synthetic_root, ["alpha"], RESOLUTION, 2, 0))
 

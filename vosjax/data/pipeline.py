@@ -45,7 +45,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 
         config.data.resolution,
         config.batch_size // jax.process_count(), seed=config.seed + jax.process_index(),
         start_step=start_step, flow_cache_dir=config.data.flow_cache_dir,
-        gaps=tuple(config.data.gaps))
+        gaps=tuple(config.data.gaps), raft_flow_root=config.data.get("raft_flow_root"),
+        raft_res=config.data.get("raft_res"))
   from vosjax.data import movi  # pylint: disable=g-import-not-at-top
   num_shards = config.data.get("num_shards") or jax.process_count()
   if num_shards % jax.process_count() or config.batch_size % num_shards:
