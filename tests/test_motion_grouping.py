@@ -314,3 +314,18 @@ def test_rejects_indivisible_resolution_and_bad_rank():
     model.init(jax.random.key(0), jnp.zeros((1, 60, 64, 3)))
   with pytest.raises(ValueError, match=r'\[B, H, W, C\]'):
     model.init(jax.random.key(0), jnp.zeros((60, 64, 3)))
+
+
+def test_foreground_is_everything_but_the_slot_with_most_border_mass():
+  from vosjax.methods import motion_grouping as method  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for num_slots in (2, 3, 5):
+    masks = np.asarray(jax.nn.softmax(rng.normal(size=(4, num_slots, 6, 7)) * 3, axis=1))
+    foreground = np.asarray(method.foreground_from_masks(jnp.asarray(masks)))
+    for n in range(4):
+      border = [np.concatenate([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]]).mean() for m in masks[n]]
+      background = int(np.argmax(border))
+      expected = sum(masks[n, k] for k in range(num_slots) if k != background)
+      np.testing.assert_allclose(foreground[n], expected, atol=1e-6)
+      if num_slots == 2:  # the other slot: the one that touches the border least
+        np.testing.assert_allclose(foreground[n], masks[n, int(np.argmin(border))], atol=1e-6)

@@ -7,9 +7,9 @@ which lacks the frames of cows and goat), so a full train + val root is still sc
 For each sequence:
   1. the evaluation flows of every frame (gaps `config.data.gaps` with Motion Grouping's fallback to
      the opposite gap), at `config.data.resolution`;
-  2. the method's soft foreground of each flow (Motion Grouping: the slot with less border mass; no
-     ground truth involved, unlike the official evaluation's oracle slot choice), averaged over the
-     flows of a frame like the official "mean" masks;
+  2. the method's soft foreground of each flow (Motion Grouping: all but the slot with the most
+     border mass; no ground truth involved, unlike the official evaluation's oracle slot choice),
+     averaged over the flows of a frame like the official "mean" masks;
   3. bilinear upsampling of that probability to the annotation size, threshold 0.5, one indexed PNG
      per frame in `WORKDIR/davis_results/<seq>/`;
   4. the same for the motion baseline (median flow removed, Otsu threshold): its mask of each of the

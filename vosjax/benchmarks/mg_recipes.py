@@ -8,7 +8,8 @@
 Trains the Motion Grouping method of `--config` (with `--set` overrides, e.g.
 `--set model.decoder_instance_norm=False --set optimizer.learning_rate=2e-3`) in this process on one
 device and, every `--eval_every` steps, scores the validation videos with the library's own
-prediction (`method.predict`: the slot with less border mass, forward/backward masks averaged):
+prediction (`method.predict`: all but the slot with the most border mass, forward/backward masks
+averaged):
 
   fg_j         foreground J, as `python -m vosjax.main` reports it;
   oracle_fg_j  the same with each video's best slot chosen by IoU with the ground truth (the official

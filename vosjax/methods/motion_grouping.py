@@ -6,10 +6,11 @@ the data config uses `clip_length=1, clip_margin=1` (frames that have both); on 
 flow-pair reader gives gaps from {1, 2, -1, -2} directly (`flow_a`, `flow_b`). Flows are colour-wheel
 encoded as in the official code (`config.model.flow_encoding="rgb"`) or fed raw ("raw").
 
-Evaluation: each frame's forward and backward flow go through the model; in each, the foreground slot
-is the one with less mass on the image border (no ground truth involved: the official evaluation
-picks the slot by IoU with the ground truth, an oracle); the foreground masks of the available flows
-are averaged and thresholded at 0.5, like the official "mean" masks.
+Evaluation: each frame's forward and backward flow go through the model; in each, the background slot
+is the one with more mass on the image border and the foreground is the rest (no ground truth
+involved: the official evaluation picks the slot by IoU with the ground truth, an oracle); the
+foreground masks of the available flows are averaged and thresholded at 0.5, like the official
+"mean" masks.
 """
 from __future__ import annotations
 
@@ -145,11 +146,20 @@ def border_mass(masks: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(masks * border, axis=(-2, -1)) / border.sum()
 
 
+def foreground_from_masks(masks: jnp.ndarray) -> jnp.ndarray:
+  """Soft foreground `[N, H, W]` of slot masks `[N, K, H, W]` (summing to 1 over K).
+
+  Everything but the background slot, the one with the most mass on the image border: with
+  K = 2 that is the other slot's mask; with more slots, the union of the objects' slots.
+  """
+  background_slot = jnp.argmax(border_mass(masks), axis=-1)
+  return 1.0 - jnp.take_along_axis(masks, background_slot[:, None, None, None], axis=1)[:, 0]
+
+
 def foreground_probability(params, model, flow: jnp.ndarray, config) -> jnp.ndarray:
-  """Soft foreground `[N, H, W]` of flows `[N, H, W, 2]`: the slot that touches the border least."""
+  """Soft foreground `[N, H, W]` of flows `[N, H, W, 2]` (see `foreground_from_masks`)."""
   masks = model.apply({"params": params}, encode(flow, config))["masks"]  # [N, K, H, W]
-  foreground_slot = jnp.argmin(border_mass(masks), axis=-1)
-  return jnp.take_along_axis(masks, foreground_slot[:, None, None, None], axis=1)[:, 0]
+  return foreground_from_masks(masks)
 
 
 def predict(params, model, batch, config) -> dict:
