@@ -24,14 +24,12 @@ def test_export_then_train_from_arrays(tiny_synthetic_dir, tmp_path):
     exported = {k: data[k] for k in data.files}
   # The exported validation videos are the pipeline's, all of them, in order.
   config = mg_recipes.load_config(flags[1], overrides)
-  batches = list(pipeline.make_eval_iterator(config))
-  ids = np.concatenate([np.asarray(b["segmentations"])[np.asarray(b["valid"], bool)]
-                        for b in batches])
+  videos = {"segmentations": [], "forward_flow": [], "backward_flow": []}
+  for batch in pipeline.make_eval_iterator(config):
+    for key, values in videos.items():
+      values.append(np.asarray(batch[key])[np.asarray(batch["valid"], bool)])
+  ids, forward, backward = (np.concatenate(v) for v in videos.values())
   ids = ids[..., 0] if ids.ndim == 5 else ids
-  forward = np.concatenate([np.asarray(b["forward_flow"])[np.asarray(b["valid"], bool)]
-                            for b in batches])
-  backward = np.concatenate([np.asarray(b["backward_flow"])[np.asarray(b["valid"], bool)]
-                             for b in batches])
   assert exported["ids"].shape == ids.shape == (4, 8, 32, 32)
   np.testing.assert_array_equal(exported["ids"], ids)
   np.testing.assert_allclose(exported["forward"], forward, rtol=1e-3, atol=1e-4)

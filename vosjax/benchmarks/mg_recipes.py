@@ -94,11 +94,6 @@ def load_arrays(directory: str, split: str, max_videos: int | None) -> dict[str,
     return {k: data[k][:max_videos] if max_videos else data[k] for k in ("forward", "backward", "ids")}
 
 
-def video_j(ids: np.ndarray, foreground: np.ndarray) -> np.ndarray:
-  """Foreground J of each video: `[V, T, H, W]` ids and bool masks -> `[V]`."""
-  return validation.foreground_j(ids, foreground)
-
-
 def run(config, train_arrays, val_arrays, steps: int, eval_every: int, log=print) -> list[dict]:
   """Trains from `config`'s initial parameters; returns one record per evaluation."""
   method = train.load_method(config)
@@ -127,31 +122,28 @@ def run(config, train_arrays, val_arrays, steps: int, eval_every: int, log=print
     return optax.apply_updates(params, updates), opt_state, terms
 
   @jax.jit
-  def slot_masks(params, flow):
-    return model.apply({"params": params}, method.encode(flow, config))["masks"]
+  def video_masks(params, forward_flow, backward_flow):
+    """One video's `[T, H, W, 2]` flows -> (library foreground, each slot alone) `[1 + K, T, H, W]`
+    bool: `method.predict`'s composition, from one forward pass."""
+    t = forward_flow.shape[0]
+    both = jnp.concatenate([forward_flow, backward_flow])
+    masks = model.apply({"params": params}, method.encode(both, config))["masks"]  # [2T, K, H, W]
+    candidates = jnp.concatenate([method.foreground_from_masks(masks)[:, None], masks], axis=1)
+    candidates = jnp.moveaxis(candidates.reshape((2, t) + candidates.shape[1:]), 2, 0)
+    return jax.vmap(method.mean_over_directions)(candidates[:, :, None])[:, 0] > 0.5
 
-  predict = jax.jit(lambda params, batch: method.predict(params, model, batch, config))
   ids = val_arrays["ids"]
-  baseline = video_j(ids, baselines.median_flow_foreground(
+  baseline = validation.foreground_j(ids, baselines.median_flow_foreground(
       val_arrays["forward"].astype(np.float32), val_arrays["backward"].astype(np.float32)))
 
   def evaluate(params) -> tuple[float, float]:
     fg_j, oracle_j = [], []
-    t = ids.shape[1]
-    weight = np.stack([np.arange(t) < t - 1, np.arange(t) > 0]).astype(np.float32)
-    weight = weight[:, :, None, None]
     for v in range(len(ids)):
-      batch = {k: jnp.asarray(val_arrays[f][v:v + 1], jnp.float32)
-               for k, f in (("forward_flow", "forward"), ("backward_flow", "backward"))}
-      fg_j.append(video_j(ids[v:v + 1], np.asarray(predict(params, batch)["foreground"]))[0])
-      both = jnp.concatenate([batch["forward_flow"][0], batch["backward_flow"][0]])
-      masks = np.asarray(slot_masks(params, both))  # [2T, K, H, W]
-      per_slot = []
-      for k in range(masks.shape[1]):
-        prob = masks[:, k].reshape((2, t) + masks.shape[2:])
-        mean = (prob * weight).sum(0) / np.maximum(weight.sum(0), 1.0)
-        per_slot.append(video_j(ids[v:v + 1], (mean > 0.5)[None])[0])
-      oracle_j.append(max(per_slot))
+      masks = np.asarray(video_masks(params, jnp.asarray(val_arrays["forward"][v], jnp.float32),
+                                     jnp.asarray(val_arrays["backward"][v], jnp.float32)))
+      scores = validation.foreground_j(np.broadcast_to(ids[v], masks.shape), masks)
+      fg_j.append(scores[0])
+      oracle_j.append(scores[1:].max())
     return float(np.mean(fg_j)), float(np.mean(oracle_j))
 
   records, key = [], jax.random.key(config.seed + 1)

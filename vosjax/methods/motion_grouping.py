@@ -175,13 +175,19 @@ def predict(params, model, batch, config) -> dict:
   b, t, h, w, _ = forward.shape
   both = jnp.concatenate([forward, backward], axis=0).reshape(2 * b * t, h, w, 2)
   prob = foreground_probability(params, model, both, config).reshape(2, b, t, h, w)
-  # MOVi stores zero forward flow on the last frame and zero backward flow on the first.
+  foreground = mean_over_directions(prob) > 0.5
+  return {"ids": foreground.astype(jnp.int32), "foreground": foreground}
+
+
+def mean_over_directions(prob: jnp.ndarray) -> jnp.ndarray:
+  """`[2, B, T, H, W]` probabilities from the forward and backward flows -> their mean `[B, T, H, W]`
+  over the flows each frame has (MOVi stores zero forward flow on the last frame and zero backward
+  flow on the first)."""
+  t = prob.shape[2]
   has_forward = jnp.arange(t) < t - 1
   has_backward = jnp.arange(t) > 0
   weight = jnp.stack([has_forward, has_backward]).astype(prob.dtype)[:, None, :, None, None]
-  mean = jnp.sum(prob * weight, axis=0) / jnp.maximum(jnp.sum(weight, axis=0), 1.0)
-  foreground = mean > 0.5
-  return {"ids": foreground.astype(jnp.int32), "foreground": foreground}
+  return jnp.sum(prob * weight, axis=0) / jnp.maximum(jnp.sum(weight, axis=0), 1.0)
 
 
 def summary_images(params, model, batch, config) -> dict:
