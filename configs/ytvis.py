@@ -7,13 +7,15 @@ Training clips (`data.source = "frame_clips"`, `vosjax.data.davis.make_clip_iter
 `src/data.py::Dataloader`): a random video, T = `data.clip_length` = 3 frames at stride
 `data.frame_gap` = 4 (shrunk until the clip fits) around a uniform centre, RGB in [0, 1], resized
 bilinearly to `data.resolution` = (192, 384); deterministic in (seed, step) for resuming.
-The in-training evaluation reads MOVi-format data only; evaluate frame folders with `vosjax.segment`
-and `vosjax.evaluate` (DAVIS protocols) on the predicted masks.
+Evaluation (end of training and `--mode eval`, `vosjax.evaluation.frame_folders`): with
+`data.eval_root` set to a DAVIS-2017 root, every val sequence is segmented (masks in
+`WORKDIR/frame_results/`) and scored with the DAVIS-2017 unsupervised protocols (official and
+per-frame); without it, the run trains and saves and scores nothing.
 
 Command:
 
   python -m vosjax.main --config configs/ytvis.py --workdir /tmp/betrayed_ytvis \
-      --config.data.root=/path/to/youtube-vis/train \
+      --config.data.root=/path/to/youtube-vis/train --config.data.eval_root=/path/to/DAVIS \
       --config.backbone.checkpoint=/path/to/dino_deitsmall8_pretrain.pth
 
 Expected result: the paper reports YouTube-VIS-19 FG-ARI / mIoU on 300 training videos and DAVIS-17
@@ -38,7 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.resolution = (192, 384)
   config.data.clip_length = 3
   config.data.frame_gap = 4
-  config.eval_every_steps = 0  # frame folders are evaluated with vosjax.evaluate
+  # Evaluation: a DAVIS-layout root (DAVIS-2017 trainval); None: train only, score nothing.
+  config.data.eval_root = ml_collections.config_dict.placeholder(str)
+  config.data.eval_quality = "480p"
+  config.data.eval_sequences = ()  # empty: every sequence with frames under eval_root
+  config.data.eval_chunk_frames = 64  # frames per clustering window (+2 shared with neighbours)
   config.model.train_resolution = None
   config.model.inference_resolution = (320, 480)
   return config

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vosjax import attention_losses
+from vosjax.methods.betrayed import losses as attention_losses
 
 
 def _random_attention(rng, batch, frames, tokens):

@@ -1,7 +1,7 @@
 """The median-flow motion baseline against brute-force transcriptions."""
 import numpy as np
 
-from vosjax import baselines
+from vosjax.evaluation import baselines
 
 
 def _otsu_brute_force(values: np.ndarray, bins: int) -> float:

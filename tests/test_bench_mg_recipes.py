@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_SYNTHETIC
-from vosjax import baselines
-from vosjax import validation
+from vosjax.evaluation import baselines
+from vosjax.evaluation import videos as validation
 from vosjax.benchmarks import mg_recipes
 from vosjax.data import pipeline
 

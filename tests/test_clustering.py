@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vosjax import clustering
-from vosjax import keyframe_attention as kfa
+from vosjax.methods.betrayed import clustering
+from vosjax.methods.betrayed import keyframe_attention as kfa
 from vosjax.benchmarks import reference_clustering as reference
 
 # Small planted videos: 7 frames (a partial last window), 4 x 6 tokens, 4 heads of 8.

@@ -93,7 +93,7 @@ def test_training_writes_and_scores_masks_of_every_frame(tiny_davis, tmp_path):
 
 def test_evaluation_sequences_are_the_val_list_with_frames(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from vosjax import davis_validation  # pylint: disable=g-import-not-at-top
+  from vosjax.evaluation import davis_flows as davis_validation  # pylint: disable=g-import-not-at-top
   # A train + val root: "bear" is a training sequence, "cows" a val one without frames.
   for sequence, has_frames in (("bear", True), ("blackswan", True), ("camel", True),
                                ("cows", False)):

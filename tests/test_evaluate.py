@@ -10,8 +10,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from vosjax import evaluate
-from vosjax import metrics
+from vosjax import evaluate as evaluate_command
+from vosjax.evaluation import davis_protocol as evaluate
+from vosjax.data.davis import VOID_LABEL
+from vosjax.evaluation import metrics
 
 STAT_COLUMNS = {"J-Mean": "J_mean", "J-Recall": "J_recall", "J-Decay": "J_decay",
                 "F-Mean": "F_mean", "F-Recall": "F_recall", "F-Decay": "F_decay"}
@@ -87,7 +89,7 @@ def test_global_means_equal_official(osvos_all_frames, reference_rows):
 
 def test_cli_writes_official_csv_layout(shared_data, reference_rows, tmp_path, capsys):
   out = tmp_path / "out"
-  code = evaluate.main(["--protocol", "davis2016", "--gt", str(shared_data / "davis2016"),
+  code = evaluate_command.main(["--protocol", "davis2016", "--gt", str(shared_data / "davis2016"),
                         "--results",
                         str(shared_data / "davis2017_eval_results/semi-supervised/osvos"),
                         "--sequences", "blackswan,dog", "--output", str(out), "--workers", "1"])
@@ -149,7 +151,7 @@ def test_unsupervised_permuted_gt_is_perfect_and_void_is_ignored(tmp_path):
   # The toolkit's void unit case: a prediction wrong only under void scores 1.
   truth = np.zeros((2, 200, 200), np.int64)
   truth[:, 100:150, 100:150] = 1
-  truth[:, 50:100, 100:150] = evaluate.VOID_LABEL
+  truth[:, 50:100, 100:150] = VOID_LABEL
   pred = np.zeros_like(truth)
   pred[:, 50:150, 100:150] = 1
   seq = evaluate.evaluate_sequence(truth, pred, "davis2017-unsupervised")
@@ -222,8 +224,8 @@ def test_folder_errors_name_the_file(tmp_path):
     evaluate.evaluate_folders(tmp_path / "gt2016", res, "davis2017-unsupervised")
   # The CLI refuses to write its CSVs into an input folder.
   with pytest.raises(SystemExit):
-    evaluate.main(["--protocol", "davis2016", "--gt", str(gt), "--results", str(res),
+    evaluate_command.main(["--protocol", "davis2016", "--gt", str(gt), "--results", str(res),
                    "--output", str(res / "scores")])
   assert not (res / "scores").exists()
-  assert evaluate.main(["--protocol", "davis2016", "--gt", str(gt), "--results", str(gt),
+  assert evaluate_command.main(["--protocol", "davis2016", "--gt", str(gt), "--results", str(gt),
                         "--output", str(tmp_path / "out"), "--frames", "all"]) == 0

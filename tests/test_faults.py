@@ -416,7 +416,7 @@ def test_dataset_directory_missing_a_split_fails_before_training(split, tiny_syn
 def test_checkpoints_of_another_config_are_an_error_not_a_fresh_start(reference, tiny_synthetic_dir,
                                                                     tmp_path):
   """Starting over instead would let max_to_keep delete the old run's checkpoints."""
-  from vosjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vosjax.core import checkpoint  # pylint: disable=g-import-not-at-top
   from vosjax import train  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "work"
   shutil.copytree(os.path.join(finished(reference), "checkpoints"), workdir / "checkpoints")

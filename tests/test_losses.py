@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vosjax import losses
+from vosjax.methods import slot_attention
+from vosjax.methods.motion_grouping import losses
 
 
 def _masks(rng, shape):
@@ -78,10 +79,10 @@ def test_mask_entropy_matches_loops():
 def test_autoencoder_loss_is_mean_squared_error():
   rng = np.random.default_rng(3)
   recon, image = rng.normal(size=(2, 4, 4, 3)), rng.normal(size=(2, 4, 4, 3))
-  np.testing.assert_allclose(float(losses.autoencoder_loss(recon, image)),
+  np.testing.assert_allclose(float(slot_attention.autoencoder_loss(recon, image)),
                              np.mean((recon - image)**2), rtol=1e-5)
   with pytest.raises(ValueError, match='differs'):
-    losses.autoencoder_loss(recon, image[:1])
+    slot_attention.autoencoder_loss(recon, image[:1])
 
 
 def _simulate_official_loop(base_lr, warmup, decay, num_steps, ent_scale=1.0):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from vosjax import metrics
+from vosjax.evaluation import metrics
 
 
 def textbook_ari(true_labels: np.ndarray, pred_labels: np.ndarray) -> float:

@@ -9,7 +9,10 @@ import pytest
 from conftest import PYTHON, REPO, subprocess_env
 from test_train import TINY_OVERRIDES, tiny_config
 from vosjax import segment
+from vosjax.evaluation import windows
+from vosjax import methods
 from vosjax import train
+from vosjax.core import sharding
 from vosjax.data import optical_flow
 from vosjax.data import video as video_io
 
@@ -36,15 +39,15 @@ def checkpointed(tmp_path_factory):
   The parameters are the initialisation (training is what tests/test_train.py checks, and the
   notebook test trains then segments with the command line); only their restoration matters here.
   """
-  from vosjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vosjax.core import checkpoint  # pylint: disable=g-import-not-at-top
   from vosjax import train  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("trained"))
   config = tiny_config("unused: no training data is read")
-  method = train.load_method(config)
+  method = methods.load_method(config)
   flows = np.zeros((config.batch_size, 32, 32, 2), np.float32)
   state, _ = train.create_train_state(method, method.make_model(config),
-                                      config, method.make_optimizer(config),
-                                      {"flow_a": flows, "flow_b": flows}, train.make_mesh())
+                                      config, method.make_optimizer(config), sharding.make_mesh(),
+                                      {"flow_a": flows, "flow_b": flows})
   state = state.replace(step=state.step + CHECKPOINT_STEP)
   manager = checkpoint.CheckpointManager(workdir)
   manager.save(CHECKPOINT_STEP, state, {"step": CHECKPOINT_STEP, "data_step": CHECKPOINT_STEP})
@@ -93,7 +96,7 @@ def test_command_line_writes_masks_and_overlays_of_the_whole_video_prediction(ch
   for gap in (1, -1):
     cached = np.load(next((output / "flow_cache").rglob(f"dis-medium_gap{gap}_32x32.npy")))
     np.testing.assert_allclose(cached, flows[gap], atol=1e-5)
-  method = train.load_method(config)
+  method = methods.load_method(config)
   model = method.make_model(config)
   ids = jax.jit(lambda p, b: method.predict(p, model, b, config)["ids"])(
       params, {"forward_flow": flows[1][None], "backward_flow": flows[-1][None]})[0]
@@ -119,20 +122,20 @@ def test_missing_checkpoint_and_unsupported_method_are_clear_errors(tmp_path):
                           str(tmp_path / "out"))
   assert not (tmp_path / "nothing_here").exists()
   config = tiny_config("unused", method="slot_attention")
-  with pytest.raises(segment.SegmentError, match="motion_grouping.*betrayed.*slot_attention"):
+  with pytest.raises(segment.SegmentError, match="betrayed.*motion_grouping.*slot_attention"):
     segment.segment_video(config, str(tmp_path), str(video), str(tmp_path / "out"))
 
 
 @pytest.mark.parametrize("num_frames,chunk_frames", [(1, 4), (6, 4), (7, 4), (10, 4), (11, 1),
                                                      (100, 7)])
 def test_windows_keep_every_frame_once_and_only_with_both_flows(num_frames, chunk_frames):
-  window, starts = segment.windows(num_frames, chunk_frames)
+  window, starts = windows.windows(num_frames, chunk_frames)
   assert window == min(chunk_frames + 2, num_frames)
   assert starts[0] == 0 and starts[-1] + window == num_frames
   filled = 0
   for start in starts:
     assert start < max(filled, 1)  # overlaps what is labelled (linking needs a shared frame)
-    end = segment.kept_end(start, window, num_frames)
+    end = windows.kept_end(start, window, num_frames)
     # A kept frame at a window border must be the video's own first / last frame.
     assert end <= start + window - 1 or end == num_frames
     filled = max(filled, end)
@@ -146,7 +149,7 @@ def test_link_ids_follows_permuted_clusters_and_numbers_new_ones():
   current = permutation[previous]
   current[0, :4] = 3  # a new cluster covering half of a frame
   # Window id 4 is absent from the shared frames (it appears later in the window).
-  mapping, next_id = segment.link_ids(previous, current, num_ids=5, next_id=5)
+  mapping, next_id = windows.link_ids(previous, current, num_ids=5, next_id=5)
   np.testing.assert_array_equal(mapping[:3], np.argsort(permutation))
   np.testing.assert_array_equal(mapping[3:], [5, 6])
   assert next_id == 7
@@ -154,11 +157,11 @@ def test_link_ids_follows_permuted_clusters_and_numbers_new_ones():
 
 def test_rank_by_area_and_nearest_upsampling_match_references():
   ids = np.array([[7, 7, 7], [2, 2, 7], [0, 7, 2]])
-  np.testing.assert_array_equal(segment.rank_by_area(ids), [[0, 0, 0], [1, 1, 0], [2, 0, 1]])
+  np.testing.assert_array_equal(windows.rank_by_area(ids), [[0, 0, 0], [1, 1, 0], [2, 0, 1]])
   small = np.random.default_rng(1).integers(0, 5, (3, 7, 5)).astype(np.uint8)
   for size in ((13, 11), (32, 20), (7, 5), (3, 2), (21, 15)):
     expected = jax.image.resize(small.astype(np.float32), (3,) + size, "nearest")
-    np.testing.assert_array_equal(segment.upsample_nearest(small, size), expected)
+    np.testing.assert_array_equal(windows.upsample_nearest(small, size), expected)
 
 
 @pytest.mark.slow  # ~40 s: a random backbone and clustering compile; run with -m slow
@@ -170,13 +173,13 @@ def test_betrayed_ids_of_static_segments_stay_the_same_across_windows(tmp_path):
   holds only if the clusters of each window are linked to the previous window's.
   """
   from test_betrayed import _tiny_config  # pylint: disable=g-import-not-at-top
-  from vosjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vosjax.core import checkpoint  # pylint: disable=g-import-not-at-top
   config = _tiny_config(str(tmp_path / "unused"))
   config.model.tau = 1e-5
-  method = train.load_method(config)
+  method = methods.load_method(config)
   state, _ = train.create_train_state(
       method, method.make_model(config), config, method.make_optimizer(config),
-      {"video": np.zeros((1, 3, 32, 32, 3), np.float32)}, train.make_mesh())
+      sharding.make_mesh(), {"video": np.zeros((1, 3, 32, 32, 3), np.float32)})
   manager = checkpoint.CheckpointManager(str(tmp_path / "work"))
   manager.save(0, state, {"step": 0, "data_step": 0})
   manager.close()

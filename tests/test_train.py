@@ -94,10 +94,10 @@ def finish(*procs: subprocess.Popen, timeout: float = 600) -> None:
 
 def _initial_params(data_dir) -> dict:
   """The parameters every tiny run starts from (as `train.create_train_state` draws them)."""
-  from vosjax import train  # pylint: disable=g-import-not-at-top
+  from vosjax import methods  # pylint: disable=g-import-not-at-top
   from vosjax.data import pipeline  # pylint: disable=g-import-not-at-top
   config = tiny_config(data_dir)
-  method = train.load_method(config)
+  method = methods.load_method(config)
   batch = next(pipeline.make_train_iterator(config))
   return flat_params(method.init_params(method.make_model(config), config,
                                         jax.random.key(config.seed), batch))

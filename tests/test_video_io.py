@@ -3,7 +3,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from vosjax import evaluate
+from vosjax.data import davis
 from vosjax.data import video
 
 
@@ -39,7 +39,7 @@ def test_palette_and_indexed_png_round_trip(tmp_path):
     np.testing.assert_array_equal(np.array(image), ids)
     palette = np.array(image.getpalette()[:768]).reshape(256, 3)
   np.testing.assert_array_equal(palette, video.DAVIS_PALETTE)
-  np.testing.assert_array_equal(evaluate.read_label_png(path), ids)
+  np.testing.assert_array_equal(davis.read_label_png(path), ids)
   assert not list(tmp_path.glob("seq/.*tmp*"))  # Atomic write left nothing behind.
   with pytest.raises(ValueError, match="0..255"):
     video.write_indexed_png(tmp_path / "bad.png", np.full((2, 2), 256))

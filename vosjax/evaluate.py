@@ -1,304 +1,29 @@
-"""DAVIS evaluation of PNG mask folders: `python -m vosjax.evaluate --protocol P --gt DIR --results DIR`.
+"""Command: DAVIS evaluation of PNG mask folders.
 
-Protocols (see docs/algorithms.md §1.8, §5):
-- `davis2016`: one object per frame, foreground = `png > 0` for GT and results, no void. Default
-  frames `1:-1`: the DAVIS-2016 toolkit (fperazzi/davis `db_eval_sequence`) drops the first and
-  last frame.
-- `davis2017-unsupervised`: the official davisvideochallenge/davis2017-evaluation unsupervised task:
-  GT value 255 is void, GT objects are the ids 1..max(first GT frame), one Hungarian assignment per
-  sequence on mean-over-frames (J+F)/2, at most 20 proposals, all frames.
-- `davis2017-unsupervised-perframe`: the SSL-UVOS / SMTC fork: a Hungarian assignment per frame
-  on J+F, at most 300 proposals. More lenient; not the official protocol.
+  python -m vosjax.evaluate --protocol P --gt DIR --results DIR [--sequences a,b] [--frames all]
 
-Per-object rows are reported in GT object order. (The official tool labels row k with the k-th
-matched pair in proposal order, which permutes object names when there are more proposals than
-objects; every global number is the same.)
-
-Writes `global_results.csv` and `per-sequence_results.csv` in the official column layout.
+The protocols are `vosjax.evaluation.davis_protocol` (see its docstring); this module only parses the
+command line, scores and prints.
 """
 from __future__ import annotations
 
 import argparse
-from concurrent import futures
-import dataclasses
-import multiprocessing
 import os
 from pathlib import Path
 import sys
 import time
 
-import numpy as np
-from PIL import Image
-from scipy import optimize
-
-from vosjax import metrics
-
-VOID_LABEL = 255
-
-
-@dataclasses.dataclass(frozen=True)
-class Protocol:
-  """How a protocol reads masks and matches proposals to GT objects."""
-  name: str
-  single_object: bool  # Foreground = union of all ids, no void.
-  per_frame_matching: bool
-  max_proposals: int
-  default_frames: str
-
-
-PROTOCOLS = {p.name: p for p in (
-    Protocol("davis2016", True, False, 1, "1:-1"),
-    Protocol("davis2017-unsupervised", False, False, 20, "all"),
-    Protocol("davis2017-unsupervised-perframe", False, True, 300, "all"),
-)}
-GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
-
-
-@dataclasses.dataclass
-class SequenceResult:
-  """Scores of one sequence. j, f: float64 [num_objects, num_frames]; rows in GT object order."""
-  name: str
-  frame_names: list[str]
-  j: np.ndarray
-  f: np.ndarray
-  matched_proposals: np.ndarray  # int [num_objects] or [num_objects, num_frames]; 0 = padding.
-
-  def object_rows(self) -> list[dict]:
-    rows = []
-    for k in range(self.j.shape[0]):
-      j_stats, f_stats = metrics.davis_statistics(self.j[k]), metrics.davis_statistics(self.f[k])
-      rows.append({"Sequence": f"{self.name}_{k + 1}",
-                   "J-Mean": j_stats[0], "J-Recall": j_stats[1], "J-Decay": j_stats[2],
-                   "F-Mean": f_stats[0], "F-Recall": f_stats[1], "F-Decay": f_stats[2]})
-    return rows
-
-
-@dataclasses.dataclass
-class EvaluationResults:
-  protocol: str
-  frames: str
-  sequences: list[SequenceResult]
-
-  def object_rows(self) -> list[dict]:
-    return [row for seq in self.sequences for row in seq.object_rows()]
-
-  def global_results(self) -> dict[str, float]:
-    """Means over all objects of all sequences, as the official `global_results` table."""
-    rows = self.object_rows()
-    if not rows:
-      raise ValueError("no GT object was evaluated")
-    out = {key: float(np.mean([r[key] for r in rows])) for key in GLOBAL_COLUMNS[1:]}
-    return {"J&F-Mean": (out["J-Mean"] + out["F-Mean"]) / 2, **out}
-
-  def write_csv(self, output_dir, decimals: int = 3) -> tuple[Path, Path]:
-    """Writes the two official CSV files (pandas `float_format="%.3f"` layout by default)."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    fmt = lambda v: "" if np.isnan(v) else f"{v:.{decimals}f}"
-    global_path = output_dir / "global_results.csv"
-    values = self.global_results()
-    _atomic_write(global_path, ",".join(GLOBAL_COLUMNS) + "\n"
-                  + ",".join(fmt(values[c]) for c in GLOBAL_COLUMNS) + "\n")
-    sequence_path = output_dir / "per-sequence_results.csv"
-    lines = ["Sequence,J-Mean,F-Mean"] + [
-        f"{r['Sequence']},{fmt(r['J-Mean'])},{fmt(r['F-Mean'])}" for r in self.object_rows()]
-    _atomic_write(sequence_path, "\n".join(lines) + "\n")
-    return global_path, sequence_path
-
-  def format_table(self) -> str:
-    values = self.global_results()
-    widths = [max(len(c), 8) for c in GLOBAL_COLUMNS]
-    header = "  ".join(c.rjust(w) for c, w in zip(GLOBAL_COLUMNS, widths))
-    row = "  ".join(f"{values[c]:.3f}".rjust(w) for c, w in zip(GLOBAL_COLUMNS, widths))
-    return f"{header}\n{row}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
-def _match(j: np.ndarray, f: np.ndarray, per_frame: bool):
-  """Hungarian matching of proposals [P, G, T] to GT objects; returns j, f [G, T] and matches."""
-  num_objects, num_frames = j.shape[1], j.shape[2]
-  if not per_frame:
-    proposal, gt = optimize.linear_sum_assignment(-(np.mean(j, axis=2) + np.mean(f, axis=2)) / 2)
-    order = np.argsort(gt)
-    proposal, gt = proposal[order], gt[order]
-    return j[proposal, gt], f[proposal, gt], proposal + 1
-  out_j, out_f = np.zeros((num_objects, num_frames)), np.zeros((num_objects, num_frames))
-  matches = np.zeros((num_objects, num_frames), np.int64)
-  for t in range(num_frames):
-    proposal, gt = optimize.linear_sum_assignment(-(j[:, :, t] + f[:, :, t]))
-    out_j[gt, t], out_f[gt, t], matches[gt, t] = j[proposal, gt, t], f[proposal, gt, t], proposal + 1
-  return out_j, out_f, matches
-
-
-def evaluate_sequence(true_ids, pred_ids, protocol: str = "davis2017-unsupervised",
-                      void=None, num_objects: int | None = None, name: str = "sequence",
-                      frame_names=None, bound_th: float = 0.008) -> SequenceResult:
-  """Scores one sequence held in memory (the core of `evaluate_folders`).
-
-  Args:
-    true_ids: int [T, H, W] GT ids (raw PNG values: for the davis2017 protocols 255 = void
-      unless `void` is given).
-    pred_ids: int [T, H, W] predicted ids, 0 = background.
-    protocol: a key of PROTOCOLS.
-    void: optional bool [T, H, W] pixels to ignore (davis2017 protocols only).
-    num_objects: GT objects are ids 1..num_objects; default max id of the first given frame
-      (the official rule).
-    name, frame_names: labels for the report.
-
-  Returns:
-    SequenceResult with j, f [num_objects, T].
-  """
-  spec = PROTOCOLS[protocol]
-  true_ids, pred_ids = np.asarray(true_ids), np.asarray(pred_ids)
-  if true_ids.ndim != 3 or true_ids.shape != pred_ids.shape:
-    raise ValueError(f"{name}: GT {true_ids.shape} and prediction {pred_ids.shape} must both be "
-                     "[T, H, W] of the same size")
-  frame_names = list(frame_names or [f"{t:05d}" for t in range(true_ids.shape[0])])
-  if spec.single_object:
-    j, f = metrics.pairwise_region_and_boundary(true_ids > 0, pred_ids > 0, 1, 1, None, bound_th)
-    return SequenceResult(name, frame_names, j[0], f[0], np.ones(1, np.int64))
-  if void is None:
-    void = true_ids == VOID_LABEL
-  true_ids = np.where(void, 0, true_ids)
-  if num_objects is None:
-    num_objects = int(true_ids[0].max())
-  num_proposals = int(pred_ids.max(initial=0))
-  if num_proposals > spec.max_proposals:
-    raise ValueError(f"{name}: the prediction holds id {num_proposals}, more than the "
-                     f"{spec.max_proposals} proposals that {protocol} allows")
-  j, f = metrics.pairwise_region_and_boundary(
-      true_ids, pred_ids, num_objects, max(num_proposals, num_objects), void, bound_th)
-  j, f, matches = _match(j, f, spec.per_frame_matching)
-  return SequenceResult(name, frame_names, j, f, matches)
-
-
-# ---------------------------------------------------------------- folders
-
-
-def read_label_png(path: Path) -> np.ndarray:
-  """An indexed (P), grayscale (L, I;16, I) or binary (1) PNG -> int [H, W]; clear errors."""
-  try:
-    with Image.open(path) as image:
-      if image.mode not in ("P", "L", "1", "I;16", "I"):
-        raise ValueError(f"{path}: expected an indexed or grayscale PNG, got mode {image.mode}")
-      return np.array(image)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"missing mask file {path}") from None
-  except (OSError, SyntaxError) as err:
-    raise ValueError(f"{path}: unreadable PNG ({err})") from None
-
-
-def resolve_annotation_dir(gt: Path, protocol: str) -> Path:
-  """The folder holding one sub-folder of PNGs per sequence, given a DAVIS root or that folder."""
-  gt = Path(gt)
-  if not gt.is_dir():
-    raise FileNotFoundError(f"GT folder {gt} does not exist")
-  candidates = ["Annotations/480p", "Annotations"]
-  if not PROTOCOLS[protocol].single_object:
-    candidates = ["Annotations_unsupervised/480p"] + candidates
-  for sub in candidates:
-    if (gt / sub).is_dir():
-      return gt / sub
-  return gt
-
-
-def list_mask_sequences(folder: Path) -> list[str]:
-  return sorted(p.name for p in Path(folder).iterdir()
-                if p.is_dir() and any(p.glob("*.png")))
-
-
-def _frame_slice(frames: str) -> slice:
-  if frames == "all":
-    return slice(None)
-  if frames == "1:-1":
-    return slice(1, -1)
-  raise ValueError(f"frames must be 'all' or '1:-1', got {frames!r}")
-
-
-def _evaluate_folder_sequence(args) -> SequenceResult:
-  annotation_dir, results_dir, seq, protocol, frames, bound_th = args
-  gt_paths = sorted((annotation_dir / seq).glob("*.png"))
-  true_ids = np.stack([read_label_png(p) for p in gt_paths])
-  # The official rule takes the object count from the first frame, before any frame is dropped.
-  first_frame = np.where(true_ids[0] == VOID_LABEL, 0, true_ids[0])
-  num_objects = int(first_frame.max())
-  if num_objects == 0 and not PROTOCOLS[protocol].single_object and (true_ids[0] > 0).any():
-    raise ValueError(f"{gt_paths[0]}: the first GT frame holds only void (255) pixels, so "
-                     f"{protocol} finds no object; DAVIS-2016 style 0/255 masks need "
-                     "--protocol davis2016")
-  selected = gt_paths[_frame_slice(frames)]
-  if not selected:
-    raise ValueError(f"{annotation_dir / seq}: no frame left to score with frames={frames}")
-  true_ids = true_ids[_frame_slice(frames)]
-  preds = []
-  for p in selected:
-    pred = read_label_png(results_dir / seq / p.name)
-    if pred.shape != true_ids.shape[1:]:
-      raise ValueError(f"{results_dir / seq / p.name}: size {pred.shape[::-1]} (WxH) differs from "
-                       f"the GT {true_ids.shape[1:][::-1]}")
-    preds.append(pred)
-  return evaluate_sequence(true_ids, np.stack(preds), protocol, num_objects=num_objects, name=seq,
-                           frame_names=[p.stem for p in selected], bound_th=bound_th)
-
-
-def evaluate_folders(gt, results, protocol: str = "davis2016", sequences=None,
-                     frames: str | None = None, workers: int = 1,
-                     bound_th: float = 0.008) -> EvaluationResults:
-  """Evaluates a results folder (one sub-folder of PNGs per sequence) against DAVIS GT.
-
-  Args:
-    gt: DAVIS root (with Annotations[_unsupervised]/480p) or the folder of sequence folders.
-    results: folder of sequence folders with one PNG per GT frame (same file names).
-    protocol: a key of PROTOCOLS.
-    sequences: names to evaluate; default every GT sequence.
-    frames: 'all' or '1:-1'; default the protocol's.
-    workers: processes over sequences.
-
-  Returns:
-    EvaluationResults.
-  """
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
-  frames = frames or PROTOCOLS[protocol].default_frames
-  _frame_slice(frames)
-  annotation_dir = resolve_annotation_dir(Path(gt), protocol)
-  results = Path(results)
-  if not results.is_dir():
-    raise FileNotFoundError(f"results folder {results} does not exist")
-  available = list_mask_sequences(annotation_dir)
-  if sequences is None:
-    sequences = available
-    if not sequences:
-      raise FileNotFoundError(f"no sequence folders with PNG masks in {annotation_dir}")
-  for seq in sequences:
-    if seq not in available:
-      raise FileNotFoundError(f"GT sequence {annotation_dir / seq} not found (or has no PNG)")
-    if not (results / seq).is_dir():
-      raise FileNotFoundError(f"results folder lacks sequence {results / seq} (use --sequences "
-                              "to evaluate a subset)")
-  jobs = [(annotation_dir, results, seq, protocol, frames, bound_th) for seq in sequences]
-  if workers > 1 and len(jobs) > 1:
-    # spawn, not fork: the caller may be a multithreaded JAX program.
-    with futures.ProcessPoolExecutor(min(workers, len(jobs)),
-                                     mp_context=multiprocessing.get_context("spawn")) as pool:
-      scored = list(pool.map(_evaluate_folder_sequence, jobs))
-  else:
-    scored = [_evaluate_folder_sequence(job) for job in jobs]
-  return EvaluationResults(protocol, frames, scored)
+from vosjax.evaluation import davis_protocol
+from vosjax.evaluation.davis_protocol import PROTOCOLS
 
 
 def _inside(path: Path, folder: Path) -> bool:
-  path, folder = path.resolve(), folder.resolve()
+  path, folder = Path(path).resolve(), Path(folder).resolve()
   return path == folder or folder in path.parents
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m vosjax.evaluate", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m vosjax.evaluate", description=davis_protocol.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
   parser.add_argument("--gt", required=True, type=Path, help="DAVIS root or annotation folder")
@@ -316,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
   start = time.perf_counter()
   sequences = [s.strip() for s in args.sequences.split(",")] if args.sequences else None
   try:
-    results = evaluate_folders(args.gt, args.results, args.protocol, sequences, args.frames,
+    results = davis_protocol.evaluate_folders(args.gt, args.results, args.protocol, sequences, args.frames,
                                args.workers)
     global_path, sequence_path = results.write_csv(args.output, args.decimals)
   except (FileNotFoundError, ValueError) as err:

@@ -45,20 +45,23 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help is fast and TF/JAX start after flag parsing.
   import jax  # pylint: disable=g-import-not-at-top
-  from vosjax import progress  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
   from vosjax import train  # pylint: disable=g-import-not-at-top
+  from vosjax.core import checkpoint  # pylint: disable=g-import-not-at-top
+  from vosjax.core import progress  # pylint: disable=g-import-not-at-top
+  from vosjax.models import pretrained  # pylint: disable=g-import-not-at-top
 
   progress.setup_logging()
   if _wants_distributed():
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  from vosjax import checkpoint  # pylint: disable=g-import-not-at-top
-  epath.Path(_WORKDIR.value).mkdir(parents=True, exist_ok=True)  # local or gs://
-  # Errors about the user's input, config or workdir: one line naming the problem, not a traceback.
-  user_errors = (ValueError, FileNotFoundError, train.NonFiniteLossError,
-                 checkpoint.CheckpointMismatchError)
+  # Errors about the user's input, config, data, weights or workdir: one line naming the problem
+  # and what to do, not a traceback. ConnectionError: an unreachable bucket (data or workdir).
+  user_errors = (ValueError, FileNotFoundError, ConnectionError,
+                 train.NonFiniteLossError, checkpoint.CheckpointMismatchError,
+                 pretrained.PretrainedWeightsUnavailableError)
   try:
+    epath.Path(_WORKDIR.value).mkdir(parents=True, exist_ok=True)  # local or gs://
     if _MODE.value == "train":
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:

@@ -1,20 +1,18 @@
 """The training loop shared by every vosjax method (importable; `vosjax.main` only parses flags).
 
-Data parallelism: one `jax.jit` program over a 1-D `data` mesh of every device of every host. The
-train state is replicated (`P()`), batches are sharded on their leading axis (`P("data")`) and enter
-the devices through `jax.make_array_from_process_local_data`, so each host feeds only its own part.
+Data parallelism (`vosjax.core.sharding`): one `jax.jit` program over a 1-D `data` mesh of every
+device of every host; the train state is replicated, batches are sharded on their leading axis and
 XLA inserts the gradient all-reduce. Random numbers are drawn for the global batch from
 `fold_in(seed, step)`, and JAX's partitionable threefry makes them independent of how the batch is
 split: 1 device and 8 devices give the same parameters from the same seed and global batch.
 
-A method is a module of `vosjax.methods` (see its docstring) chosen by `config.method`.
+A method is a package of `vosjax.methods` chosen by `config.method`; its interface is
+`vosjax.methods.interface.Method`.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
-import pkgutil
 import signal
 from typing import Any
 
@@ -22,15 +20,17 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import vosjax.methods
-from vosjax import checkpoint as checkpoint_lib
-from vosjax import progress
+from vosjax import evaluation
+from vosjax import methods
+from vosjax.core import checkpoint as checkpoint_lib
+from vosjax.core import progress
+from vosjax.core import sharding
 from vosjax.data import pipeline
+from vosjax.methods import interface
 
 
 @flax.struct.dataclass
@@ -39,87 +39,27 @@ class TrainState:
   step: jax.Array  # int32 []
   params: Any
   opt_state: Any
+  extra: Any  # method-owned state (`interface.OwnsExtraState`, e.g. an EMA teacher); {} if none
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss or the gradients became NaN/inf; the update was not applied."""
 
 
-def base_config(method: str, **values) -> ml_collections.ConfigDict:
-  """The loop settings every config has, with the given values (methods add data/model/...).
+def create_train_state(method, model, config, tx, mesh, batch: dict | None = None
+                       ) -> tuple[TrainState, Any]:
+  """Initialises the state (replicated) from `config.seed`; returns it and its shardings.
 
-  Keys: method, seed, batch_size (global), eval_batch_size, num_train_steps, log_every_steps,
-  eval_every_steps (0: only at the end), checkpoint_every_steps, max_to_keep,
-  num_eval_videos_to_write (overlay GIFs/PNGs written by the evaluation).
+  `batch` gives the input shapes; default: the method's `example_batch(config)`.
   """
-  config = ml_collections.ConfigDict(dict(
-      method=method, seed=42, batch_size=32, eval_batch_size=8, num_train_steps=1000,
-      log_every_steps=100, eval_every_steps=0, checkpoint_every_steps=1000, max_to_keep=3,
-      num_eval_videos_to_write=4))
-  unknown = set(values) - set(config)
-  if unknown:
-    raise KeyError(f"base_config: unknown keys {sorted(unknown)}")
-  config.update(values)
-  return config
-
-
-def load_method(config: ml_collections.ConfigDict):
-  """Imports `vosjax.methods.<config.method>`, with an error listing the methods that exist."""
-  names = sorted(m.name for m in pkgutil.iter_modules(vosjax.methods.__path__))
-  if config.method not in names:
-    raise ValueError(f"Unknown method config.method={config.method!r}; available: {names}. "
-                     "Set --config.method to one of them.")
-  return importlib.import_module(f"vosjax.methods.{config.method}")
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh named `data` over every device of every process.
-
-  Auto axis type: shardings are given at the jit boundary and XLA propagates them inside, so the
-  model code needs no sharding annotations (JAX 0.10's default, Explicit, would ask for them).
-  """
-  return jax.make_mesh((jax.device_count(),), ("data",), (jax.sharding.AxisType.Auto,),
-                       devices=jax.devices())
-
-
-def check_batch_size(global_batch_size: int, what: str = "config.batch_size") -> None:
-  if global_batch_size % jax.device_count():
-    raise ValueError(
-        f"{what}={global_batch_size} is not divisible by the number of devices "
-        f"({jax.device_count()} over {jax.process_count()} process(es)); set --{what} to a multiple "
-        f"of {jax.device_count()}.")
-
-
-def to_global(batch: dict, sharding: NamedSharding) -> dict:
-  """Host-local numpy batch -> global jax arrays sharded on the leading (batch) axis."""
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      batch)
-
-
-def place_model(model, mesh):
-  """Returns (model_argument, bind) for passing a model through `jax.jit`.
-
-  A flax linen Module holds no arrays and is closed over (argument None). A method may instead
-  return a pytree model holding frozen arrays (e.g. Betrayed by Attention's backbone); it is
-  replicated onto the devices once and passed as a jit argument, so its weights are neither baked
-  into the program as constants nor copied again at every step.
-  """
-  if isinstance(model, flax.linen.Module):
-    return None, lambda argument: model
   replicated = NamedSharding(mesh, P())
-  placed = jax.tree.map(
-      lambda x: jax.make_array_from_callback(np.shape(x), replicated,
-                                             lambda index: np.asarray(x)[index]), model)
-  return placed, lambda argument: argument
-
-
-def create_train_state(method, model, config, tx, batch: dict, mesh) -> tuple[TrainState, Any]:
-  """Initialises parameters (replicated) from `config.seed`; returns the state and its shardings."""
-  replicated = NamedSharding(mesh, P())
+  batch = method.example_batch(config) if batch is None else batch
+  init_extra, _ = interface.extra_state_hooks(method)
 
   def init(rng):
     params = method.init_params(model, config, rng, batch)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      extra=init_extra(params, config))
 
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = jax.tree.map(lambda _: replicated, abstract)
@@ -130,21 +70,23 @@ def create_train_state(method, model, config, tx, batch: dict, mesh) -> tuple[Tr
 def make_train_step(method, model, config, tx, state_shardings, data_sharding):
   """Returns `train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated."""
   replicated = NamedSharding(data_sharding.mesh, P())
-
-  model_argument, bind = place_model(model, data_sharding.mesh)
+  model_argument, bind = sharding.place_model(model, data_sharding.mesh)
+  _, update_extra = interface.extra_state_hooks(method)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array, model_argument):
     step_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
-      return method.loss_fn(params, bind(model_argument), batch, step_rng, state.step, config)
+      return method.loss_fn(params, bind(model_argument), batch, step_rng, state.step, config,
+                            state.extra)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                           extra=update_extra(state.extra, params, state.step + 1, config))
     # A non-finite step leaves the state untouched, so the last good state can still be saved.
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
@@ -180,10 +122,7 @@ class _Preemption:
 
   def any_process(self) -> bool:
     """True when any process got SIGTERM (all processes must stop at the same step)."""
-    if jax.process_count() == 1:
-      return self.requested
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+    return sharding.any_process(self.requested)
 
 
 @dataclasses.dataclass
@@ -195,13 +134,11 @@ class TrainResult:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Trains `config.method` for `config.num_train_steps`, resuming from `workdir`, then evaluates."""
-  from vosjax import validation  # pylint: disable=g-import-not-at-top
-
   # ------------------------------------------------------------------ Setup
-  method = load_method(config)
-  check_batch_size(config.batch_size)
+  method = methods.load_method(config)
+  sharding.check_batch_size(config.batch_size)
   pipeline.check_eval_data(config)  # a broken eval split fails now, not after the training
-  mesh = make_mesh()
+  mesh = sharding.make_mesh()
   data_sharding = NamedSharding(mesh, P("data"))
   writer = progress.SummaryWriter(workdir)
   logging.info("Devices: %d over %d process(es); global batch %d.", jax.device_count(),
@@ -211,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   model = method.make_model(config)
   tx = method.make_optimizer(config)
   first_batch = next(pipeline.make_train_iterator(config, start_step=0))
-  state, state_shardings = create_train_state(method, model, config, tx, first_batch, mesh)
+  state, state_shardings = create_train_state(method, model, config, tx, mesh, first_batch)
   train_step = make_train_step(method, model, config, tx, state_shardings, data_sharding)
 
   # ------------------------------------------------------------------ Checkpoint and resume
@@ -239,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   unchecked = []
   with _Preemption() as preemption:
     for step in range(start_step + 1, config.num_train_steps + 1):
-      batch = to_global(next(batches), data_sharding)
+      batch = sharding.to_global(next(batches), data_sharding)
       state, metrics = train_step(state, batch, rng)
       data_step += 1
       unchecked.append((step, metrics.pop("finite")))
@@ -259,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         meter.log(step, metrics)
         writer.scalars(step, metrics)
       if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
-        eval_metrics = validation.evaluate(config, workdir, method, model, state.params, mesh,
+        eval_metrics = evaluation.evaluate(config, workdir, method, model, state.params, mesh,
                                            step=step, writer=writer, write_outputs=False)
       if step % config.checkpoint_every_steps == 0 or is_last:
         save("periodic" if not is_last else "final")
@@ -273,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if not preempted:
     writer.images(int(state.step), jax.device_get(
         method.summary_images(state.params, model, first_batch, config)))
-    eval_metrics = validation.evaluate(config, workdir, method, model, state.params, mesh,
+    eval_metrics = evaluation.evaluate(config, workdir, method, model, state.params, mesh,
                                        step=int(state.step), writer=writer, write_outputs=True)
   ckpt.close()
   writer.close()
@@ -282,19 +219,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`--mode eval`: restores the latest checkpoint of `workdir` and evaluates it."""
-  from vosjax import validation  # pylint: disable=g-import-not-at-top
-  method = load_method(config)
-  mesh = make_mesh()
+  method = methods.load_method(config)
+  mesh = sharding.make_mesh()
   model = method.make_model(config)
-  tx = method.make_optimizer(config)
-  first_batch = next(pipeline.make_train_iterator(config, start_step=0))
-  state, _ = create_train_state(method, model, config, tx, first_batch, mesh)
+  state, _ = create_train_state(method, model, config, method.make_optimizer(config), mesh)
   restored = checkpoint_lib.CheckpointManager(workdir, max_to_keep=config.max_to_keep
                                               ).restore_latest(state)
   if restored is None:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first (--mode train).")
   writer = progress.SummaryWriter(workdir)
-  metrics = validation.evaluate(config, workdir, method, model, restored.state.params, mesh,
+  metrics = evaluation.evaluate(config, workdir, method, model, restored.state.params, mesh,
                                 step=int(restored.state.step), writer=writer, write_outputs=True)
   writer.close()
   return metrics

@@ -17,8 +17,8 @@ from typing import Optional
 import jax
 import numpy as np
 
-from vosjax import clustering
-from vosjax import keyframe_attention as kfa
+from vosjax.methods.betrayed import clustering
+from vosjax.methods.betrayed import keyframe_attention as kfa
 from vosjax.benchmarks import reference_clustering as reference
 
 GRID = (24, 48)

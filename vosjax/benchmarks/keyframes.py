@@ -20,8 +20,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from vosjax import clustering
-from vosjax import keyframe_attention as kfa
+from vosjax.methods.betrayed import clustering
+from vosjax.methods.betrayed import keyframe_attention as kfa
 from vosjax.benchmarks import reference_clustering as reference
 
 GRID = (24, 48)

@@ -14,7 +14,7 @@ averaged):
   fg_j         foreground J, as `python -m vosjax.main` reports it;
   oracle_fg_j  the same with each video's best slot chosen by IoU with the ground truth (the official
                code's slot choice): tells a wrong slot choice from no grouping at all;
-  baseline_fg_j  the median-flow Otsu baseline (`vosjax.baselines`) on the same videos.
+  baseline_fg_j  the median-flow Otsu baseline (`vosjax.evaluation.baselines`) on the same videos.
 
 Data: whole videos at the config's resolution are read once through the config's pipeline (TFDS) and
 kept in memory; each step draws `batch_size` (video, frame) pairs uniformly with replacement from the
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vosjax import baselines
+from vosjax.evaluation import baselines
 from vosjax import train
 from vosjax import validation
 

@@ -3,8 +3,8 @@
 Follows `src/eval_oneshot.py::mem_efficient_hierarchical_cluster` of shvdiwnkozbw/SSL-UVOS loop by loop
 (windows of 3 query frames, smoothing, greedy grouping in index order, hierarchy until the count stops
 changing, argmin assignment), in float32 like the official code. It is the reference that tests and
-the clustering benchmark compare `vosjax.clustering` against. Differences from the official code, both
-shared with `vosjax.clustering`:
+the clustering benchmark compare `vosjax.methods.betrayed.clustering` against. Differences from the official code, both
+shared with `vosjax.methods.betrayed.clustering`:
 - a video with fewer than `ratio` frames uses frame 0 as its only key frame (the official code fails);
 - besides the final assignment it also returns the assignment to the centroids of every level.
 

@@ -71,16 +71,32 @@ def list_sequences(root, quality: str = "480p", require_frames: bool = True) -> 
   return with_frames
 
 
-def _read_annotation(path: Path) -> np.ndarray:
+def _read_png(path) -> tuple[np.ndarray, str]:
+  path = Path(path)
   try:
     with Image.open(path) as image:
-      values = np.array(image)
-      grayscale = image.mode in ("L", "1")
+      if image.mode not in ("P", "L", "1", "I;16", "I"):
+        raise ValueError(f"{path}: expected an indexed or grayscale PNG, got mode {image.mode}")
+      return np.array(image), image.mode
+  except FileNotFoundError:
+    raise FileNotFoundError(f"missing mask file {path}") from None
   except (OSError, SyntaxError) as err:
-    raise ValueError(f"{path}: unreadable annotation ({err})") from None
-  if values.ndim != 2:
-    raise ValueError(f"{path}: annotation must be an indexed or grayscale PNG, got {values.shape}")
-  if grayscale:
+    raise ValueError(f"{path}: unreadable PNG ({err})") from None
+
+
+def read_label_png(path) -> np.ndarray:
+  """An indexed (P), grayscale (L, I;16, I) or binary (1) PNG -> its values, `[H, W]`, as stored.
+
+  The one reader of annotation and result masks (training data and the DAVIS evaluation alike).
+  """
+  return _read_png(path)[0]
+
+
+def _read_annotation(path: Path) -> np.ndarray:
+  """Object ids int32 `[H, W]`: indexed PNGs as stored with void (255) as background; 8-bit
+  grayscale and binary masks as one object (> 0)."""
+  values, mode = _read_png(path)
+  if mode in ("L", "1"):
     return (values > 0).astype(np.int32)
   return np.where(values == VOID_LABEL, 0, values).astype(np.int32)
 

@@ -16,6 +16,9 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+import tqdm
+
+from vosjax.core import images
 
 FLO_MAGIC = np.float32(202021.25)
 DIS_PRESETS = ("fast", "medium", "fine")
@@ -37,7 +40,7 @@ def _dis(preset: str):
 def _gray_uint8(frame: np.ndarray) -> np.ndarray:
   frame = np.asarray(frame)
   if frame.dtype != np.uint8:
-    frame = np.clip(np.round(frame * 255.0), 0, 255).astype(np.uint8)
+    frame = images.to_uint8(frame)
   if frame.ndim == 3 and frame.shape[-1] == 3:
     frame = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
   if frame.ndim != 2:
@@ -65,13 +68,14 @@ def valid_gap_frames(num_frames: int, gap: int) -> np.ndarray:
   return (targets >= 0) & (targets < num_frames)
 
 
-def video_flow(video, gap: int, preset: str = "medium") -> np.ndarray:
+def video_flow(video, gap: int, preset: str = "medium", progress: bool = False) -> np.ndarray:
   """Flow of every frame t to t + gap -> float32 [T, H, W, 2]; zeros where t + gap is outside.
 
   Args:
     video: [T, H, W, 3] float in [0, 1] or uint8, or grayscale uint8 [T, H, W].
     gap: frame offset (negative: backward flow).
     preset: DIS preset.
+    progress: show a progress bar (long user videos).
   """
   video = np.asarray(video)
   if video.ndim not in (3, 4) or (video.ndim == 4 and video.shape[-1] != 3):
@@ -81,7 +85,10 @@ def video_flow(video, gap: int, preset: str = "medium") -> np.ndarray:
   dis = _dis(preset)
   gray = [_gray_uint8(frame) for frame in video]
   flows = np.zeros(video.shape[:3] + (2,), np.float32)
-  for t in np.flatnonzero(valid_gap_frames(len(video), gap)):
+  frames = np.flatnonzero(valid_gap_frames(len(video), gap))
+  if progress:
+    frames = tqdm.tqdm(frames, desc=f"optical flow (gap {gap:+d})", unit="frame")
+  for t in frames:
     flows[t] = dis.calc(gray[t], gray[t + gap], None)[..., ::-1]
   return flows
 
@@ -226,3 +233,14 @@ def dis_video_flows(video, gaps: Sequence[int], resolution: Sequence[int] | None
     flows = video_flow(video, gap, preset)
     out[gap] = flows if resolution is None else resize_flow(flows, resolution)
   return out
+
+
+def cached_video_dis_flows(video, resolution: Sequence[int], cache_dir, key: str,
+                           preset: str = "medium", gaps: Sequence[int] = (1, -1),
+                           progress: bool = True) -> dict[int, np.ndarray]:
+  """DIS flows [T, h, w, 2] per gap of a video [T, H, W, 3], computed at its own size and resized
+  to `resolution` with the vectors rescaled (as on DAVIS), cached under `cache_dir/key`."""
+  return cached_flows(
+      cache_dir, key, gaps, resolution,
+      lambda gap: resize_flow(video_flow(video, gap, preset, progress), resolution),
+      method=f"dis-{preset}")

@@ -22,7 +22,7 @@ import numpy as np
 SOURCES = ("tfds", "davis", "frame_clips")
 
 
-def _source(config: ml_collections.ConfigDict) -> str:
+def source(config: ml_collections.ConfigDict) -> str:
   source = config.data.get("source", "tfds")
   if source not in SOURCES:
     raise ValueError(f"Unknown config.data.source={source!r}; use one of {SOURCES}.")
@@ -31,14 +31,14 @@ def _source(config: ml_collections.ConfigDict) -> str:
 
 def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0) -> Iterator[dict]:
   """Infinite, deterministic training batches; `start_step` resumes the exact sequence."""
-  if _source(config) == "frame_clips":
+  if source(config) == "frame_clips":
     from vosjax.data import davis  # pylint: disable=g-import-not-at-top
     return davis.make_clip_iterator(
         config.data.root, config.data.sequences, config.data.resolution,
         config.batch_size // jax.process_count(), seed=config.seed + jax.process_index(),
         start_step=start_step, clip_length=config.data.clip_length,
         frame_gap=config.data.frame_gap, quality=config.data.quality)
-  if _source(config) == "davis":
+  if source(config) == "davis":
     from vosjax.data import davis  # pylint: disable=g-import-not-at-top
     return davis.make_flow_pair_iterator(
         config.data.root, config.data.sequences or davis.list_sequences(config.data.root),
@@ -67,14 +67,14 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 
 
 def check_eval_data(config: ml_collections.ConfigDict) -> None:
   """Fails now (before any training) if the evaluation split cannot be read (TFDS source only)."""
-  if _source(config) == "tfds":
+  if source(config) == "tfds":
     from vosjax.data import movi  # pylint: disable=g-import-not-at-top
     movi.check_split(config.data, "eval_split")
 
 
 def make_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict]:
   """One finite pass over the evaluation split, full videos, last batch padded (`valid`)."""
-  if _source(config) != "tfds":
+  if source(config) != "tfds":
     raise ValueError("Frame-folder evaluation runs through `vosjax.evaluate` / the segment command, "
                      "not the in-training evaluation; set --config.eval_every_steps=0.")
   from vosjax.data import movi  # pylint: disable=g-import-not-at-top

@@ -54,6 +54,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vosjax.core import images
 from vosjax.data import synthetic_render
 
 _SPLITS = {"train": 0, "validation": 1}
@@ -248,7 +249,7 @@ def render_movi_arrays(scene: synthetic_render.Scene, height: int,
         scene.objects[k], boxes, frames, counts[k],
         render["offset"][k] / [width, height]))
   return {
-      "video": np.round(np.clip(render["rgb"], 0, 1) * 255).astype(np.uint8),
+      "video": images.to_uint8(render["rgb"]),
       "segmentations": segmentation[..., None],
       "forward_flow": forward, "forward_flow_range": forward_range,
       "backward_flow": backward, "backward_flow_range": backward_range,

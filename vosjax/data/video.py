@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageSequence
 
+from vosjax.core import images
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -131,7 +133,7 @@ def _as_uint8_frames(frames) -> np.ndarray:
   if frames.dtype != np.uint8:
     if not np.issubdtype(frames.dtype, np.floating):
       raise ValueError(f"frames must be uint8 or float in [0, 1], got dtype {frames.dtype}")
-    frames = np.clip(np.round(frames * 255.0), 0, 255).astype(np.uint8)
+    frames = images.to_uint8(frames)
   return frames
 
 
@@ -144,10 +146,10 @@ def write_gif(path, frames, fps: float = 10.0) -> Path:
   path = Path(path)
   frames = _as_uint8_frames(frames)
   path.parent.mkdir(parents=True, exist_ok=True)
-  images = [Image.fromarray(frame) for frame in frames]
+  pictures = [Image.fromarray(frame) for frame in frames]
   tmp = _temporary_sibling(path)
-  images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                 duration=max(int(round(1000 / fps)), 10), loop=0)
+  pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:],
+                     duration=max(int(round(1000 / fps)), 10), loop=0)
   os.replace(tmp, path)
   return path
 
@@ -233,3 +235,10 @@ def overlay_masks(frames, ids, alpha: float = 0.5, palette: np.ndarray = DAVIS_P
     out = np.where(edge[..., None], colors, out)
   out = np.round(out).astype(np.uint8)
   return out[0] if single else out
+
+
+def resize_frames(frames: np.ndarray, resolution) -> np.ndarray:
+  """uint8 `[T, H, W, 3]` -> float32 `[T, h, w, 3]` in [0, 1], bilinear (as the frame readers)."""
+  height, width = resolution
+  return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
+                   for f in frames]).astype(np.float32) / 255.0

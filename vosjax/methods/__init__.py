@@ -1,14 +1,28 @@
-"""One module per method, each exposing the small interface that `vosjax.train` calls.
+"""The methods, one package each; `config.method` names it. The interface is
+`vosjax.methods.interface.Method` (plus optional capabilities there)."""
+from __future__ import annotations
 
-A method module defines:
-  default_config() -> ml_collections.ConfigDict        the method's settings (configs/ start from it)
-  make_model(config) -> flax.linen.Module, or a pytree holding frozen arrays (passed to jit as an
-                        argument, see `vosjax.train.place_model`)
-  make_optimizer(config) -> optax.GradientTransformation
-  init_params(model, config, rng, batch) -> params pytree (what is trained and checkpointed)
-  loss_fn(params, model, batch, rng, step, config) -> (loss, dict of scalar metrics)
-  predict(params, model, batch, config) -> dict(ids=int32 [B, T, H, W], optionally
-                                                foreground=bool [B, T, H, W]); never sees labels
-  summary_images(params, model, batch, config) -> dict name -> uint8 [N, H, W, 3]
-`config.method` names the module.
-"""
+import importlib
+import pkgutil
+
+import ml_collections
+
+
+def available() -> list[str]:
+  """Names of the method packages."""
+  return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg)
+
+
+def load_method(config: ml_collections.ConfigDict):
+  """Imports `vosjax.methods.<config.method>`, with an error listing the methods that exist."""
+  names = available()
+  if config.method not in names:
+    raise ValueError(f"Unknown method config.method={config.method!r}; available: {names}. "
+                     "Set --config.method to one of them.")
+  return importlib.import_module(f"{__name__}.{config.method}")
+
+
+def with_capability(capability: type) -> list[str]:
+  """Names of the methods whose package satisfies `capability` (a protocol of `interface`)."""
+  return [name for name in available()
+          if isinstance(importlib.import_module(f"{__name__}.{name}"), capability)]

@@ -4,11 +4,11 @@ Training (`src/train_RGB_cluster.py`): a clip of T = 3 frames is augmented (`vos
 ImageNet-normalized and passed through the frozen DINO ViT; the per-frame CLS token and last-block
 patch keys enter one spatio-temporal Transformer block (`vosjax.models.spatiotemporal`), whose output
 tokens and dropout-perturbed attention feed the semantic and motion consistency losses
-(`vosjax.attention_losses`), weighted 1 : 1. Only the block is trained (AdamW, cosine learning rate
+(`vosjax.methods.betrayed.losses`), weighted 1 : 1. Only the block is trained (AdamW, cosine learning rate
 lr -> final_learning_rate without warmup, weight decay on >= 2-D weights only).
 
 Inference (`src/eval_oneshot.py`): per-frame backbone keys -> the block's q, k projection of
-norm1(keys) -> sparse key-frame attention and hierarchical clustering (`vosjax.clustering`) -> token
+norm1(keys) -> sparse key-frame attention and hierarchical clustering (`vosjax.methods.betrayed.clustering`) -> token
 labels, upsampled (nearest) to the input resolution. Every cluster, background included, is a segment.
 
 Frozen backbone: `make_model` loads the backbone once (`vosjax.models.pretrained.load_backbone`) and
@@ -39,10 +39,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from vosjax import attention_losses
-from vosjax import train
-from vosjax import clustering
+from vosjax.core import config as config_lib
+from vosjax.core import images
+from vosjax.core import optimizers
 from vosjax.data import augment
+from vosjax.data import video as video_io
+from vosjax.methods.betrayed import clustering
+from vosjax.methods.betrayed import losses as attention_losses
 from vosjax.models import features as features_lib
 from vosjax.models import pretrained
 from vosjax.models import spatiotemporal
@@ -51,18 +54,10 @@ from vosjax.models import vit
 
 def default_config() -> ml_collections.ConfigDict:
   """Method settings shared by the Betrayed-by-Attention configs (official values); no `data`."""
-  config = train.base_config(
-      "betrayed",
-      seed=0,
+  config = config_lib.base_config(
+      "betrayed", seed=0,
       batch_size=8,  # 8 GPUs x 1 clip in the official run
-      eval_batch_size=8,
-      num_train_steps=60_000,
-      log_every_steps=100,
-      eval_every_steps=0,  # 0: evaluate only at the end (clustering full videos is slow)
-      checkpoint_every_steps=1000,
-      max_to_keep=3,
-      num_eval_videos_to_write=8,
-  )
+      num_train_steps=60_000, num_eval_videos_to_write=8)
 
   config.backbone = pretrained.default_backbone_config()  # DINO ViT-S/8
   config.backbone.arch_overrides = ml_collections.ConfigDict()  # tests only (random_init)
@@ -105,7 +100,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-8
-  config.optimizer.grad_clip_norm = 0.0  # 0: no clipping (official)
+  config.optimizer.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)  # official
   return config
 
 
@@ -168,9 +163,13 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
       alpha=opt.final_learning_rate / opt.learning_rate)
   adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
                       mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
-  if opt.grad_clip_norm:
-    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw)
-  return adamw
+  return optax.chain(*optimizers.gradient_clipping(opt.grad_clip_norm), adamw)
+
+
+def example_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """One zero clip `[1, clip_length, H, W, 3]` at `config.data.resolution`."""
+  return {"video": np.zeros((1, config.data.clip_length) + tuple(config.data.resolution) + (3,),
+                            np.float32)}
 
 
 def init_params(model: BetrayedModel, config: ml_collections.ConfigDict, rng: jax.Array,
@@ -206,9 +205,9 @@ def _flatten_grid(x: jax.Array) -> jax.Array:
 
 
 def loss_fn(params: Any, model: BetrayedModel, batch: dict, rng: jax.Array, step: jax.Array,
-            config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+            config: ml_collections.ConfigDict, extra: Any) -> tuple[jax.Array, dict]:
   """Semantic + motion consistency on one augmented clip batch (official weights 1 : 1)."""
-  del step
+  del step, extra
   video = _check_video(batch, "training")
   if video.shape[1] < 2:
     raise ValueError(f"Training clips need >= 2 frames, got T={video.shape[1]} "
@@ -272,7 +271,7 @@ def _palette(count: int) -> np.ndarray:
   """Fixed distinct colors `[count, 3]` uint8 (golden-ratio hues)."""
   hues = (np.arange(count) * 0.618033988749895) % 1.0
   hsv = np.stack([hues, np.full(count, 0.75), np.full(count, 0.95)], axis=-1)
-  return np.asarray(augment.hsv_to_rgb(jnp.asarray(hsv)) * 255.0).astype(np.uint8)
+  return images.to_uint8(augment.hsv_to_rgb(jnp.asarray(hsv)))
 
 
 def summary_images(params: Any, model: BetrayedModel, batch: dict,
@@ -288,7 +287,7 @@ def summary_images(params: Any, model: BetrayedModel, batch: dict,
       params, video))[0]
   frames = np.asarray(video[0])
   colors = _palette(int(ids.max()) + 1)[ids]
-  frames_u8 = np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
+  frames_u8 = images.to_uint8(frames)
   segmentation = np.concatenate([frames_u8, colors], axis=2)
 
   def centre_attention(p, v):
@@ -304,3 +303,15 @@ def summary_images(params: Any, model: BetrayedModel, batch: dict,
       jnp.asarray((maps * 255.0).astype(np.int32)), tuple(frames.shape[1:3])))
   heat = np.stack([maps, maps // 4, 255 - maps], axis=-1).astype(np.uint8)
   return {"segmentation": segmentation, "attention": heat}
+
+
+# vosjax.segment: cluster ids are arbitrary per window; linked between windows and ranked by area.
+SEGMENT_IDS = "clusters"
+
+
+def segment_inputs(frames: np.ndarray, config: ml_collections.ConfigDict, *, cache_dir,
+                   cache_key: str, flow_preset: str) -> dict[str, np.ndarray]:
+  """uint8 frames `[T, H, W, 3]` -> video float32 `[T, h, w, 3]` in [0, 1] at
+  `config.data.resolution` (bilinear, as the frame readers); no flow, nothing cached."""
+  del cache_dir, cache_key, flow_preset
+  return {"video": video_io.resize_frames(frames, tuple(config.data.resolution))}

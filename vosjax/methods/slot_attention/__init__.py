@@ -15,8 +15,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from vosjax import losses
-from vosjax import train
+from vosjax.core import config as config_lib
+from vosjax.core import images
+from vosjax.core import optimizers
 from vosjax.data import movi
 from vosjax.data import video as video_io
 from vosjax.models import autoencoder
@@ -24,18 +25,8 @@ from vosjax.models import autoencoder
 
 def default_config() -> ml_collections.ConfigDict:
   """Object discovery on the synthetic MOVi-format set at 64x64 (configs/slot_attention.py)."""
-  config = train.base_config(
-      "slot_attention",
-      seed=42,
-      batch_size=32,
-      eval_batch_size=8,
-      num_train_steps=1500,
-      log_every_steps=50,
-      eval_every_steps=0,
-      checkpoint_every_steps=500,
-      max_to_keep=3,
-      num_eval_videos_to_write=4,
-  )
+  config = config_lib.base_config(
+      "slot_attention", num_train_steps=1500, log_every_steps=50, checkpoint_every_steps=500)
 
   config.data = movi.default_data_config()
   config.data.clip_length = 1
@@ -76,8 +67,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   warmup = optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps)
   decay = optax.exponential_decay(o.learning_rate, o.decay_steps, 0.5)
   schedule = optax.join_schedules([warmup, lambda step: decay(step)], [o.warmup_steps])
-  chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.get("grad_clip_norm") else []
-  return optax.chain(*chain, optax.adam(schedule, eps=o.eps))
+  return optax.chain(*optimizers.gradient_clipping(o.grad_clip_norm),
+                     optax.adam(schedule, eps=o.eps))
 
 
 def frames(batch: dict) -> jnp.ndarray:
@@ -86,16 +77,29 @@ def frames(batch: dict) -> jnp.ndarray:
   return video.reshape((-1,) + video.shape[2:]) * 2.0 - 1.0
 
 
+def example_batch(config) -> dict[str, np.ndarray]:
+  """One zero frame `[1, 1, H, W, 3]` at `config.data.resolution`."""
+  return {"video": np.zeros((1, 1) + tuple(config.data.resolution) + (3,), np.float32)}
+
+
 def init_params(model, config, rng, batch):
   params_rng, slots_rng = jax.random.split(rng)
   return model.init({"params": params_rng, "slots": slots_rng}, frames(batch)[:1])["params"]
 
 
-def loss_fn(params, model, batch, rng, step, config):
-  del step, config
-  images = frames(batch)
-  out = model.apply({"params": params}, images, rngs={"slots": rng})
-  loss = losses.autoencoder_loss(out["recon"], images)
+def autoencoder_loss(recon: jnp.ndarray, image: jnp.ndarray) -> jnp.ndarray:
+  """MSE over every element (the original `l2_loss`)."""
+  if recon.shape != image.shape:
+    raise ValueError(f"reconstruction shape {recon.shape} differs from the image shape "
+                     f"{image.shape}")
+  return jnp.mean(jnp.square(recon - image))
+
+
+def loss_fn(params, model, batch, rng, step, config, extra):
+  del step, config, extra
+  inputs = frames(batch)
+  out = model.apply({"params": params}, inputs, rngs={"slots": rng})
+  loss = autoencoder_loss(out["recon"], inputs)
   return loss, {"recon": loss}
 
 
@@ -111,9 +115,8 @@ def predict(params, model, batch, config) -> dict:
 
 
 def summary_images(params, model, batch, config) -> dict:
-  images = frames(batch)[:4]
-  out = model.apply({"params": params}, jnp.asarray(images), rngs={"slots": jax.random.key(0)})
-  to_u8 = lambda x: np.asarray(jnp.clip(x * 127.5 + 127.5, 0, 255)).astype(np.uint8)
-  inputs = to_u8(images)
-  return {"input": inputs, "reconstruction": to_u8(out["recon"]),
+  inputs = frames(batch)[:4]
+  out = model.apply({"params": params}, jnp.asarray(inputs), rngs={"slots": jax.random.key(0)})
+  inputs = images.to_uint8(inputs, (-1.0, 1.0))
+  return {"input": inputs, "reconstruction": images.to_uint8(out["recon"], (-1.0, 1.0)),
           "masks": video_io.overlay_masks(inputs, np.asarray(jnp.argmax(out["masks"], axis=1)))}

@@ -1,4 +1,4 @@
-"""Training losses and schedules of the slot-attention models.
+"""Motion Grouping's training losses and learning-rate schedule.
 
 Motion Grouping (official `src/train.py`): each training sample is two flows of the same
 frame (two different frame gaps), `a` and `b`, both reconstructed by the model.
@@ -168,7 +168,3 @@ def motion_grouping_lr_schedule(base_lr: float = 5e-4, warmup_steps: int = 200,
 
   return official if match_official_step_lag else intended
 
-
-def autoencoder_loss(recon: jnp.ndarray, image: jnp.ndarray) -> jnp.ndarray:
-  """Slot Attention autoencoder loss: MSE over every element (the original `l2_loss`)."""
-  return reconstruction_mse(recon, image)

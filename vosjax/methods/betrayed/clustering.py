@@ -3,7 +3,7 @@
 A faithful, fixed-shape version of `src/eval_oneshot.py::mem_efficient_hierarchical_cluster`
 (shvdiwnkozbw/SSL-UVOS; see docs/algorithms.md section 1.6):
 
-1. Level 1, per window of 3 query frames with attention rows S (`vosjax.keyframe_attention`):
+1. Level 1, per window of 3 query frames with attention rows S (`vosjax.methods.betrayed.keyframe_attention`):
    D = KLsym(S, S); smooth s~_i = normalize(sum_{j: D_ij <= tau} s_j); D' = KLsym(s~, s~); greedy
    grouping in index order (each still unassigned row i opens the group {j unassigned: D'_ij <= tau});
    the group means are the window's centroids. Centroids of all windows are concatenated in order.
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vosjax import keyframe_attention as kfa
+from vosjax.methods.betrayed import keyframe_attention as kfa
 
 # Official thresholds: 1.0 (multi-object, code default), 1.6 (single-object, paper appendix).
 TAU_MULTI_OBJECT = 1.0

@@ -4,7 +4,7 @@ At inference the official code (`src/eval_oneshot.py::mem_efficient_inference`) 
 of every frame (queries) to the tokens of every `ratio`-th frame only (key frames), in windows of 3 query
 frames. Each query token gets one distribution over the K' = n_key * N key-frame tokens: the softmax of
 q k^T * scale over K', averaged over heads. Those distributions are what the hierarchical clustering in
-`vosjax.clustering` groups.
+`vosjax.methods.betrayed.clustering` groups.
 
 Shapes: q, k are [T, N, heads, head_dim] (N = h * w tokens per frame), the per-frame queries and keys of
 the spatio-temporal block's qkv projection of norm1(patch keys).

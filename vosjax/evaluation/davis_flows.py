@@ -1,6 +1,6 @@
 """Motion Grouping on DAVIS-layout folders: masks for every frame, scored with the davis2016 protocol.
 
-Called by `vosjax.validation.evaluate` when `config.data.source == "davis"` (the end of training and
+Called by `vosjax.evaluation.evaluate` when `config.data.source == "davis"` (the end of training and
 `--mode eval`). The sequences are `config.data.sequences`, else those of
 `ImageSets/480p/val.txt` that have frames (the official 20 val; 18 in ../shared/data/davis2016,
 which lacks the frames of cows and goat), so a full train + val root is still scored on val only.
@@ -16,7 +16,7 @@ For each sequence:
      frame's flows, averaged, upsampled and thresholded like the model's, in
      `WORKDIR/davis_baseline/<seq>/` (on the 18 shared sequences the 4-flow vote scores J 0.482 /
      F 0.416; the first gap's flow alone J 0.457 / F 0.378).
-Both folders are scored in-process with `vosjax.evaluate` (davis2016 protocol, its default frames);
+Both folders are scored in-process with `vosjax.evaluation.davis_protocol` (davis2016 protocol, its default frames);
 the official-layout CSVs go to `WORKDIR/davis_eval/{model,baseline}/`, the metrics (J, F, J&F, per
 sequence) to `WORKDIR/eval_metrics.json`, overlays to `WORKDIR/eval_outputs/<seq>.gif`.
 """
@@ -31,11 +31,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vosjax import baselines
-from vosjax import evaluate as davis_eval
-from vosjax import validation
+from vosjax.core import images
 from vosjax.data import davis
 from vosjax.data import video as video_io
+from vosjax.evaluation import baselines
+from vosjax.evaluation import davis_protocol
+from vosjax.evaluation import report
+from vosjax.methods import interface
 
 # Flows per jitted call: a fixed size, so every sequence reuses one compiled program.
 _CHUNK = 16
@@ -88,13 +90,13 @@ def _annotation_size(root, sequence: str) -> tuple[int, int]:
   first = sorted(folder.glob("*.png"))
   if not first:
     raise FileNotFoundError(f"no annotation PNG in {folder}")
-  return davis_eval.read_label_png(first[0]).shape[:2]
+  return davis.read_label_png(first[0]).shape[:2]
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, *,
              step: int, writer=None, write_outputs: bool = True) -> dict:
   """Writes and scores the masks of every `config.data.sequences` video; returns the metrics."""
-  if not hasattr(method, "foreground_probability"):
+  if not isinstance(method, interface.PredictsFromFlow):
     raise ValueError(f"DAVIS flow evaluation needs a flow method (motion_grouping), got "
                      f"config.method={config.method!r}.")
   data = config.data
@@ -122,7 +124,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
         video_io.write_indexed_png(folder / sequence / f"{name}.png", mask.astype(np.uint8))
     if write_outputs and index < config.num_eval_videos_to_write:
       ids = (mean > 0.5).astype(np.int32)
-      frames = (flows["video"] * 255).astype(np.uint8)
+      frames = images.to_uint8(flows["video"])
       video_io.write_gif(workdir / "eval_outputs" / f"{sequence}.gif",
                          video_io.overlay_masks(frames, ids))
     logging.info("DAVIS masks written for %s (%d frames).", sequence, num_frames)
@@ -130,7 +132,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   result = {"step": step, "num_videos": len(sequences)}
   if jax.process_index() == 0:
     for kind, folder in folders.items():
-      scored = davis_eval.evaluate_folders(data.root, folder, "davis2016", sequences=sequences)
+      scored = davis_protocol.evaluate_folders(data.root, folder, "davis2016", sequences=sequences)
       scored.write_csv(workdir / "davis_eval" / kind)
       prefix = "" if kind == "model" else "baseline_"
       for key, value in scored.global_results().items():
@@ -139,5 +141,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
       result[prefix + "per_sequence"] = {
           row["Sequence"].rsplit("_", 1)[0]: {"J": row["J-Mean"], "F": row["F-Mean"]}
           for row in scored.object_rows()}
-    validation.report(str(workdir), result, step, writer)
+    report.report(str(workdir), result, step, writer)
   return result

@@ -1,4 +1,4 @@
-"""Evaluation on full validation videos during and after training (MOVi-format data).
+"""Evaluation on full MOVi-format validation videos (TFDS) during and after training.
 
 Scores, per video and then averaged over the split: FG-ARI (one contingency table over all frames,
 background excluded), mIoU (one Hungarian matching over the whole video) and, for methods that
@@ -12,7 +12,6 @@ Writes `WORKDIR/eval_metrics.json`, and for the first videos an overlay GIF plus
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import tempfile
@@ -25,10 +24,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vosjax import baselines
-from vosjax import metrics as metrics_lib
+from vosjax.core import images
+from vosjax.core import sharding
 from vosjax.data import pipeline
 from vosjax.data import video as video_io
+from vosjax.evaluation import baselines
+from vosjax.evaluation import metrics as metrics_lib
+from vosjax.evaluation import report as report_lib
 
 
 def foreground_j(true_ids: np.ndarray, foreground: np.ndarray) -> np.ndarray:
@@ -47,30 +49,12 @@ def foreground_j(true_ids: np.ndarray, foreground: np.ndarray) -> np.ndarray:
   return iou.mean(axis=1)
 
 
-def _host_local(tree, mesh):
-  if jax.process_count() == 1:
-    return jax.tree.map(np.asarray, tree)
-  return jax.tree.map(np.asarray,
-                      multihost_utils.global_array_to_host_local_array(tree, mesh, P("data")))
-
-
 def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, mesh, *,
              step: int, writer=None, write_outputs: bool = True) -> dict:
-  """Evaluates `params` on `config.data.eval_split`; returns the averaged metrics.
-
-  DAVIS-layout folders (`config.data.source == "davis"`) are scored per sequence with the davis2016
-  protocol instead (`vosjax.davis_validation`).
-  """
-  if config.data.get("source", "tfds") == "davis":
-    from vosjax import davis_validation  # pylint: disable=g-import-not-at-top
-    return davis_validation.evaluate(config, workdir, method, model, params, step=step,
-                                     writer=writer, write_outputs=write_outputs)
-  from vosjax.train import check_batch_size, place_model, to_global  # pylint: disable=g-import-not-at-top
-  check_batch_size(config.eval_batch_size, "config.eval_batch_size")
+  """Evaluates `params` on `config.data.eval_split`; returns the averaged metrics."""
+  sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
   data_sharding = NamedSharding(mesh, P("data"))
-  model_argument, bind = place_model(model, mesh)
-  jitted_predict = jax.jit(lambda p, b, m: method.predict(p, bind(m), b, config))
-  predict = lambda p, b: jitted_predict(p, b, model_argument)
+  predict = sharding.jit_predict(method, model, config, mesh)
   sums = collections.defaultdict(float)
   count = 0
   outputs_written = 0
@@ -81,7 +65,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
     valid = np.asarray(batch["valid"], bool)
     # The prediction must not see the ground truth.
     inputs = {k: v for k, v in batch.items() if k not in ("segmentations", "valid")}
-    prediction = _host_local(predict(params, to_global(inputs, data_sharding)), mesh)
+    prediction = sharding.to_host_local(
+        predict(params, sharding.to_global(inputs, data_sharding)), mesh)
     true_ids = np.asarray(batch["segmentations"])
     per_video = {
         "fg_ari": metrics_lib.fg_ari(true_ids, prediction["ids"]),
@@ -114,21 +99,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
     raise ValueError(f"The evaluation split {config.data.eval_split!r} yielded no videos.")
   result = {k: float(v) / num_videos for k, v in zip(keys, totals[:-1])}
   result.update(step=step, num_videos=num_videos)
-  report(workdir, result, step, writer)
+  report_lib.report(workdir, result, step, writer)
   logging.info("Evaluation at step %d: %s", step, result)
   return result
-
-
-def report(workdir: str, result: dict, step: int, writer=None) -> None:
-  """Writes WORKDIR/eval_metrics.json and prints the `EVAL k=v ...` line (process 0), and logs the
-  scalar metrics to TensorBoard; nested values (e.g. per-sequence tables) go to the JSON only."""
-  scalars = {k: v for k, v in result.items() if isinstance(v, (int, float))}
-  if writer is not None:
-    writer.scalars(step, scalars, prefix="eval")
-  if jax.process_index() == 0:
-    (epath.Path(workdir) / "eval_metrics.json").write_text(json.dumps(result, indent=2))
-    print("EVAL " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in scalars.items()), flush=True)
 
 
 def _copy_tree(local_dir: str, target: epath.Path) -> None:
@@ -144,7 +117,7 @@ def _write_video_outputs(out_dir: str, name: str, frames: np.ndarray, pred_ids: 
                          true_ids: np.ndarray) -> None:
   """Overlay GIF (prediction | ground truth side by side) and one indexed PNG per frame."""
   os.makedirs(os.path.join(out_dir, name), exist_ok=True)
-  frames_u8 = np.clip(np.asarray(frames) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+  frames_u8 = images.to_uint8(frames)
   side_by_side = np.concatenate(
       [video_io.overlay_masks(frames_u8, pred_ids), video_io.overlay_masks(frames_u8, true_ids)],
       axis=2)

@@ -20,28 +20,25 @@ import ml_collections
 import numpy as np
 import optax
 
-from vosjax import losses
-from vosjax import train
+from vosjax.core import config as config_lib
+from vosjax.core import images
+from vosjax.core import optimizers
 from vosjax.data import movi
+from vosjax.data import optical_flow
 from vosjax.data import video as video_io
+from vosjax.methods.motion_grouping import losses
 from vosjax.models import flow_encoding
 from vosjax.models import motion_grouping as mg_model
+
+# vosjax.segment: ids are classes (0 background, 1 foreground), joined between windows as they are.
+SEGMENT_IDS = "classes"
 
 
 def default_config() -> ml_collections.ConfigDict:
   """The official hyper-parameters on MOVi-E (configs/motion_grouping.py documents them)."""
-  config = train.base_config(
-      "motion_grouping",
-      seed=42,
-      batch_size=32,
-      eval_batch_size=8,
-      num_train_steps=300_000,
-      log_every_steps=100,
-      eval_every_steps=5_000,
-      checkpoint_every_steps=5_000,
-      max_to_keep=3,
-      num_eval_videos_to_write=8,
-  )
+  config = config_lib.base_config(
+      "motion_grouping", num_train_steps=300_000, eval_every_steps=5_000,
+      checkpoint_every_steps=5_000, num_eval_videos_to_write=8)
 
   config.data = movi.default_data_config()
   config.data.tfds_name = "movi_e/128x128:1.0.0"
@@ -53,6 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.flow_encoding = "rgb"  # official --flow_to_rgb; "raw" for (u, v)
+  config.model.raw_flow_scale = 1.0  # "raw": (u, v) divided by this
   config.model.num_slots = 2
   config.model.num_iterations = 5
   config.model.encoder_widths = (64, 128, 256)
@@ -85,16 +83,15 @@ def make_model(config: ml_collections.ConfigDict) -> mg_model.MotionGrouping:
       slot_mlp_hidden_size=m.slot_mlp_hidden_size,
       decoder_transpose_widths=tuple(m.decoder_transpose_widths),
       decoder_conv_width=m.decoder_conv_width,
-      decoder_instance_norm=m.get("decoder_instance_norm", True),
-      gradient_mode=m.get("gradient_mode", "full"))
+      decoder_instance_norm=m.decoder_instance_norm, gradient_mode=m.gradient_mode)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam with the official schedule: linear warm-up, then the lr halves every `decay_steps`."""
   o = config.optimizer
   schedule = losses.motion_grouping_lr_schedule(o.learning_rate, o.warmup_steps, o.decay_steps)
-  chain = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.get("grad_clip_norm") else []
-  return optax.chain(*chain, optax.adam(schedule, eps=o.eps))
+  return optax.chain(*optimizers.gradient_clipping(o.grad_clip_norm),
+                     optax.adam(schedule, eps=o.eps))
 
 
 def encode(flow: jnp.ndarray, config: ml_collections.ConfigDict) -> jnp.ndarray:
@@ -102,7 +99,7 @@ def encode(flow: jnp.ndarray, config: ml_collections.ConfigDict) -> jnp.ndarray:
   if config.model.flow_encoding == "rgb":
     return flow_encoding.encode_flow_rgb(flow)
   if config.model.flow_encoding == "raw":
-    return flow_encoding.encode_flow_raw(flow, config.model.get("raw_flow_scale", 1.0))
+    return flow_encoding.encode_flow_raw(flow, config.model.raw_flow_scale)
   raise ValueError(f"config.model.flow_encoding must be 'rgb' or 'raw', got "
                    f"{config.model.flow_encoding!r}.")
 
@@ -118,13 +115,19 @@ def flow_pair(batch: dict) -> tuple[jnp.ndarray, jnp.ndarray]:
   return batch["forward_flow"][:, 0], batch["backward_flow"][:, 0]
 
 
+def example_batch(config) -> dict[str, np.ndarray]:
+  """One zero flow pair at `config.data.resolution`."""
+  flow = np.zeros((1,) + tuple(config.data.resolution) + (2,), np.float32)
+  return {"flow_a": flow, "flow_b": flow}
+
+
 def init_params(model, config, rng, batch):
   flow_a, _ = flow_pair(batch)
   return model.init(rng, encode(jnp.asarray(flow_a[:1]), config))["params"]
 
 
-def loss_fn(params, model, batch, rng, step, config):
-  del rng  # Motion Grouping is deterministic (learned-query slots, no dropout).
+def loss_fn(params, model, batch, rng, step, config, extra):
+  del rng, extra  # Deterministic (learned-query slots, no dropout); no extra state.
   flow_a, flow_b = flow_pair(batch)
   inputs_a, inputs_b = encode(flow_a, config), encode(flow_b, config)
   # Both flows in one forward pass: the same parameters, half the kernel launches.
@@ -196,10 +199,18 @@ def summary_images(params, model, batch, config) -> dict:
   flow_a = jnp.asarray(flow_a[:4])
   inputs = encode(flow_a, config)
   out = model.apply({"params": params}, inputs)
-  to_u8 = lambda x: np.asarray(jnp.clip(x * 127.5 + 127.5, 0, 255)).astype(np.uint8)
-  images = {"flow": (np.asarray(flow_encoding.flow_to_rgb(flow_a)) * 255).astype(np.uint8)}
+  summary = {"flow": images.to_uint8(flow_encoding.flow_to_rgb(flow_a))}
   if inputs.shape[-1] == 3:
-    images["reconstruction"] = to_u8(out["recon"])
+    summary["reconstruction"] = images.to_uint8(out["recon"], (-1.0, 1.0))
   ids = np.asarray(jnp.argmax(out["masks"], axis=1))
-  images["masks"] = video_io.overlay_masks(images["flow"], ids)
-  return images
+  summary["masks"] = video_io.overlay_masks(summary["flow"], ids)
+  return summary
+
+
+def segment_inputs(frames: np.ndarray, config, *, cache_dir, cache_key: str,
+                   flow_preset: str) -> dict[str, np.ndarray]:
+  """OpenCV DIS forward and backward flow `[T, h, w, 2]` of uint8 frames `[T, H, W, 3]`, computed
+  at the frame size and resized to `config.data.resolution` (as on DAVIS), cached on disk."""
+  flows = optical_flow.cached_video_dis_flows(frames, tuple(config.data.resolution), cache_dir,
+                                              cache_key, flow_preset)
+  return {"forward_flow": flows[1], "backward_flow": flows[-1]}

@@ -1,0 +1,28 @@
+"""The loop settings every config has; each method's `default_config` adds its own sections.
+
+One place for the loop's defaults: a method passes only the values it changes.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+LOOP_DEFAULTS = dict(
+    seed=42,
+    batch_size=32,  # global, over every device of every host
+    eval_batch_size=8,
+    num_train_steps=1000,
+    log_every_steps=100,
+    eval_every_steps=0,  # 0: evaluate only at the end
+    checkpoint_every_steps=1000,
+    max_to_keep=3,
+    num_eval_videos_to_write=4,  # overlay GIFs/PNGs written by the evaluation
+)
+
+
+def base_config(method: str, **values) -> ml_collections.ConfigDict:
+  """`LOOP_DEFAULTS` plus `method`, with `values` replacing defaults (unknown keys are an error)."""
+  unknown = set(values) - set(LOOP_DEFAULTS)
+  if unknown:
+    raise KeyError(f"base_config: unknown keys {sorted(unknown)}; the loop's keys are "
+                   f"{sorted(LOOP_DEFAULTS)}.")
+  return ml_collections.ConfigDict(dict(LOOP_DEFAULTS, method=method, **values))

@@ -1,0 +1,118 @@
+"""Evaluation of frame-folder runs (`config.data.source == "frame_clips"`): masks of every frame of
+the DAVIS-layout folder `config.data.eval_root`, scored with the DAVIS-2017 unsupervised protocols.
+
+The training frames (YouTube-VIS / YouTube-VOS layout) have no annotations in a form the paper
+scores; the papers evaluate on DAVIS-2017 val. So:
+  * `config.data.eval_root` unset (None): nothing to score; the run says so in the log and in
+    `WORKDIR/eval_metrics.json` (`num_videos=0`) and ends normally.
+  * set: for each sequence (`config.data.eval_sequences`, else every one with frames under
+    `JPEGImages/<config.data.eval_quality>/`), the frames go through the method's
+    `segment_inputs` and its `predict` in windows of `config.data.eval_chunk_frames` (+2) frames
+    (`vosjax.evaluation.windows`, as `vosjax.segment`), the ids are upsampled (nearest) to the frame
+    size and written as DAVIS PNGs to `WORKDIR/frame_results/<seq>/<frame>.png` (cluster ids ranked
+    by area: the largest segment, usually the background, is 0). Where annotations exist
+    (`Annotations/<quality>/<seq>`), both `davis2017-unsupervised` (official, per sequence) and
+    `davis2017-unsupervised-perframe` (the SSL-UVOS / SMTC fork) are scored; their CSVs go to
+    `WORKDIR/frame_eval/<protocol>/`.
+Multi-host: each process segments its share of the sequences on one local device; process 0 scores.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from vosjax.core import images
+from vosjax.core import sharding
+from vosjax.data import davis
+from vosjax.data import video as video_io
+from vosjax.evaluation import davis_protocol
+from vosjax.evaluation import report
+from vosjax.evaluation import windows
+from vosjax.methods import interface
+
+PROTOCOLS = ("davis2017-unsupervised", "davis2017-unsupervised-perframe")
+
+
+def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
+  """`data.eval_sequences`, else every sequence of `data.eval_root` with frames."""
+  if data.eval_sequences:
+    return list(data.eval_sequences)
+  sequences = davis.list_sequences(data.eval_root, data.eval_quality)
+  if not sequences:
+    raise FileNotFoundError(f"no sequence with frames under "
+                            f"{davis.frames_dir(data.eval_root, data.eval_quality)} "
+                            "(config.data.eval_root)")
+  return sequences
+
+
+def _segment_sequence(method, predict, config, root: Path, quality: str, sequence: str,
+                      out_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+  """Writes the PNG masks of one sequence; returns its uint8 frames and ids at the frame size."""
+  paths = video_io.list_frame_files(davis.frames_dir(root, quality) / sequence)
+  frames = np.stack([images.to_uint8(video_io.read_image(p)) for p in paths])
+  inputs = method.segment_inputs(frames, config, cache_dir=out_dir.parent / "flow_cache",
+                                 cache_key=f"{root.name}-{quality}-{sequence}", flow_preset="medium")
+  clusters = method.SEGMENT_IDS == "clusters"
+  ids = windows.predict_in_windows(predict, inputs, config.data.eval_chunk_frames,
+                                   link_clusters=clusters, progress=False)
+  ids = windows.rank_by_area(ids) if clusters else ids.astype(np.uint8)
+  ids = windows.upsample_nearest(ids, frames.shape[1:3])
+  for path, frame_ids in zip(paths, ids):
+    video_io.write_indexed_png(out_dir / sequence / f"{path.stem}.png", frame_ids)
+  return frames, ids
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, mesh, *,
+             step: int, writer=None, write_outputs: bool = True) -> dict:
+  """Segments and scores `config.data.eval_root`; returns the metrics (see the module docstring)."""
+  del mesh  # one local device per process: a video is one example
+  data = config.data
+  result = {"step": step, "num_videos": 0}
+  if not data.eval_root:
+    logging.warning("No frame-folder evaluation: config.data.eval_root is not set (a DAVIS-layout "
+                    "folder, e.g. DAVIS-2017 val); checkpoints are saved, nothing was scored.")
+    report.report(workdir, result, step, writer)
+    return result
+  if not isinstance(method, interface.SegmentsVideos):
+    raise ValueError(f"frame-folder evaluation needs a method that segments videos; "
+                     f"config.method={config.method!r} does not (see vosjax.methods.interface).")
+  root, quality = Path(data.eval_root), data.eval_quality
+  sequences = evaluation_sequences(data)
+  workdir = Path(workdir)
+  out_dir = workdir / "frame_results"
+  local_mesh = sharding.make_mesh(jax.local_devices()[:1])
+  # Replicated global arrays -> this process's copy on its first local device.
+  local_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
+  predict = sharding.jit_predict(method, model, config, local_mesh)
+  for index in range(jax.process_index(), len(sequences), jax.process_count()):
+    sequence = sequences[index]
+    frames, ids = _segment_sequence(method, lambda batch: jax.device_get(
+        predict(local_params, batch)), config, root, quality, sequence, out_dir)
+    if write_outputs and index < config.num_eval_videos_to_write:
+      video_io.write_gif(workdir / "eval_outputs" / f"{sequence}.gif",
+                         video_io.overlay_masks(frames, ids))
+    logging.info("Frame-folder masks written for %s (%d frames).", sequence, len(frames))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("frame_folders.evaluate")
+
+  result["num_videos"] = len(sequences)
+  annotations = davis.annotations_dir(root, quality)
+  scored_sequences = [s for s in sequences if (annotations / s).is_dir()]
+  if jax.process_index() == 0 and scored_sequences:
+    for protocol in PROTOCOLS:
+      scored = davis_protocol.evaluate_folders(root, out_dir, protocol,
+                                               sequences=scored_sequences)
+      scored.write_csv(workdir / "frame_eval" / protocol)
+      prefix = "" if protocol == "davis2017-unsupervised" else "perframe_"
+      for key, value in scored.global_results().items():
+        result[prefix + key] = value
+  elif not scored_sequences:
+    logging.warning("No annotations under %s: masks written to %s, nothing scored.", annotations,
+                    out_dir)
+  report.report(str(workdir), result, step, writer)
+  return result

@@ -1,0 +1,136 @@
+"""Prediction over windows of a long video, with ids kept consistent between windows.
+
+Used by `vosjax.segment` (users' videos) and the frame-folder evaluation. Long videos are processed
+in windows of `chunk_frames` + 2 frames (one static shape, one compilation; the last window is
+aligned to the video's end instead of padded). Neighbouring windows overlap: a window's first and
+last frame are kept only where they are the video's own, because Motion Grouping's `predict` drops
+the backward flow of a window's first frame and the forward flow of its last. Cluster ids (arbitrary
+per window) are linked to the previous window's by IoU on the frames both label (Hungarian
+matching), so ids stay the same over time.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+from scipy import optimize
+import tqdm
+
+# Two clusters of neighbouring windows are the same segment when their IoU on the shared frames is
+# at least this (the usual criterion for a match); other clusters get new ids.
+LINK_MIN_IOU = 0.5
+
+
+def windows(num_frames: int, chunk_frames: int) -> tuple[int, list[int]]:
+  """(window length, first frames of the windows) covering a video; see the module docstring.
+
+  Windows hold `chunk_frames + 2` frames, or the whole video when it is that short. Consecutive
+  windows overlap by 2 frames; the last one ends at the video's last frame.
+  """
+  if chunk_frames < 1:
+    raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+  window = chunk_frames + 2
+  if num_frames <= window:
+    return num_frames, [0]
+  return window, list(range(0, num_frames - window, chunk_frames)) + [num_frames - window]
+
+
+def kept_end(start: int, window: int, num_frames: int) -> int:
+  """End (exclusive, a video frame index) of the frames a window's result is kept for: all but its
+  last frame unless that is the video's last (it lacks a forward flow inside the window)."""
+  return start + window if start + window >= num_frames else start + window - 1
+
+
+def link_ids(previous: np.ndarray, current: np.ndarray, num_ids: int, next_id: int
+             ) -> tuple[np.ndarray, int]:
+  """Maps a window's cluster ids to video ids by IoU with the previous window's on shared frames.
+
+  Args:
+    previous: int [S, h, w] video ids of the shared frames (from the previous window).
+    current: int [S, h, w] this window's cluster ids of the same frames.
+    num_ids: the window's number of ids (> max(current): some clusters may miss the shared frames).
+    next_id: the first unused video id.
+
+  Returns:
+    (mapping int64 [num_ids]: window id -> video id, the new first unused video id). Window ids
+    matched (IoU >= LINK_MIN_IOU, Hungarian) keep the previous id; the others get new ids.
+  """
+  num_previous, num_current = int(previous.max()) + 1, num_ids
+  intersection = np.bincount((previous.astype(np.int64) * num_current + current).ravel(),
+                             minlength=num_previous * num_current).reshape(num_previous, num_current)
+  union = intersection.sum(1, keepdims=True) + intersection.sum(0, keepdims=True) - intersection
+  iou = intersection / np.maximum(union, 1)
+  rows, cols = optimize.linear_sum_assignment(-iou)
+  mapping = np.full(num_current, -1, np.int64)
+  for row, col in zip(rows, cols):
+    if iou[row, col] >= LINK_MIN_IOU:
+      mapping[col] = row
+  unmatched = np.flatnonzero(mapping < 0)
+  mapping[unmatched] = next_id + np.arange(len(unmatched))
+  return mapping, next_id + len(unmatched)
+
+
+def rank_by_area(ids: np.ndarray) -> np.ndarray:
+  """Relabels ids by decreasing pixel count (largest -> 0) -> uint8; ranks past 255 become 255."""
+  counts = np.bincount(ids.ravel())
+  order = np.argsort(-counts, kind="stable")
+  rank = np.empty_like(order)
+  rank[order] = np.arange(len(order))
+  if np.count_nonzero(counts) > 256:
+    logging.warning("%d segments: the smallest %d share id 255 (PNG ids are 0..255).",
+                    np.count_nonzero(counts), np.count_nonzero(counts) - 255)
+  return np.minimum(rank, 255).astype(np.uint8)[ids]
+
+
+def predict_in_windows(predict: Callable[[dict], dict], inputs: dict[str, np.ndarray],
+                       chunk_frames: int, *, link_clusters: bool, progress: bool = True
+                       ) -> np.ndarray:
+  """Runs `predict` over windows of a video and joins the ids.
+
+  Args:
+    predict: batch dict of `[1, W, ...]` arrays -> dict with ids `[1, W, h, w]`.
+    inputs: per-frame arrays `[T, ...]` (e.g. forward_flow `[T, h, w, 2]` or video `[T, h, w, 3]`).
+    chunk_frames: frames kept per window; windows hold `chunk_frames + 2` frames.
+    link_clusters: the ids are clusters, arbitrary per window (linked by IoU between windows);
+      False: classes with a fixed meaning, joined as they are.
+    progress: show a progress bar.
+
+  Returns:
+    int32 `[T, h, w]` ids, consistent over the whole video.
+  """
+  num_frames = len(next(iter(inputs.values())))
+  window, starts = windows(num_frames, chunk_frames)
+  out = None
+  filled = next_id = 0  # frames [0, filled) are labelled; video ids [0, next_id) are used
+  for start in tqdm.tqdm(starts, desc="segment", unit="window", disable=not progress):
+    prediction = predict({k: np.asarray(v[start:start + window])[None] for k, v in inputs.items()})
+    ids = np.asarray(prediction["ids"])[0].astype(np.int64)
+    if np.any(prediction.get("overflow", False)):
+      logging.warning("Frames %d-%d: clustering capacity exceeded (config.model.max_clusters / "
+                      "max_window_clusters): some clusters were dropped and their pixels went to "
+                      "the nearest kept one.", start, start + window - 1)
+    if out is None:
+      out = np.zeros((num_frames,) + ids.shape[1:], np.int32)
+    if link_clusters:
+      if start == 0:
+        mapping, next_id = np.arange(ids.max() + 1), int(ids.max()) + 1
+      else:
+        mapping, next_id = link_ids(out[start:filled], ids[:filled - start], int(ids.max()) + 1,
+                                    next_id)
+      ids = mapping[ids]
+    # Frames before `filled` keep the previous window's result: there the first frame of this
+    # window lacks its backward flow, and cluster ids were linked on them.
+    end = kept_end(start, window, num_frames)
+    out[filled:end] = ids[filled - start:end - start]
+    filled = end
+  return out
+
+
+def upsample_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resize of `[..., h, w]` to `[..., H, W]` (pixel centres, as
+  jax.image.resize; `clustering.upsample_labels` copies torch's top-left alignment instead)."""
+  height, width = ids.shape[-2:]
+  rows = ((np.arange(size[0]) + 0.5) * height / size[0]).astype(np.int64)
+  cols = ((np.arange(size[1]) + 0.5) * width / size[1]).astype(np.int64)
+  return ids[..., rows[:, None], cols[None, :]]

@@ -1,0 +1,91 @@
+"""The method interface: what `vosjax.train`, the evaluation and `vosjax.segment` call.
+
+A method is a package `vosjax.methods.<name>` (named by `config.method`) whose module-level functions
+satisfy `Method`, and optionally one or more capability protocols below. Code outside `methods/`
+asks for a capability by its protocol (`isinstance(method, PredictsFromFlow)`), never by name.
+
+Shapes: B batch, T frames, H x W pixels; params, extra are pytrees.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import ml_collections
+import numpy as np
+import optax
+
+ConfigDict = ml_collections.ConfigDict
+
+
+@runtime_checkable
+class Method(Protocol):
+  """Required of every method."""
+
+  def default_config(self) -> ConfigDict:
+    """The method's settings (`vosjax.core.config.base_config` plus its sections)."""
+
+  def make_model(self, config: ConfigDict) -> Any:
+    """A flax linen Module, or a pytree holding frozen arrays (see `core.sharding.place_model`)."""
+
+  def make_optimizer(self, config: ConfigDict) -> optax.GradientTransformation:
+    """The optimizer over the trained params (`core.optimizers` for clipping and groups)."""
+
+  def example_batch(self, config: ConfigDict) -> dict[str, np.ndarray]:
+    """Zeros with the shapes `init_params` reads (one example), so no data is needed to build."""
+
+  def init_params(self, model: Any, config: ConfigDict, rng, batch: dict) -> Any:
+    """The trained and checkpointed parameters."""
+
+  def loss_fn(self, params: Any, model: Any, batch: dict, rng, step, config: ConfigDict,
+              extra: Any) -> tuple[Any, dict]:
+    """(scalar loss, dict of scalar metrics); `extra` is the method-owned state ({} if none)."""
+
+  def predict(self, params: Any, model: Any, batch: dict, config: ConfigDict) -> dict:
+    """ids int32 `[B, T, H, W]` (and optionally foreground bool `[B, T, H, W]`, overflow bool
+    `[B]`); never sees labels."""
+
+  def summary_images(self, params: Any, model: Any, batch: dict, config: ConfigDict) -> dict:
+    """name -> uint8 `[N, H, W, 3]` for TensorBoard."""
+
+
+@runtime_checkable
+class OwnsExtraState(Protocol):
+  """Keeps state besides the trained params (e.g. an EMA teacher): initialised from the params,
+  updated after every optimizer step, given to `loss_fn`, checkpointed with the train state."""
+
+  def init_extra_state(self, params: Any, config: ConfigDict) -> Any:
+    """The initial extra state (a pytree of arrays)."""
+
+  def update_extra_state(self, extra: Any, params: Any, step, config: ConfigDict) -> Any:
+    """The extra state after the optimizer step that produced `params` (`step`: its new count)."""
+
+
+@runtime_checkable
+class PredictsFromFlow(Protocol):
+  """Segments the foreground from optical flow alone (evaluation on DAVIS flow folders)."""
+
+  def foreground_probability(self, params: Any, model: Any, flow, config: ConfigDict):
+    """Soft foreground `[N, H, W]` of flows `[N, H, W, 2]` (delta_row, delta_col)."""
+
+
+@runtime_checkable
+class SegmentsVideos(Protocol):
+  """Segments a user's video (`vosjax.segment`).
+
+  `SEGMENT_IDS` says what the ids of `predict` are: "classes" (fixed meaning, e.g. 0 background,
+  1 foreground: windows are joined as they are) or "clusters" (arbitrary per window: linked between
+  windows by IoU and ranked by area).
+  """
+  SEGMENT_IDS: str
+
+  def segment_inputs(self, frames: np.ndarray, config: ConfigDict, *, cache_dir, cache_key: str,
+                     flow_preset: str) -> dict[str, np.ndarray]:
+    """uint8 frames `[T, H, W, 3]` -> the per-frame arrays `[T, ...]` that `predict` reads, at
+    `config.data.resolution` (e.g. optical flow, cached under `cache_dir/cache_key`)."""
+
+
+def extra_state_hooks(method):
+  """(init, update) of the method's extra state; a method without one keeps `{}`."""
+  if isinstance(method, OwnsExtraState):
+    return method.init_extra_state, method.update_extra_state
+  return (lambda params, config: {}), (lambda extra, params, step, config: extra)
