@@ -14,7 +14,7 @@ frame (gaps 1, 2, -1, -2) computed once at the frames' resolution, resized to 12
 `config.data.flow_cache_dir` (18 sequences: 411 s and 1.0 GB here). At the end (and with
 `--mode eval`) every frame's 4 flows give the mean foreground mask, upsampled to 480p and scored with
 the davis2016 protocol (frames 1:-1, like the DAVIS-2016 toolkit), next to the median-flow baseline on
-the same flows; see `vosjax/davis_validation.py` for the outputs.
+the same flows; see `vosjax/evaluation/davis_flows.py` for the outputs.
 
 The model is the demo's narrow Motion Grouping (the official widths are 4-8x wider), so that it runs
 on a CPU: 0.10-0.22 steps/s at batch 8 on 2 busy cores. Measured 2026-11-22: stopped by SIGTERM at

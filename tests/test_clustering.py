@@ -1,4 +1,4 @@
-"""Tests for vosjax.keyframe_attention and vosjax.clustering against a NumPy transcription."""
+"""Tests for vosjax.methods.betrayed.keyframe_attention and .clustering against a NumPy transcription."""
 
 import functools
 

@@ -1,4 +1,4 @@
-"""Tests for vosjax.losses against NumPy transcriptions of the official training code."""
+"""Tests for vosjax.methods.motion_grouping.losses against NumPy transcriptions of the official training code."""
 
 import jax
 import jax.numpy as jnp

@@ -80,6 +80,7 @@ _NAME_KEY = "--config.data.tfds_name"
 def default_data_config() -> ml_collections.ConfigDict:
   """Defaults for the offline synthetic demo (see the module docstring)."""
   return ml_collections.ConfigDict({
+      "source": "tfds",  # vosjax.data.pipeline.SOURCES
       "tfds_name": "vosjax_synthetic/64x64",
       "data_dir": "~/tensorflow_datasets",
       "train_split": "train",
@@ -90,6 +91,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       "eval_frames": ml_collections.FieldReference(None, field_type=int),
       "shuffle_buffer": 128,
       "max_instances": 23,
+      # Training-stream shards (vosjax.data.pipeline); None: one per process.
+      "num_shards": ml_collections.FieldReference(None, field_type=int),
   })
 
 

@@ -23,10 +23,13 @@ SOURCES = ("tfds", "davis", "frame_clips")
 
 
 def source(config: ml_collections.ConfigDict) -> str:
-  source = config.data.get("source", "tfds")
-  if source not in SOURCES:
-    raise ValueError(f"Unknown config.data.source={source!r}; use one of {SOURCES}.")
-  return source
+  """`config.data.source`, checked: the one place that says which reader (and evaluation) a config
+  uses."""
+  if "source" not in config.data:
+    raise KeyError(f"config.data has no `source`; set it to one of {SOURCES}.")
+  if config.data.source not in SOURCES:
+    raise ValueError(f"Unknown config.data.source={config.data.source!r}; use one of {SOURCES}.")
+  return config.data.source
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0) -> Iterator[dict]:
@@ -45,10 +48,10 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 
         config.data.resolution,
         config.batch_size // jax.process_count(), seed=config.seed + jax.process_index(),
         start_step=start_step, flow_cache_dir=config.data.flow_cache_dir,
-        gaps=tuple(config.data.gaps), raft_flow_root=config.data.get("raft_flow_root"),
-        raft_res=config.data.get("raft_res"))
+        gaps=tuple(config.data.gaps), raft_flow_root=config.data.raft_flow_root,
+        raft_res=config.data.raft_res)
   from vosjax.data import movi  # pylint: disable=g-import-not-at-top
-  num_shards = config.data.get("num_shards") or jax.process_count()
+  num_shards = config.data.num_shards or jax.process_count()
   if num_shards % jax.process_count() or config.batch_size % num_shards:
     raise ValueError(
         f"config.data.num_shards={num_shards} must be a multiple of the process count "

@@ -106,8 +106,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   folders = {"model": workdir / "davis_results", "baseline": workdir / "davis_baseline"}
   for index, sequence in enumerate(sequences):
     flows = davis.evaluation_flows(data.root, sequence, data.resolution, data.flow_cache_dir,
-                                   gaps=tuple(data.gaps), raft_flow_root=data.get("raft_flow_root"),
-                                   raft_res=data.get("raft_res"))
+                                   gaps=tuple(data.gaps), raft_flow_root=data.raft_flow_root, raft_res=data.raft_res)
     num_frames, num_gaps = flows["flows"].shape[:2]
     soft = _soft_foreground(foreground_fn, params,
                             flows["flows"].reshape((-1,) + flows["flows"].shape[2:]))

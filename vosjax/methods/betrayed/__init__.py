@@ -126,7 +126,7 @@ class BetrayedModel:
 
 def _load_backbone(backbone_config: ml_collections.ConfigDict):
   """`load_backbone`, or a shrunken random ViT when `backbone.arch_overrides` is set (tests only)."""
-  overrides = backbone_config.get("arch_overrides")
+  overrides = backbone_config.arch_overrides
   overrides = dict(overrides.items()) if overrides else {}
   if not overrides:
     return pretrained.load_backbone(backbone_config)

@@ -46,7 +46,6 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.resolution = (128, 128)
   config.data.clip_length = 1  # one frame per sample ...
   config.data.clip_margin = 1  # ... that has both a forward and a backward flow
-  config.data.num_shards = ml_collections.FieldReference(None, field_type=int)  # None: per process
 
   config.model = ml_collections.ConfigDict()
   config.model.flow_encoding = "rgb"  # official --flow_to_rgb; "raw" for (u, v)

@@ -31,7 +31,6 @@ def default_config() -> ml_collections.ConfigDict:
   config.data = movi.default_data_config()
   config.data.clip_length = 1
   config.data.clip_margin = 0
-  config.data.num_shards = ml_collections.FieldReference(None, field_type=int)  # None: per process
 
   config.model = ml_collections.ConfigDict()
   config.model.num_slots = 7  # up to 6 objects + background in the synthetic 64x64 set
