@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from vosjax.data import optical_flow
 from vosjax.data import synthetic
 from vosjax.data import synthetic_render as sr
 
@@ -222,6 +223,30 @@ def test_config_names_encode_parameters():
     synthetic.VosjaxSyntheticConfig(max_objects=24)
   with pytest.raises(ValueError, match="config name"):
     tfds.builder("vosjax_synthetic/64by64", data_dir="/nonexistent")
+  dis = synthetic.VosjaxSyntheticConfig.from_name("64x64_o1-1_dis")
+  assert (dis.flow, dis.min_objects, dis.max_objects) == ("dis", 1, 1)
+  assert synthetic.VosjaxSyntheticConfig(flow="dis").name == "64x64_dis"
+  with pytest.raises(ValueError, match="flow must be"):
+    synthetic.VosjaxSyntheticConfig(flow="raft")
+
+
+def test_estimated_flow_is_dis_of_the_rendered_frames():
+  """`flow="dis"`: the frames and masks are the exact set's; the flows are OpenCV DIS of the
+  rendered uint8 frames (as users' videos get), close to but not equal to the exact motion."""
+  scene = sr.sample_scene(sr.scene_rng(0, 0, 5), 8, 1, 1)
+  exact = synthetic.render_movi_arrays(scene, 64, 64)
+  estimated = synthetic.render_movi_arrays(scene, 64, 64, flow="dis")
+  for key in ("video", "segmentations", "depth"):
+    np.testing.assert_array_equal(estimated[key], exact[key])
+  decode = lambda arrays, key: sr.dequantize_uint16(arrays[key], arrays[f"{key}_range"])
+  for key, gap in (("forward_flow", 1), ("backward_flow", -1)):
+    dis = optical_flow.video_flow(exact["video"], gap)
+    step = np.ptp(estimated[f"{key}_range"]) / 65535  # one quantization level
+    np.testing.assert_allclose(decode(estimated, key), dis, atol=step)
+    true = decode(exact, key)
+    moving = slice(0, -1) if gap == 1 else slice(1, None)
+    error = np.linalg.norm(dis[moving] - true[moving], axis=-1).mean()
+    assert 0 < error < 1.0, error  # estimated: not exact, but within a pixel on average
 
 
 def test_built_examples_are_the_rendered_scenes(tiny_builder):

@@ -13,6 +13,9 @@ LOOP_DEFAULTS = dict(
     num_train_steps=1000,
     log_every_steps=100,
     eval_every_steps=0,  # 0: evaluate only at the end
+    # Evaluations during training score only the first videos of the split (0: all; MOVi-format
+    # data): a cheap learning curve. The final evaluation always scores the whole split.
+    periodic_eval_videos=0,
     checkpoint_every_steps=1000,
     max_to_keep=3,
     num_eval_videos_to_write=4,  # overlay GIFs/PNGs written by the evaluation

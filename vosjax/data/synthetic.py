@@ -33,10 +33,12 @@ no physics (`events.collisions` is empty), constant normals; the forward flow
 of the last frame and the backward flow of the first frame are zero.
 
 Configs: "64x64" and "128x128" (24 frames, 2..6 objects, 384 train and 48
-validation videos, seed 0) or any `VosjaxSyntheticConfig(...)`. A config's
+validation videos, seed 0, exact flow) or any `VosjaxSyntheticConfig(...)`. A config's
 name encodes every parameter that changes the data, e.g.
 "32x32_f8_o2-4_n8-4_s1" (8 frames, 2..4 objects, 8 train / 4 validation
-videos, seed 1; fields at their default are omitted), and such names are
+videos, seed 1; fields at their default are omitted; a "_dis" suffix: flow
+estimated by OpenCV DIS from the rendered frames, as for real videos, instead
+of the exact motion), and such names are
 accepted by `tfds.builder("vosjax_synthetic/<name>")` too, so caches of
 different data never collide.
 """
@@ -55,13 +57,18 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vosjax.core import images
+from vosjax.data import optical_flow
 from vosjax.data import synthetic_render
 
 _SPLITS = {"train": 0, "validation": 1}
 _NAME_PATTERN = re.compile(
     r"^(?P<height>\d+)x(?P<width>\d+)(?:_f(?P<num_frames>\d+))?"
     r"(?:_o(?P<min_objects>\d+)-(?P<max_objects>\d+))?"
-    r"(?:_n(?P<train_videos>\d+)-(?P<validation_videos>\d+))?(?:_s(?P<seed>\d+))?$")
+    r"(?:_n(?P<train_videos>\d+)-(?P<validation_videos>\d+))?(?:_s(?P<seed>\d+))?"
+    r"(?:_(?P<flow>dis))?$")
+# Where the flow features come from: "exact" (the renderer's motion, exact by construction) or
+# "dis" (OpenCV DIS estimated from the rendered frames, as `vosjax.segment` does for users' videos).
+FLOW_SOURCES = ("exact", "dis")
 # MOVi-E's instance categories (the synthetic set only uses "None").
 MOVI_E_CATEGORIES = (
     "Action Figures", "Bag", "Board Games", "Bottles and Cans and Cups",
@@ -81,6 +88,7 @@ class VosjaxSyntheticConfig(tfds.core.BuilderConfig):
   train_videos: int = 384
   validation_videos: int = 48
   seed: int = 0
+  flow: str = "exact"
 
   def __post_init__(self):
     if self.height < 8 or self.width < 8:
@@ -91,6 +99,8 @@ class VosjaxSyntheticConfig(tfds.core.BuilderConfig):
       raise ValueError(
           f"need 1 <= min_objects ({self.min_objects}) <= max_objects "
           f"({self.max_objects}) <= {synthetic_render.MAX_OBJECTS}")
+    if self.flow not in FLOW_SOURCES:
+      raise ValueError(f"flow must be one of {FLOW_SOURCES}, got {self.flow!r}")
     if self.train_videos < 1 or self.validation_videos < 1 or self.seed < 0:
       raise ValueError("train_videos and validation_videos must be >= 1 and "
                        f"seed >= 0, got {self}")
@@ -106,7 +116,7 @@ class VosjaxSyntheticConfig(tfds.core.BuilderConfig):
           f"{self.height}x{self.width}, {self.num_frames} frames, "
           f"{self.min_objects}..{self.max_objects} objects, "
           f"{self.train_videos} train / {self.validation_videos} validation "
-          f"videos, seed {self.seed}")
+          f"videos, seed {self.seed}, {self.flow} flow")
 
   def canonical_name(self) -> str:
     """`HxW` plus a tag for each field that differs from its default."""
@@ -121,6 +131,8 @@ class VosjaxSyntheticConfig(tfds.core.BuilderConfig):
       name += f"_n{self.train_videos}-{self.validation_videos}"
     if differs("seed"):
       name += f"_s{self.seed}"
+    if differs("flow"):
+      name += f"_{self.flow}"
     return name
 
   @classmethod
@@ -130,9 +142,10 @@ class VosjaxSyntheticConfig(tfds.core.BuilderConfig):
     if match is None:
       raise ValueError(
           f"{name!r} is not a vosjax_synthetic config name; expected "
-          "'HxW[_fFRAMES][_oMIN-MAX][_nTRAIN-VALIDATION][_sSEED]', e.g. "
-          "'64x64' or '32x32_f8_o2-4_n8-4'")
-    fields = {k: int(v) for k, v in match.groupdict().items() if v is not None}
+          "'HxW[_fFRAMES][_oMIN-MAX][_nTRAIN-VALIDATION][_sSEED][_dis]', e.g. "
+          "'64x64', '32x32_f8_o2-4_n8-4' or '64x64_o1-1_dis'")
+    fields = {k: v if k == "flow" else int(v) for k, v in match.groupdict().items()
+              if v is not None}
     config = cls(**fields)
     if config.name != name:  # e.g. a default value spelled out explicitly
       raise ValueError(f"{name!r} is not canonical; use {config.name!r}")
@@ -207,7 +220,7 @@ def _camera_features_of(scene: synthetic_render.Scene) -> dict:
 
 
 def render_movi_arrays(scene: synthetic_render.Scene, height: int,
-                       width: int) -> dict:
+                       width: int, flow: str = "exact") -> dict:
   """Renders a scene into MOVi-E's layout (numpy; no image encoding).
 
   Instances are sorted by total visibility, descending, and segmentation ids
@@ -221,6 +234,9 @@ def render_movi_arrays(scene: synthetic_render.Scene, height: int,
     `instances` (list of per-instance dicts of MOVi-E instance features,
     sorted), `camera` (MOVi camera features), `order` (scene object index of
     each sorted instance) and `render` (the `render_scene` output).
+    With `flow="dis"` the flows are OpenCV DIS (preset "medium") of the
+    rendered uint8 frames instead of the exact motion (zero where t +/- 1 is
+    outside the video, as the exact flow).
   """
   render = synthetic_render.render_scene(scene, height, width)
   layer = render["layer"]
@@ -233,8 +249,14 @@ def render_movi_arrays(scene: synthetic_render.Scene, height: int,
   segmentation = new_id[layer]
 
   quantize = synthetic_render.quantize_to_uint16
-  forward, forward_range = quantize(render["forward_flow"])
-  backward, backward_range = quantize(render["backward_flow"])
+  if flow == "dis":
+    video = images.to_uint8(render["rgb"])
+    forward_flow = optical_flow.video_flow(video, 1)
+    backward_flow = optical_flow.video_flow(video, -1)
+  else:
+    forward_flow, backward_flow = render["forward_flow"], render["backward_flow"]
+  forward, forward_range = quantize(forward_flow)
+  backward, backward_range = quantize(backward_flow)
   depth, depth_range = quantize(render["depth"])
   is_object = (layer < num_objects)[..., None]
   coords = np.concatenate([(render["object_uv"] + 1.0) / 2.0,
@@ -283,7 +305,7 @@ def render_example(config: VosjaxSyntheticConfig, split: str,
   rng = synthetic_render.scene_rng(config.seed, _SPLITS[split], index)
   scene = synthetic_render.sample_scene(rng, config.num_frames,
                                         config.min_objects, config.max_objects)
-  arrays = render_movi_arrays(scene, config.height, config.width)
+  arrays = render_movi_arrays(scene, config.height, config.width, config.flow)
   normal = np.zeros((config.height, config.width, 3), np.uint16)
   normal[..., :2] = 32768  # (0, 0, -1) encoded as (n + 1) / 2 * 65535
   normal_png = _png(normal)

@@ -17,8 +17,13 @@ from vosjax.evaluation import videos
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, mesh, *,
-             step: int, writer=None, write_outputs: bool = True) -> dict:
-  """Evaluates `params` on the config's evaluation data; writes and returns the metrics."""
+             step: int, writer=None, write_outputs: bool = True,
+             max_videos: int | None = None) -> dict:
+  """Evaluates `params` on the config's evaluation data; writes and returns the metrics.
+
+  `max_videos` limits the MOVi-format evaluation to the first videos (see `videos.evaluate`); the
+  folder evaluations score every sequence.
+  """
   source = pipeline.source(config)
   if source == "davis":
     return davis_flows.evaluate(config, workdir, method, model, params, step=step, writer=writer,
@@ -27,4 +32,4 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
     return frame_folders.evaluate(config, workdir, method, model, params, mesh, step=step,
                                   writer=writer, write_outputs=write_outputs)
   return videos.evaluate(config, workdir, method, model, params, mesh, step=step, writer=writer,
-                         write_outputs=write_outputs)
+                         write_outputs=write_outputs, max_videos=max_videos)

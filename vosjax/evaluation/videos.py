@@ -4,10 +4,12 @@ Scores, per video and then averaged over the split: FG-ARI (one contingency tabl
 background excluded), mIoU (one Hungarian matching over the whole video) and, for methods that
 predict a foreground (Motion Grouping), foreground J (mean over frames of the IoU with the union of
 all ground-truth objects). The foreground is chosen by the method without looking at the ground
-truth. Also scores the motion baseline (median-flow-removed magnitude threshold) on the same videos.
+truth. Beside it, the scores to beat: the motion baseline (median-flow-removed magnitude threshold)
+on the same videos (`baseline_fg_j`) and every pixel foreground (`all_foreground_fg_j`).
 
-Writes `WORKDIR/eval_metrics.json`, and for the first videos an overlay GIF plus indexed PNGs in
-`WORKDIR/eval_outputs/`, then prints one `EVAL ...` line.
+Writes `WORKDIR/eval_metrics.json`, and for the first videos labelled panels (frame | flow |
+predicted | ground truth, >= 128 px each) as `videoNNN.gif` and a `videoNNN.png` strip, plus the
+predicted indexed PNGs in `videoNNN/`, in `WORKDIR/eval_outputs/`; then prints one `EVAL ...` line.
 """
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ from vosjax.data import pipeline
 from vosjax.data import video as video_io
 from vosjax.evaluation import baselines
 from vosjax.evaluation import metrics as metrics_lib
+from vosjax.evaluation import panels as panels_lib
 from vosjax.evaluation import report as report_lib
+from vosjax.models import flow_encoding
 
 
 def foreground_j(true_ids: np.ndarray, foreground: np.ndarray) -> np.ndarray:
@@ -50,8 +54,13 @@ def foreground_j(true_ids: np.ndarray, foreground: np.ndarray) -> np.ndarray:
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, mesh, *,
-             step: int, writer=None, write_outputs: bool = True) -> dict:
-  """Evaluates `params` on `config.data.eval_split`; returns the averaged metrics."""
+             step: int, writer=None, write_outputs: bool = True,
+             max_videos: int | None = None) -> dict:
+  """Evaluates `params` on `config.data.eval_split`; returns the averaged metrics.
+
+  `max_videos`: score only the first ceil(max_videos / eval_batch_size) batches (a fixed handful
+  of videos: the cheap evaluation during training); None: the whole split.
+  """
   sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
   data_sharding = NamedSharding(mesh, P("data"))
   predict = sharding.jit_predict(method, model, config, mesh)
@@ -61,7 +70,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   # Images are written locally first; a bucket WORKDIR (gs://) gets a copy at the end.
   remote = "://" in str(workdir)
   out_dir = tempfile.mkdtemp() if remote else os.path.join(workdir, "eval_outputs")
-  for batch in pipeline.make_eval_iterator(config):
+  max_batches = None if max_videos is None else -(-max_videos // config.eval_batch_size)
+  for batch_index, batch in enumerate(pipeline.make_eval_iterator(config)):
+    if max_batches is not None and batch_index >= max_batches:
+      break  # the same count on every process: the batches are global arrays
     valid = np.asarray(batch["valid"], bool)
     # The prediction must not see the ground truth.
     inputs = {k: v for k, v in batch.items() if k not in ("segmentations", "valid")}
@@ -74,6 +86,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
     }
     if "foreground" in prediction:
       per_video["fg_j"] = foreground_j(true_ids, prediction["foreground"])
+      # The trivial score to beat: every pixel foreground.
+      per_video["all_foreground_fg_j"] = foreground_j(true_ids, np.ones(true_ids.shape, bool))
     if "forward_flow" in batch:
       per_video["baseline_fg_j"] = foreground_j(
           true_ids, baselines.median_flow_foreground(batch["forward_flow"], batch["backward_flow"]))
@@ -84,7 +98,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
       for i in np.flatnonzero(valid):
         if outputs_written >= config.num_eval_videos_to_write:
           break
-        _write_video_outputs(out_dir, f"video{outputs_written:03d}", batch["video"][i],
+        _write_video_outputs(out_dir, f"video{outputs_written:03d}", batch, i,
                              prediction["ids"][i], true_ids[i])
         outputs_written += 1
 
@@ -113,14 +127,16 @@ def _copy_tree(local_dir: str, target: epath.Path) -> None:
       epath.Path(source).copy(destination, overwrite=True)
 
 
-def _write_video_outputs(out_dir: str, name: str, frames: np.ndarray, pred_ids: np.ndarray,
+def _write_video_outputs(out_dir: str, name: str, batch: dict, index: int, pred_ids: np.ndarray,
                          true_ids: np.ndarray) -> None:
-  """Overlay GIF (prediction | ground truth side by side) and one indexed PNG per frame."""
-  os.makedirs(os.path.join(out_dir, name), exist_ok=True)
-  frames_u8 = images.to_uint8(frames)
-  side_by_side = np.concatenate(
-      [video_io.overlay_masks(frames_u8, pred_ids), video_io.overlay_masks(frames_u8, true_ids)],
-      axis=2)
-  video_io.write_gif(os.path.join(out_dir, f"{name}.gif"), side_by_side)
+  """Labelled panels (frame | flow | predicted mask | ground truth) as `name.gif` and a `name.png`
+  strip, and one indexed PNG per frame of the prediction in `name/`."""
+  frames = images.to_uint8(batch["video"][index])
+  panels = [("frame", frames)]
+  if "forward_flow" in batch:
+    panels.append(("flow", np.asarray(flow_encoding.flow_to_rgb(batch["forward_flow"][index]))))
+  panels += [("predicted", video_io.overlay_masks(frames, pred_ids)),
+             ("ground truth", video_io.overlay_masks(frames, true_ids))]
+  panels_lib.write_panels(out_dir, name, panels)
   for t, ids in enumerate(pred_ids):
     video_io.write_indexed_png(os.path.join(out_dir, name, f"{t:05d}.png"), ids)
