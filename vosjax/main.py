@@ -69,7 +69,8 @@ def main(argv):
   except user_errors as e:
     if _TRACEBACK.value:
       raise
-    sys.exit(f"vosjax: {type(e).__name__}: {e}\n(rerun with --traceback for the full trace)")
+    message = " ".join(str(e).split())  # one line, however the message was wrapped
+    sys.exit(f"vosjax: {type(e).__name__}: {message}\n(rerun with --traceback for the full trace)")
 
 
 if __name__ == "__main__":
