@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m vosjax.bench {backbone,clustering,data,evaluate,keyframes,mg_recipes} [options]`.
+"""Benchmarks: `python -m vosjax.bench NAME [options]`, NAME one of the modules of `vosjax/benchmarks/` (backbone, clustering, data, evaluate, keyframes, mg_recipes, train).
 
 Each benchmark lives in `vosjax/benchmarks/<name>.py` and exposes `main(argv)`.
 """
