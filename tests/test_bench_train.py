@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vosjax.benchmarks import config_file
+from vosjax.benchmarks import _config_file as config_file
 from vosjax.benchmarks import train as bench_train
 
 

@@ -10,7 +10,10 @@ import vosjax.benchmarks
 
 
 def available():
-  return sorted(m.name for m in pkgutil.iter_modules(vosjax.benchmarks.__path__))
+  """Benchmark names: the modules of vosjax/benchmarks/ but the helpers (`_name`) and the NumPy
+  reference the clustering benchmark compares against."""
+  return sorted(m.name for m in pkgutil.iter_modules(vosjax.benchmarks.__path__)
+                if not m.name.startswith("_") and m.name != "reference_clustering")
 
 
 def main(argv=None):

@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from vosjax import methods
 from vosjax import train
-from vosjax.benchmarks import config_file
+from vosjax.benchmarks import _config_file as config_file
 from vosjax.core import sharding
 
 
