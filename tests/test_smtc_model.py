@@ -197,3 +197,15 @@ def test_whole_model_outputs_and_inference_masks():
       out.similarity, np.einsum("btsc,btspc->btsp", reference.normalize(ref[0]),
                                 reference.normalize(ref[2])), atol=1e-5)
   np.testing.assert_allclose(np.asarray(out.instance_masks).sum(axis=(2, 3)), 1.0, atol=1e-5)
+
+
+def test_official_head_has_the_official_parameter_count():
+  """16 slots, 4 instances, D = 384, 16 x 16 correlation: slot attention 753,792 (3 LayerNorms,
+  q/k/v, MLP, mu, sigma) + transport_proj 98,688 + mlp_slot 590,976, as the PyTorch module."""
+  keys = jax.ShapeDtypeStruct((1, 4, 16, 16, 384), jnp.float32)
+  shapes = jax.eval_shape(lambda k: smtc.SMTC().init({"params": jax.random.key(0),
+                                                      "instances": jax.random.key(1)}, k), keys)
+  counts = {name: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+            for name, tree in shapes["params"].items()}
+  assert counts == {"slot_attention": 753_792, "fusion": 98_688, "mlp_slot": 590_976}
+  assert shapes["params"]["slot_attention"]["slots_sigma"].shape == (1, 16, 1, 384)
