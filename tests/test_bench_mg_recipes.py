@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_SYNTHETIC
+from test_train import tiny_config
+from vosjax import train
 from vosjax.evaluation import baselines
 from vosjax.evaluation import videos as validation
 from vosjax.benchmarks import mg_recipes
@@ -52,3 +54,18 @@ def test_export_then_train_from_arrays(tiny_synthetic_dir, tmp_path):
 def test_override_of_an_unknown_key_names_it():
   with pytest.raises(ValueError, match="model.no_such_key"):
     mg_recipes.load_config(os.path.join(REPO, "configs/demo.py"), ["model.no_such_key=1"])
+
+
+def test_non_finite_steps_stop_the_benchmark_with_the_loops_error():
+  """NaN training flows reach the loss with the raw flow encoding (rgb would turn NaN into black)."""
+  config = tiny_config("unused: the arrays are given", **{"model.flow_encoding": "raw"})
+  rng = np.random.default_rng(0)
+  videos = {"forward": rng.normal(size=(2, 4, 32, 32, 2)).astype(np.float16),
+            "backward": rng.normal(size=(2, 4, 32, 32, 2)).astype(np.float16),
+            "ids": rng.integers(0, 3, size=(2, 4, 32, 32)).astype(np.uint8)}
+  nan_videos = dict(videos, forward=np.full_like(videos["forward"], np.nan))
+  logged = []
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"at step 1 and 2 later step\(s\) up to 3 \(loss at step 3: nan\)"):
+    mg_recipes.run(config, nan_videos, videos, steps=4, eval_every=3, log=logged.append)
+  assert not logged  # stopped at the first evaluation, before scoring

@@ -7,7 +7,8 @@ XLA inserts the gradient all-reduce. Random numbers are drawn for the global bat
 split: 1 device and 8 devices give the same parameters from the same seed and global batch.
 
 A method is a package of `vosjax.methods` chosen by `config.method`; its interface is
-`vosjax.methods.interface.Method`.
+`vosjax.methods.interface.Method`. `train_and_evaluate` and `evaluate_checkpoint` also take the method
+object itself (`method=`), so a method defined elsewhere (a test, a user's module) trains the same way.
 """
 from __future__ import annotations
 
@@ -132,10 +133,15 @@ class TrainResult:
   preempted: bool
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Trains `config.method` for `config.num_train_steps`, resuming from `workdir`, then evaluates."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       method: interface.Method | None = None) -> TrainResult:
+  """Trains `config.method` for `config.num_train_steps`, resuming from `workdir`, then evaluates.
+
+  `method`: the method to train (anything satisfying `interface.Method`); default: the package of
+  `vosjax.methods` named by `config.method`.
+  """
   # ------------------------------------------------------------------ Setup
-  method = methods.load_method(config)
+  method = methods.load_method(config) if method is None else method
   sharding.check_batch_size(config.batch_size)
   pipeline.check_eval_data(config)  # a broken eval split fails now, not after the training
   mesh = sharding.make_mesh()
@@ -217,9 +223,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   return TrainResult(state=state, eval_metrics=eval_metrics, preempted=preempted)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """`--mode eval`: restores the latest checkpoint of `workdir` and evaluates it."""
-  method = methods.load_method(config)
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        method: interface.Method | None = None) -> dict:
+  """`--mode eval`: restores the latest checkpoint of `workdir` and evaluates it.
+
+  `method`: as in `train_and_evaluate` (default: `config.method`'s package).
+  """
+  method = methods.load_method(config) if method is None else method
   mesh = sharding.make_mesh()
   model = method.make_model(config)
   state, _ = create_train_state(method, model, config, method.make_optimizer(config), mesh)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib.util
 import json
 import os
@@ -34,11 +35,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from vosjax.evaluation import baselines
+from vosjax import methods
 from vosjax import train
-from vosjax import validation
+from vosjax.core import sharding
+from vosjax.evaluation import baselines
+from vosjax.evaluation import videos as validation
 
 
 def load_config(path: str, overrides: list[str]):
@@ -95,31 +99,33 @@ def load_arrays(directory: str, split: str, max_videos: int | None) -> dict[str,
 
 
 def run(config, train_arrays, val_arrays, steps: int, eval_every: int, log=print) -> list[dict]:
-  """Trains from `config`'s initial parameters; returns one record per evaluation."""
-  method = train.load_method(config)
+  """Trains from `config`'s initial parameters; returns one record per evaluation.
+
+  The steps are the library's (`train.create_train_state`, `train.make_train_step`) on one device,
+  so a non-finite step is skipped there and reported here as `train.NonFiniteLossError` at the next
+  evaluation, as the training loop reports it at its next logged step.
+  """
+  method = methods.load_method(config)
   if not hasattr(method, "flow_pair"):
     raise ValueError(f"mg_recipes benchmarks Motion Grouping; config.method={config.method!r}.")
   model, tx = method.make_model(config), method.make_optimizer(config)
-  # Frames 1..T-2 have both a forward and a backward flow (MOVi: zero flow at the ends).
-  forward = jnp.asarray(train_arrays["forward"][:, 1:-1], jnp.float32)
-  backward = jnp.asarray(train_arrays["backward"][:, 1:-1], jnp.float32)
-  num_videos, num_frames = forward.shape[:2]
-  example = {"forward_flow": forward[:1, :1], "backward_flow": backward[:1, :1]}
-  params = method.init_params(model, config, jax.random.key(config.seed), example)
-  opt_state = tx.init(params)
-  batch_size = config.batch_size
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  data_sharding = NamedSharding(mesh, P("data"))
+  # Frames 1..T-2 have both a forward and a backward flow (MOVi: zero flow at the ends). The videos
+  # stay on the device (`[V, T-2, H, W, 2]` float32 each); each step gathers its batch there.
+  flows = {name: jax.device_put(np.asarray(train_arrays[key][:, 1:-1], np.float32),
+                                NamedSharding(mesh, P()))
+           for name, key in (("forward_flow", "forward"), ("backward_flow", "backward"))}
+  num_videos, num_frames = flows["forward_flow"].shape[:2]
+  example = {name: np.asarray(flow[:1, :1]) for name, flow in flows.items()}
+  state, state_shardings = train.create_train_state(method, model, config, tx, mesh, example)
+  train_step = train.make_train_step(method, model, config, tx, state_shardings, data_sharding)
 
-  @jax.jit
-  def train_step(params, opt_state, key, step):
-    key_video, key_frame = jax.random.split(key)
-    video = jax.random.randint(key_video, (batch_size,), 0, num_videos)
-    frame = jax.random.randint(key_frame, (batch_size,), 0, num_frames)
-    batch = {"forward_flow": forward[video, frame][:, None],
-             "backward_flow": backward[video, frame][:, None]}
-    (_, terms), grads = jax.value_and_grad(method.loss_fn, has_aux=True)(
-        params, model, batch, None, step, config)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, terms
+  @functools.partial(jax.jit, out_shardings=data_sharding)
+  def gather(flows, video, frame):
+    """`[B]` (video, frame) indices -> the batch of `B` one-frame clips `[B, 1, H, W, 2]` (the
+    videos are an argument, not constants baked into the program)."""
+    return {name: flow[video, frame][:, None] for name, flow in flows.items()}
 
   @jax.jit
   def video_masks(params, forward_flow, backward_flow):
@@ -146,22 +152,35 @@ def run(config, train_arrays, val_arrays, steps: int, eval_every: int, log=print
       oracle_j.append(scores[1:].max())
     return float(np.mean(fg_j)), float(np.mean(oracle_j))
 
-  records, key = [], jax.random.key(config.seed + 1)
+  # (video, frame) pairs drawn uniformly with replacement, on the host, from the seed.
+  draws = np.random.default_rng(config.seed + 1)
+  rng = jax.random.key(config.seed + 1)  # the loss's random numbers, as in `train`
+  records, unchecked = [], []  # unchecked: (step, on-device finite flag) since the last evaluation
   train_seconds, segment_start = 0.0, time.perf_counter()
-  for step in range(steps):
-    key, step_key = jax.random.split(key)
-    params, opt_state, terms = train_step(params, opt_state, step_key, step)
-    if (step + 1) % eval_every == 0 or step + 1 == steps:
-      terms = jax.device_get(terms)  # waits for the steps dispatched so far
+  for step in range(1, steps + 1):
+    batch = gather(flows, draws.integers(0, num_videos, config.batch_size),
+                   draws.integers(0, num_frames, config.batch_size))
+    state, metrics = train_step(state, batch, rng)
+    unchecked.append((step, metrics.pop("finite")))
+    if step % eval_every == 0 or step == steps:
+      metrics = jax.device_get(metrics)  # waits for the steps dispatched so far
       train_seconds += time.perf_counter() - segment_start
-      fg_j, oracle_j = evaluate(params)
-      record = {"step": step + 1, "reconstruction": float(terms["reconstruction"]),
-                "entropy": float(terms["entropy"]), "fg_j": fg_j, "oracle_fg_j": oracle_j,
+      skipped = [s for s, finite in jax.device_get(unchecked) if not finite]
+      unchecked = []
+      if skipped:
+        later = f" and {len(skipped) - 1} later step(s) up to {skipped[-1]}" if skipped[1:] else ""
+        raise train.NonFiniteLossError(
+            f"Non-finite loss or gradient at step {skipped[0]}{later} (loss at step {step}: "
+            f"{metrics['loss']}); those updates were skipped. Lower the learning rate "
+            "(--set optimizer.learning_rate=...) or check the arrays for NaNs.")
+      fg_j, oracle_j = evaluate(state.params)
+      record = {"step": step, "reconstruction": float(metrics["reconstruction"]),
+                "entropy": float(metrics["entropy"]), "fg_j": fg_j, "oracle_fg_j": oracle_j,
                 "baseline_fg_j": float(baseline.mean()), "train_seconds": train_seconds}
       records.append(record)
-      log(f"step {step + 1}/{steps}  rec {record['reconstruction']:.4f}  "
+      log(f"step {step}/{steps}  rec {record['reconstruction']:.4f}  "
           f"ent {record['entropy']:.3f}  fg_j {fg_j:.3f}  oracle_fg_j {oracle_j:.3f}  "
-          f"baseline_fg_j {record['baseline_fg_j']:.3f}  {(step + 1) / train_seconds:.1f} steps/s")
+          f"baseline_fg_j {record['baseline_fg_j']:.3f}  {step / train_seconds:.1f} steps/s")
       segment_start = time.perf_counter()  # evaluation time is not training time
   return records
 
