@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO, TINY_SYNTHETIC
 from test_train import tiny_config
 from vosjax import train
+from vosjax.benchmarks import _config_file as config_file
 from vosjax.evaluation import baselines
 from vosjax.evaluation import videos as validation
 from vosjax.benchmarks import mg_recipes
@@ -25,7 +26,7 @@ def test_export_then_train_from_arrays(tiny_synthetic_dir, tmp_path):
   with np.load(os.path.join(arrays, "validation.npz")) as data:
     exported = {k: data[k] for k in data.files}
   # The exported validation videos are the pipeline's, all of them, in order.
-  config = mg_recipes.load_config(flags[1], overrides)
+  config = config_file.load_config(flags[1], overrides)
   videos = {"segmentations": [], "forward_flow": [], "backward_flow": []}
   for batch in pipeline.make_eval_iterator(config):
     for key, values in videos.items():
@@ -53,7 +54,7 @@ def test_export_then_train_from_arrays(tiny_synthetic_dir, tmp_path):
 
 def test_override_of_an_unknown_key_names_it():
   with pytest.raises(ValueError, match="model.no_such_key"):
-    mg_recipes.load_config(os.path.join(REPO, "configs/demo.py"), ["model.no_such_key=1"])
+    config_file.load_config(os.path.join(REPO, "configs/demo.py"), ["model.no_such_key=1"])
 
 
 def test_non_finite_steps_stop_the_benchmark_with_the_loops_error():
