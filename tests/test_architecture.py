@@ -105,7 +105,8 @@ def test_every_method_satisfies_the_interface(name):
   method = importlib.import_module(f"vosjax.methods.{name}")
   assert isinstance(method, interface.Method)
   for protocol in (interface.Method, interface.OwnsExtraState, interface.PredictsFromFlow,
-                   interface.SegmentsVideos):
+                   interface.SegmentsVideos, interface.ImportsCheckpoints,
+                   interface.GrowsCapacity):
     if not isinstance(method, protocol):
       continue
     for function_name, declared in vars(protocol).items():
@@ -123,6 +124,8 @@ def test_every_method_satisfies_the_interface(name):
 def test_capabilities_are_what_the_methods_provide():
   assert methods.with_capability(interface.PredictsFromFlow) == ["motion_grouping"]
   assert set(methods.with_capability(interface.SegmentsVideos)) >= {"betrayed", "motion_grouping"}
+  assert methods.with_capability(interface.ImportsCheckpoints) == ["betrayed", "motion_grouping"]
+  assert methods.with_capability(interface.GrowsCapacity) == ["betrayed"]
 
 
 def test_no_code_outside_methods_branches_on_a_method_name():

@@ -43,7 +43,7 @@ def assert_same_assignment(labels: np.ndarray, expected: np.ndarray, centroids: 
 def test_key_frame_indices_follow_official_and_fall_back_to_frame_zero():
   np.testing.assert_array_equal(kfa.key_frame_indices(25, 10), [0, 10])
   np.testing.assert_array_equal(kfa.key_frame_indices(7, 1), np.arange(7))
-  np.testing.assert_array_equal(kfa.key_frame_indices(7, 10), [0])  # official: empty, crashes
+  np.testing.assert_array_equal(kfa.key_frame_indices(7, 10), [0])  # official: empty, one cluster
   with pytest.raises(ValueError, match="ratio"):
     kfa.key_frame_indices(7, 0)
 
@@ -104,8 +104,9 @@ def test_greedy_group_matches_plain_loop_and_flags_overflow():
   group_ids, count, overflow = clustering.greedy_group(lambda i: distance[i], valid, 1.0, max_groups=40)
   np.testing.assert_array_equal(group_ids, expected_ids)
   assert int(count) == expected_count and not overflow
+  # Past the capacity the grouping goes on, so the count is the official one; only 2 get ids.
   group_ids, count, overflow = clustering.greedy_group(lambda i: distance[i], valid, 1.0, max_groups=2)
-  assert int(count) == 2 and bool(overflow)
+  assert int(count) == expected_count > 2 and bool(overflow)
   np.testing.assert_array_equal(group_ids, np.where(expected_ids < 2, expected_ids, -1))
 
 
@@ -178,6 +179,15 @@ def test_overflow_is_reported_not_silent():
   assert result.window_overflow and result.cluster_overflow and result.level_overflow
   assert result.overflow and int(result.num_clusters[0]) == 2 and int(result.num_levels) == 1
   assert result.labels.shape == (FRAMES,) + GRID and set(np.unique(result.labels)) <= {0, 1}
+  # What would have sufficed: the official groups of the largest window, and of all windows.
+  expected = reference.hierarchical_cluster(q, k, 1.0, 3)
+  assert int(result.clusters_needed) == expected["num_clusters"][0]
+  enough = call(max_window_clusters=int(result.window_clusters_needed),
+                max_clusters=int(result.clusters_needed), max_levels=1 + len(expected["num_clusters"]))
+  assert not enough.window_overflow and not enough.cluster_overflow
+  assert int(result.window_clusters_needed) == int(call(**SMALL_CAPACITY).window_clusters_needed) > 1
+  np.testing.assert_array_equal(enough.num_clusters[:len(expected["num_clusters"])],
+                                expected["num_clusters"])
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -320,6 +320,7 @@ def test_verify_sha256_of_local_file(tmp_path):
 
 def test_missing_torch_gives_install_hint(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # What `import torch` sees without torch.
+  (tmp_path / "weights.pth").write_bytes(b"a PyTorch file")
   with pytest.raises(ImportError, match="needs torch"):
     pretrained.read_state_dict(tmp_path / "weights.pth")
 

@@ -15,7 +15,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and results.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train: train (resuming from WORKDIR) then evaluate; eval: evaluate the "
-                          "latest checkpoint in WORKDIR.")
+                          "latest checkpoint in WORKDIR, else the params of "
+                          "--config.init.checkpoint.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: host:port of process 0. Leave unset on TPU pods and "
     "SLURM, where jax.distributed detects everything.")

@@ -4,6 +4,8 @@
       [--config.key=value ...] [--max_frames N] [--chunk_frames N]
 
 Give the config and `--config.*` overrides used for training (the model must match the checkpoint).
+Without a checkpoint in WORKDIR, `--config.init.checkpoint=PATH` segments with imported params, e.g.
+the authors' released weights (`vosjax.methods.checkpoints`).
 VIDEO is a video file (mp4, avi, mov, mkv, webm, gif, ...) or a folder of frames. The frames are
 resized to `config.data.resolution` for the model and the masks are upsampled (nearest) back to the
 frame size. Writes into DIR:
@@ -128,27 +130,36 @@ def _cache_key(path: Path, frames: np.ndarray) -> str:
 # ---------------------------------------------------------------- model
 
 
-def load_predictor(method, config, workdir: str) -> tuple[Callable[[dict], dict], int]:
-  """Restores the latest checkpoint of `workdir`; returns (predict on numpy batches, its step).
+def load_predictor(method, config, workdir: str) -> tuple[Callable[[dict], dict], str]:
+  """Restores the latest checkpoint of `workdir`, else the params of `config.init.checkpoint`;
+  returns (predict on numpy batches, where the params came from).
 
   Runs on one device: a video is one example, so there is no batch to split.
   """
   checkpoints = Path(workdir) / "checkpoints"
-  if not checkpoints.is_dir():  # checked first: CheckpointManager would create the folder
+  imported = config.init.checkpoint
+  if not checkpoints.is_dir() and not imported:  # checked first: the manager would create it
     raise SegmentError(f"No checkpoint folder {checkpoints}; train first: python -m "
-                       f"vosjax.main --config CONFIG --workdir {workdir}")
+                       f"vosjax.main --config CONFIG --workdir {workdir}, or import one "
+                       "(--config.init.checkpoint=PATH).")
   mesh = sharding.make_mesh(jax.devices()[:1])
   model = method.make_model(config)
   state, _ = train.create_train_state(method, model, config, method.make_optimizer(config), mesh)
-  manager = checkpoint_lib.CheckpointManager(workdir, max_to_keep=config.max_to_keep)
-  restored = manager.restore_latest(state)
-  if restored is None:
-    raise SegmentError(
-        f"No checkpoint in {checkpoints} fits this config (steps there: {manager.all_steps()}); "
-        "pass the --config and --config.* overrides used for training (see the warnings above).")
-  params = restored.state.params
-  predict = sharding.jit_predict(method, model, config, mesh)
-  return (lambda batch: jax.device_get(predict(params, batch)), int(restored.state.step))
+  source = f"imported {imported}"
+  if checkpoints.is_dir():
+    manager = checkpoint_lib.CheckpointManager(workdir, max_to_keep=config.max_to_keep)
+    restored = manager.restore_latest(state)
+    if restored is not None:
+      state = restored.state
+      source = f"checkpoint step {int(state.step)} from {checkpoints}"
+    elif not imported:
+      raise SegmentError(
+          f"No checkpoint in {checkpoints} fits this config (steps there: {manager.all_steps()}); "
+          "pass the --config and --config.* overrides used for training (see the warnings above).")
+  params = state.params
+  predict = sharding.jit_predict(method, model, config, mesh,
+                                 grown_config=interface.capacity_growth(method))
+  return (lambda batch: jax.device_get(predict(params, batch))), source
 
 
 # ---------------------------------------------------------------- outputs
@@ -194,8 +205,8 @@ def segment_video(config, workdir: str, input_path: str, output_dir: str, *,
   resolution = tuple(config.data.resolution)
   print(f"Input {path}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}; model "
         f"resolution {resolution[1]}x{resolution[0]}.", flush=True)
-  predict, step = load_predictor(method, config, workdir)
-  print(f"Restored checkpoint step {step} from {workdir}/checkpoints.", flush=True)
+  predict, source = load_predictor(method, config, workdir)
+  print(f"Parameters: {source}.", flush=True)
   inputs = method.segment_inputs(frames, config, cache_dir=output_dir / "flow_cache",
                                  cache_key=_cache_key(path, frames), flow_preset=flow_preset)
   clusters = method.SEGMENT_IDS == "clusters"

@@ -31,6 +31,7 @@ from vosjax.core import checkpoint as checkpoint_lib
 from vosjax.core import progress
 from vosjax.core import sharding
 from vosjax.data import pipeline
+from vosjax.methods import checkpoints as method_checkpoints
 from vosjax.methods import interface
 
 
@@ -49,22 +50,31 @@ class NonFiniteLossError(RuntimeError):
 
 def create_train_state(method, model, config, tx, mesh, batch: dict | None = None
                        ) -> tuple[TrainState, Any]:
-  """Initialises the state (replicated) from `config.seed`; returns it and its shardings.
+  """Initialises the state (replicated); returns it and its shardings.
 
+  The params are the method's initialisation from `config.seed`, or those of
+  `config.init.checkpoint` when it is set (`vosjax.methods.checkpoints`: an official PyTorch
+  checkpoint or a vosjax workdir; the optimizer and extra state start fresh from them).
   `batch` gives the input shapes; default: the method's `example_batch(config)`.
   """
   replicated = NamedSharding(mesh, P())
   batch = method.example_batch(config) if batch is None else batch
   init_extra, _ = interface.extra_state_hooks(method)
 
-  def init(rng):
-    params = method.init_params(model, config, rng, batch)
+  def state_from(params):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       extra=init_extra(params, config))
 
+  def init(rng):
+    return state_from(method.init_params(model, config, rng, batch))
+
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = jax.tree.map(lambda _: replicated, abstract)
-  state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+  imported = method_checkpoints.initial_params(method, config, abstract.params)
+  if imported is None:
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+  else:
+    state = jax.jit(state_from, out_shardings=shardings)(imported)
   return state, shardings
 
 
@@ -163,7 +173,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_step = 0
   if restored is not None:
     state, data_step = restored.state, int(restored.meta["data_step"])
-    logging.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
+    logging.info("Resumed from %s at step %d%s.", ckpt.directory, int(state.step),
+                 " (its params, not those of config.init.checkpoint)" if config.init.checkpoint
+                 else "")
   start_step = int(state.step)
 
   def save(reason: str):
@@ -225,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         method: interface.Method | None = None) -> dict:
-  """`--mode eval`: restores the latest checkpoint of `workdir` and evaluates it.
+  """`--mode eval`: restores the latest checkpoint of `workdir` and evaluates it; without one, the
+  params of `config.init.checkpoint` (e.g. the authors' released weights).
 
   `method`: as in `train_and_evaluate` (default: `config.method`'s package).
   """
@@ -235,10 +248,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   state, _ = create_train_state(method, model, config, method.make_optimizer(config), mesh)
   restored = checkpoint_lib.CheckpointManager(workdir, max_to_keep=config.max_to_keep
                                               ).restore_latest(state)
+  if restored is None and not config.init.checkpoint:
+    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first (--mode train) "
+                            "or import one (--config.init.checkpoint=PATH).")
   if restored is None:
-    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first (--mode train).")
+    logging.info("No checkpoint in %s/checkpoints: evaluating the imported %s.", workdir,
+                 config.init.checkpoint)
+  else:
+    state = restored.state
   writer = progress.SummaryWriter(workdir)
-  metrics = evaluation.evaluate(config, workdir, method, model, restored.state.params, mesh,
-                                step=int(restored.state.step), writer=writer, write_outputs=True)
+  metrics = evaluation.evaluate(config, workdir, method, model, state.params, mesh,
+                                step=int(state.step), writer=writer, write_outputs=True)
   writer.close()
   return metrics

@@ -5,7 +5,8 @@ Follows `src/eval_oneshot.py::mem_efficient_hierarchical_cluster` of shvdiwnkozb
 changing, argmin assignment), in float32 like the official code. It is the reference that tests and
 the clustering benchmark compare `vosjax.methods.betrayed.clustering` against. Differences from the official code, both
 shared with `vosjax.methods.betrayed.clustering`:
-- a video with fewer than `ratio` frames uses frame 0 as its only key frame (the official code fails);
+- a video with fewer than `ratio` frames uses frame 0 as its only key frame (the official code selects
+  no key frame there and returns a single cluster holding every token);
 - besides the final assignment it also returns the assignment to the centroids of every level.
 
 Layout: q, k are [T, N, heads, head_dim] (the official code uses [T, heads, N, head_dim]).

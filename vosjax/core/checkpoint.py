@@ -116,6 +116,22 @@ class CheckpointManager:
           "with the config that wrote them, or use a new --workdir; nothing was deleted.")
     return None
 
+  def restore_latest_saved(self) -> Restored | None:
+    """The newest readable checkpoint as it was saved, without a target structure: nested dicts of
+    arrays (a train state's fields by name), for reading a part of it (e.g. the params) into a run
+    whose other state (optimizer) differs. None when there is no readable checkpoint."""
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                          meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
+                        self.directory, step, type(e).__name__, str(e).splitlines()[0][:300])
+        continue
+      return Restored(state=restored["state"], meta=dict(restored["meta"]))
+    return None
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()

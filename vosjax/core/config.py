@@ -28,4 +28,11 @@ def base_config(method: str, **values) -> ml_collections.ConfigDict:
   if unknown:
     raise KeyError(f"base_config: unknown keys {sorted(unknown)}; the loop's keys are "
                    f"{sorted(LOOP_DEFAULTS)}.")
-  return ml_collections.ConfigDict(dict(LOOP_DEFAULTS, method=method, **values))
+  config = ml_collections.ConfigDict(dict(LOOP_DEFAULTS, method=method, **values))
+  # Where the parameters of a fresh run come from (training, `--mode eval` and `vosjax.segment`
+  # without a checkpoint in the workdir): None, the method's initialisation; else an official
+  # PyTorch checkpoint (.pth/.pt), its tensors as .safetensors/.npz (`python -m vosjax.convert`), or
+  # a vosjax workdir / checkpoints folder. See `vosjax.methods.checkpoints`.
+  config.init = ml_collections.ConfigDict()
+  config.init.checkpoint = ml_collections.config_dict.placeholder(str)
+  return config

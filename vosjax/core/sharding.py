@@ -5,6 +5,7 @@ enter the devices through `jax.make_array_from_process_local_data`, so each host
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import flax
@@ -72,8 +73,44 @@ def place_model(model: Any, mesh: jax.sharding.Mesh) -> tuple[Any, Callable[[Any
   return placed, lambda argument: argument
 
 
-def jit_predict(method, model, config, mesh: jax.sharding.Mesh) -> Callable[[Any, dict], Any]:
-  """`predict(params, batch)`: the method's prediction, jitted once, the model placed on `mesh`."""
+def host_values(x: jax.Array) -> np.ndarray:
+  """The whole value of a (possibly multi-host, sharded) array, the same on every process."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def jit_predict(method, model, config, mesh: jax.sharding.Mesh,
+                grown_config: Callable[[Any, dict], Any] | None = None
+                ) -> Callable[[Any, dict], Any]:
+  """`predict(params, batch)`: the method's prediction, jitted, the model placed on `mesh`.
+
+  `grown_config(config, per_example_fields) -> config | None` (a method's
+  `interface.GrowsCapacity`): after each call it sees the prediction's per-example fields (arrays
+  of at most one axis) as NumPy; while it returns a config (a static capacity was exceeded), the
+  prediction is recompiled with that config and run again, and the grown config is kept for the
+  later calls. Every process sees the same fields, so all recompile together.
+  """
   model_argument, bind = place_model(model, mesh)
-  jitted = jax.jit(lambda p, b, m: method.predict(p, bind(m), b, config))
-  return lambda params, batch: jitted(params, batch, model_argument)
+
+  def compiled(predict_config):
+    return jax.jit(lambda p, b, m: method.predict(p, bind(m), b, predict_config))
+
+  current = {"config": config, "predict": compiled(config)}
+
+  def predict(params, batch):
+    while True:
+      prediction = current["predict"](params, batch, model_argument)
+      if grown_config is None:
+        return prediction
+      fields = {k: host_values(v) for k, v in prediction.items() if np.ndim(v) <= 1}
+      grown = grown_config(current["config"], fields)
+      if grown is None:
+        return prediction
+      if grown == current["config"]:  # a method bug; re-running would loop forever
+        raise RuntimeError("grown_config returned the config it was given: no capacity grew.")
+      logging.warning("The prediction exceeded a static capacity; recompiling it with larger "
+                      "ones and running it again.")
+      current.update(config=grown, predict=compiled(grown))
+
+  return predict

@@ -88,7 +88,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   local_mesh = sharding.make_mesh(jax.local_devices()[:1])
   # Replicated global arrays -> this process's copy on its first local device.
   local_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
-  predict = sharding.jit_predict(method, model, config, local_mesh)
+  predict = sharding.jit_predict(method, model, config, local_mesh,
+                                 grown_config=interface.capacity_growth(method))
   for index in range(jax.process_index(), len(sequences), jax.process_count()):
     sequence = sequences[index]
     frames, ids = _segment_sequence(method, lambda batch: jax.device_get(

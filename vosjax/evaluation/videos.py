@@ -34,6 +34,7 @@ from vosjax.evaluation import baselines
 from vosjax.evaluation import metrics as metrics_lib
 from vosjax.evaluation import panels as panels_lib
 from vosjax.evaluation import report as report_lib
+from vosjax.methods import interface
 from vosjax.models import flow_encoding
 
 
@@ -63,7 +64,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   """
   sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
   data_sharding = NamedSharding(mesh, P("data"))
-  predict = sharding.jit_predict(method, model, config, mesh)
+  predict = sharding.jit_predict(method, model, config, mesh,
+                                 grown_config=interface.capacity_growth(method))
   sums = collections.defaultdict(float)
   count = 0
   outputs_written = 0

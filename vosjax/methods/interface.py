@@ -84,6 +84,41 @@ class SegmentsVideos(Protocol):
     `config.data.resolution` (e.g. optical flow, cached under `cache_dir/cache_key`)."""
 
 
+@runtime_checkable
+class ImportsCheckpoints(Protocol):
+  """Imports the authors' own PyTorch checkpoints (`config.init.checkpoint`, `vosjax.convert`).
+
+  The method knows the official tensor names and layouts; reading the file (torch, safetensors,
+  npz; unwrapping `model_state_dict` and `module.`) is shared (`vosjax.models.state_dicts`).
+  """
+
+  def import_params(self, state_dict: dict[str, np.ndarray], params: Any,
+                    config: ConfigDict) -> Any:
+    """The trained params from the official {name: array} `state_dict`, with the structure and
+    shapes of `params` (arrays or `jax.ShapeDtypeStruct`). Every missing, unexpected or wrongly
+    shaped tensor raises `state_dicts.CheckpointError` listing them all. Tensors the method takes
+    elsewhere (e.g. a frozen backbone, read by `make_model` from `config.init.checkpoint`) are not
+    unexpected."""
+
+
+@runtime_checkable
+class GrowsCapacity(Protocol):
+  """`predict` has static capacities (buffer sizes fixed at compilation) that some inputs exceed;
+  `core.sharding.jit_predict` then re-runs it with grown ones (recompiling) until none is exceeded,
+  so a capacity never changes the result."""
+
+  def grown_config(self, config: ConfigDict, prediction: dict[str, np.ndarray]
+                   ) -> ConfigDict | None:
+    """None when `prediction` exceeded no capacity, else `config` with larger capacities (logged).
+
+    `prediction`: the per-example fields of `predict`'s output (arrays `[B]`) as NumPy."""
+
+
+def capacity_growth(method):
+  """The method's `grown_config` (for `core.sharding.jit_predict`), or None if it has none."""
+  return method.grown_config if isinstance(method, GrowsCapacity) else None
+
+
 def extra_state_hooks(method):
   """(init, update) of the method's extra state; a method without one keeps `{}`."""
   if isinstance(method, OwnsExtraState):

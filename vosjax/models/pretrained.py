@@ -33,7 +33,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vosjax.models import state_dicts
 from vosjax.models import vit
+from vosjax.models.state_dicts import CheckpointError
 
 Params = dict[str, Any]
 
@@ -80,10 +82,6 @@ PRETRAINED_CHECKPOINTS: dict[str, PretrainedCheckpoint] = {c.name: c for c in (
 )}
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class CheckpointError(ValueError):
-  """A checkpoint file is unreadable, corrupt or does not fit the architecture."""
 
 
 class ChecksumMismatchError(CheckpointError):
@@ -240,58 +238,20 @@ def resolve_checkpoint_file(config: ml_collections.ConfigDict) -> pathlib.Path:
 
 
 def read_state_dict(path: os.PathLike, prefer: str = "teacher") -> dict[str, np.ndarray]:
-  """Reads a PyTorch (.pth/.pt) or .safetensors file into a flat {name: float32 array} dict.
+  """Reads a DINO checkpoint (`state_dicts.read_state_dict`: .pth/.pt, .safetensors or a flat .npz)
+  into a flat {name: float32 array} dict.
 
   Full DINO checkpoints hold `teacher` and `student` state dicts; `prefer` picks one (DINO
   recommends the teacher). `module.` prefixes (DDP) are stripped, and if the names carry a
   `backbone.` prefix only those tensors are kept, after dropping the DINO projection `head.`.
   """
-  path = pathlib.Path(path)
-  if path.suffix == ".safetensors":
-    import safetensors.numpy  # pylint: disable=g-import-not-at-top
-    try:
-      raw = dict(safetensors.numpy.load_file(str(path)))
-    except Exception as error:  # safetensors raises its own SafetensorError type.
-      raise CheckpointError(f"{path}: cannot read safetensors file: {error}") from error
-  else:
-    raw = _read_torch_file(path, prefer)
-  state = {}
-  for name, value in raw.items():
-    name = name[len("module."):] if name.startswith("module.") else name
-    state[name] = np.asarray(value, np.float32)
+  state = state_dicts.read_state_dict(path, prefer)
   if any(name.startswith("backbone.") for name in state):
     stray = [n for n in state if not n.startswith(("backbone.", "head."))]
     if stray:
       raise CheckpointError(f"{path}: tensors outside backbone./head.: {', '.join(sorted(stray))}")
     state = {n[len("backbone."):]: v for n, v in state.items() if n.startswith("backbone.")}
   return state
-
-
-def _read_torch_file(path: pathlib.Path, prefer: str) -> dict[str, Any]:
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as error:
-    raise ImportError(
-        f"Reading the PyTorch checkpoint {path} needs torch (pip install torch, CPU build is "
-        "enough). Alternatively convert it once where torch exists with `python -m "
-        "vosjax.models.pretrained IN.pth OUT.npz --name NAME` and pass the .npz.") from error
-  try:
-    # Full DINO checkpoints pickle their argparse.Namespace of training arguments.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-      checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as error:  # torch raises RuntimeError/UnpicklingError/EOFError variously.
-    raise CheckpointError(f"{path}: cannot read PyTorch checkpoint (truncated or corrupt?): "
-                          f"{error}") from error
-  if not isinstance(checkpoint, Mapping):
-    raise CheckpointError(f"{path}: expected a dict of tensors, got {type(checkpoint).__name__}")
-  if not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-    for key in (prefer, "model", "state_dict"):
-      if isinstance(checkpoint.get(key), Mapping):
-        checkpoint = checkpoint[key]
-        break
-    else:
-      raise CheckpointError(f"{path}: no state dict found; top-level keys: {sorted(checkpoint)}")
-  return {name: value.detach().to(torch.float32).numpy() for name, value in checkpoint.items()}
 
 
 # Hugging Face transformers names (ViTModel for DINO, Dinov2[WithRegisters]Model) -> DINO names.
@@ -381,17 +341,6 @@ def _expected_tensors(arch: vit.ViTArch) -> dict[str, tuple[tuple[str, ...], tup
   return expected
 
 
-def _mismatch_report(source: str, missing, unexpected, wrong_shapes) -> str:
-  lines = [f"{source} does not fit the architecture:"]
-  if missing:
-    lines.append(f"  missing ({len(missing)}): {', '.join(sorted(missing))}")
-  if unexpected:
-    lines.append(f"  unexpected ({len(unexpected)}): {', '.join(sorted(unexpected))}")
-  for name, (got, want) in sorted(wrong_shapes.items()):
-    lines.append(f"  wrong shape: {name} is {got}, expected {want}")
-  return "\n".join(lines)
-
-
 def convert_state_dict(state: Mapping[str, np.ndarray], arch: vit.ViTArch,
                        source: str = "checkpoint") -> Params:
   """Converts a state dict (DINO, timm or Hugging Face names) into Flax params for `arch`."""
@@ -402,7 +351,7 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: vit.ViTArch,
   wrong_shapes = {n: (tuple(state[n].shape), shape) for n, (_, shape) in expected.items()
                   if n in state and tuple(state[n].shape) != shape}
   if missing or unexpected or wrong_shapes:
-    raise CheckpointError(_mismatch_report(source, missing, unexpected, wrong_shapes))
+    raise CheckpointError(state_dicts.mismatch_report(source, missing, unexpected, wrong_shapes))
   flat = {}
   for name, (path, _) in expected.items():
     value = np.asarray(state[name], np.float32)
@@ -443,7 +392,7 @@ def load_params(path: os.PathLike, arch: vit.ViTArch) -> Params:
   wrong_shapes = {"/".join(k): (flat[k].shape, s) for k, s in expected.items()
                   if k in flat and flat[k].shape != s}
   if missing or unexpected or wrong_shapes:
-    raise CheckpointError(_mismatch_report(str(path), missing, unexpected, wrong_shapes))
+    raise CheckpointError(state_dicts.mismatch_report(str(path), missing, unexpected, wrong_shapes))
   return flax.traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
 
 
@@ -478,6 +427,13 @@ def _warn_random_features(name: str) -> None:
                   banner)
 
 
+def backbone_module(config: ml_collections.ConfigDict, arch: vit.ViTArch) -> vit.VisionTransformer:
+  """The ViT module of `arch` computing in `config.dtype` (see default_backbone_config)."""
+  if config.dtype not in _DTYPES:
+    raise ValueError(f"backbone.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
+  return vit.VisionTransformer(arch, dtype=_DTYPES[config.dtype])
+
+
 def load_backbone(config: ml_collections.ConfigDict) -> tuple[vit.VisionTransformer, Params]:
   """Builds the backbone named by `config.name` and its params (see default_backbone_config).
 
@@ -485,9 +441,7 @@ def load_backbone(config: ml_collections.ConfigDict) -> tuple[vit.VisionTransfor
     (module, params) for `module.apply({"params": params}, images)`.
   """
   arch = resolve_architecture(config.name)
-  if config.dtype not in _DTYPES:
-    raise ValueError(f"backbone.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
-  module = vit.VisionTransformer(arch, dtype=_DTYPES[config.dtype])
+  module = backbone_module(config, arch)
   if config.random_init:
     _warn_random_features(config.name)
     return module, random_params(arch, seed=0)

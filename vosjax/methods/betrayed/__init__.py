@@ -11,17 +11,22 @@ Inference (`src/eval_oneshot.py`): per-frame backbone keys -> the block's q, k p
 norm1(keys) -> sparse key-frame attention and hierarchical clustering (`vosjax.methods.betrayed.clustering`) -> token
 labels, upsampled (nearest) to the input resolution. Every cluster, background included, is a segment.
 
-Frozen backbone: `make_model` loads the backbone once (`vosjax.models.pretrained.load_backbone`) and
-returns a `BetrayedModel`, a pytree whose leaves are the frozen backbone parameters and whose static
-fields are the modules. The trained parameters (`init_params`, what the optimizer updates and the
+Frozen backbone: `make_model` loads the backbone once (`vosjax.models.pretrained.load_backbone`, or
+the `encoder.*` tensors of the official checkpoint given as `config.init.checkpoint`, see
+`official_checkpoint`) and returns a `BetrayedModel`, a pytree whose leaves are the frozen backbone
+parameters and whose static fields are the modules. The trained parameters (`init_params`, what the optimizer updates and the
 checkpoints store) are the block's only. A caller that closes over the model in `jax.jit` embeds the
 backbone weights as constants (works, but makes compilation slower); passing the model as a jit
 argument avoids that.
 
-Config keys read here (`default_config`; the configs add `data`): backbone.*, model.{num_heads,
-mlp_ratio, dropout_rate, attention_dropout_rate, train_resolution, inference_resolution, tau,
-key_frame_ratio, max_window_clusters, max_clusters, max_levels}, loss.*, augment.*, optimizer.*,
-num_train_steps, data.clip_length.
+Clustering capacities (`model.max_window_clusters`, `max_clusters`, `max_levels`) are static buffer
+sizes; a video that exceeds one is clustered again with grown ones (`grown_config`, called by
+`core.sharding.jit_predict`), so they never change the result.
+
+Config keys read here (`default_config`; the configs add `data`): init.checkpoint, backbone.*,
+model.{num_heads, mlp_ratio, dropout_rate, attention_dropout_rate, train_resolution,
+inference_resolution, tau, key_frame_ratio, max_window_clusters, max_clusters, max_levels}, loss.*,
+augment.*, optimizer.*, num_train_steps, data.clip_length.
 
 Differences from the official code: blur sigma drawn per clip and one normalization (ImageNet) for
 training and inference (see `vosjax.data.augment`); optional resizing of the frames before the
@@ -32,6 +37,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -46,6 +52,7 @@ from vosjax.data import augment
 from vosjax.data import video as video_io
 from vosjax.methods.betrayed import clustering
 from vosjax.methods.betrayed import losses as attention_losses
+from vosjax.methods.betrayed import official_checkpoint
 from vosjax.models import features as features_lib
 from vosjax.models import pretrained
 from vosjax.models import spatiotemporal
@@ -124,10 +131,19 @@ class BetrayedModel:
                         extract(jax.lax.stop_gradient(self.backbone_params), video))
 
 
-def _load_backbone(backbone_config: ml_collections.ConfigDict):
-  """`load_backbone`, or a shrunken random ViT when `backbone.arch_overrides` is set (tests only)."""
+def _load_backbone(config: ml_collections.ConfigDict):
+  """The backbone of the official checkpoint `init.checkpoint` (a file), else `load_backbone`, or a
+  shrunken random ViT when `backbone.arch_overrides` is set (tests only)."""
+  backbone_config = config.backbone
   overrides = backbone_config.arch_overrides
   overrides = dict(overrides.items()) if overrides else {}
+  checkpoint = config.init.checkpoint
+  if checkpoint and not epath.Path(checkpoint).is_dir():  # a vosjax workdir holds no backbone
+    arch = pretrained.resolve_architecture(backbone_config.name).replace(**overrides)
+    params = official_checkpoint.backbone_params(checkpoint, arch)
+    logging.info("Backbone: the %s* tensors of %s (not config.backbone.name=%s).",
+                 official_checkpoint.BACKBONE_PREFIX, checkpoint, backbone_config.name)
+    return pretrained.backbone_module(backbone_config, arch), params
   if not overrides:
     return pretrained.load_backbone(backbone_config)
   if not backbone_config.random_init:
@@ -146,7 +162,7 @@ def _load_backbone(backbone_config: ml_collections.ConfigDict):
 
 def make_model(config: ml_collections.ConfigDict) -> BetrayedModel:
   """Loads the frozen backbone and builds the spatio-temporal block matching its width."""
-  backbone, backbone_params = _load_backbone(config.backbone)
+  backbone, backbone_params = _load_backbone(config)
   block = spatiotemporal.SpatioTemporalBlock(
       dim=backbone.arch.embed_dim, num_heads=config.model.num_heads,
       mlp_ratio=config.model.mlp_ratio, dropout_rate=config.model.dropout_rate,
@@ -178,6 +194,12 @@ def init_params(model: BetrayedModel, config: ml_collections.ConfigDict, rng: ja
   del batch
   frames, dim = config.data.clip_length, model.block.dim
   return model.block.init(rng, jnp.zeros((1, frames, dim)), jnp.zeros((1, frames, 1, dim)))["params"]
+
+
+def import_params(state_dict: dict[str, np.ndarray], params: Any,
+                  config: ml_collections.ConfigDict) -> Any:
+  """The block's params from the official checkpoint (see `official_checkpoint`)."""
+  return official_checkpoint.import_params(state_dict, params, config)
 
 
 def _resize(video: jax.Array, resolution) -> jax.Array:
@@ -250,7 +272,10 @@ def predict(params: Any, model: BetrayedModel, batch: dict,
 
   Returns:
     ids: int32 `[B, T, H, W]` cluster index per pixel (arbitrary order; background is a cluster).
-    num_clusters: int32 `[B]`; overflow: bool `[B]` (clustering capacity exceeded, see clustering).
+    num_clusters: int32 `[B]`; overflow: bool `[B]` (a clustering capacity was exceeded) and, per
+    capacity, window_overflow, cluster_overflow, level_overflow bool `[B]`,
+    window_clusters_needed, clusters_needed int32 `[B]` (`clustering.ClusterResult`), num_tokens
+    int32 `[B]` (T * h * w), read by `grown_config`.
   """
   video = _check_video(batch, "prediction")
   q, k, grid = query_key(params, model, video, config)
@@ -264,7 +289,54 @@ def predict(params: Any, model: BetrayedModel, batch: dict,
 
   result = jax.vmap(cluster)(q, k)
   ids = clustering.upsample_labels(result.labels, tuple(video.shape[2:4])).astype(jnp.int32)
-  return {"ids": ids, "num_clusters": result.num_clusters[:, -1], "overflow": result.overflow}
+  num_tokens = jnp.full(ids.shape[:1], q.shape[1] * q.shape[2], jnp.int32)
+  return {"ids": ids, "num_clusters": result.num_clusters[:, -1], "overflow": result.overflow,
+          "window_overflow": result.window_overflow, "cluster_overflow": result.cluster_overflow,
+          "level_overflow": result.level_overflow,
+          "window_clusters_needed": result.window_clusters_needed,
+          "clusters_needed": result.clusters_needed, "num_tokens": num_tokens}
+
+
+def _next_power_of_two(n: int) -> int:
+  return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def grown_config(config: ml_collections.ConfigDict, prediction: dict[str, np.ndarray]
+                 ) -> ml_collections.ConfigDict | None:
+  """`interface.GrowsCapacity`: the clustering capacities that `prediction` (NumPy per-example
+  fields of `predict`) shows to suffice, or None when none was exceeded.
+
+  The window and cluster capacities become what the clustering counted (rounded up to a power of
+  two, so that later videos rarely recompile; at most the token count T * h * w, which no count can
+  exceed), which suffices at once; `max_levels` doubles (at most tokens + 1) until the hierarchy
+  fits. Logged, so the capacities a result used are on record.
+  """
+  if not np.any(prediction["overflow"]):
+    return None
+  model = config.model
+  tokens = int(np.max(prediction["num_tokens"]))
+  capacities = {"max_window_clusters": model.max_window_clusters,
+                "max_clusters": model.max_clusters, "max_levels": model.max_levels}
+  grown = dict(capacities)
+  if np.any(prediction["window_overflow"]):
+    grown["max_window_clusters"] = min(
+        _next_power_of_two(np.max(prediction["window_clusters_needed"])), tokens)
+  if np.any(prediction["window_overflow"] | prediction["cluster_overflow"]):
+    grown["max_clusters"] = max(model.max_clusters, min(
+        _next_power_of_two(np.max(prediction["clusters_needed"])), tokens))
+  if np.any(prediction["level_overflow"]):
+    grown["max_levels"] = min(2 * model.max_levels, tokens + 1)
+  if grown == capacities:
+    logging.error("Clustering capacities %s cannot grow further (%d tokens); the result is "
+                  "approximate.", capacities, tokens)
+    return None
+  logging.warning("Clustering capacities exceeded (%s): re-clustering with %s (was %s).",
+                  ", ".join(k for k in ("window_overflow", "cluster_overflow", "level_overflow")
+                            if np.any(prediction[k])), grown, capacities)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.update(grown)
+  return config
 
 
 def _palette(count: int) -> np.ndarray:

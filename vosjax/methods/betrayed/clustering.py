@@ -15,7 +15,9 @@ A faithful, fixed-shape version of `src/eval_oneshot.py::mem_efficient_hierarchi
 Fixed shapes: centroid sets live in [max_clusters, K'] buffers with a count; window groups in
 [max_window_clusters, K']; the hierarchy keeps at most `max_levels` levels. Exceeding a capacity sets
 a flag (`ClusterResult.overflow`; the extra groups are dropped, the extra levels not merged) instead
-of failing silently.
+of failing silently, and the grouping still counts the groups it could not keep
+(`ClusterResult.window_clusters_needed`, `clusters_needed`), so one re-run with those capacities gives
+the official result (`vosjax.methods.betrayed.grown_config`, used by `core.sharding.jit_predict`).
 Greedy grouping is a `lax.while_loop` that jumps to the first unassigned row, which is the row the
 official loop over i in index order would process next, so it runs once per group rather than per row,
 and it computes only those rows of D' (the official code builds all of D'): per window the cost is
@@ -54,13 +56,17 @@ class ClusterResult(NamedTuple):
       centroids; levels >= num_levels repeat the final level, so levels[-1] == labels.
     num_clusters: int32 [max_levels], clusters per level (repeating the final count after the last).
     num_levels: int32 [], number of distinct levels (>= 1).
-    window_overflow: bool [], some window had more than `max_window_clusters` groups (the rows
-      left ungrouped are dropped from the centroids; they are still assigned at the end).
-    cluster_overflow: bool [], the windows together produced more than `max_clusters` centroids
-      (the later ones are dropped).
+    window_overflow: bool [], some window had more than `max_window_clusters` groups (the groups
+      past the capacity are dropped from the centroids; their rows are still assigned at the end).
+    cluster_overflow: bool [], the windows together kept more than `max_clusters` centroids (the
+      later ones are dropped).
     level_overflow: bool [], the hierarchy would merge again after `max_levels` levels (the last
       kept level is returned as final).
-    When any is set (`overflow`), results are approximate: raise the capacity.
+    window_clusters_needed: int32 [], the most groups any window formed (dropped ones included):
+      the `max_window_clusters` that suffices.
+    clusters_needed: int32 [], the groups of all windows together: the `max_clusters` that suffices
+      (once no window overflows).
+    When any flag is set (`overflow`), results are approximate: raise the capacity.
   """
   labels: jax.Array
   levels: jax.Array
@@ -69,6 +75,8 @@ class ClusterResult(NamedTuple):
   window_overflow: jax.Array
   cluster_overflow: jax.Array
   level_overflow: jax.Array
+  window_clusters_needed: jax.Array
+  clusters_needed: jax.Array
 
   @property
   def overflow(self) -> jax.Array:
@@ -117,34 +125,38 @@ def greedy_group(distance_row: Callable[[jax.Array], jax.Array], valid: jax.Arra
 
   Only the rows that open a group are ever read, so the distance matrix is given as a function of
   the row index and rows are computed on demand (tens of rows instead of an [M, M] product).
+  Grouping always runs to the end; groups past the capacity are formed (so the later groups are the
+  official ones) and counted, but their rows get id -1.
 
   Args:
     distance_row: i (int32 []) -> distance[i] [M].
     valid: bool [M]; invalid rows are never grouped nor members.
     tau: scalar threshold.
-    max_groups: static capacity; grouping stops after that many groups.
+    max_groups: static capacity: the first `max_groups` groups get ids.
 
   Returns:
-    (group_ids int32 [M] with -1 for invalid or dropped rows, num_groups int32 [],
-     overflow bool [] = some valid row left ungrouped because of the capacity).
+    (group_ids int32 [M] with -1 for invalid rows and rows of groups past the capacity,
+     num_groups int32 [] = every group formed (may exceed `max_groups`),
+     overflow bool [] = num_groups > max_groups).
   """
   valid = jnp.asarray(valid, bool)
   num_rows = valid.shape[0]
   row_index = jnp.arange(num_rows)
 
   def not_done(state):
-    assigned, _, count = state
-    return jnp.any(~assigned) & (count < max_groups)
+    assigned, _, _ = state
+    return jnp.any(~assigned)
 
   def open_group(state):
     assigned, group_ids, count = state
     first = jnp.argmax(~assigned)  # first unassigned row = next row the official loop processes
     members = ((distance_row(first) <= tau) & ~assigned) | (row_index == first)
-    return assigned | members, jnp.where(members, count, group_ids), count + 1
+    group_ids = jnp.where(members, jnp.where(count < max_groups, count, -1), group_ids)
+    return assigned | members, group_ids, count + 1
 
   initial = (~valid, jnp.full((num_rows,), -1, jnp.int32), jnp.zeros((), jnp.int32))
-  assigned, group_ids, count = jax.lax.while_loop(not_done, open_group, initial)
-  return group_ids, count, jnp.any(~assigned)
+  _, group_ids, count = jax.lax.while_loop(not_done, open_group, initial)
+  return group_ids, count, count > max_groups
 
 
 def _self_symmetric_kl_rows(p: jax.Array,
@@ -177,7 +189,8 @@ def _window_centroids(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, m
     row_valid: bool [M], False for rows of padded frames.
 
   Returns:
-    (centroids [max_groups, K'], count int32 [], overflow bool []).
+    (centroids [max_groups, K'] (the first min(count, max_groups) valid), count int32 [] of groups
+     formed, overflow bool []).
   """
   close = (_self_symmetric_kl(sample, precision) <= tau) & row_valid[None, :]
   smoothed = jnp.matmul(close.astype(jnp.float32), sample, precision=precision)
@@ -282,21 +295,25 @@ def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, i
 
   # Level 1: window centroids, appended in window order to one buffer.
   def add_window(carry, inputs):
-    buffer, total, window_overflow, cluster_overflow = carry
+    buffer, kept_total, most_in_window, all_windows = carry
     q_window, valid_frames = inputs
     row_valid = jnp.repeat(valid_frames, num_tokens)
-    centroids, count, dropped = _window_centroids(
+    centroids, count, _ = _window_centroids(
         attention(q_window), row_valid, tau, max_window_clusters, precision)
+    kept = jnp.minimum(count, max_window_clusters)
     slot = jnp.arange(max_window_clusters)
-    slot = jnp.where(slot < count, total + slot, max_clusters)  # out of range -> dropped
+    slot = jnp.where(slot < kept, kept_total + slot, max_clusters)  # out of range -> dropped
     buffer = buffer.at[slot].set(centroids, mode="drop")
-    return (buffer, jnp.minimum(total + count, max_clusters), window_overflow | dropped,
-            cluster_overflow | (total + count > max_clusters)), None
+    return (buffer, kept_total + kept, jnp.maximum(most_in_window, count),
+            all_windows + count), None
 
-  initial = (jnp.zeros((max_clusters, num_keys), jnp.float32), jnp.zeros((), jnp.int32),
-             jnp.zeros((), bool), jnp.zeros((), bool))
-  (level_one, level_one_count, window_overflow, cluster_overflow), _ = jax.lax.scan(
+  zero = jnp.zeros((), jnp.int32)
+  initial = (jnp.zeros((max_clusters, num_keys), jnp.float32), zero, zero, zero)
+  (level_one, kept_total, window_clusters_needed, clusters_needed), _ = jax.lax.scan(
       add_window, initial, (windows, frame_valid))
+  window_overflow = window_clusters_needed > max_window_clusters
+  cluster_overflow = kept_total > max_clusters
+  level_one_count = jnp.minimum(kept_total, max_clusters)
 
   # Higher levels: regroup until the count stops changing. parents[l] maps level-l clusters to
   # level l+1; level centroids are recomputed from it in the assignment pass instead of being stored.
@@ -343,7 +360,9 @@ def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, i
   counts = counts[last]
   return ClusterResult(labels=levels[-1], levels=levels, num_clusters=counts,
                        num_levels=num_levels, window_overflow=window_overflow,
-                       cluster_overflow=cluster_overflow, level_overflow=level_overflow)
+                       cluster_overflow=cluster_overflow, level_overflow=level_overflow,
+                       window_clusters_needed=window_clusters_needed,
+                       clusters_needed=clusters_needed)
 
 
 def upsample_labels(labels: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -10,7 +10,9 @@ Shapes: q, k are [T, N, heads, head_dim] (N = h * w tokens per frame), the per-f
 the spatio-temporal block's qkv projection of norm1(patch keys).
 
 Key frames: frames arange(T // ratio) * ratio, as in the official code. A video with T < ratio frames has
-no such frame and the official code fails there; here it falls back to frame 0 alone (documented choice).
+no such frame: the official code then attends to no key at all (empty distributions, all distances 0) and
+returns one cluster, every token in it. Here it falls back to frame 0 alone (documented choice), so such
+a video is still segmented.
 
 Memory: one window of `window` query frames is computed at a time; its attention is [window * N, K'] and
 the per-head logits are reduced one head at a time, so peak memory grows linearly with the number of key
@@ -38,7 +40,7 @@ def key_frame_indices(num_frames: int, ratio: int) -> np.ndarray:
 
   Returns:
     int [n_key] with n_key = max(T // ratio, 1). The official code uses arange(T // ratio) * ratio,
-    which is empty (and crashes) for T < ratio; we use frame 0 then.
+    which is empty for T < ratio (it then returns one cluster for the whole video); we use frame 0.
   """
   if num_frames < 1:
     raise ValueError(f"num_frames must be >= 1, got {num_frames}")

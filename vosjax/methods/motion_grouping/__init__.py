@@ -11,6 +11,9 @@ is the one with more mass on the image border and the foreground is the rest (no
 involved: the official evaluation picks the slot by IoU with the ground truth, an oracle); the
 foreground masks of the available flows are averaged and thresholded at 0.5, like the official
 "mean" masks.
+
+The authors' released checkpoints import with `--config.init.checkpoint=PATH` (`official_checkpoint`
+gives the names and layouts).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from vosjax.data import movi
 from vosjax.data import optical_flow
 from vosjax.data import video as video_io
 from vosjax.methods.motion_grouping import losses
+from vosjax.methods.motion_grouping import official_checkpoint
 from vosjax.models import flow_encoding
 from vosjax.models import motion_grouping as mg_model
 
@@ -91,6 +95,11 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   schedule = losses.motion_grouping_lr_schedule(o.learning_rate, o.warmup_steps, o.decay_steps)
   return optax.chain(*optimizers.gradient_clipping(o.grad_clip_norm),
                      optax.adam(schedule, eps=o.eps))
+
+
+def import_params(state_dict: dict[str, np.ndarray], params, config):
+  """The official checkpoint's `model_state_dict` as params (see `official_checkpoint`)."""
+  return official_checkpoint.import_params(state_dict, params, config)
 
 
 def encode(flow: jnp.ndarray, config: ml_collections.ConfigDict) -> jnp.ndarray:
