@@ -243,14 +243,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   `method`: as in `train_and_evaluate` (default: `config.method`'s package).
   """
   method = methods.load_method(config) if method is None else method
+  manager = checkpoint_lib.CheckpointManager(workdir, max_to_keep=config.max_to_keep)
+  if not manager.all_steps() and not config.init.checkpoint:  # before building anything
+    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first (--mode train) "
+                            "or import one (--config.init.checkpoint=PATH).")
   mesh = sharding.make_mesh()
   model = method.make_model(config)
   state, _ = create_train_state(method, model, config, method.make_optimizer(config), mesh)
-  restored = checkpoint_lib.CheckpointManager(workdir, max_to_keep=config.max_to_keep
-                                              ).restore_latest(state)
-  if restored is None and not config.init.checkpoint:
-    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first (--mode train) "
-                            "or import one (--config.init.checkpoint=PATH).")
+  restored = manager.restore_latest(state)
   if restored is None:
     logging.info("No checkpoint in %s/checkpoints: evaluating the imported %s.", workdir,
                  config.init.checkpoint)
