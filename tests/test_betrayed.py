@@ -85,7 +85,7 @@ def test_loss_decreases_on_a_fixed_clip(tmp_path):
   @jax.jit
   def step(params, opt_state, model):
     (loss, _), grads = jax.value_and_grad(betrayed.loss_fn, has_aux=True)(
-        params, model, batch, jax.random.key(1), 0, config)
+        params, model, batch, jax.random.key(1), 0, config, {})
     updates, opt_state = tx.update(grads, opt_state, params)
     return jax.tree.map(lambda p, u: p + u, params, updates), opt_state, loss
 
