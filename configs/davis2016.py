@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 50
   config.eval_every_steps = 0  # scored once, at the end
   config.num_eval_videos_to_write = 4
+  config.optimizer.learning_rate = 5e-4  # the official rate (the demo's is faster)
   config.optimizer.warmup_steps = 50
   config.optimizer.decay_steps = 1500
   return config

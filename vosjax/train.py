@@ -215,7 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.scalars(step, metrics)
       if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
         eval_metrics = evaluation.evaluate(config, workdir, method, model, state.params, mesh,
-                                           step=step, writer=writer, write_outputs=False)
+                                           step=step, writer=writer, write_outputs=False,
+                                           max_videos=config.periodic_eval_videos or None)
       if step % config.checkpoint_every_steps == 0 or is_last:
         save("periodic" if not is_last else "final")
       if preemption.any_process():

@@ -136,7 +136,9 @@ def _write_video_outputs(out_dir: str, name: str, batch: dict, index: int, pred_
   frames = images.to_uint8(batch["video"][index])
   panels = [("frame", frames)]
   if "forward_flow" in batch:
-    panels.append(("flow", np.asarray(flow_encoding.flow_to_rgb(batch["forward_flow"][index]))))
+    # Forward flow; the last frame has none (zeros in MOVi), so it shows its backward flow.
+    flow = np.concatenate([batch["forward_flow"][index][:-1], batch["backward_flow"][index][-1:]])
+    panels.append(("flow", np.asarray(flow_encoding.flow_to_rgb(flow))))
   panels += [("predicted", video_io.overlay_masks(frames, pred_ids)),
              ("ground truth", video_io.overlay_masks(frames, true_ids))]
   panels_lib.write_panels(out_dir, name, panels)
