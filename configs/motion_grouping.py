@@ -1,6 +1,7 @@
 """Motion Grouping on MOVi-E through TFDS, with the official hyper-parameters (Yang et al., ICCV 2021).
 
-Command:
+Command (needs MOVi-E, read from gs://kubric-public/tfds or a local copy; the development machines
+have neither: tests run this config on tiny synthetic data, tests/test_configs.py):
   python -m vosjax.main --config configs/motion_grouping.py --workdir workdirs/mg_movi_e
   # local copy of MOVi-E: --config.data.data_dir=/path/to/tfds
 

@@ -12,7 +12,8 @@ Evaluation (end of training and `--mode eval`, `vosjax.evaluation.frame_folders`
 `WORKDIR/frame_results/`) and scored with the DAVIS-2017 unsupervised protocols (official and
 per-frame); without it, the run trains and saves and scores nothing.
 
-Command:
+Command (needs YouTube-VIS train frames, a DAVIS-2017 root and the DINO ViT-S/8 weights, none of
+which the development machines have; tests/test_configs.py runs this config on tiny DAVIS folders):
 
   python -m vosjax.main --config configs/ytvis.py --workdir /tmp/betrayed_ytvis \
       --config.data.root=/path/to/youtube-vis/train --config.data.eval_root=/path/to/DAVIS \

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import TINY_BETRAYED, set_overrides
 from vosjax import train
 from vosjax.methods import betrayed
 
@@ -33,15 +34,7 @@ def _tiny_config(data_dir: str):
   config.data.shuffle_buffer = 4
   config.model.train_resolution = (32, 32)  # 4 x 4 tokens of 8 px
   config.model.inference_resolution = (32, 32)
-  config.model.num_heads = 4
-  config.backbone.random_init = True
-  config.backbone.arch_overrides.embed_dim = 32
-  config.backbone.arch_overrides.depth = 1
-  config.backbone.arch_overrides.num_heads = 2
-  config.loss.num_queries = 4
-  config.loss.semantic_positives, config.loss.semantic_negatives = 3, 6
-  config.loss.motion_positives, config.loss.motion_negatives = 2, 5
-  config.optimizer.grad_clip_norm = 1.0
+  set_overrides(config, TINY_BETRAYED)  # a tiny random backbone, loss counts for 16 tokens
   config.batch_size = config.eval_batch_size = jax.device_count()
   config.num_train_steps = 3
   config.log_every_steps = 1
@@ -50,7 +43,9 @@ def _tiny_config(data_dir: str):
   return config
 
 
-@pytest.mark.slow  # ~140 s on the shared 2-core machine (mostly compilation); run with -m slow
+# Slow: ~140 s on the shared 2-core machine (mostly compilation); run with -m slow. The default run
+# trains and evaluates configs/movi_e.py with the same tiny backbone (tests/test_configs.py).
+@pytest.mark.slow
 def test_train_and_evaluate_tiny(tmp_path):
   config = _tiny_config(str(tmp_path / "tfds"))
   workdir = str(tmp_path / "work")

@@ -1,59 +1,25 @@
 """Motion Grouping on DAVIS folders end to end: train, masks for every frame, davis2016 scores."""
 import csv
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from test_train import TINY_OVERRIDES
-
-SEQUENCES = ("blackswan", "camel")
-NUM_FRAMES = 6
+from conftest import DAVIS_NUM_FRAMES as NUM_FRAMES
+from conftest import DAVIS_SEQUENCES as SEQUENCES
 
 
-@pytest.fixture(scope="module")
-def tiny_davis(tmp_path_factory) -> Path:
-  """The first frames and annotations of two real DAVIS-2016 sequences, in DAVIS layout."""
-  shared = Path(os.environ.get("VOSJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-  source = shared / "data" / "davis2016"
-  if not source.is_dir():
-    pytest.fail(f"shared DAVIS-2016 data {source} is missing (see ../shared/data/SOURCES.md)")
-  root = tmp_path_factory.mktemp("davis")
-  for sequence in SEQUENCES:
-    for kind, ext in (("JPEGImages", "jpg"), ("Annotations", "png")):
-      folder = root / kind / "480p" / sequence
-      folder.mkdir(parents=True)
-      for t in range(NUM_FRAMES):
-        shutil.copy(source / kind / "480p" / sequence / f"{t:05d}.{ext}", folder)
-  return root
-
-
-def davis_config(root, cache):
-  from configs import davis2016  # pylint: disable=g-import-not-at-top
-  config = davis2016.get_config()
-  config.data.root = str(root)
-  config.data.resolution = (32, 56)
-  config.data.flow_cache_dir = str(cache)
-  model_keys = {k: v for k, v in TINY_OVERRIDES.items() if k.startswith(("model.", "optimizer."))}
-  for key, value in {**model_keys, "batch_size": 4, "num_train_steps": 2, "log_every_steps": 1,
-                     "checkpoint_every_steps": 2, "num_eval_videos_to_write": 1}.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
-
-
-def test_training_writes_and_scores_masks_of_every_frame(tiny_davis, tmp_path):
+def test_training_writes_and_scores_masks_of_every_frame(config_run, tiny_davis_dir, tmp_path):
+  """configs/davis2016.py with the tiny overrides of tests/conftest.py (2 sequences x 6 frames at
+  32x56, the tiny Motion Grouping model, 2 steps), trained once per session (`config_run`; the
+  general checks of that run are in tests/test_configs.py)."""
   from vosjax import evaluate  # pylint: disable=g-import-not-at-top
   from vosjax import train  # pylint: disable=g-import-not-at-top
+  config, trained, result = config_run("davis2016.py")
   workdir = tmp_path / "work"
-  result = train.train_and_evaluate(davis_config(tiny_davis, tmp_path / "flows"), str(workdir))
+  shutil.copytree(trained, workdir)  # --mode eval below rewrites the outputs
   metrics = json.loads((workdir / "eval_metrics.json").read_text())
   assert metrics == json.loads(json.dumps(result.eval_metrics))
   assert metrics["step"] == 2 and metrics["num_videos"] == len(SEQUENCES)
@@ -73,7 +39,7 @@ def test_training_writes_and_scores_masks_of_every_frame(tiny_davis, tmp_path):
 
   # The scores equal what the evaluation command computes from the written folders.
   out = tmp_path / "cli"
-  assert evaluate.main(["--protocol", "davis2016", "--gt", str(tiny_davis), "--results",
+  assert evaluate.main(["--protocol", "davis2016", "--gt", str(tiny_davis_dir), "--results",
                         str(workdir / "davis_results"), "--output", str(out), "--workers",
                         "1"]) == 0
   with open(out / "per-sequence_results.csv") as f:
@@ -86,7 +52,7 @@ def test_training_writes_and_scores_masks_of_every_frame(tiny_davis, tmp_path):
       out / "global_results.csv").read_text()
 
   # --mode eval restores the checkpoint and reproduces the scores.
-  again = train.evaluate_checkpoint(davis_config(tiny_davis, tmp_path / "flows"), str(workdir))
+  again = train.evaluate_checkpoint(config, str(workdir))
   assert again["J-Mean"] == pytest.approx(metrics["J-Mean"])
   assert again["baseline_J-Mean"] == pytest.approx(metrics["baseline_J-Mean"])
 

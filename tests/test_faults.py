@@ -5,9 +5,10 @@ with 15 steps and a checkpoint every 5, killed and restarted with the same comma
 compared with one uninterrupted run of the same command: the saved train states (parameters,
 optimizer state, step) must be equal array for array.
 
-Every run compiles the same programs, so the processes share a persistent JAX compilation cache
-(content-addressed, kept between sessions in the system temporary folder): a warm run takes ~30 s
-instead of ~100 s on two busy cores.
+Every run compiles the same programs, so the processes share the persistent JAX compilation cache
+of tests/conftest.py (content-addressed, kept between sessions in the system temporary folder),
+here for every program however quick to compile: a warm run takes ~30 s instead of ~100 s on two
+busy cores.
 """
 import glob
 import json
@@ -17,7 +18,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import warnings
@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import PYTHON, REPO, TINY_SYNTHETIC, subprocess_env
+from conftest import COMPILATION_CACHE, PYTHON, REPO, TINY_SYNTHETIC, subprocess_env
 from test_train import TINY_OVERRIDES, flat_params, tiny_config
 
 NUM_STEPS = 15
@@ -37,7 +37,6 @@ CHECKPOINT_EVERY = 5
 FAULT_OVERRIDES = {**TINY_OVERRIDES, "num_train_steps": NUM_STEPS, "log_every_steps": 1,
                    "checkpoint_every_steps": CHECKPOINT_EVERY, "optimizer.decay_steps": 1000,
                    "model.flow_encoding": "raw"}
-COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), "vosjax-test-compilation-cache")
 ORBAX_TMP = ".orbax-checkpoint-tmp"
 
 

@@ -11,9 +11,10 @@ scores; the papers evaluate on DAVIS-2017 val. So:
     (`vosjax.evaluation.windows`, as `vosjax.segment`), the ids are upsampled (nearest) to the frame
     size and written as DAVIS PNGs to `WORKDIR/frame_results/<seq>/<frame>.png` (cluster ids ranked
     by area: the largest segment, usually the background, is 0). Where annotations exist
-    (`Annotations/<quality>/<seq>`), both `davis2017-unsupervised` (official, per sequence) and
-    `davis2017-unsupervised-perframe` (the SSL-UVOS / SMTC fork) are scored; their CSVs go to
-    `WORKDIR/frame_eval/<protocol>/`.
+    (`Annotations_unsupervised/<quality>/<seq>`, DAVIS-2017's unsupervised annotations, else
+    `Annotations/<quality>/<seq>`; `annotation_folder`), both `davis2017-unsupervised` (official,
+    per sequence) and `davis2017-unsupervised-perframe` (the SSL-UVOS / SMTC fork) are scored;
+    their CSVs go to `WORKDIR/frame_eval/<protocol>/`.
 Multi-host: each process segments its share of the sequences on one local device; process 0 scores.
 """
 from __future__ import annotations
@@ -48,6 +49,14 @@ def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
                             f"{davis.frames_dir(data.eval_root, data.eval_quality)} "
                             "(config.data.eval_root)")
   return sequences
+
+
+def annotation_folder(root, quality: str) -> Path:
+  """The ground truth of the unsupervised protocols for frames `JPEGImages/<quality>`:
+  `Annotations_unsupervised/<quality>` (DAVIS-2017's unsupervised annotations) where that folder
+  exists, else `Annotations/<quality>`."""
+  unsupervised = Path(root) / "Annotations_unsupervised" / quality
+  return unsupervised if unsupervised.is_dir() else davis.annotations_dir(root, quality)
 
 
 def _segment_sequence(method, predict, config, root: Path, quality: str, sequence: str,
@@ -102,11 +111,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
     multihost_utils.sync_global_devices("frame_folders.evaluate")
 
   result["num_videos"] = len(sequences)
-  annotations = davis.annotations_dir(root, quality)
+  annotations = annotation_folder(root, quality)
   scored_sequences = [s for s in sequences if (annotations / s).is_dir()]
   if jax.process_index() == 0 and scored_sequences:
     for protocol in PROTOCOLS:
-      scored = davis_protocol.evaluate_folders(root, out_dir, protocol,
+      # The annotation folder itself (the masks are at the size of the `quality` frames; given
+      # the root, the protocol would read Annotations[_unsupervised]/480p whatever the quality).
+      scored = davis_protocol.evaluate_folders(annotations, out_dir, protocol,
                                                sequences=scored_sequences)
       scored.write_csv(workdir / "frame_eval" / protocol)
       prefix = "" if protocol == "davis2017-unsupervised" else "perframe_"
