@@ -56,9 +56,6 @@ EXECUTED = {
     "python -m vosjax.bench mg_recipes --set KEY=VALUE ... --steps 10000": (
         "tests/test_bench_mg_recipes.py::test_export_then_train_from_arrays",
         "4 steps on the tiny set"),
-    "python -m vosjax.bench mg_recipes": (
-        "tests/test_bench_mg_recipes.py::test_export_then_train_from_arrays",
-        "4 steps on the tiny set"),
     "python -m vosjax.main --config configs/movi_e.py --workdir /tmp/betrayed_smoke "
     "--config.data.tfds_name=vosjax_synthetic/64x64 --config.data.data_dir=/tmp/tfds "
     "--config.backbone.random_init=True --config.num_train_steps=20 --config.batch_size=2 "
