@@ -91,9 +91,9 @@ def test_batch_shapes_dtypes_and_values(config, eval_batches):
     assert 0 <= b["video"].min() and b["video"].max() <= 1
     assert b["segmentations"].max() >= 2  # several objects
   assert sorted(movi.default_data_config().keys()) == sorted(
-      ["tfds_name", "data_dir", "train_split", "eval_split", "resolution",
+      ["source", "tfds_name", "data_dir", "train_split", "eval_split", "resolution",
        "clip_length", "clip_margin", "eval_frames", "shuffle_buffer",
-       "max_instances"])
+       "max_instances", "num_shards"])
 
 
 # ------------------------------------------------------------------ decoding --
