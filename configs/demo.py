@@ -9,9 +9,10 @@ Builds `vosjax_synthetic/64x64_o1-1` offline on first use (384 training and 48 v
 steps, and evaluates it on the 48 validation videos; overlays in WORKDIR/eval_outputs/ (labelled
 panels frame | flow | predicted | ground truth, GIF and PNG strip).
 
-Expected result (measured 2026-11-29 on the 2-core development machine with a test run beside it,
-load 3-6: 13.2 min wall, of which 47 s dataset build, 4.8-5.1 steps/s; not yet timed on an idle
-machine): EVAL fg_j=0.469 fg_ari=0.042 miou=0.461 on the 48 videos, against
+Expected result (measured 2026-11-29 from a fresh clone on the idle 2-core development machine, the
+command above with an empty TFDS directory: 10 min 18 s wall, of which 48 s dataset build,
+4.6-5.0 steps/s, 2.3 GB peak RSS; the same numbers, 13.2 min, with a test run beside it):
+EVAL fg_j=0.469 fg_ari=0.042 miou=0.461 on the 48 validation videos, against
 all_foreground_fg_j=0.037 (every pixel foreground: the model is 12.7x that) and the motion
 baseline's baseline_fg_j=0.809 (median flow removed, Otsu threshold). The learning curve printed
 during the run: fg J 0.04 / 0.08 / 0.33 at steps 600 / 1200 / 1800 (8 videos): the grouping appears
