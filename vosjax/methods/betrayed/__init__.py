@@ -50,6 +50,7 @@ from vosjax.core import images
 from vosjax.core import optimizers
 from vosjax.data import augment
 from vosjax.data import video as video_io
+from vosjax.methods import vit_video
 from vosjax.methods.betrayed import clustering
 from vosjax.methods.betrayed import losses as attention_losses
 from vosjax.methods.betrayed import official_checkpoint
@@ -57,6 +58,9 @@ from vosjax.models import features as features_lib
 from vosjax.models import pretrained
 from vosjax.models import spatiotemporal
 from vosjax.models import vit
+
+
+NAME = "Betrayed by Attention"  # in error messages
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -132,32 +136,18 @@ class BetrayedModel:
 
 
 def _load_backbone(config: ml_collections.ConfigDict):
-  """The backbone of the official checkpoint `init.checkpoint` (a file), else `load_backbone`, or a
-  shrunken random ViT when `backbone.arch_overrides` is set (tests only)."""
+  """The backbone of the official checkpoint `init.checkpoint` (a file), else
+  `vit_video.load_backbone` (the pretrained one, or a shrunken random ViT for tests)."""
   backbone_config = config.backbone
-  overrides = backbone_config.arch_overrides
-  overrides = dict(overrides.items()) if overrides else {}
   checkpoint = config.init.checkpoint
   if checkpoint and not epath.Path(checkpoint).is_dir():  # a vosjax workdir holds no backbone
-    arch = pretrained.resolve_architecture(backbone_config.name).replace(**overrides)
+    arch = pretrained.resolve_architecture(backbone_config.name).replace(
+        **vit_video.arch_overrides(backbone_config))
     params = official_checkpoint.backbone_params(checkpoint, arch)
     logging.info("Backbone: the %s* tensors of %s (not config.backbone.name=%s).",
                  official_checkpoint.BACKBONE_PREFIX, checkpoint, backbone_config.name)
     return pretrained.backbone_module(backbone_config, arch), params
-  if not overrides:
-    return pretrained.load_backbone(backbone_config)
-  if not backbone_config.random_init:
-    raise ValueError("backbone.arch_overrides changes the architecture, so no pretrained checkpoint "
-                     "fits it; set backbone.random_init=True (tests only) or clear arch_overrides.")
-  arch = pretrained.resolve_architecture(backbone_config.name).replace(**overrides)
-  banner = "!" * 78
-  logging.warning("\n%s\n!!! backbone.random_init=True with arch_overrides=%s: the backbone has "
-                  "RANDOM weights and its features are meaningless; tests and benchmarks only.\n%s",
-                  banner, overrides, banner)
-  module = vit.VisionTransformer(arch)
-  size = 2 * arch.patch_size
-  params = module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
-  return module, params
+  return vit_video.load_backbone(backbone_config)
 
 
 def make_model(config: ml_collections.ConfigDict) -> BetrayedModel:
@@ -182,10 +172,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.chain(*optimizers.gradient_clipping(opt.grad_clip_norm), adamw)
 
 
-def example_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """One zero clip `[1, clip_length, H, W, 3]` at `config.data.resolution`."""
-  return {"video": np.zeros((1, config.data.clip_length) + tuple(config.data.resolution) + (3,),
-                            np.float32)}
+example_batch = vit_video.example_batch
 
 
 def init_params(model: BetrayedModel, config: ml_collections.ConfigDict, rng: jax.Array,
@@ -210,17 +197,6 @@ def _resize(video: jax.Array, resolution) -> jax.Array:
   return jax.image.resize(video, shape, "bilinear", antialias=False)
 
 
-def _check_video(batch: dict, what: str) -> jax.Array:
-  if "video" not in batch:
-    raise KeyError(f"Betrayed by Attention {what} needs batch['video'] [B, T, H, W, 3]; got keys "
-                   f"{sorted(batch)}. config.data must select a reader of RGB clips (MOVi-format "
-                   "TFDS does; data.source='davis' yields Motion Grouping flow pairs).")
-  video = batch["video"]
-  if video.ndim != 5 or video.shape[-1] != 3:
-    raise ValueError(f"batch['video'] must be [B, T, H, W, 3], got {video.shape}.")
-  return video
-
-
 def _flatten_grid(x: jax.Array) -> jax.Array:
   """`[B, T, h, w, C]` -> `[B, T, h * w, C]`."""
   return x.reshape(x.shape[:2] + (-1,) + x.shape[4:])
@@ -230,7 +206,7 @@ def loss_fn(params: Any, model: BetrayedModel, batch: dict, rng: jax.Array, step
             config: ml_collections.ConfigDict, extra: Any) -> tuple[jax.Array, dict]:
   """Semantic + motion consistency on one augmented clip batch (official weights 1 : 1)."""
   del step, extra
-  video = _check_video(batch, "training")
+  video = vit_video.check_video(batch, "training", NAME)
   if video.shape[1] < 2:
     raise ValueError(f"Training clips need >= 2 frames, got T={video.shape[1]} "
                      "(config.data.clip_length; official 3).")
@@ -277,7 +253,7 @@ def predict(params: Any, model: BetrayedModel, batch: dict,
     window_clusters_needed, clusters_needed int32 `[B]` (`clustering.ClusterResult`), num_tokens
     int32 `[B]` (T * h * w), read by `grown_config`.
   """
-  video = _check_video(batch, "prediction")
+  video = vit_video.check_video(batch, "prediction", NAME)
   q, k, grid = query_key(params, model, video, config)
   model_config = config.model
 
@@ -354,7 +330,7 @@ def summary_images(params: Any, model: BetrayedModel, batch: dict,
     "segmentation": uint8 `[T, H, 2W, 3]`; "attention": uint8 `[T, H, W, 3]` (each frame's attention
     from the query, shared color scale, upsampled nearest).
   """
-  video = jnp.asarray(_check_video(batch, "summary")[:1])
+  video = jnp.asarray(vit_video.check_video(batch, "summary", NAME)[:1])
   ids = np.asarray(jax.jit(lambda p, v: predict(p, model, {"video": v}, config)["ids"])(
       params, video))[0]
   frames = np.asarray(video[0])

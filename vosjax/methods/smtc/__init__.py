@@ -27,7 +27,6 @@ statistics); the blur sigma of the augmentation is drawn per clip (see `vosjax.d
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import flax
@@ -41,10 +40,14 @@ from vosjax.core import config as config_lib
 from vosjax.core import images
 from vosjax.core import optimizers
 from vosjax.data import augment
+from vosjax.methods import vit_video
 from vosjax.methods.smtc import losses
 from vosjax.models import pretrained
 from vosjax.models import smtc
 from vosjax.models import vit
+
+
+NAME = "SMTC"  # in error messages
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -116,22 +119,8 @@ class SMTCModel:
     return head.apply({"params": params["head"]}, keys, rngs={"instances": rng})
 
 
-def _load_backbone(backbone_config: ml_collections.ConfigDict):
-  """`load_backbone`, or a shrunken random ViT when `backbone.arch_overrides` is set (tests only)."""
-  overrides = dict(backbone_config.arch_overrides.items()) if backbone_config.arch_overrides else {}
-  if not overrides:
-    return pretrained.load_backbone(backbone_config)
-  if not backbone_config.random_init:
-    raise ValueError("backbone.arch_overrides changes the architecture, so no pretrained checkpoint "
-                     "fits it; set backbone.random_init=True (tests only) or clear arch_overrides.")
-  arch = pretrained.resolve_architecture(backbone_config.name).replace(**overrides)
-  logging.warning("backbone.random_init=True with arch_overrides=%s: RANDOM backbone weights; "
-                  "tests only.", overrides)
-  return vit.VisionTransformer(arch), pretrained.random_params(arch, seed=0)
-
-
 def make_model(config: ml_collections.ConfigDict) -> SMTCModel:
-  backbone, backbone_params = _load_backbone(config.backbone)
+  backbone, backbone_params = vit_video.load_backbone(config.backbone)
   model_config = config.model
   head = smtc.SMTC(num_semantic_slots=model_config.num_semantic_slots,
                    num_instances=model_config.num_instances,
@@ -165,17 +154,14 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.chain(*optimizers.gradient_clipping(opt.grad_clip_norm), grouped)
 
 
-def example_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """One zero clip `[1, clip_length, H, W, 3]` at `config.data.resolution`."""
-  return {"video": np.zeros((1, config.data.clip_length) + tuple(config.data.resolution) + (3,),
-                            np.float32)}
+example_batch = vit_video.example_batch
 
 
 def init_params(model: SMTCModel, config: ml_collections.ConfigDict, rng: jax.Array,
                 batch: dict) -> Any:
   """{"encoder": the loaded backbone, "head": a fresh SMTC head (PyTorch-style init)}."""
   del config
-  video = _check_video(batch, "initialisation")
+  video = vit_video.check_video(batch, "initialisation", NAME)
   grid = model.backbone.arch.grid_shape(*video.shape[2:4])
   keys = jnp.zeros((1, video.shape[1]) + grid + (model.backbone.arch.embed_dim,))
   head = model.head.init({"params": rng, "instances": rng}, keys)["params"]
@@ -197,21 +183,11 @@ def update_extra_state(extra: Any, params: Any, step, config: ml_collections.Con
   return {"teacher": {"encoder": extra["teacher"]["encoder"], "head": head}}
 
 
-def _check_video(batch: dict, what: str) -> jax.Array:
-  if "video" not in batch:
-    raise KeyError(f"SMTC {what} needs batch['video'] [B, T, H, W, 3]; got keys {sorted(batch)}. "
-                   "config.data must select a reader of RGB clips.")
-  video = batch["video"]
-  if video.ndim != 5 or video.shape[-1] != 3:
-    raise ValueError(f"batch['video'] must be [B, T, H, W, 3], got {video.shape}.")
-  return video
-
-
 def loss_fn(params: Any, model: SMTCModel, batch: dict, rng: jax.Array, step: jax.Array,
             config: ml_collections.ConfigDict, extra: Any) -> tuple[jax.Array, dict]:
   """Transport + differ + instance losses of the student against the EMA teacher."""
   del step
-  video = _check_video(batch, "training")
+  video = vit_video.check_video(batch, "training", NAME)
   if video.shape[1] < 2:
     raise ValueError(f"SMTC trains on clips of >= 2 frames, got T={video.shape[1]} "
                      "(config.data.clip_length; official 4).")
@@ -271,7 +247,7 @@ def predict(params: Any, model: SMTCModel, batch: dict,
     ids: int32 `[B, T, H, W]` (tokens upsampled nearest); semantic_ids: int32 `[B, T, H, W]` the
     argmax of the semantic masks.
   """
-  video = _check_video(batch, "prediction")
+  video = vit_video.check_video(batch, "prediction", NAME)
   batch_size, num_frames, height, width = video.shape[:4]
   frames, positions = chunk_indices(num_frames, config.data.clip_length)
   chunks = video[:, frames.reshape(-1)].reshape((batch_size * frames.shape[0],) + frames.shape[1:]
@@ -299,7 +275,7 @@ def predict(params: Any, model: SMTCModel, batch: dict,
 def summary_images(params: Any, model: SMTCModel, batch: dict,
                    config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """For the first clip: frames | semantic argmax | instance ids, uint8 `[T, H, 3W, 3]`."""
-  video = jnp.asarray(_check_video(batch, "summary")[:1])
+  video = jnp.asarray(vit_video.check_video(batch, "summary", NAME)[:1])
   prediction = jax.jit(lambda p, v: predict(p, model, {"video": v}, config))(params, video)
   count = config.model.num_semantic_slots * config.model.num_instances + 1
   hues = (np.arange(count) * 0.618033988749895) % 1.0
