@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.resolution = (192, 384)
   config.data.clip_length = 3
   config.data.frame_gap = 4
+  config.data.gap_shrink = "until_fits"  # the official `while` (vosjax.data.davis.GAP_SHRINK_RULES)
   # Evaluation: a DAVIS-layout root (DAVIS-2017 trainval); None: train only, score nothing.
   config.data.eval_root = ml_collections.config_dict.placeholder(str)
   config.data.eval_quality = "480p"

@@ -195,3 +195,85 @@ def test_clip_frame_indices_shrink_the_gap_to_fit():
       assert len(set(np.diff(idx))) == 1
   idx = davis_lib.clip_frame_indices(50, 3, 4, rng)
   assert list(np.diff(idx)) == [4, 4]
+
+
+def official_clips(length: int, seq_length: int, gap: int, rule: str) -> set[tuple[int, ...]] | None:
+  """Every clip the official loaders can draw from a video of `length` frames, transcribed from
+  `src/data.py::Dataloader.__getitem__`: SSL-UVOS (Betrayed, "until_fits") shrinks the gap in a
+  `while`, SMTC ("once") in an `if`; then `ind = random.randint(lo, hi)` (inclusive) and frames
+  `ind + gap * (i - seq_length // 2)`. None where the official raises (randint with hi < lo)."""
+  if rule == "until_fits":  # SSL-UVOS writes gap*(self.seq_length//2)
+    span = lambda gap: gap * (seq_length // 2)
+    while span(gap) >= length - span(gap) - 1:
+      gap = gap - 1
+  else:  # SMTC writes gap*self.seq_length//2 (the same for even lengths)
+    span = lambda gap: gap * seq_length // 2
+    if span(gap) >= length - span(gap) - 1:
+      gap = gap - 1
+  lo, hi = span(gap), length - span(gap) - 1
+  if hi < lo:
+    return None
+  return {tuple(ind + gap * (i - seq_length // 2) for i in range(seq_length))
+          for ind in range(lo, hi + 1)}
+
+
+@pytest.mark.parametrize("clip_length,rule", [(4, "once"), (3, "until_fits"), (4, "until_fits")])
+def test_clip_frame_indices_draw_the_official_clips(clip_length, rule):
+  """The clips drawn (600 draws per length) are exactly the official set, for every video length
+  where the official loader works; "once" where it raises (< 13 frames at L = 4, gap 4): valid
+  clips at a smaller stride."""
+  rng = np.random.default_rng(0)
+  raised = []
+  for num_frames in range(2, 45):
+    drawn = {tuple(davis.clip_frame_indices(num_frames, clip_length, 4, rng, rule).tolist())
+             for _ in range(600)}
+    expected = official_clips(num_frames, clip_length, 4, rule)
+    if expected is not None:
+      assert drawn == expected, (num_frames, sorted(drawn), sorted(expected))
+      continue
+    raised.append(num_frames)
+    assert all(0 <= min(c) and max(c) < num_frames for c in drawn), (num_frames, drawn)
+    strides = {np.diff(c)[0] for c in drawn}
+    assert len(strides) == 1 and strides.pop() < 3, (num_frames, drawn)
+  assert raised == (list(range(2, 13)) if rule == "once" else []), raised
+  with pytest.raises(ValueError, match="gap_shrink"):
+    davis.clip_frame_indices(20, 4, 4, rng, "twice")
+
+
+def test_smtc_clips_are_the_official_frames_at_256(davis2016_root, tmp_path):
+  """YouTube-VOS layout (`<root>/JPEGImages/<video>/*.jpg`, quality ""), T = 4, gap 4, "once": each
+  clip is frames c-8, c-4, c, c+4 with c in the official range [8, n-9], read as the official
+  `readRGB` does (cv2 BGR->RGB, /255, INTER_LINEAR to 256x256; JPEG decoders may differ by a level)."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "ytvos"
+  (root / "JPEGImages").mkdir(parents=True)
+  for name in ("blackswan", "camel"):
+    (root / "JPEGImages" / name).symlink_to(davis2016_root / "JPEGImages" / "480p" / name)
+
+  def read_rgb(path):  # the official readRGB at (256, 256)
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) / 255
+    return cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_LINEAR)
+
+  official = {name: np.stack([read_rgb(p) for p in sorted((root / "JPEGImages" / name).glob("*.jpg"))])
+              for name in ("blackswan", "camel")}
+  batches = davis.make_clip_iterator(root, [], (256, 256), batch_size=3, seed=5, clip_length=4,
+                                     frame_gap=4, quality="", gap_shrink="once")
+  centres = set()
+  for _ in range(2):
+    video = next(batches)["video"]
+    assert video.shape == (3, 4, 256, 256, 3) and video.dtype == np.float32
+    for clip in video:
+      best = None
+      for name, frames in official.items():
+        for centre in range(len(frames)):
+          indices = centre + 4 * np.arange(-2, 2)
+          if indices.min() < 0 or indices.max() >= len(frames):
+            continue
+          error = np.abs(clip - frames[indices]).max()
+          if best is None or error < best[0]:
+            best = (error, name, centre, np.abs(clip - frames[indices]).mean())
+      error, name, centre, mean_error = best
+      assert error <= 3 / 255 and mean_error < 0.5 / 255, best
+      assert 8 <= centre <= len(official[name]) - 9, best
+      centres.add((name, centre))
+  assert len(centres) > 1

@@ -273,35 +273,71 @@ def evaluation_flows(root, sequence: str, resolution: Sequence[int], flow_cache_
   return {"flows": out, "gaps_used": used, **load_sequence(root, sequence, resolution, quality)}
 
 
-def clip_frame_indices(num_frames: int, clip_length: int, gap: int,
-                       rng: np.random.Generator) -> np.ndarray:
-  """Frames of one training clip as the official Betrayed-by-Attention loader picks them.
+# How the frame stride of a training clip shrinks when the clip does not fit the video (the official
+# loaders, `src/data.py::Dataloader.__getitem__`): "until_fits" (SSL-UVOS, Betrayed by Attention:
+# `while gap*(L//2) >= n - gap*(L//2) - 1: gap -= 1`) or "once" (SMTC: the same test as an `if`,
+# one decrement).
+GAP_SHRINK_RULES = ("until_fits", "once")
 
-  `clip_length` frames at stride `gap` around a centre drawn uniformly from
-  [gap * (L // 2), num_frames - gap * (L // 2) - 1]; the stride shrinks until the clip fits
-  (down to 0 for a one-frame video, which then repeats its frame).
+
+def _no_room(num_frames: int, half: int, gap: int) -> bool:
+  """The official test `gap * half >= num_frames - gap * half - 1` that makes the stride shrink."""
+  return gap * half >= num_frames - gap * half - 1
+
+
+def clip_stride(num_frames: int, clip_length: int, gap: int, rule: str = "until_fits") -> int:
+  """The stride of a video's training clips (see `GAP_SHRINK_RULES`).
+
+  "once" shrinks by one where the official SMTC does; where even that stride leaves no centre
+  (official: `random.randint` raises, < 13 frames at L = 4, gap 4) it shrinks further until one
+  exists, down to 0 (a one-frame video repeats its frame).
+  """
+  if rule not in GAP_SHRINK_RULES:
+    raise ValueError(f"unknown frame-gap shrink rule {rule!r} (config.data.gap_shrink); use one of "
+                     f"{GAP_SHRINK_RULES}")
+  half = clip_length // 2
+  if rule == "once":
+    if _no_room(num_frames, half, gap):
+      gap -= 1
+    while gap > 0 and gap * half > num_frames - gap * half - 1:  # no centre at all
+      gap -= 1
+    return max(gap, 0)
+  while gap > 0 and _no_room(num_frames, half, gap):
+    gap -= 1
+  return gap
+
+
+def clip_frame_indices(num_frames: int, clip_length: int, gap: int,
+                       rng: np.random.Generator, rule: str = "until_fits") -> np.ndarray:
+  """Frames of one training clip as the official loaders pick them.
+
+  `clip_length` frames at stride s = `clip_stride(num_frames, clip_length, gap, rule)` around a centre
+  c drawn uniformly from [s * (L // 2), num_frames - s * (L // 2) - 1]: frames c + s * (i - L // 2),
+  i = 0 .. L - 1 (L = 4, gap 4: c - 8, c - 4, c, c + 4).
   """
   half = clip_length // 2
-  while gap > 0 and gap * half > num_frames - gap * half - 1:
-    gap -= 1
-  centre = int(rng.integers(gap * half, num_frames - gap * half))
-  return centre + gap * (np.arange(clip_length) - half)
+  stride = clip_stride(num_frames, clip_length, gap, rule)
+  centre = int(rng.integers(stride * half, num_frames - stride * half))
+  return centre + stride * (np.arange(clip_length) - half)
 
 
 def make_clip_iterator(root, sequences: Sequence[str], resolution: Sequence[int],
                        batch_size: int, seed: int, start_step: int = 0, clip_length: int = 3,
-                       frame_gap: int = 4, quality: str = "480p") -> Iterator[dict]:
-  """Endless RGB training clips from frame folders (YouTube-VIS / DAVIS layout).
+                       frame_gap: int = 4, quality: str = "480p",
+                       gap_shrink: str = "until_fits") -> Iterator[dict]:
+  """Endless RGB training clips from frame folders (YouTube-VIS / YouTube-VOS / DAVIS layout).
 
-  Each sample: a video uniformly, then `clip_frame_indices`. Batch `step` depends only on
-  (seed, step), so resuming at `start_step` reproduces the run.
+  Each sample: a video uniformly, then `clip_frame_indices`; each frame read as RGB in [0, 1] and
+  resized bilinearly (cv2 INTER_LINEAR on the float image, as the official `readRGB`). Batch `step`
+  depends only on (seed, step), so resuming at `start_step` reproduces the run.
 
   Args:
     root: folder holding `JPEGImages/<quality>/<video>/`. sequences: videos to use (empty: all).
     resolution: (H, W) the frames are resized to (bilinear).
     batch_size: clips per batch. seed: sampling seed. start_step: first step to yield.
-    clip_length, frame_gap: frames per clip and their stride (official 3 and 4).
-    quality: the resolution folder ("" for YouTube-VIS).
+    clip_length, frame_gap: frames per clip and their stride (Betrayed 3 and 4, SMTC 4 and 4).
+    quality: the resolution folder ("" for YouTube-VIS / YouTube-VOS).
+    gap_shrink: `GAP_SHRINK_RULES` ("until_fits" Betrayed, "once" SMTC).
 
   Yields:
     dict(video float32 [B, clip_length, H, W, 3] in [0, 1]).
@@ -310,13 +346,21 @@ def make_clip_iterator(root, sequences: Sequence[str], resolution: Sequence[int]
   if not sequences:
     raise ValueError(f"no videos with frames under {frames_dir(root, quality)}")
   paths = [_frame_paths(root, s, quality) for s in sequences]
+  if gap_shrink == "once":
+    short = [f"{s} ({len(p)} frames)" for s, p in zip(sequences, paths)
+             if clip_stride(len(p), clip_length, frame_gap, "once") < frame_gap - 1]
+    if short:
+      warnings.warn(f"{len(short)} video(s) too short for {clip_length} frames at stride "
+                    f"{frame_gap} or {frame_gap - 1} (the official SMTC loader fails on them); "
+                    f"their clips use a smaller stride: {', '.join(short[:10])}", stacklevel=2)
   height, width = resolution
   for step in itertools.count(start_step):
     rng = np.random.default_rng([seed, step])
     clips = []
     for s in rng.integers(len(sequences), size=batch_size):
-      frames = [video_io.read_image(paths[s][t])
-                for t in clip_frame_indices(len(paths[s]), clip_length, frame_gap, rng)]
+      frames = [video_io.read_image(paths[s][t]).astype(np.float32) / 255.0
+                for t in clip_frame_indices(len(paths[s]), clip_length, frame_gap, rng,
+                                            gap_shrink)]
       clips.append([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
                     for f in frames])
-    yield {"video": np.asarray(clips, np.float32) / 255.0}
+    yield {"video": np.asarray(clips, np.float32)}

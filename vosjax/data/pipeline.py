@@ -40,7 +40,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 
         config.data.root, config.data.sequences, config.data.resolution,
         config.batch_size // jax.process_count(), seed=config.seed + jax.process_index(),
         start_step=start_step, clip_length=config.data.clip_length,
-        frame_gap=config.data.frame_gap, quality=config.data.quality)
+        frame_gap=config.data.frame_gap, quality=config.data.quality,
+        gap_shrink=config.data.gap_shrink)
   if source(config) == "davis":
     from vosjax.data import davis  # pylint: disable=g-import-not-at-top
     return davis.make_flow_pair_iterator(
