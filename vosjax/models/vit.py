@@ -14,6 +14,12 @@ Position embeddings are resampled to any input grid exactly as the originals cal
 Each axis is resampled by a small [out, in] matrix computed in NumPy at trace time (shapes are
 static), so the whole resize is two exact matmuls.
 
+Stochastic depth (drop-path, `VisionTransformer.drop_path_rate`, default 0: off) as DINO's and timm's
+`drop_path`: per sample and per residual branch, the branch is dropped with probability p or kept and
+scaled by 1 / (1 - p); the rate rises linearly from 0 at the first block to `drop_path_rate` at the
+last (`torch.linspace(0, rate, depth)`). Active only with `deterministic=False` and an rng named
+"drop_path"; an inference forward is deterministic.
+
 One deliberate choice: when the patch grid equals the pretrained grid on both axes the embedding
 is used unchanged, as PyTorch's CUDA bicubic kernel does (it copies same-size inputs); PyTorch's
 current CPU kernel would instead resample with the +0.1 scale. The originals ran on CUDA.
@@ -173,6 +179,27 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid: tuple[int, int], arch: ViT
   return jnp.concatenate([pos_embed[:, :1], resized.reshape(1, grid[0] * grid[1], -1)], axis=1)
 
 
+def drop_path_rates(depth: int, rate: float) -> np.ndarray:
+  """Per-block drop-path probabilities `[depth]`, linear from 0 to `rate` (DINO's `dpr`)."""
+  return np.linspace(0.0, rate, depth)
+
+
+def drop_path(x: jax.Array, rate: float, uniform: jax.Array) -> jax.Array:
+  """Stochastic depth of a residual branch `x` `[B, ...]`, as DINO's / timm's `drop_path`.
+
+  Args:
+    x: the branch output, `[B, ...]`.
+    rate: the drop probability p of this block, in [0, 1).
+    uniform: `[B]` draws from U[0, 1): sample b keeps its branch iff floor(1 - p + u_b) = 1.
+
+  Returns:
+    `x * floor(1 - p + u) / (1 - p)` per sample (dropped samples are exactly 0).
+  """
+  keep_prob = 1.0 - rate
+  mask = jnp.floor(keep_prob + uniform).astype(x.dtype)
+  return x / jnp.asarray(keep_prob, x.dtype) * mask.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
 @flax.struct.dataclass
 class ViTOutput:
   """Last-block outputs of the ViT (h, w = patch grid; S = 1 + registers + h*w tokens).
@@ -239,23 +266,36 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+  """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+  `drop_path_rate` > 0 with `deterministic=False`: each branch goes through `drop_path` with its
+  own per-sample draws from the rng "drop_path" (DINO's `x + drop_path(y)` on both branches).
+  """
   arch: ViTArch
   dtype: Any = jnp.float32
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, deterministic: bool = True
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """x: [B, S, C] -> (x [B, S, C], keys [B, S, C], attention [B, heads, S, S])."""
     arch = self.arch
+    stochastic = self.drop_path_rate > 0.0 and not deterministic
+    if stochastic:  # [2, B]: one draw per sample for each of the two branches
+      uniform = jax.random.uniform(self.make_rng("drop_path"), (2, x.shape[0]))
     normed = nn.LayerNorm(epsilon=arch.norm_eps, dtype=self.dtype, name="norm1")(x)
     branch, keys, attention = Attention(arch.num_heads, self.dtype, name="attn")(normed)
     if arch.layer_scale:
       branch = LayerScale(dtype=self.dtype, name="ls1")(branch)
+    if stochastic:
+      branch = drop_path(branch, self.drop_path_rate, uniform[0])
     x = x + branch
     normed = nn.LayerNorm(epsilon=arch.norm_eps, dtype=self.dtype, name="norm2")(x)
     branch = Mlp(arch.mlp_dim, self.dtype, name="mlp")(normed)
     if arch.layer_scale:
       branch = LayerScale(dtype=self.dtype, name="ls2")(branch)
+    if stochastic:
+      branch = drop_path(branch, self.drop_path_rate, uniform[1])
     return x + branch, keys, attention
 
 
@@ -265,18 +305,24 @@ class VisionTransformer(nn.Module):
   Attributes:
     arch: the architecture (see VIT_ARCHITECTURES).
     dtype: computation dtype (float32 or bfloat16); parameters stay float32.
+    drop_path_rate: stochastic depth of the last block (0 at the first, linear in between); 0: off.
+      A training regulariser, not part of the architecture (the parameters are the same).
   """
   arch: ViTArch
   dtype: Any = jnp.float32
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, images: jax.Array, return_attention: bool = False) -> ViTOutput:
+  def __call__(self, images: jax.Array, return_attention: bool = False,
+               deterministic: bool = True) -> ViTOutput:
     """Runs the backbone.
 
     Args:
       images: [B, H, W, 3] already normalised images. Pixels past the last full patch are
         ignored, as the strided patch convolution of the originals does.
       return_attention: also return the last block's attention maps.
+      deterministic: no stochastic depth (inference); False needs the rng "drop_path" when
+        `drop_path_rate` > 0.
 
     Returns:
       ViTOutput with a patch grid (h, w) = (H // patch, W // patch).
@@ -302,8 +348,10 @@ class VisionTransformer(nn.Module):
                              (1, arch.num_register_tokens, arch.embed_dim))
       registers = jnp.broadcast_to(registers, (batch,) + registers.shape[1:]).astype(x.dtype)
       x = jnp.concatenate([x[:, :1], registers, x[:, 1:]], axis=1)
+    rates = drop_path_rates(arch.depth, self.drop_path_rate)
     for index in range(arch.depth):
-      x, keys, attention = Block(arch, self.dtype, name=f"blocks_{index}")(x)
+      x, keys, attention = Block(arch, self.dtype, float(rates[index]),
+                                 name=f"blocks_{index}")(x, deterministic)
     normed = nn.LayerNorm(epsilon=arch.norm_eps, dtype=self.dtype, name="norm")(x)
     first_patch = 1 + arch.num_register_tokens
     spatial = (batch, grid[0], grid[1], arch.embed_dim)

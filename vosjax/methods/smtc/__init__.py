@@ -18,8 +18,13 @@ with the video's last frames); the candidate instance masks are those whose inst
 Config keys read here (`default_config`; a config adds `data` with `resolution` and `clip_length`):
 backbone.*, model.*, loss.*, augment.*, optimizer.*, ema_momentum, num_train_steps.
 
-Differences from the official code: no stochastic depth in the student backbone (the official ViT has
-drop-path 0 -> 0.1; `vosjax.models.vit` has none yet); the cosine schedule decays over
+The student's backbone has the official stochastic depth (drop-path rising linearly from 0 at the
+first block to `backbone.drop_path_rate` = 0.1 at the last, per frame and residual branch,
+`vosjax.models.vit.drop_path`) in `loss_fn` only; the teacher's backbone and inference are
+deterministic (the official teacher runs in eval mode).
+
+Differences from the official code: the stochastic-depth draws come from JAX's generator, not
+PyTorch's (same distribution, other numbers); the cosine schedule decays over
 `num_train_steps` (the official over whole 78-iteration epochs, 9984 of the 10000 steps); the instance
 noise of `predict` comes from a fixed key (`model.inference_seed`; the official resamples at every
 call); one normalization (ImageNet) for training and inference (the official inference uses Kinetics
@@ -58,6 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.backbone = pretrained.default_backbone_config()
   config.backbone.name = "dino_vits16"
   config.backbone.arch_overrides = ml_collections.ConfigDict()  # tests only (random_init)
+  config.backbone.drop_path_rate = 0.1  # the student's stochastic depth (0 -> 0.1 over the blocks)
 
   config.model = ml_collections.ConfigDict()
   config.model.num_semantic_slots = 16
@@ -108,12 +114,18 @@ class SMTCModel:
   inference_head: smtc.SMTC = flax.struct.field(pytree_node=False)
   initial_encoder: Any = None
 
-  def forward(self, params: Any, video: jax.Array, rng: jax.Array, inference: bool = False
-              ) -> smtc.SMTCOutput:
-    """`params` {"encoder", "head"} on augmented video `[B, T, H, W, 3]` in [0, 1]."""
+  def forward(self, params: Any, video: jax.Array, rng: jax.Array, inference: bool = False,
+              drop_path_rng: jax.Array | None = None) -> smtc.SMTCOutput:
+    """`params` {"encoder", "head"} on augmented video `[B, T, H, W, 3]` in [0, 1].
+
+    `rng`: the instance-slot noise. `drop_path_rng`: the backbone's stochastic depth (the training
+    student, per frame); None: deterministic backbone (the teacher, inference)."""
     batch, time = video.shape[:2]
     frames = augment.normalize(video).reshape((batch * time,) + video.shape[2:])
-    keys = self.backbone.apply({"params": params["encoder"]}, frames).keys.astype(jnp.float32)
+    stochastic = {} if drop_path_rng is None else {"deterministic": False,
+                                                   "rngs": {"drop_path": drop_path_rng}}
+    keys = self.backbone.apply({"params": params["encoder"]}, frames, **stochastic
+                               ).keys.astype(jnp.float32)
     keys = keys.reshape((batch, time) + keys.shape[1:])
     head = self.inference_head if inference else self.head
     return head.apply({"params": params["head"]}, keys, rngs={"instances": rng})
@@ -126,6 +138,9 @@ def make_model(config: ml_collections.ConfigDict) -> SMTCModel:
                    num_instances=model_config.num_instances,
                    num_iterations=model_config.train_iterations,
                    correlation_size=tuple(model_config.correlation_size))
+  # Stochastic depth of the fine-tuned student (official ViT: drop_path_rate 0.1, active in
+  # training mode; the teacher runs in eval mode): `forward(..., drop_path_rng=...)` only.
+  backbone = backbone.clone(drop_path_rate=config.backbone.drop_path_rate)
   return SMTCModel(backbone=backbone, head=head,
                    inference_head=head.clone(num_iterations=model_config.inference_iterations),
                    initial_encoder=jax.device_put(backbone_params))
@@ -191,9 +206,10 @@ def loss_fn(params: Any, model: SMTCModel, batch: dict, rng: jax.Array, step: ja
   if video.shape[1] < 2:
     raise ValueError(f"SMTC trains on clips of >= 2 frames, got T={video.shape[1]} "
                      "(config.data.clip_length; official 4).")
-  rngs = jax.random.split(rng, 4)
+  rngs = jax.random.split(rng, 5)
   augment_config = augment.AugmentationConfig.from_config(config.augment)
-  student = model.forward(params, augment.augment_video(rngs[0], video, augment_config), rngs[1])
+  student = model.forward(params, augment.augment_video(rngs[0], video, augment_config), rngs[1],
+                          drop_path_rng=rngs[4])
   teacher = model.forward(jax.lax.stop_gradient(extra["teacher"]),
                           augment.augment_video(rngs[2], video, augment_config), rngs[3])
   teacher = jax.tree.map(jax.lax.stop_gradient, teacher)
