@@ -124,7 +124,8 @@ def test_every_method_satisfies_the_interface(name):
 def test_capabilities_are_what_the_methods_provide():
   assert methods.with_capability(interface.PredictsFromFlow) == ["motion_grouping"]
   assert set(methods.with_capability(interface.SegmentsVideos)) >= {"betrayed", "motion_grouping"}
-  assert methods.with_capability(interface.ImportsCheckpoints) == ["betrayed", "motion_grouping"]
+  assert methods.with_capability(interface.ImportsCheckpoints) == ["betrayed", "motion_grouping",
+                                                                   "smtc"]
   assert methods.with_capability(interface.GrowsCapacity) == ["betrayed"]
 
 

@@ -32,7 +32,9 @@ CONV = "conv"  # nn.Conv2d weight [out, in, kh, kw] -> Conv kernel [kh, kw, in, 
 # nn.ConvTranspose2d weight [in, out, kh, kw] -> `layers.TorchConvTranspose` kernel [kh, kw, in, out],
 # spatially flipped (flax correlates the dilated input where PyTorch convolves it).
 CONV_TRANSPOSE = "conv_transpose"
-LAYOUTS = (COPY, LINEAR, CONV, CONV_TRANSPOSE)
+# nn.Conv1d weight [out, in, 1] of kernel size 1 -> the Dense kernel [in, out] it equals.
+CONV1D_1X1 = "conv1d_1x1"
+LAYOUTS = (COPY, LINEAR, CONV, CONV_TRANSPOSE, CONV1D_1X1)
 
 # Nested state dicts tried, in order, after the caller's `prefer`.
 STATE_DICT_KEYS = ("model_state_dict", "model", "state_dict")
@@ -162,6 +164,8 @@ def to_flax(value: np.ndarray, layout: str) -> np.ndarray:
     return value.transpose(2, 3, 1, 0)
   if layout == CONV_TRANSPOSE and value.ndim == 4:
     return np.flip(value.transpose(2, 3, 0, 1), axis=(0, 1))
+  if layout == CONV1D_1X1 and value.ndim == 3 and value.shape[2] == 1:
+    return value[:, :, 0].T
   raise ValueError(f"layout {layout!r} does not apply to a tensor of shape {value.shape}")
 
 
@@ -175,6 +179,8 @@ def torch_shape(flax_shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
   if layout == CONV_TRANSPOSE and len(flax_shape) == 4:
     kh, kw, cin, cout = flax_shape
     return (cin, cout, kh, kw)
+  if layout == CONV1D_1X1 and len(flax_shape) == 2:
+    return (flax_shape[1], flax_shape[0], 1)
   return tuple(flax_shape)
 
 
@@ -214,7 +220,7 @@ def import_tensors(state: Mapping[str, np.ndarray],
       continue
     want = tuple(flat_template[path].shape)
     value = np.asarray(state[name], np.float32)
-    if value.ndim != len(want) or to_flax(value, layout).shape != want:
+    if tuple(value.shape) != torch_shape(want, layout):
       wrong_shapes[name] = (tuple(value.shape), torch_shape(want, layout))
       continue
     flat[path] = np.ascontiguousarray(to_flax(value, layout))

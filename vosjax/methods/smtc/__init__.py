@@ -15,6 +15,9 @@ Inference (`src/eval_multi.py`): 5 iterations over chunks of `data.clip_length` 
 with the video's last frames); the candidate instance masks are those whose instance slot has cosine
 >= 0.5 with its semantic slot. `predict` turns them into ids (see there).
 
+The authors' checkpoints (`src/train.py`'s `model_state_dict`, the released ViT-S/16 model) import
+with `--config.init.checkpoint=PATH` or `python -m vosjax.convert` (`official_checkpoint`).
+
 Config keys read here (`default_config`; a config adds `data` with `resolution` and `clip_length`):
 backbone.*, model.*, loss.*, augment.*, optimizer.*, ema_momentum, num_train_steps.
 
@@ -47,6 +50,7 @@ from vosjax.core import optimizers
 from vosjax.data import augment
 from vosjax.methods import vit_video
 from vosjax.methods.smtc import losses
+from vosjax.methods.smtc import official_checkpoint
 from vosjax.models import pretrained
 from vosjax.models import smtc
 from vosjax.models import vit
@@ -132,7 +136,8 @@ class SMTCModel:
 
 
 def make_model(config: ml_collections.ConfigDict) -> SMTCModel:
-  backbone, backbone_params = vit_video.load_backbone(config.backbone)
+  # DINO's weights, unless config.init.checkpoint supplies the encoder (see official_checkpoint).
+  backbone, backbone_params = official_checkpoint.initial_backbone(config)
   model_config = config.model
   head = smtc.SMTC(num_semantic_slots=model_config.num_semantic_slots,
                    num_instances=model_config.num_instances,
@@ -196,6 +201,12 @@ def update_extra_state(extra: Any, params: Any, step, config: ml_collections.Con
   head = jax.tree.map(lambda t, p: momentum * t + (1.0 - momentum) * p,
                       extra["teacher"]["head"], params["head"])
   return {"teacher": {"encoder": extra["teacher"]["encoder"], "head": head}}
+
+
+def import_params(state_dict: dict[str, np.ndarray], params: Any,
+                  config: ml_collections.ConfigDict) -> Any:
+  """The official checkpoint's student, encoder included, as params (see `official_checkpoint`)."""
+  return official_checkpoint.import_params(state_dict, params, config)
 
 
 def loss_fn(params: Any, model: SMTCModel, batch: dict, rng: jax.Array, step: jax.Array,
