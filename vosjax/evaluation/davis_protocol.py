@@ -10,6 +10,10 @@ Protocols (see docs/algorithms.md §1.8, §5):
 - `davis2017-unsupervised-perframe`: the SSL-UVOS / SMTC fork: a Hungarian assignment per frame
   on J+F, at most 300 proposals. More lenient; not the official protocol.
 
+Predictions are id maps (`evaluate_sequence`, `evaluate_folders`: PNG folders) or stacks of
+proposals that may overlap, each scored on its own as the SMTC evaluator does
+(`evaluate_sequence_masks`).
+
 Per-object rows are reported in GT object order. (The official tool labels row k with the k-th
 matched pair in proposal order, which permutes object names when there are more proposals than
 objects; every global number is the same.)
@@ -174,6 +178,125 @@ def evaluate_sequence(true_ids, pred_ids, protocol: str = "davis2017-unsupervise
   return SequenceResult(name, frame_names, j, f, matches)
 
 
+# ---------------------------------------------------------------- overlapping mask stacks
+
+
+def _mask_scores(true_t: np.ndarray, num_objects: int, masks: np.ndarray, void_t, radius: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Official J and F of every (mask, GT object) pair of one frame -> float64 [P, G] each.
+
+  `true_t` int [H, W] with void already 0; masks bool [P, H, W] (may overlap). As `db_eval_iou`
+  and `db_eval_boundary`: void pixels are left out of J and zeroed before the boundaries.
+  """
+  if void_t is not None:
+    masks = masks & ~void_t
+  objects = true_t[None] == np.arange(1, num_objects + 1)[:, None, None]
+  flat_masks = masks.reshape(len(masks), -1).astype(np.float32)
+  # float32 sums of 0/1 are exact below 2**24 pixels per frame.
+  inter = (flat_masks @ objects.reshape(num_objects, -1).astype(np.float32).T).astype(np.int64)
+  union = flat_masks.sum(1).astype(np.int64)[:, None] + objects.sum((1, 2))[None, :] - inter
+  with np.errstate(divide="ignore", invalid="ignore"):
+    j = np.where(union == 0, 1.0, inter / union)
+  no_points = np.zeros((0, 2), np.int64)
+  pred_points = [metrics._group_boundaries(m.view(np.uint8), 1)[0] if m.any() else no_points  # pylint: disable=protected-access
+                 for m in masks]
+  true_points = metrics._group_boundaries(  # pylint: disable=protected-access
+      metrics._small_ids(true_t, num_objects, None), num_objects)  # pylint: disable=protected-access
+  return j, metrics._f_measure(pred_points, true_points, radius)  # pylint: disable=protected-access
+
+
+def evaluate_sequence_masks(true_ids, proposals, protocol: str = "davis2017-unsupervised",
+                            present=None, void=None, num_objects: int | None = None,
+                            name: str = "sequence", frame_names=None,
+                            bound_th: float = 0.008) -> SequenceResult:
+  """Scores proposals that may overlap, each on its own (the SMTC evaluator), one sequence.
+
+  Proposal k is the masks `proposals[k]` over the frames; `present[k, t]` says whether it is
+  proposed in frame t (default: always). Both davis2017 protocols:
+  - per frame (`davis2017-unsupervised-perframe`, the SMTC fork): in frame t the proposals present
+    there, in index order, then empty masks up to max(the most present in any frame, the GT object
+    count): the official layout (each frame's candidates stacked and zero-padded to the largest
+    count of the sequence), so the Hungarian assignment sees the official matrix;
+  - per sequence (`davis2017-unsupervised`): an absent proposal is an empty mask there.
+  At most `max_proposals` (300 per frame, 20 per sequence) are scored: beyond that the ones with
+  the largest area (pixels summed over the frames; lower index first on ties) are kept, in index
+  order. (The official tools reject more proposals; an id map can hold only non-overlapping ones.)
+
+  Args:
+    true_ids: int [T, H, W] GT ids (255 = void unless `void` is given).
+    proposals: bool [P, T, H, W], or a sequence of T bool [P, H, W] arrays read once each in
+      order (e.g. computed on demand: a DAVIS sequence of 64 proposals at 480p is GBs).
+    protocol: "davis2017-unsupervised" or "davis2017-unsupervised-perframe".
+    present: optional bool [P, T].
+    void, num_objects, name, frame_names, bound_th: as `evaluate_sequence`.
+
+  Returns:
+    SequenceResult; matched_proposals holds proposal index + 1 (0: an empty padding mask).
+  """
+  spec = PROTOCOLS[protocol]
+  if spec.single_object:
+    raise ValueError(f"{protocol} scores one foreground: give an id map (evaluate_sequence)")
+  true_ids = np.asarray(true_ids)
+  if true_ids.ndim != 3:
+    raise ValueError(f"{name}: GT must be [T, H, W], got {true_ids.shape}")
+  num_frames = len(true_ids)
+  if isinstance(proposals, np.ndarray):
+    if proposals.ndim != 4:
+      raise ValueError(f"{name}: proposals must be [P, T, H, W], got {proposals.shape}")
+    proposals = [proposals[:, t] for t in range(proposals.shape[1])]
+  if len(proposals) != num_frames:
+    raise ValueError(f"{name}: {len(proposals)} proposal frames for {num_frames} GT frames")
+  frame_names = list(frame_names or [f"{t:05d}" for t in range(num_frames)])
+  void = true_ids == VOID_LABEL if void is None else np.asarray(void, bool)
+  true_ids = np.where(void, 0, true_ids)
+  num_objects = int(true_ids[0].max()) if num_objects is None else num_objects
+  radius = metrics.boundary_radius(*true_ids.shape[1:], bound_th)
+  j = f = area = None
+  for t, masks in enumerate(proposals):
+    masks = np.asarray(masks, bool)
+    if masks.ndim != 3 or masks.shape[1:] != true_ids.shape[1:]:
+      raise ValueError(f"{name}: proposals of frame {t} are {masks.shape}, expected [P, "
+                       f"{true_ids.shape[1]}, {true_ids.shape[2]}]")
+    if j is None:
+      shape = (len(masks) + 1, num_objects, num_frames)
+      j, f, area = np.zeros(shape), np.zeros(shape), np.zeros(len(masks), np.int64)
+    # Row P: an empty mask (the padding).
+    stack = np.concatenate([masks, np.zeros((1,) + masks.shape[1:], bool)])
+    j[:, :, t], f[:, :, t] = _mask_scores(true_ids[t], num_objects, stack, void[t], radius)
+    area += masks.sum((1, 2))
+  num_proposals = len(area)
+  present = (np.ones((num_proposals, num_frames), bool) if present is None
+             else np.asarray(present, bool))
+  if present.shape != (num_proposals, num_frames):
+    raise ValueError(f"{name}: present must be [P, T] = {(num_proposals, num_frames)}, got "
+                     f"{present.shape}")
+  keep = np.sort(np.argsort(-area, kind="stable")[:spec.max_proposals])
+  empty_j, empty_f = j[num_proposals], f[num_proposals]  # [G, T]
+  j, f, present = j[keep], f[keep], present[keep]
+  if spec.per_frame_matching:
+    count = max(int(present.sum(0).max(initial=0)), num_objects)
+    out_j, out_f = np.zeros((num_objects, num_frames)), np.zeros((num_objects, num_frames))
+    matches = np.zeros((num_objects, num_frames), np.int64)
+    for t in range(num_frames):
+      rows = np.flatnonzero(present[:, t])
+      pad = count - len(rows)
+      frame_j = np.concatenate([j[rows, :, t], np.repeat(empty_j[None, :, t], pad, 0)])
+      frame_f = np.concatenate([f[rows, :, t], np.repeat(empty_f[None, :, t], pad, 0)])
+      labels = np.concatenate([keep[rows] + 1, np.zeros(pad, np.int64)])
+      proposal, gt = optimize.linear_sum_assignment(-(frame_j + frame_f))
+      out_j[gt, t], out_f[gt, t] = frame_j[proposal, gt], frame_f[proposal, gt]
+      matches[gt, t] = labels[proposal]
+    return SequenceResult(name, frame_names, out_j, out_f, matches)
+  j = np.where(present[:, None, :], j, empty_j[None])
+  f = np.where(present[:, None, :], f, empty_f[None])
+  pad = max(num_objects - len(keep), 0)
+  j = np.concatenate([j, np.repeat(empty_j[None], pad, 0)])
+  f = np.concatenate([f, np.repeat(empty_f[None], pad, 0)])
+  labels = np.concatenate([keep + 1, np.zeros(pad, np.int64)])
+  out_j, out_f, matches = _match(j, f, per_frame=False)
+  return SequenceResult(name, frame_names, out_j, out_f, labels[matches - 1])
+
+
 # ---------------------------------------------------------------- folders
 
 
@@ -204,9 +327,10 @@ def _frame_slice(frames: str) -> slice:
   raise ValueError(f"frames must be 'all' or '1:-1', got {frames!r}")
 
 
-def _evaluate_folder_sequence(args) -> SequenceResult:
-  annotation_dir, results_dir, seq, protocol, frames, bound_th = args
-  gt_paths = sorted((annotation_dir / seq).glob("*.png"))
+def read_annotations(annotation_dir, seq: str, protocol: str
+                     ) -> tuple[np.ndarray, int, list[Path]]:
+  """(GT ids int [T, H, W], object count by the official rule, the PNG paths) of one sequence."""
+  gt_paths = sorted((Path(annotation_dir) / seq).glob("*.png"))
   true_ids = np.stack([read_label_png(p) for p in gt_paths])
   # The official rule takes the object count from the first frame, before any frame is dropped.
   first_frame = np.where(true_ids[0] == VOID_LABEL, 0, true_ids[0])
@@ -215,6 +339,12 @@ def _evaluate_folder_sequence(args) -> SequenceResult:
     raise ValueError(f"{gt_paths[0]}: the first GT frame holds only void (255) pixels, so "
                      f"{protocol} finds no object; DAVIS-2016 style 0/255 masks need "
                      "--protocol davis2016")
+  return true_ids, num_objects, gt_paths
+
+
+def _evaluate_folder_sequence(args) -> SequenceResult:
+  annotation_dir, results_dir, seq, protocol, frames, bound_th = args
+  true_ids, num_objects, gt_paths = read_annotations(annotation_dir, seq, protocol)
   selected = gt_paths[_frame_slice(frames)]
   if not selected:
     raise ValueError(f"{annotation_dir / seq}: no frame left to score with frames={frames}")
