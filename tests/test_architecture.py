@@ -106,7 +106,8 @@ def test_every_method_satisfies_the_interface(name):
   assert isinstance(method, interface.Method)
   for protocol in (interface.Method, interface.OwnsExtraState, interface.PredictsFromFlow,
                    interface.SegmentsVideos, interface.ImportsCheckpoints,
-                   interface.GrowsCapacity):
+                   interface.GrowsCapacity, interface.PredictsInChunks,
+                   interface.ProposesCandidates):
     if not isinstance(method, protocol):
       continue
     for function_name, declared in vars(protocol).items():
@@ -127,6 +128,9 @@ def test_capabilities_are_what_the_methods_provide():
   assert methods.with_capability(interface.ImportsCheckpoints) == ["betrayed", "motion_grouping",
                                                                    "smtc"]
   assert methods.with_capability(interface.GrowsCapacity) == ["betrayed"]
+  assert methods.with_capability(interface.PredictsInChunks) == ["smtc"]
+  assert methods.with_capability(interface.ProposesCandidates) == ["smtc"]
+  assert "smtc" in methods.with_capability(interface.SegmentsVideos)
 
 
 def test_no_code_outside_methods_branches_on_a_method_name():

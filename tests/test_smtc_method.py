@@ -25,6 +25,7 @@ def _tiny_config():
   config.model.num_semantic_slots, config.model.num_instances = 4, 3
   config.model.train_iterations, config.model.inference_iterations = 2, 3
   config.model.correlation_size = (RES // 16, RES // 16)
+  config.model.inference_resolution = (RES, RES)
   config.optimizer.encoder_switch_step = 1
   config.optimizer.learning_rate, config.optimizer.final_learning_rate = 1e-2, 1e-3
   return config

@@ -1,4 +1,5 @@
-"""Prediction over windows of a long video, with ids kept consistent between windows.
+"""Prediction over windows of a long video, with ids kept consistent between windows, or over
+whole chunks for methods that segment independent chunks (`predict_in_chunks`).
 
 Used by `vosjax.segment` (users' videos) and the frame-folder evaluation. Long videos are processed
 in windows of `chunk_frames` + 2 frames (one static shape, one compilation; the last window is
@@ -16,6 +17,8 @@ from typing import Callable
 import numpy as np
 from scipy import optimize
 import tqdm
+
+from vosjax.methods import interface
 
 # Two clusters of neighbouring windows are the same segment when their IoU on the shared frames is
 # at least this (the usual criterion for a match); other clusters get new ids.
@@ -125,6 +128,90 @@ def predict_in_windows(predict: Callable[[dict], dict], inputs: dict[str, np.nda
     out[filled:end] = ids[filled - start:end - start]
     filled = end
   return out
+
+
+def predict_in_chunks(predict: Callable[[dict], dict], inputs: dict[str, np.ndarray],
+                      chunks: np.ndarray, positions: np.ndarray, chunks_per_call: int, *,
+                      progress: bool = True) -> dict[str, np.ndarray]:
+  """Runs a chunked `predict` (`interface.PredictsInChunks`) over a video, whole chunks per call.
+
+  Each call gets `chunks_per_call` chunks of the layout back to back (the last call filled with
+  copies of the last chunk, one static shape), so `predict` sees the chunks it would see on the
+  whole video; the results of every frame are gathered at `positions`.
+
+  Args:
+    predict: batch dict of `[1, chunks_per_call * C, ...]` arrays -> dict of outputs; those with a
+      frame axis (`[1, chunks_per_call * C, ...]`) are kept.
+    inputs: per-frame arrays `[T, ...]`.
+    chunks: int `[N, C]` video frames of each chunk; positions: int `[T]` (the method's
+      `chunk_layout`).
+    chunks_per_call: chunks per `predict` call (bounds the memory).
+
+  Returns:
+    name -> `[T, ...]` NumPy, each frame's result from its chunk.
+  """
+  chunks, positions = np.asarray(chunks), np.asarray(positions)
+  per_call = max(1, min(int(chunks_per_call), len(chunks)))
+  length = per_call * chunks.shape[1]
+  outputs: dict[str, list[np.ndarray]] = {}
+  for first in tqdm.tqdm(range(0, len(chunks), per_call), desc="segment", unit="call",
+                         disable=not progress):
+    group = chunks[first:first + per_call]
+    group = np.concatenate([group, np.repeat(group[-1:], per_call - len(group), 0)])
+    frames = group.reshape(-1)
+    prediction = predict({k: np.asarray(v)[frames][None] for k, v in inputs.items()})
+    for name, value in prediction.items():
+      value = np.asarray(value)
+      if value.ndim >= 2 and value.shape[:2] == (1, length):
+        outputs.setdefault(name, []).append(value[0, :len(chunks[first:first + per_call])
+                                                  * chunks.shape[1]])
+  return {name: np.concatenate(parts)[positions] for name, parts in outputs.items()}
+
+
+def segment_frames(method, predict: Callable[[dict], dict], inputs: dict[str, np.ndarray], config,
+                   chunk_frames: int, frame_size: tuple[int, int], *, progress: bool = True
+                   ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+  """A video's id map at the frame size, and its candidate masks where the method proposes them.
+
+  Chunked methods (`interface.PredictsInChunks`) run in calls of whole chunks (about
+  `chunk_frames` frames), the others in windows of `chunk_frames` + 2 frames (`predict_in_windows`;
+  cluster ids linked between windows and ranked by area, class ids as they are, upsampled nearest).
+  For methods with `interface.ProposesCandidates`, the ids are the method's resolution of the
+  overlapping candidates, upsampled with torch's rule like the candidates themselves.
+
+  Args:
+    method: a `SegmentsVideos` method; predict: batch dict `[1, W, ...]` -> outputs (NumPy or jax);
+    inputs: per-frame arrays `[T, ...]` (`segment_inputs`); frame_size: (H, W) of the frames.
+
+  Returns:
+    (ids uint8 `[T, H, W]`, None or (masks bool `[T, K, h, w]`, valid bool `[T, K]`): the
+    candidates on the prediction grid, `upsample_nearest_floor` to `frame_size`).
+  """
+  num_frames = len(next(iter(inputs.values())))
+  if isinstance(method, interface.PredictsInChunks):
+    chunks, positions = method.chunk_layout(num_frames, config)
+    outputs = predict_in_chunks(predict, inputs, chunks, positions,
+                                max(1, chunk_frames // chunks.shape[1]), progress=progress)
+  else:
+    clusters = method.SEGMENT_IDS == "clusters"
+    ids = predict_in_windows(predict, inputs, chunk_frames, link_clusters=clusters,
+                             progress=progress)
+    outputs = {"ids": rank_by_area(ids) if clusters else ids}
+  if isinstance(method, interface.ProposesCandidates):
+    masks, ids = method.candidate_masks(outputs["candidates"], outputs["candidate_valid"],
+                                        tuple(frame_size), config)
+    return (upsample_nearest_floor(ids, frame_size),
+            (masks, np.asarray(outputs["candidate_valid"], bool)))
+  return upsample_nearest(np.asarray(outputs["ids"]).astype(np.uint8), frame_size), None
+
+
+def upsample_nearest_floor(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resize of `[..., h, w]` to `[..., H, W]` with torch's
+  `F.interpolate(mode="nearest")` rule, source index floor(i * h / H) (the SMTC evaluator's)."""
+  height, width = x.shape[-2:]
+  rows = (np.arange(size[0]) * height) // size[0]
+  cols = (np.arange(size[1]) * width) // size[1]
+  return x[..., rows[:, None], cols[None, :]]
 
 
 def upsample_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -85,6 +85,37 @@ class SegmentsVideos(Protocol):
 
 
 @runtime_checkable
+class PredictsInChunks(Protocol):
+  """`predict` segments independent chunks of consecutive frames (e.g. SMTC's 4-frame clips): a
+  frame's result depends only on the frames of its chunk. Videos are then segmented in calls of
+  whole chunks laid out as on the whole video (`evaluation.windows.predict_in_chunks`), which gives
+  the result of one call on the whole video with one compilation and bounded memory."""
+
+  def chunk_layout(self, num_frames: int, config: ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+    """(frames int `[N, C]`: the video frames of each chunk, positions int `[num_frames]`: where
+    each frame's result lies among the N * C results). On a video of a multiple of C frames,
+    `predict` must treat frames [i * C, (i + 1) * C) as chunk i."""
+
+
+@runtime_checkable
+class ProposesCandidates(Protocol):
+  """`predict` also proposes candidate masks that may overlap (e.g. SMTC's instance masks), which
+  the DAVIS-2017 unsupervised protocols score each on its own
+  (`evaluation.davis_protocol.evaluate_sequence_masks`) instead of the id map. `predict` returns
+  them as `candidates` float `[B, T, K, h, w]` (soft masks on its grid; K fixed by the config) and
+  `candidate_valid` bool `[B, T, K]` (the candidates proposed in that frame)."""
+
+  def candidate_masks(self, candidates: np.ndarray, valid: np.ndarray,
+                      frame_size: tuple[int, int], config: ConfigDict
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """One video's `candidates` `[T, K, h, w]` and `valid` `[T, K]` (NumPy) -> (binary masks bool
+    `[T, K, h, w]`, empty where not valid, and an id map uint8 `[T, h, w]` resolving the overlaps
+    for PNGs: 0 or 1 + a candidate). The frames' masks and ids are their nearest upsampling to
+    `frame_size` (H, W) with torch's rule, source index floor(i * h / H)
+    (`evaluation.windows.upsample_nearest_floor`)."""
+
+
+@runtime_checkable
 class ImportsCheckpoints(Protocol):
   """Imports the authors' own PyTorch checkpoints (`config.init.checkpoint`, `vosjax.convert`).
 

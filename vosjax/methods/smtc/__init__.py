@@ -11,9 +11,13 @@ copy of the initial parameters; after every step its head follows the student's 
 weight decay 0.1 on >= 2-D parameters (the official groups); the encoder's lr is x0 before step 3000,
 then x0.01 (its Adam moments update from step 0, as PyTorch's with lr 0).
 
-Inference (`src/eval_multi.py`): 5 iterations over chunks of `data.clip_length` frames (the tail padded
-with the video's last frames); the candidate instance masks are those whose instance slot has cosine
->= 0.5 with its semantic slot. `predict` turns them into ids (see there).
+Inference (`src/eval_multi.py`, `vosjax.methods.smtc.inference`): frames at
+`model.inference_resolution` (480x800), Kinetics-normalised, 5 iterations over independent chunks of
+`data.clip_length` frames (the tail padded with the video's last frames; `PredictsInChunks`); the
+candidate instance masks are those whose instance slot has cosine >= 0.5 with its semantic slot,
+binarised as the official evaluator does and scored each on its own (`ProposesCandidates`); `predict`
+also resolves their overlaps into an id map. `vosjax.segment` and the frame-folder evaluation
+segment videos with it (`SegmentsVideos`).
 
 The authors' checkpoints (`src/train.py`'s `model_state_dict`, the released ViT-S/16 model) import
 with `--config.init.checkpoint=PATH` or `python -m vosjax.convert` (`official_checkpoint`).
@@ -29,9 +33,8 @@ deterministic (the official teacher runs in eval mode).
 Differences from the official code: the stochastic-depth draws come from JAX's generator, not
 PyTorch's (same distribution, other numbers); the cosine schedule decays over
 `num_train_steps` (the official over whole 78-iteration epochs, 9984 of the 10000 steps); the instance
-noise of `predict` comes from a fixed key (`model.inference_seed`; the official resamples at every
-call); one normalization (ImageNet) for training and inference (the official inference uses Kinetics
-statistics); the blur sigma of the augmentation is drawn per clip (see `vosjax.data.augment`).
+noise of `predict` comes from a fixed key (`model.inference_seed`, the same for every chunk; the
+official resamples at every call); the blur sigma of the augmentation is drawn per clip (see `vosjax.data.augment`).
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ from vosjax.core import images
 from vosjax.core import optimizers
 from vosjax.data import augment
 from vosjax.methods import vit_video
+from vosjax.methods.smtc import inference
 from vosjax.methods.smtc import losses
 from vosjax.methods.smtc import official_checkpoint
 from vosjax.models import pretrained
@@ -78,6 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.similarity_threshold = 0.5  # candidate instance masks at inference
   config.model.mask_threshold = 0.3  # min-max normalised candidate mask > this (official evaluator)
   config.model.inference_seed = 0  # instance noise of `predict`
+  config.model.inference_resolution = (480, 800)  # eval_multi.py args.resolution (H, W)
+  config.model.inference_mean = inference.KINETICS_MEAN  # eval_multi.py normalises with Kinetics
+  config.model.inference_std = inference.KINETICS_STD  # statistics (training: ImageNet)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.transport_weight = 1.0  # cons_scale, --bi_cons
@@ -242,61 +249,34 @@ def loss_fn(params: Any, model: SMTCModel, batch: dict, rng: jax.Array, step: ja
                 "valid_instances": jnp.mean(student_valid)}
 
 
-def chunk_indices(num_frames: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-  """Frames of each inference chunk and where each frame's result lies (official `inference`).
-
-  Returns:
-    frames: int `[num_chunks, chunk]`: consecutive frames; the last chunk is filled with the video's
-      last frames (official `torch.cat([input, rgbs[:, -(n_f - bs):]])`; cyclic when T < chunk).
-    positions: int `[num_frames]` index of each frame's result in the flattened chunks.
-  """
-  starts = range(0, num_frames, chunk)
-  frames, positions = [], []
-  for index, start in enumerate(starts):
-    real = np.arange(start, min(start + chunk, num_frames))
-    fill = np.arange(num_frames - (chunk - len(real)), num_frames) % num_frames
-    frames.append(np.concatenate([real, fill]))
-    positions.extend(index * chunk + np.arange(len(real)))
-  return np.stack(frames), np.asarray(positions)
+chunk_indices = inference.chunk_indices
+predict = inference.predict  # see `inference.predict` for the outputs
 
 
-def predict(params: Any, model: SMTCModel, batch: dict,
-            config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
-  """Instance ids from the candidate instance masks (official `eval_multi.py` + its evaluator).
+# vosjax.segment / frame-folder evaluation: the ids are candidate slots (1 + s * P + p), the same
+# slot in every chunk; no linking between windows.
+SEGMENT_IDS = "classes"
 
-  The candidates of a frame are the S x P instance masks whose similarity is >= 0.5; each is
-  min-max normalised over the frame's tokens (as the official evaluator does before its > 0.3
-  threshold). A token takes the id 1 + s * P + p of the candidate with the highest normalised value
-  if that value exceeds `model.mask_threshold`, else 0. (The official writes the overlapping
-  candidates and leaves their selection to a per-frame Hungarian matching with the ground truth.)
 
-  Returns:
-    ids: int32 `[B, T, H, W]` (tokens upsampled nearest); semantic_ids: int32 `[B, T, H, W]` the
-    argmax of the semantic masks.
-  """
-  video = vit_video.check_video(batch, "prediction", NAME)
-  batch_size, num_frames, height, width = video.shape[:4]
-  frames, positions = chunk_indices(num_frames, config.data.clip_length)
-  chunks = video[:, frames.reshape(-1)].reshape((batch_size * frames.shape[0],) + frames.shape[1:]
-                                                 + video.shape[2:])
-  out = model.forward(params, chunks, jax.random.key(config.model.inference_seed), inference=True)
-  select = lambda x: x.reshape((batch_size, -1) + x.shape[2:])[:, positions]
-  masks, similarity = select(out.instance_masks), select(out.similarity)  # [B, T, S, P, N]
-  masks = masks.reshape(masks.shape[:2] + (-1, masks.shape[-1]))
-  low, high = masks.min(-1, keepdims=True), masks.max(-1, keepdims=True)
-  normalised = (masks - low) / jnp.maximum(high - low, 1e-12)
-  keep = (similarity >= config.model.similarity_threshold).reshape(similarity.shape[:2] + (-1, 1))
-  normalised = jnp.where(keep, normalised, -1.0)
-  ids = jnp.where(normalised.max(2) > config.model.mask_threshold, normalised.argmax(2) + 1, 0)
-  semantic_ids = select(out.semantic_masks).argmax(2)
-  grid = model.backbone.arch.grid_shape(height, width)
+def segment_inputs(frames: np.ndarray, config: ml_collections.ConfigDict, *, cache_dir,
+                   cache_key: str, flow_preset: str) -> dict[str, np.ndarray]:
+  """uint8 frames `[T, H, W, 3]` -> video float32 `[T, h, w, 3]` in [0, 1] at
+  `model.inference_resolution` (`inference.segment_inputs`); no flow, nothing cached."""
+  del cache_dir, cache_key, flow_preset
+  return inference.segment_inputs(frames, config)
 
-  def upsample(tokens):  # [B, T, N] -> [B, T, H, W] nearest, like the official F.interpolate
-    rows = (np.arange(height) * grid[0] // height)[:, None]
-    cols = (np.arange(width) * grid[1] // width)[None, :]
-    return tokens.reshape(tokens.shape[:2] + grid)[:, :, rows, cols].astype(jnp.int32)
 
-  return {"ids": upsample(ids), "semantic_ids": upsample(semantic_ids)}
+def chunk_layout(num_frames: int, config: ml_collections.ConfigDict
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """`interface.PredictsInChunks`: chunks of `data.clip_length` frames (`chunk_indices`)."""
+  return inference.chunk_indices(num_frames, config.data.clip_length)
+
+
+def candidate_masks(candidates: np.ndarray, valid: np.ndarray, frame_size: tuple[int, int],
+                    config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+  """`interface.ProposesCandidates`: the official evaluator's post-processing
+  (`inference.candidate_masks`)."""
+  return inference.candidate_masks(candidates, valid, frame_size, config)
 
 
 def summary_images(params: Any, model: SMTCModel, batch: dict,
