@@ -29,6 +29,10 @@ Motion Grouping's `predict` drops the backward flow of a window's first frame an
 its last. Betrayed by Attention clusters each window separately; its clusters are linked to the
 previous window's by IoU on the frames both label (Hungarian matching), so ids stay the same over
 time.
+Methods that segment independent chunks of frames (SMTC's 4-frame clips, `PredictsInChunks`) run in
+calls of whole chunks instead (about `--chunk_frames` frames), laid out as on the whole video. Where
+a method proposes overlapping candidate masks (SMTC, `ProposesCandidates`), each pixel shows the
+candidate the method ranks first there (SMTC: the highest min-max normalised mask value).
 """
 from __future__ import annotations
 
@@ -56,8 +60,7 @@ from vosjax.core import images
 from vosjax.core import sharding
 from vosjax.data import optical_flow
 from vosjax.data import video as video_io
-from vosjax.evaluation.windows import predict_in_windows
-from vosjax.evaluation.windows import rank_by_area
+from vosjax.evaluation.windows import segment_frames
 from vosjax.evaluation.windows import upsample_nearest
 from vosjax.methods import interface
 
@@ -209,9 +212,7 @@ def segment_video(config, workdir: str, input_path: str, output_dir: str, *,
   print(f"Parameters: {source}.", flush=True)
   inputs = method.segment_inputs(frames, config, cache_dir=output_dir / "flow_cache",
                                  cache_key=_cache_key(path, frames), flow_preset=flow_preset)
-  clusters = method.SEGMENT_IDS == "clusters"
-  ids = predict_in_windows(predict, inputs, chunk_frames, link_clusters=clusters)
-  ids = rank_by_area(ids) if clusters else ids.astype(np.uint8)
+  ids, _ = segment_frames(method, predict, inputs, config, chunk_frames, frames.shape[1:3])
   outputs = write_outputs(output_dir, frames, ids, fps or input_fps(path))
   print(f"Wrote {outputs.num_frames} masks to {outputs.masks_dir}/*.png (DAVIS palette), "
         f"overlay {outputs.gif}" + (f" and {outputs.mp4}" if outputs.mp4 else "") + ".", flush=True)

@@ -197,12 +197,15 @@ def _mask_scores(true_t: np.ndarray, num_objects: int, masks: np.ndarray, void_t
   union = flat_masks.sum(1).astype(np.int64)[:, None] + objects.sum((1, 2))[None, :] - inter
   with np.errstate(divide="ignore", invalid="ignore"):
     j = np.where(union == 0, 1.0, inter / union)
+  # F with the boundary helpers of the id-map path, one binary map per (overlapping) mask.
+  # pylint: disable=protected-access
   no_points = np.zeros((0, 2), np.int64)
-  pred_points = [metrics._group_boundaries(m.view(np.uint8), 1)[0] if m.any() else no_points  # pylint: disable=protected-access
+  pred_points = [metrics._group_boundaries(m.view(np.uint8), 1)[0] if m.any() else no_points
                  for m in masks]
-  true_points = metrics._group_boundaries(  # pylint: disable=protected-access
-      metrics._small_ids(true_t, num_objects, None), num_objects)  # pylint: disable=protected-access
-  return j, metrics._f_measure(pred_points, true_points, radius)  # pylint: disable=protected-access
+  true_points = metrics._group_boundaries(metrics._small_ids(true_t, num_objects, None),
+                                          num_objects)
+  return j, metrics._f_measure(pred_points, true_points, radius)
+  # pylint: enable=protected-access
 
 
 def evaluate_sequence_masks(true_ids, proposals, protocol: str = "davis2017-unsupervised",

@@ -15,6 +15,13 @@ scores; the papers evaluate on DAVIS-2017 val. So:
     `Annotations/<quality>/<seq>`; `annotation_folder`), both `davis2017-unsupervised` (official,
     per sequence) and `davis2017-unsupervised-perframe` (the SSL-UVOS / SMTC fork) are scored;
     their CSVs go to `WORKDIR/frame_eval/<protocol>/`.
+  * methods that propose overlapping candidate masks (`interface.ProposesCandidates`, SMTC) are
+    scored on the candidates, each on its own (`davis_protocol.evaluate_sequence_masks`, the SMTC
+    evaluator), not on the PNGs (which show one candidate per pixel): the binary candidates on the
+    prediction grid go to `WORKDIR/frame_candidates/<seq>.npz` (masks bool [T, K, h, w], valid
+    bool [T, K], frame names; the official `DAVIS_Twostage/<seq>.pth`) and are upsampled (torch
+    nearest) to the annotations' size when scored. Chunked methods (`PredictsInChunks`) run in
+    calls of whole chunks (about `config.data.eval_chunk_frames` frames).
 Multi-host: each process segments its share of the sequences on one local device; process 0 scores.
 """
 from __future__ import annotations
@@ -37,6 +44,7 @@ from vosjax.evaluation import windows
 from vosjax.methods import interface
 
 PROTOCOLS = ("davis2017-unsupervised", "davis2017-unsupervised-perframe")
+CANDIDATES_FOLDER = "frame_candidates"  # beside frame_results/
 
 
 def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
@@ -61,19 +69,58 @@ def annotation_folder(root, quality: str) -> Path:
 
 def _segment_sequence(method, predict, config, root: Path, quality: str, sequence: str,
                       out_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-  """Writes the PNG masks of one sequence; returns its uint8 frames and ids at the frame size."""
+  """Writes the PNG masks (and candidates, if any) of one sequence; returns its uint8 frames and
+  ids at the frame size."""
   paths = video_io.list_frame_files(davis.frames_dir(root, quality) / sequence)
   frames = np.stack([images.to_uint8(video_io.read_image(p)) for p in paths])
   inputs = method.segment_inputs(frames, config, cache_dir=out_dir.parent / "flow_cache",
                                  cache_key=f"{root.name}-{quality}-{sequence}", flow_preset="medium")
-  clusters = method.SEGMENT_IDS == "clusters"
-  ids = windows.predict_in_windows(predict, inputs, config.data.eval_chunk_frames,
-                                   link_clusters=clusters, progress=False)
-  ids = windows.rank_by_area(ids) if clusters else ids.astype(np.uint8)
-  ids = windows.upsample_nearest(ids, frames.shape[1:3])
+  ids, candidates = windows.segment_frames(method, predict, inputs, config,
+                                           config.data.eval_chunk_frames, frames.shape[1:3],
+                                           progress=False)
   for path, frame_ids in zip(paths, ids):
     video_io.write_indexed_png(out_dir / sequence / f"{path.stem}.png", frame_ids)
+  if candidates is not None:
+    candidates_dir = out_dir.parent / CANDIDATES_FOLDER
+    candidates_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(candidates_dir / f"{sequence}.npz", masks=candidates[0],
+                        valid=candidates[1], frame_names=np.array([p.stem for p in paths]))
   return frames, ids
+
+
+class _UpsampledFrames:
+  """The frames' candidate masks bool [K, H, W], upsampled one frame at a time when read."""
+
+  def __init__(self, masks: np.ndarray, size: tuple[int, int]):
+    self.masks, self.size = masks, size
+
+  def __len__(self) -> int:
+    return len(self.masks)
+
+  def __getitem__(self, t: int) -> np.ndarray:
+    return windows.upsample_nearest_floor(self.masks[t], self.size)
+
+
+def score_candidates(annotations: Path, candidates_dir: Path, sequences: list[str],
+                     protocol: str) -> davis_protocol.EvaluationResults:
+  """Scores the candidates saved by `_segment_sequence` against the annotation folder (frames
+  matched by name; the candidates of frames without annotation are left out)."""
+  scored = []
+  for sequence in sequences:
+    true_ids, num_objects, gt_paths = davis_protocol.read_annotations(annotations, sequence,
+                                                                      protocol)
+    path = candidates_dir / f"{sequence}.npz"
+    with np.load(path) as saved:
+      masks, valid, names = saved["masks"], saved["valid"], list(saved["frame_names"])
+    missing = [p.stem for p in gt_paths if p.stem not in names]
+    if missing:
+      raise ValueError(f"{path}: no candidates for the annotated frames {missing[:5]}")
+    index = np.array([names.index(p.stem) for p in gt_paths])
+    scored.append(davis_protocol.evaluate_sequence_masks(
+        true_ids, _UpsampledFrames(masks[index], true_ids.shape[1:]), protocol,
+        present=valid[index].T, num_objects=num_objects, name=sequence,
+        frame_names=[p.stem for p in gt_paths]))
+  return davis_protocol.EvaluationResults(protocol, "all", scored)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, mesh, *,
@@ -117,8 +164,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
     for protocol in PROTOCOLS:
       # The annotation folder itself (the masks are at the size of the `quality` frames; given
       # the root, the protocol would read Annotations[_unsupervised]/480p whatever the quality).
-      scored = davis_protocol.evaluate_folders(annotations, out_dir, protocol,
-                                               sequences=scored_sequences)
+      if isinstance(method, interface.ProposesCandidates):
+        scored = score_candidates(annotations, workdir / CANDIDATES_FOLDER, scored_sequences,
+                                  protocol)
+      else:
+        scored = davis_protocol.evaluate_folders(annotations, out_dir, protocol,
+                                                 sequences=scored_sequences)
       scored.write_csv(workdir / "frame_eval" / protocol)
       prefix = "" if protocol == "davis2017-unsupervised" else "perframe_"
       for key, value in scored.global_results().items():

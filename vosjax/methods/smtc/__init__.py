@@ -34,7 +34,8 @@ Differences from the official code: the stochastic-depth draws come from JAX's g
 PyTorch's (same distribution, other numbers); the cosine schedule decays over
 `num_train_steps` (the official over whole 78-iteration epochs, 9984 of the 10000 steps); the instance
 noise of `predict` comes from a fixed key (`model.inference_seed`, the same for every chunk; the
-official resamples at every call); the blur sigma of the augmentation is drawn per clip (see `vosjax.data.augment`).
+official resamples at every call); the blur sigma of the augmentation is drawn per clip (see
+`vosjax.data.augment`).
 """
 from __future__ import annotations
 
