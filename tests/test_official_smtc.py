@@ -4,10 +4,12 @@ The official model (tests/official_smtc_torch.py, a stock-PyTorch transcription 
 module names) gets random weights from a fixed seed and is saved the way the official `src/train.py`
 saves (`{"iteration", "model_state_dict", "optimizer_state_dict", "loss"}`, the student only).
 vosjax imports that file as users do (`--config.init.checkpoint`, `train.create_train_state`), and on
-4 real DAVIS frames, with the same standard-normal instance noise fed to both sides (the official
-model draws it inside with `torch.normal`), we compare the inference forward of `eval_multi.py` (5
-iterations): semantic and instance slots, semantic and instance masks, slot similarities, the
-`mlp_slot` embeddings and the candidate masks (instance masks with similarity >= 0.5).
+4 real DAVIS frames, Kinetics-normalised as `eval_multi.py` does, with the same standard-normal
+instance noise fed to both sides (the official model draws it inside with `torch.normal`), we compare
+the inference forward of `eval_multi.py` (5 iterations; vosjax: `smtc.inference.inference_outputs`,
+the forward of `predict`): semantic and instance slots, logits, semantic and instance masks, slot
+similarities, the `mlp_slot` embeddings and the candidate masks (instance masks with similarity
+>= 0.5; vosjax: `smtc.inference.candidates`).
 
 The semantic logits pass a hard threshold (> 0.3) and the candidates one (>= 0.5); a float32 flip at
 either would change the result discontinuously, so the test first checks that no value of the
@@ -38,13 +40,12 @@ from vosjax.core import sharding
 from vosjax.data import video as video_io
 from vosjax.methods import interface
 from vosjax.methods import smtc
+from vosjax.methods.smtc import inference
 from vosjax.methods.smtc import official_checkpoint
 from vosjax.models import state_dicts
 
 torch.set_num_threads(1)
 DAVIS2016 = Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 SMALL_VIT = dict(embed_dim=32, depth=2, num_heads=2)
 VIT_S16 = dict(embed_dim=384, depth=12, num_heads=6)
 RESOLUTION = {"small": (64, 96), "vit_s16": (96, 160)}  # 4 x 6 and 6 x 10 tokens
@@ -110,10 +111,10 @@ def smtc_config(checkpoint: Path | None, vit: dict, resolution) -> ml_collection
 
 
 def davis_frames(resolution) -> np.ndarray:
-  """The first 4 frames of blackswan, ImageNet-normalised, float32 [T, H, W, 3]."""
+  """The first 4 frames of blackswan, float32 [T, H, W, 3] in [0, 1]."""
   folder = DAVIS2016 / "JPEGImages" / "480p" / "blackswan"
   frames = np.stack([video_io.read_image(p) for p in video_io.list_frame_files(folder)[:NUM_FRAMES]])
-  return (video_io.resize_frames(frames, resolution) - IMAGENET_MEAN) / IMAGENET_STD
+  return video_io.resize_frames(frames, resolution)
 
 
 @pytest.fixture(scope="module", params=[
@@ -130,8 +131,10 @@ def official(request, tmp_path_factory):
   frames = davis_frames(RESOLUTION[request.param])
   noise = np.random.default_rng(1).standard_normal(
       (NUM_FRAMES, NUM_SLOTS, NUM_INSTANCES, vit["embed_dim"])).astype(np.float32)
+  normalised = ((frames - np.asarray(config.model.inference_mean, np.float32))
+                / np.asarray(config.model.inference_std, np.float32))  # eval_multi.py: Kinetics
   with torch.no_grad():
-    expected = model(torch.from_numpy(frames.transpose(0, 3, 1, 2).copy())[None],
+    expected = model(torch.from_numpy(normalised.transpose(0, 3, 1, 2).copy())[None],
                      torch.from_numpy(noise))
   return request.param, model, path, config, frames, noise, expected
 
@@ -174,10 +177,10 @@ def test_official_checkpoint_computes_the_official_forward(official):
   # The checkpoint holds no teacher: the EMA teacher starts as a copy of the imported student.
   jax.tree.map(np.testing.assert_array_equal, state.extra["teacher"], params)
 
-  keys = vosjax_model.backbone.apply({"params": params["encoder"]}, jnp.asarray(frames)).keys
-  out = vosjax_model.inference_head.apply(
-      {"params": params["head"]}, keys[None], jnp.asarray(noise)[None])
-  out = jax.tree.map(lambda x: np.asarray(x[0]), out)  # the one clip
+  out = inference.inference_outputs(params, vosjax_model, jnp.asarray(frames)[None], config,
+                                    jnp.asarray(noise)[None])
+  candidates, valid = inference.candidates(out, config.model.similarity_threshold)
+  out, candidates, valid = jax.tree.map(lambda x: np.asarray(x[0]), (out, candidates, valid))
   torch_out = {name: value[0].numpy() for name, value in expected.items() if name != "grid"}
 
   for ours, theirs in (("semantic_slots", "semantic_slots"), ("instance_slots", "instance_slots"),
@@ -198,12 +201,11 @@ def test_official_checkpoint_computes_the_official_forward(official):
   grid = expected["grid"]
   official_candidates = candidate_masks(expected["similarity"][0], expected["instance_mask"][0],
                                         grid)
-  keep = out.similarity.reshape(NUM_FRAMES, -1) >= config.model.similarity_threshold
-  np.testing.assert_array_equal(keep, similarity[0].reshape(NUM_FRAMES, -1) >= 0.5)
-  instance_masks = out.instance_masks.reshape((NUM_FRAMES, -1) + grid)
+  np.testing.assert_array_equal(valid, similarity[0].reshape(NUM_FRAMES, -1) >= 0.5)
+  candidates = candidates.reshape(candidates.shape[:2] + tuple(grid))
   for t, theirs in enumerate(official_candidates):
-    assert len(theirs) == keep[t].sum() > 0
-    np.testing.assert_allclose(instance_masks[t][keep[t]], theirs.numpy(), rtol=0,
+    assert len(theirs) == valid[t].sum() > 0
+    np.testing.assert_allclose(candidates[t][valid[t]], theirs.numpy(), rtol=0,
                                atol=TOLERANCE["masks"])
 
 
