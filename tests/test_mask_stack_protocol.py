@@ -10,6 +10,7 @@ from test_metrics import official_f_measure
 from test_metrics import official_iou
 from test_metrics import random_label_video
 from vosjax.evaluation import davis_protocol
+from vosjax.evaluation import proposal_scores
 
 T, H, W, NUM_OBJECTS = 4, 30, 44, 3
 
@@ -94,6 +95,10 @@ def test_non_overlapping_masks_score_as_the_id_map(protocol):
   lazy = davis_protocol.evaluate_sequence_masks(true_ids, [proposals[:, t] for t in range(T)],
                                                 protocol)
   np.testing.assert_array_equal(lazy.j, from_masks.j)
+  # Scores computed once, matched per protocol.
+  scores = proposal_scores.score_mask_stack(true_ids, proposals)
+  again = davis_protocol.evaluate_sequence_masks(true_ids, None, protocol, scores=scores)
+  np.testing.assert_array_equal(again.f, from_masks.f)
 
 
 def test_bad_inputs_name_the_problem():

@@ -86,8 +86,11 @@ def test_frame_folder_evaluation_scores_the_candidates(trained, tiny_davis2017_d
     assert (shown | (ids == 0)).all() and ((ids > 0) == full.any(1)).all()
   # The reported score is the candidates' score (not the PNGs').
   scored = frame_folders.score_candidates(annotations, workdir / "frame_candidates",
-                                          list(DAVIS_SEQUENCES), "davis2017-unsupervised")
-  assert scored.global_results()["J&F-Mean"] == pytest.approx(metrics["J&F-Mean"])
+                                          list(DAVIS_SEQUENCES))
+  for protocol, prefix in (("davis2017-unsupervised", ""),
+                           ("davis2017-unsupervised-perframe", "perframe_")):
+    results = scored[protocol].global_results()
+    assert results["J&F-Mean"] == pytest.approx(metrics[prefix + "J&F-Mean"])
   assert result.eval_metrics["J&F-Mean"] == pytest.approx(metrics["J&F-Mean"])
 
 

@@ -34,6 +34,8 @@ from scipy import optimize
 from vosjax.data.davis import VOID_LABEL
 from vosjax.data.davis import read_label_png
 from vosjax.evaluation import metrics
+from vosjax.evaluation.proposal_scores import MaskStackScores
+from vosjax.evaluation.proposal_scores import score_mask_stack
 
 
 
@@ -181,37 +183,10 @@ def evaluate_sequence(true_ids, pred_ids, protocol: str = "davis2017-unsupervise
 # ---------------------------------------------------------------- overlapping mask stacks
 
 
-def _mask_scores(true_t: np.ndarray, num_objects: int, masks: np.ndarray, void_t, radius: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-  """Official J and F of every (mask, GT object) pair of one frame -> float64 [P, G] each.
-
-  `true_t` int [H, W] with void already 0; masks bool [P, H, W] (may overlap). As `db_eval_iou`
-  and `db_eval_boundary`: void pixels are left out of J and zeroed before the boundaries.
-  """
-  if void_t is not None:
-    masks = masks & ~void_t
-  objects = true_t[None] == np.arange(1, num_objects + 1)[:, None, None]
-  flat_masks = masks.reshape(len(masks), -1).astype(np.float32)
-  # float32 sums of 0/1 are exact below 2**24 pixels per frame.
-  inter = (flat_masks @ objects.reshape(num_objects, -1).astype(np.float32).T).astype(np.int64)
-  union = flat_masks.sum(1).astype(np.int64)[:, None] + objects.sum((1, 2))[None, :] - inter
-  with np.errstate(divide="ignore", invalid="ignore"):
-    j = np.where(union == 0, 1.0, inter / union)
-  # F with the boundary helpers of the id-map path, one binary map per (overlapping) mask.
-  # pylint: disable=protected-access
-  no_points = np.zeros((0, 2), np.int64)
-  pred_points = [metrics._group_boundaries(m.view(np.uint8), 1)[0] if m.any() else no_points
-                 for m in masks]
-  true_points = metrics._group_boundaries(metrics._small_ids(true_t, num_objects, None),
-                                          num_objects)
-  return j, metrics._f_measure(pred_points, true_points, radius)
-  # pylint: enable=protected-access
-
-
 def evaluate_sequence_masks(true_ids, proposals, protocol: str = "davis2017-unsupervised",
                             present=None, void=None, num_objects: int | None = None,
-                            name: str = "sequence", frame_names=None,
-                            bound_th: float = 0.008) -> SequenceResult:
+                            name: str = "sequence", frame_names=None, bound_th: float = 0.008,
+                            scores: MaskStackScores | None = None) -> SequenceResult:
   """Scores proposals that may overlap, each on its own (the SMTC evaluator), one sequence.
 
   Proposal k is the masks `proposals[k]` over the frames; `present[k, t]` says whether it is
@@ -232,6 +207,8 @@ def evaluate_sequence_masks(true_ids, proposals, protocol: str = "davis2017-unsu
     protocol: "davis2017-unsupervised" or "davis2017-unsupervised-perframe".
     present: optional bool [P, T].
     void, num_objects, name, frame_names, bound_th: as `evaluate_sequence`.
+    scores: `proposal_scores.score_mask_stack` of these arguments, if already computed (then
+      `proposals`, `void` and `bound_th` are not read).
 
   Returns:
     SequenceResult; matched_proposals holds proposal index + 1 (0: an empty padding mask).
@@ -239,41 +216,17 @@ def evaluate_sequence_masks(true_ids, proposals, protocol: str = "davis2017-unsu
   spec = PROTOCOLS[protocol]
   if spec.single_object:
     raise ValueError(f"{protocol} scores one foreground: give an id map (evaluate_sequence)")
-  true_ids = np.asarray(true_ids)
-  if true_ids.ndim != 3:
-    raise ValueError(f"{name}: GT must be [T, H, W], got {true_ids.shape}")
-  num_frames = len(true_ids)
-  if isinstance(proposals, np.ndarray):
-    if proposals.ndim != 4:
-      raise ValueError(f"{name}: proposals must be [P, T, H, W], got {proposals.shape}")
-    proposals = [proposals[:, t] for t in range(proposals.shape[1])]
-  if len(proposals) != num_frames:
-    raise ValueError(f"{name}: {len(proposals)} proposal frames for {num_frames} GT frames")
+  if scores is None:
+    scores = score_mask_stack(true_ids, proposals, void, num_objects, name, bound_th)
+  (num_proposals, num_objects, num_frames), j, f = (
+      (scores.j.shape[0] - 1,) + scores.j.shape[1:]), scores.j, scores.f
   frame_names = list(frame_names or [f"{t:05d}" for t in range(num_frames)])
-  void = true_ids == VOID_LABEL if void is None else np.asarray(void, bool)
-  true_ids = np.where(void, 0, true_ids)
-  num_objects = int(true_ids[0].max()) if num_objects is None else num_objects
-  radius = metrics.boundary_radius(*true_ids.shape[1:], bound_th)
-  j = f = area = None
-  for t, masks in enumerate(proposals):
-    masks = np.asarray(masks, bool)
-    if masks.ndim != 3 or masks.shape[1:] != true_ids.shape[1:]:
-      raise ValueError(f"{name}: proposals of frame {t} are {masks.shape}, expected [P, "
-                       f"{true_ids.shape[1]}, {true_ids.shape[2]}]")
-    if j is None:
-      shape = (len(masks) + 1, num_objects, num_frames)
-      j, f, area = np.zeros(shape), np.zeros(shape), np.zeros(len(masks), np.int64)
-    # Row P: an empty mask (the padding).
-    stack = np.concatenate([masks, np.zeros((1,) + masks.shape[1:], bool)])
-    j[:, :, t], f[:, :, t] = _mask_scores(true_ids[t], num_objects, stack, void[t], radius)
-    area += masks.sum((1, 2))
-  num_proposals = len(area)
   present = (np.ones((num_proposals, num_frames), bool) if present is None
              else np.asarray(present, bool))
   if present.shape != (num_proposals, num_frames):
     raise ValueError(f"{name}: present must be [P, T] = {(num_proposals, num_frames)}, got "
                      f"{present.shape}")
-  keep = np.sort(np.argsort(-area, kind="stable")[:spec.max_proposals])
+  keep = np.sort(np.argsort(-scores.area, kind="stable")[:spec.max_proposals])
   empty_j, empty_f = j[num_proposals], f[num_proposals]  # [G, T]
   j, f, present = j[keep], f[keep], present[keep]
   if spec.per_frame_matching:

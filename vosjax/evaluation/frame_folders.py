@@ -39,6 +39,7 @@ from vosjax.core import sharding
 from vosjax.data import davis
 from vosjax.data import video as video_io
 from vosjax.evaluation import davis_protocol
+from vosjax.evaluation import proposal_scores
 from vosjax.evaluation import report
 from vosjax.evaluation import windows
 from vosjax.methods import interface
@@ -102,13 +103,14 @@ class _UpsampledFrames:
 
 
 def score_candidates(annotations: Path, candidates_dir: Path, sequences: list[str],
-                     protocol: str) -> davis_protocol.EvaluationResults:
-  """Scores the candidates saved by `_segment_sequence` against the annotation folder (frames
-  matched by name; the candidates of frames without annotation are left out)."""
-  scored = []
+                     protocols=PROTOCOLS) -> dict[str, davis_protocol.EvaluationResults]:
+  """Scores the candidates saved by `_segment_sequence` against the annotation folder with each
+  protocol (J and F computed once; frames matched by name, the candidates of frames without
+  annotation left out). Returns protocol -> results."""
+  scored = {protocol: [] for protocol in protocols}
   for sequence in sequences:
     true_ids, num_objects, gt_paths = davis_protocol.read_annotations(annotations, sequence,
-                                                                      protocol)
+                                                                      protocols[0])
     path = candidates_dir / f"{sequence}.npz"
     with np.load(path) as saved:
       masks, valid, names = saved["masks"], saved["valid"], list(saved["frame_names"])
@@ -116,11 +118,15 @@ def score_candidates(annotations: Path, candidates_dir: Path, sequences: list[st
     if missing:
       raise ValueError(f"{path}: no candidates for the annotated frames {missing[:5]}")
     index = np.array([names.index(p.stem) for p in gt_paths])
-    scored.append(davis_protocol.evaluate_sequence_masks(
-        true_ids, _UpsampledFrames(masks[index], true_ids.shape[1:]), protocol,
-        present=valid[index].T, num_objects=num_objects, name=sequence,
-        frame_names=[p.stem for p in gt_paths]))
-  return davis_protocol.EvaluationResults(protocol, "all", scored)
+    proposals = _UpsampledFrames(masks[index], true_ids.shape[1:])
+    scores = proposal_scores.score_mask_stack(true_ids, proposals, num_objects=num_objects,
+                                              name=sequence)
+    for protocol in protocols:
+      scored[protocol].append(davis_protocol.evaluate_sequence_masks(
+          true_ids, proposals, protocol, present=valid[index].T, num_objects=num_objects,
+          name=sequence, frame_names=[p.stem for p in gt_paths], scores=scores))
+  return {protocol: davis_protocol.EvaluationResults(protocol, "all", results)
+          for protocol, results in scored.items()}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, mesh, *,
@@ -161,12 +167,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   annotations = annotation_folder(root, quality)
   scored_sequences = [s for s in sequences if (annotations / s).is_dir()]
   if jax.process_index() == 0 and scored_sequences:
+    candidates = (score_candidates(annotations, workdir / CANDIDATES_FOLDER, scored_sequences)
+                  if isinstance(method, interface.ProposesCandidates) else None)
     for protocol in PROTOCOLS:
       # The annotation folder itself (the masks are at the size of the `quality` frames; given
       # the root, the protocol would read Annotations[_unsupervised]/480p whatever the quality).
-      if isinstance(method, interface.ProposesCandidates):
-        scored = score_candidates(annotations, workdir / CANDIDATES_FOLDER, scored_sequences,
-                                  protocol)
+      if candidates is not None:
+        scored = candidates[protocol]
       else:
         scored = davis_protocol.evaluate_folders(annotations, out_dir, protocol,
                                                  sequences=scored_sequences)
