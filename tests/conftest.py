@@ -175,6 +175,16 @@ TINY_BETRAYED = {
     "loss.num_queries": 4, "loss.semantic_positives": 3, "loss.semantic_negatives": 6,
     "loss.motion_positives": 2, "loss.motion_negatives": 5, "optimizer.grad_clip_norm": 1.0,
 }
+# SMTC with a tiny RANDOM backbone (ViT-S/16 shrunk to three 32-wide blocks: the keys of the last
+# block, SMTC's features, see the stochastic depth of block 1) and 4 x 3 slots; correlation_size is
+# the token grid of 32x32 frames.
+TINY_SMTC = {
+    "backbone.random_init": True, "backbone.arch_overrides.embed_dim": 32,
+    "backbone.arch_overrides.depth": 3, "backbone.arch_overrides.num_heads": 2,
+    "model.num_semantic_slots": 4, "model.num_instances": 3, "model.train_iterations": 2,
+    "model.inference_iterations": 3, "model.correlation_size": (2, 2),
+    "model.inference_resolution": (32, 32), "optimizer.encoder_switch_step": 1,
+}
 # Placeholders in CONFIG_OVERRIDES, replaced by the session's tiny data (`tests/test_configs.py`).
 TFDS_DIR, DAVIS_DIR, DAVIS2017_DIR, FLOW_CACHE = ("{tfds}", "{davis}", "{davis2017}", "{flows}")
 # Every config of configs/ as a 2-step run plus its final evaluation on tiny data: file name ->
@@ -205,6 +215,16 @@ CONFIG_OVERRIDES = {
         "model.inference_resolution": (32, 56),
         "data.eval_root": DAVIS2017_DIR, "data.eval_quality": DAVIS2017_QUALITY,
         "data.eval_chunk_frames": 3},
+    # SMTC on the tiny DAVIS folders (6-frame videos: the clips' stride shrinks below the official),
+    # scored on the tiny DAVIS-2017 root like ytvis.py.
+    "smtc_ytvos.py": {
+        **TINY_SMTC, **_TWO_STEPS, "batch_size": 2, "data.root": DAVIS_DIR,
+        "data.quality": "480p", "data.resolution": (32, 32), "data.eval_root": DAVIS2017_DIR,
+        "data.eval_quality": DAVIS2017_QUALITY, "data.eval_chunk_frames": 4},
+    "smtc_davis.py": {
+        **TINY_SMTC, **_TWO_STEPS, "batch_size": 2, "data.root": DAVIS_DIR,
+        "data.resolution": (32, 32), "data.eval_root": DAVIS2017_DIR,
+        "data.eval_quality": DAVIS2017_QUALITY, "data.eval_chunk_frames": 4},
 }
 
 

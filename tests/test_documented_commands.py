@@ -53,6 +53,9 @@ EXECUTED = {
         "tests/test_evaluate.py::test_global_means_equal_official",
         "the same evaluation (all sequences, all frames) through the library; the command line on "
         "two sequences: test_cli_writes_official_csv_layout"),
+    "python -m vosjax.main --config configs/smtc_davis.py --workdir /tmp/smtc_davis": (
+        _CONFIG_CASE.format("smtc_davis.py"),
+        "tiny overrides (2 sequences of 6 frames, 32x32, a 3-block 32-wide random ViT)"),
     "python -m vosjax.bench mg_recipes --set KEY=VALUE ... --steps 10000": (
         "tests/test_bench_mg_recipes.py::test_export_then_train_from_arrays",
         "4 steps on the tiny set"),
