@@ -119,12 +119,13 @@ _SCRIPT = textwrap.dedent("""
 
 
 class Run:
-  """One training subprocess of the toy method; a thread collects its output as it comes."""
+  """One training subprocess of the toy method (or of `script`, a template with the same fields,
+  e.g. tests/test_smtc_train.py's); a thread collects its output as it comes."""
 
   def __init__(self, data_dir, workdir, *, devices: int = 1, hang_after_checkpoint=None,
-               evaluate_checkpoint: bool = False):
+               evaluate_checkpoint: bool = False, script: str = _SCRIPT):
     self.workdir, self.out = str(workdir), str(workdir) + ".npz"
-    script = _SCRIPT.format(tests=os.path.join(REPO, "tests"), devices=devices, data_dir=data_dir,
+    script = script.format(tests=os.path.join(REPO, "tests"), devices=devices, data_dir=data_dir,
                             workdir=self.workdir, out=self.out,
                             hang_after_checkpoint=hang_after_checkpoint,
                             evaluate_checkpoint=evaluate_checkpoint)
