@@ -198,8 +198,9 @@ def candidate_masks(candidates: np.ndarray, valid: np.ndarray, frame_size: tuple
 
 def segment_inputs(frames: np.ndarray, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """uint8 frames `[T, H, W, 3]` -> video float32 `[T, h, w, 3]` in [0, 1] at
-  `model.inference_resolution` (official `readRGB`: / 255, then cv2 bilinear resize)."""
-  height, width = config.model.inference_resolution
+  `model.inference_resolution` (None: `data.resolution`) (official `readRGB`: / 255, then cv2
+  bilinear resize)."""
+  height, width = config.model.inference_resolution or config.data.resolution
   return {"video": np.stack([
       cv2.resize(frame.astype(np.float32) / 255.0, (width, height), interpolation=cv2.INTER_LINEAR)
       for frame in frames])}
