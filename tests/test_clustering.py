@@ -9,6 +9,7 @@ import pytest
 
 from vosjax.methods.betrayed import clustering
 from vosjax.methods.betrayed import keyframe_attention as kfa
+from vosjax.methods.betrayed import smoothing
 from vosjax.benchmarks import reference_clustering as reference
 
 # Small planted videos: 7 frames (a partial last window), 4 x 6 tokens, 4 heads of 8.
@@ -209,3 +210,58 @@ def test_upsample_labels_nearest_like_torch():
   rows = [min(int(np.floor(np.float32(i) * np.float32(3 / 7))), 2) for i in range(7)]
   cols = [min(int(np.floor(np.float32(j) * np.float32(4 / 10))), 3) for j in range(10)]
   np.testing.assert_array_equal(upsampled, np.asarray(labels)[:, rows][:, :, cols])
+
+
+def dense_smoothing(sample: np.ndarray, row_valid: np.ndarray, tau: float) -> np.ndarray:
+  """The official smoothing in float64: normalize(sum of the valid rows within tau)."""
+  sample = sample.astype(np.float64)
+  close = (reference.kl_distance(sample, sample) <= tau) & row_valid[None, :]
+  smoothed = close.astype(np.float64) @ sample
+  return smoothed / smoothed.sum(axis=1, keepdims=True)
+
+
+def test_coarse_bound_never_exceeds_the_distance():
+  rng = np.random.default_rng(9)
+  rows = rng.dirichlet(np.full(50, 0.3), size=40).astype(np.float32)
+  rows[3, :7] = 0.0  # exact zeros: the clamped logs of symmetric_kl
+  rows[3] /= rows[3].sum()
+  exact = np.asarray(clustering.symmetric_kl(rows, rows))
+  for bins in (1, 7, 16, 50):
+    coarse = smoothing.coarse_grain(rows, bins)
+    assert coarse.shape == (40, min(bins, 50))
+    bound = np.asarray(clustering.symmetric_kl(coarse, coarse))
+    assert np.all(bound <= exact + 1e-4), bins
+  assert np.mean(bound < 0.5 * exact) < 0.5  # and it is not trivially small
+
+
+@pytest.mark.parametrize("tile", [5, 8, 72])  # pruned tiles (a partial last one), one dense tile
+def test_pruned_smoothing_equals_dense(tile):
+  q, k = planted(seed=3)
+  attention = kfa.keyframe_attention(q, k, ratio=3)[:6].reshape(-1, 2 * TOKENS)  # 2 windows of 3
+  row_valid = np.arange(len(attention)) < 5 * TOKENS  # the last frame is padding
+  for tau in (0.5, 1.0):
+    smoothed = np.asarray(smoothing.smooth_rows(attention, row_valid, jnp.float32(tau),
+                                                 jax.lax.Precision.HIGHEST, tile=tile, bins=6))
+    expected = dense_smoothing(np.asarray(attention), row_valid, tau)
+    np.testing.assert_allclose(smoothed[row_valid], expected[row_valid], rtol=2e-5, atol=1e-7)
+    assert np.all(np.isfinite(smoothed))
+    np.testing.assert_allclose(smoothed[~row_valid], 1.0 / attention.shape[1])
+    coarse = smoothing.coarse_grain(attention, 6)
+    ruled_out = np.asarray(clustering.symmetric_kl(coarse, coarse)) > tau + 0.01
+    assert ruled_out.mean() > 0.3  # so small tiles really skip pairs here
+
+
+@pytest.mark.parametrize("ratio", [1, 3])
+def test_small_tiles_match_official_transcription(ratio):
+  q, k = planted(seed=0)
+  k_key = k[reference.key_frames(FRAMES, ratio)]
+  attention = reference.window_attention(q, k_key, np.float32(HEAD_DIM ** -0.5))
+  expected = reference.hierarchical_cluster(q, k, 1.0, ratio)
+  result = clustering.hierarchical_cluster(q, k, grid_shape=GRID, tau=1.0, ratio=ratio, tile=8,
+                                           **SMALL_CAPACITY)
+  num_levels = len(expected["num_clusters"])
+  assert int(result.num_levels) == num_levels and not result.overflow
+  np.testing.assert_array_equal(result.num_clusters[:num_levels], expected["num_clusters"])
+  for level in range(num_levels):
+    assert_same_assignment(np.asarray(result.levels[level]), expected["levels"][level],
+                           expected["centroids"][level], attention)

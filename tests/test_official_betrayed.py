@@ -160,7 +160,7 @@ def test_capacities_grow_until_the_clustering_is_the_official_one(tmp_path, capl
   checkpoint = save_official_checkpoint(model, tmp_path / "peaked.pth")
   config = betrayed_config(checkpoint, SMALL_VIT, resolution, ratio)
   video = davis_clip(num_frames, resolution)
-  _, _, _, expected = torch_reference(model, video, ratio)
+  _, q, k, expected = torch_reference(model, video, ratio)
   assert expected["num_clusters"][0] > config.model.max_clusters
 
   seen = []
@@ -183,8 +183,19 @@ def test_capacities_grow_until_the_clustering_is_the_official_one(tmp_path, capl
   assert seen[-1][:2] == (512, 2048)
   assert "re-clustering with" in caplog.text and "'max_window_clusters': 512" in caplog.text
   assert prediction["num_clusters"][0] == expected["num_clusters"][-1]
-  np.testing.assert_array_equal(prediction["ids"][0, :, ::8, ::8],
-                                expected["labels"].reshape(num_frames, 12, 24))
+  labels = prediction["ids"][0, :, ::8, ::8].reshape(num_frames, -1)
+  differ = np.argwhere(labels != expected["labels"])  # (frame, token)
+  # Equal but at float ties: ~1500 peaked groups leave near-duplicate centroids, and a token at
+  # float32-rounding distance gaps (~1e-6) from two of them may go either way.
+  assert len(differ) <= 2, differ
+  scale = np.float32(q.shape[-1] ** -0.5)
+  k_key = k[reference.key_frames(num_frames, ratio)]
+  centroids = expected["centroids"][-1].astype(np.float64)
+  for frame, token in differ:
+    row = reference.window_attention(q[frame:frame + 1], k_key, scale)[token].astype(np.float64)
+    distance = reference.kl_distance(centroids, row[None])[:, 0]
+    gap = distance[labels[frame, token]] - distance[expected["labels"][frame, token]]
+    assert abs(gap) <= 1e-5, (frame, token, gap)
 
 
 def davis2017_excerpt(root: Path) -> Path:

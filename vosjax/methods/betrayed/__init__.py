@@ -263,7 +263,9 @@ def predict(params: Any, model: BetrayedModel, batch: dict,
         max_window_clusters=model_config.max_window_clusters,
         max_clusters=model_config.max_clusters, max_levels=model_config.max_levels)
 
-  result = jax.vmap(cluster)(q, k)
+  # One video at a time (lax.map, not vmap): the clustering's data-dependent loops would run every
+  # video's longest trip count with a select over the whole carry per step under vmap.
+  result = jax.lax.map(lambda q_k: cluster(*q_k), (q, k))
   ids = clustering.upsample_labels(result.labels, tuple(video.shape[2:4])).astype(jnp.int32)
   num_tokens = jnp.full(ids.shape[:1], q.shape[1] * q.shape[2], jnp.int32)
   return {"ids": ids, "num_clusters": result.num_clusters[:, -1], "overflow": result.overflow,

@@ -20,8 +20,11 @@ of failing silently, and the grouping still counts the groups it could not keep
 the official result (`vosjax.methods.betrayed.grown_config`, used by `core.sharding.jit_predict`).
 Greedy grouping is a `lax.while_loop` that jumps to the first unassigned row, which is the row the
 official loop over i in index order would process next, so it runs once per group rather than per row,
-and it computes only those rows of D' (the official code builds all of D'): per window the cost is
-two [M, M, K'] products (D and the smoothing) instead of three.
+and it computes only those rows of D' (the official code builds all of D'). D and the smoothing (two
+[M, M, K'] products if dense) are computed only on the tiles of row pairs that a cheap lower bound of
+KLsym (coarse-grained rows, log-sum inequality) cannot rule out (`smoothing.smooth_rows`; about a
+third of the pairs on planted ViT-S/8 inputs); the final assignment compares chunks of 32 centroids,
+so a level of a few clusters costs little.
 
 Numerics: KLsym(p, q) = sum p log p + sum q log q - p.log q - q.log p like the official code (no epsilon).
 log(x) is taken as log(max(x, float32 tiny)), so 0 * log 0 gives 0 instead of NaN; for strictly
@@ -38,12 +41,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from vosjax.methods.betrayed import keyframe_attention as kfa
+from vosjax.methods.betrayed import smoothing
 
 # Official thresholds: 1.0 (multi-object, code default), 1.6 (single-object, paper appendix).
 TAU_MULTI_OBJECT = 1.0
 TAU_SINGLE_OBJECT = 1.6
-# Centroids compared per step in the final assignment (bounds the [chunk, window * N] distance block).
-_ASSIGN_CHUNK = 128
+symmetric_kl = smoothing.symmetric_kl  # KLsym between rows, [n, m]
+# Centroids compared per step in the final assignment (bounds the [window * N, chunk] distance block;
+# small, because the final levels hold a few centroids and a chunk costs as much as it holds).
+_ASSIGN_CHUNK = 32
 
 
 class ClusterResult(NamedTuple):
@@ -82,38 +88,6 @@ class ClusterResult(NamedTuple):
   def overflow(self) -> jax.Array:
     """bool [] (or [B] under vmap): some capacity was exceeded."""
     return self.window_overflow | self.cluster_overflow | self.level_overflow
-
-
-def _safe_log(x: jax.Array) -> jax.Array:
-  return jnp.log(jnp.maximum(x, jnp.finfo(jnp.float32).tiny))
-
-
-def symmetric_kl(p: jax.Array, q: jax.Array,
-                 precision: kfa.Precision = jax.lax.Precision.HIGHEST) -> jax.Array:
-  """Symmetric KL between rows: [n, m] = KL(p_n || q_m) + KL(q_m || p_n).
-
-  Args:
-    p: [n, C] distributions.
-    q: [m, C] distributions.
-    precision: matmul precision.
-
-  Returns:
-    float32 [n, m].
-  """
-  log_p, log_q = _safe_log(p), _safe_log(q)
-  neg_entropy_p = jnp.sum(p * log_p, axis=-1)
-  neg_entropy_q = jnp.sum(q * log_q, axis=-1)
-  cross = (jnp.matmul(p, log_q.T, precision=precision)
-           + jnp.matmul(log_p, q.T, precision=precision))
-  return neg_entropy_p[:, None] + neg_entropy_q[None, :] - cross
-
-
-def _self_symmetric_kl(p: jax.Array, precision: kfa.Precision) -> jax.Array:
-  """symmetric_kl(p, p) [n, n] with one product: both cross terms are transposes of p.log p^T."""
-  log_p = _safe_log(p)
-  neg_entropy = jnp.sum(p * log_p, axis=-1)
-  cross = jnp.matmul(p, log_p.T, precision=precision)
-  return neg_entropy[:, None] + neg_entropy[None, :] - cross - cross.T
 
 
 def greedy_group(distance_row: Callable[[jax.Array], jax.Array], valid: jax.Array,
@@ -162,7 +136,7 @@ def greedy_group(distance_row: Callable[[jax.Array], jax.Array], valid: jax.Arra
 def _self_symmetric_kl_rows(p: jax.Array,
                             precision: kfa.Precision) -> Callable[[jax.Array], jax.Array]:
   """Row function of symmetric_kl(p, p): i -> [n], two matrix-vector products per row."""
-  log_p = _safe_log(p)
+  log_p = smoothing.safe_log(p)
   neg_entropy = jnp.sum(p * log_p, axis=-1)
 
   def row(i):
@@ -181,7 +155,8 @@ def group_means(x: jax.Array, group_ids: jax.Array, num_groups: int) -> jax.Arra
 
 
 def _window_centroids(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, max_groups: int,
-                      precision: kfa.Precision) -> tuple[jax.Array, jax.Array, jax.Array]:
+                      precision: kfa.Precision, tile: int = smoothing.DEFAULT_TILE
+                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Level 1 of one window: smoothing then greedy grouping of attention rows.
 
   Args:
@@ -192,18 +167,22 @@ def _window_centroids(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, m
     (centroids [max_groups, K'] (the first min(count, max_groups) valid), count int32 [] of groups
      formed, overflow bool []).
   """
-  close = (_self_symmetric_kl(sample, precision) <= tau) & row_valid[None, :]
-  smoothed = jnp.matmul(close.astype(jnp.float32), sample, precision=precision)
-  smoothed = smoothed / jnp.sum(smoothed, axis=-1, keepdims=True)
-  smoothed = jnp.where(row_valid[:, None], smoothed, sample)  # padded rows: keep finite values
+  smoothed = smoothing.smooth_rows(sample, row_valid, tau, precision, tile)
   group_ids, count, overflow = greedy_group(
       _self_symmetric_kl_rows(smoothed, precision), row_valid, tau, max_groups)
   return group_means(smoothed, group_ids, max_groups), count, overflow
 
 
+def row_statistics(sample: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(log rows [M, C], sum p log p [M]) of distributions [M, C], as `nearest_centroid` uses them."""
+  log_sample = smoothing.safe_log(sample)
+  return log_sample, jnp.sum(sample * log_sample, axis=-1)
+
+
 def nearest_centroid(sample: jax.Array, centroids: jax.Array, count: jax.Array,
                      precision: kfa.Precision = jax.lax.Precision.HIGHEST,
-                     chunk: int = _ASSIGN_CHUNK) -> jax.Array:
+                     chunk: int = _ASSIGN_CHUNK,
+                     statistics: Optional[tuple[jax.Array, jax.Array]] = None) -> jax.Array:
   """Index of the centroid with the smallest KLsym for each row, first index on ties (like argmin).
 
   Only the first `count` centroids are valid; they are compared in chunks so the cost follows
@@ -215,20 +194,20 @@ def nearest_centroid(sample: jax.Array, centroids: jax.Array, count: jax.Array,
     count: int32 [], number of valid centroids (>= 1).
     precision: matmul precision.
     chunk: centroids per step (static).
+    statistics: `row_statistics(sample)` when the caller already has it (several levels).
 
   Returns:
     int32 [M].
   """
   capacity = centroids.shape[0]
   chunk = min(chunk, capacity)
-  log_sample = _safe_log(sample)
-  neg_entropy_sample = jnp.sum(sample * log_sample, axis=-1)
+  log_sample, neg_entropy_sample = row_statistics(sample) if statistics is None else statistics
 
   def compare_chunk(c, best):
     best_distance, best_index = best
     start = jnp.minimum(c * chunk, capacity - chunk)  # last chunk may overlap the previous one
     block = jax.lax.dynamic_slice_in_dim(centroids, start, chunk)
-    log_block = _safe_log(block)
+    log_block = smoothing.safe_log(block)
     distance = (jnp.sum(block * log_block, axis=-1)[:, None] + neg_entropy_sample[None, :]
                 - jnp.matmul(block, log_sample.T, precision=precision)
                 - jnp.matmul(log_block, sample.T, precision=precision))  # [chunk, M]
@@ -248,17 +227,19 @@ def nearest_centroid(sample: jax.Array, centroids: jax.Array, count: jax.Array,
 
 @functools.partial(jax.jit, static_argnames=(
     "grid_shape", "ratio", "window", "scale", "max_window_clusters", "max_clusters", "max_levels",
-    "precision"))
+    "precision", "tile"))
 def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, int],
                          tau: float = TAU_MULTI_OBJECT, ratio: int = 10,
                          window: int = kfa.DEFAULT_WINDOW, scale: Optional[float] = None,
                          max_window_clusters: int = 128, max_clusters: int = 1024,
                          max_levels: int = 16,
-                         precision: kfa.Precision = jax.lax.Precision.HIGHEST) -> ClusterResult:
+                         precision: kfa.Precision = jax.lax.Precision.HIGHEST,
+                         tile: int = smoothing.DEFAULT_TILE) -> ClusterResult:
   """Segments a video by hierarchical clustering of its sparse key-frame attention.
 
   One compilation per (T, N, heads, head_dim, static arguments); tau is traced. Works under vmap
-  (batch of videos of equal size).
+  (batch of videos of equal size), but a batch is faster through lax.map: under vmap every
+  data-dependent loop runs the longest trip count of the batch with a select over its whole carry.
 
   Args:
     q: [T, N, heads, head_dim] queries of the spatio-temporal block (N = h * w).
@@ -272,6 +253,7 @@ def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, i
     max_clusters: capacity of the concatenated window centroids (and so of every level).
     max_levels: capacity of hierarchy levels (level 0 = window centroids).
     precision: matmul precision.
+    tile: rows per tile of the pruned level-1 smoothing (`smooth_rows`); only speed depends on it.
 
   Returns:
     ClusterResult (shapes in its docstring).
@@ -299,7 +281,7 @@ def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, i
     q_window, valid_frames = inputs
     row_valid = jnp.repeat(valid_frames, num_tokens)
     centroids, count, _ = _window_centroids(
-        attention(q_window), row_valid, tau, max_window_clusters, precision)
+        attention(q_window), row_valid, tau, max_window_clusters, precision, tile)
     kept = jnp.minimum(count, max_window_clusters)
     slot = jnp.arange(max_window_clusters)
     slot = jnp.where(slot < kept, kept_total + slot, max_clusters)  # out of range -> dropped
@@ -344,10 +326,12 @@ def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, i
   # Assignment of every token at every level, window by window.
   def assign_window(q_window):
     sample = attention(q_window)
+    statistics = row_statistics(sample)  # once for all levels
 
     def assign_level(level, state):
       centroids, labels = state
-      labels = labels.at[level].set(nearest_centroid(sample, centroids, counts[level], precision))
+      labels = labels.at[level].set(nearest_centroid(
+          sample, centroids, counts[level], precision, statistics=statistics))
       return group_means(centroids, parents[level], max_clusters), labels
 
     labels = jnp.zeros((max_levels, sample.shape[0]), jnp.int32)
