@@ -22,6 +22,10 @@ scores; the papers evaluate on DAVIS-2017 val. So:
     bool [T, K], frame names; the official `DAVIS_Twostage/<seq>.pth`) and are upsampled (torch
     nearest) to the annotations' size when scored. Chunked methods (`PredictsInChunks`) run in
     calls of whole chunks (about `config.data.eval_chunk_frames` frames).
+  * DAVIS-2016-style annotations (8-bit grayscale or binary PNGs, 0/255: one object, e.g.
+    ../shared/data/davis2016), which the DAVIS-2017 protocols would read as void (255), are scored
+    through a binarised copy (> 0 -> object 1, indexed PNGs) in `WORKDIR/frame_eval/annotations/`
+    (`scoring_annotations`).
 Multi-host: each process segments its share of the sequences on one local device; process 0 scores.
 """
 from __future__ import annotations
@@ -33,6 +37,7 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
+from PIL import Image
 
 from vosjax.core import images
 from vosjax.core import sharding
@@ -66,6 +71,26 @@ def annotation_folder(root, quality: str) -> Path:
   exists, else `Annotations/<quality>`."""
   unsupervised = Path(root) / "Annotations_unsupervised" / quality
   return unsupervised if unsupervised.is_dir() else davis.annotations_dir(root, quality)
+
+
+def scoring_annotations(annotations: Path, sequences: list[str], workdir: Path) -> Path:
+  """`annotations`, or where they are DAVIS-2016-style masks (grayscale or binary PNGs, 0/255: one
+  object; DAVIS-2017's are indexed) their copy binarised (> 0 -> id 1) as indexed PNGs under
+  `workdir/frame_eval/annotations`, so that the DAVIS-2017 protocols see the object, not void."""
+  first = sorted((annotations / sequences[0]).glob("*.png"))
+  if not first:
+    return annotations
+  with Image.open(first[0]) as image:
+    if image.mode not in ("L", "1"):
+      return annotations
+  binarised = workdir / "frame_eval" / "annotations"
+  for sequence in sequences:
+    for path in sorted((annotations / sequence).glob("*.png")):
+      video_io.write_indexed_png(binarised / sequence / path.name,
+                                 (davis.read_label_png(path) > 0).astype(np.uint8))
+  logging.info("%s holds DAVIS-2016-style 0/255 masks: scored as one object each (binarised copy "
+               "in %s).", annotations, binarised)
+  return binarised
 
 
 def _segment_sequence(method, predict, config, root: Path, quality: str, sequence: str,
@@ -167,6 +192,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   annotations = annotation_folder(root, quality)
   scored_sequences = [s for s in sequences if (annotations / s).is_dir()]
   if jax.process_index() == 0 and scored_sequences:
+    annotations = scoring_annotations(annotations, scored_sequences, workdir)
     candidates = (score_candidates(annotations, workdir / CANDIDATES_FOLDER, scored_sequences)
                   if isinstance(method, interface.ProposesCandidates) else None)
     for protocol in PROTOCOLS:
