@@ -28,12 +28,13 @@ GRID = (24, 48)
 HEADS, HEAD_DIM = 8, 48
 
 
-def _attention_argmax(q: jax.Array, k: jax.Array, ratio: int) -> jax.Array:
+def attention_argmax(q: jax.Array, k: jax.Array, ratio: int,
+                     head_dim: int = HEAD_DIM) -> jax.Array:
   """Key-frame attention of every query token, window by window, reduced to int32 [n_win, 3 * N]."""
   key_tokens = kfa.gather_key_tokens(k, ratio)
   windows, _ = kfa.pad_to_windows(q, kfa.DEFAULT_WINDOW)
   return jax.lax.map(
-      lambda qw: jnp.argmax(kfa.window_attention(qw, key_tokens, HEAD_DIM ** -0.5), axis=-1),
+      lambda qw: jnp.argmax(kfa.window_attention(qw, key_tokens, head_dim ** -0.5), axis=-1),
       windows)
 
 
@@ -41,14 +42,14 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def _measure(function, *args, **kwargs) -> tuple[float, float, float, object]:
+def measure(function, *args, **kwargs) -> tuple[float, float, float, object]:
   """(compile seconds, run seconds, temp MB, output) of one jitted call."""
   start = time.perf_counter()
   compiled = function.lower(*args, **kwargs).compile()
   compile_seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   temp_mb = memory.temp_size_in_bytes / 2**20 if memory is not None else float("nan")
-  dynamic = {name: value for name, value in kwargs.items() if name == "tau"}
+  dynamic = {name: value for name, value in kwargs.items() if name == "tau"}  # static ones are baked in
   start = time.perf_counter()
   output = jax.block_until_ready(compiled(*args, **dynamic))
   return compile_seconds, time.perf_counter() - start, temp_mb, output
@@ -70,17 +71,17 @@ def main(argv: list[str]) -> int:
   print(f"{'ratio':>5} {'keys':>4} {'K_prime':>7} | {'attn_run_s':>10} {'attn_temp_MB':>12} | "
         f"{'clu_compile_s':>13} {'clu_run_s':>9} {'clu_temp_MB':>11} {'clusters':>8} | "
         f"{'peak_RSS_MB':>11}")
-  attention = jax.jit(_attention_argmax, static_argnames="ratio")
+  attention = jax.jit(attention_argmax, static_argnames=("ratio", "head_dim"))
   previous = None  # (key tokens, clustering seconds)
   for ratio in args.ratios:
     num_key_frames = len(kfa.key_frame_indices(args.frames, ratio))
     num_keys = num_key_frames * GRID[0] * GRID[1]
-    _, attention_seconds, attention_temp, _ = _measure(attention, q, k, ratio=ratio)
+    _, attention_seconds, attention_temp, _ = measure(attention, q, k, ratio=ratio)
     predicted = None if previous is None else previous[1] * num_keys / previous[0]
     if predicted is not None and predicted > args.max_seconds:
       cells = ("-", f"~{predicted:.0f}?", "-", "skipped")
     else:
-      compile_seconds, cluster_seconds, cluster_temp, result = _measure(
+      compile_seconds, cluster_seconds, cluster_temp, result = measure(
           clustering.hierarchical_cluster, q, k, grid_shape=GRID, tau=args.tau, ratio=ratio)
       previous = (num_keys, cluster_seconds)
       count = int(result.num_clusters[-1])

@@ -60,6 +60,20 @@ def peak_memory_bytes(devices) -> tuple[int, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
 
 
+def step_flops(step_fn, state, batch, rng) -> float | None:
+  """FLOPs of one training step by XLA's cost analysis (the step's program lowered again, not run;
+  a `while` body counts once), or None where the backend gives no estimate."""
+  try:
+    lowered = jax.jit(step_fn).lower(state, batch, rng)
+    cost = lowered.cost_analysis() or lowered.compile().cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # an estimate only; the timing stands
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
 def benchmark(config, steps: int, devices=None) -> dict:
   """Compiles and times the training step of `config`; returns the measurements."""
   devices = jax.devices() if devices is None else devices
@@ -87,6 +101,7 @@ def benchmark(config, steps: int, devices=None) -> dict:
   seconds = time.perf_counter() - start
   steps_per_s = steps / seconds
   memory, memory_kind = peak_memory_bytes(devices)
+  flops = step_flops(step_fn, state, batch, rng)
   return {
       "config_method": config.method, "batch_size": config.batch_size,
       "devices": len(devices), "device_kind": devices[0].device_kind,
@@ -95,6 +110,7 @@ def benchmark(config, steps: int, devices=None) -> dict:
       "images_per_s": steps_per_s * config.batch_size * images_per_example(example),
       "peak_memory_gib": memory / 2**30, "peak_memory_kind": memory_kind,
       "loss": float(metrics["loss"]), "finite": bool(metrics["finite"]),
+      "xla_flops_per_step": flops,
       "load_average": os.getloadavg()[0],
   }
 
