@@ -33,3 +33,15 @@ def test_benchmark_runs_the_training_step(tmp_path):
   assert result["steps_per_s"] > 0 and result["compile_s"] > 0
   assert result["images_per_s"] == pytest.approx(result["steps_per_s"] * 2 * 2)
   assert result["peak_memory_gib"] > 0
+
+
+def test_benchmark_runs_smtc_training_step_without_dino_weights():
+  """configs/smtc_ytvos.py through the bench (student + teacher forward, losses, EMA) with a random
+  backbone: no DINO file is read (the cache dir does not exist) and an image is a clip frame."""
+  from conftest import TINY_SMTC, set_overrides  # pylint: disable=import-outside-toplevel
+  config = config_file.load_config("configs/smtc_ytvos.py", [
+      "batch_size=2", "data.resolution=(32,32)", "backbone.cache_dir='/nonexistent/dino'"])
+  set_overrides(config, TINY_SMTC)
+  result = bench_train.benchmark(config, steps=1)
+  assert result["config_method"] == "smtc" and result["finite"] and np.isfinite(result["loss"])
+  assert result["images_per_s"] == pytest.approx(result["steps_per_s"] * 2 * 4)  # T = 4 frames
