@@ -76,8 +76,10 @@ def test_nearest_centroid_in_chunks_matches_argmin():
   rng = np.random.default_rng(2)
   sample = rng.dirichlet(np.ones(12), size=30).astype(np.float32)
   centroids = rng.dirichlet(np.ones(12), size=10).astype(np.float32)
-  for count in (10, 9, 3):  # chunks of 4 over 10 slots: the last chunk overlaps the previous one
-    nearest = clustering.nearest_centroid(sample, centroids, jnp.int32(count), chunk=4)
+  # Chunks of 4 over 10 slots (the last one overlaps the previous one), then of 3 for the rest.
+  for count, small_chunk in ((10, 4), (9, 4), (3, 4), (10, 3), (7, 3)):
+    nearest = clustering.nearest_centroid(sample, centroids, jnp.int32(count), chunk=4,
+                                          small_chunk=small_chunk)
     expected = np.argmin(reference.kl_distance(centroids[:count].astype(np.float64),
                                                sample.astype(np.float64)), axis=0)
     np.testing.assert_array_equal(nearest, expected)

@@ -23,8 +23,8 @@ official loop over i in index order would process next, so it runs once per grou
 and it computes only those rows of D' (the official code builds all of D'). D and the smoothing (two
 [M, M, K'] products if dense) are computed only on the tiles of row pairs that a cheap lower bound of
 KLsym (coarse-grained rows, log-sum inequality) cannot rule out (`smoothing.smooth_rows`; about a
-third of the pairs on planted ViT-S/8 inputs); the final assignment compares chunks of 32 centroids,
-so a level of a few clusters costs little.
+third of the pairs on planted ViT-S/8 inputs); the final assignment compares chunks of 128
+centroids, the rest in chunks of 32, so a level of a few clusters costs little.
 
 Numerics: KLsym(p, q) = sum p log p + sum q log q - p.log q - q.log p like the official code (no epsilon).
 log(x) is taken as log(max(x, float32 tiny)), so 0 * log 0 gives 0 instead of NaN; for strictly
@@ -47,9 +47,10 @@ from vosjax.methods.betrayed import smoothing
 TAU_MULTI_OBJECT = 1.0
 TAU_SINGLE_OBJECT = 1.6
 symmetric_kl = smoothing.symmetric_kl  # KLsym between rows, [n, m]
-# Centroids compared per step in the final assignment (bounds the [window * N, chunk] distance block;
-# small, because the final levels hold a few centroids and a chunk costs as much as it holds).
-_ASSIGN_CHUNK = 32
+# Centroids compared per step in the final assignment (bounds the [chunk, window * N] distance
+# block): full chunks, then small ones for the rest (final levels hold a few centroids).
+_ASSIGN_CHUNK = 128
+_ASSIGN_SMALL_CHUNK = 32
 
 
 class ClusterResult(NamedTuple):
@@ -181,19 +182,21 @@ def row_statistics(sample: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def nearest_centroid(sample: jax.Array, centroids: jax.Array, count: jax.Array,
                      precision: kfa.Precision = jax.lax.Precision.HIGHEST,
-                     chunk: int = _ASSIGN_CHUNK,
+                     chunk: int = _ASSIGN_CHUNK, small_chunk: int = _ASSIGN_SMALL_CHUNK,
                      statistics: Optional[tuple[jax.Array, jax.Array]] = None) -> jax.Array:
   """Index of the centroid with the smallest KLsym for each row, first index on ties (like argmin).
 
-  Only the first `count` centroids are valid; they are compared in chunks so the cost follows
-  `count`, not the buffer size.
+  Only the first `count` centroids are valid; they are compared in chunks of `chunk`, the rest in
+  chunks of `small_chunk`, so the cost follows `count`, not the buffer size (a chunk costs a pass
+  over the rows, however few centroids it holds).
 
   Args:
     sample: [M, K'] attention rows.
     centroids: [Kmax, K'] buffer.
     count: int32 [], number of valid centroids (>= 1).
     precision: matmul precision.
-    chunk: centroids per step (static).
+    chunk: centroids per step while at least that many remain (static).
+    small_chunk: centroids per step for the remainder (static).
     statistics: `row_statistics(sample)` when the caller already has it (several levels).
 
   Returns:
@@ -201,28 +204,35 @@ def nearest_centroid(sample: jax.Array, centroids: jax.Array, count: jax.Array,
   """
   capacity = centroids.shape[0]
   chunk = min(chunk, capacity)
+  small_chunk = min(small_chunk, chunk)
   log_sample, neg_entropy_sample = row_statistics(sample) if statistics is None else statistics
 
-  def compare_chunk(c, best):
-    best_distance, best_index = best
-    start = jnp.minimum(c * chunk, capacity - chunk)  # last chunk may overlap the previous one
-    block = jax.lax.dynamic_slice_in_dim(centroids, start, chunk)
-    log_block = smoothing.safe_log(block)
-    distance = (jnp.sum(block * log_block, axis=-1)[:, None] + neg_entropy_sample[None, :]
-                - jnp.matmul(block, log_sample.T, precision=precision)
-                - jnp.matmul(log_block, sample.T, precision=precision))  # [chunk, M]
-    index = start + jnp.arange(chunk)
-    distance = jnp.where((index < count)[:, None], distance, jnp.inf)
-    chunk_best = jnp.argmin(distance, axis=0)
-    chunk_distance = jnp.min(distance, axis=0)
-    better = chunk_distance < best_distance
-    return (jnp.where(better, chunk_distance, best_distance),
-            jnp.where(better, index[chunk_best], best_index))
+  def compare(size, first):
+    def compare_chunk(c, best):
+      best_distance, best_index = best
+      # The last chunk may overlap earlier ones: equal distances never replace (first index wins).
+      start = jnp.minimum(first + c * size, capacity - size)
+      block = jax.lax.dynamic_slice_in_dim(centroids, start, size)
+      log_block = smoothing.safe_log(block)
+      distance = (jnp.sum(block * log_block, axis=-1)[:, None] + neg_entropy_sample[None, :]
+                  - jnp.matmul(block, log_sample.T, precision=precision)
+                  - jnp.matmul(log_block, sample.T, precision=precision))  # [size, M]
+      index = start + jnp.arange(size)
+      distance = jnp.where((index < count)[:, None], distance, jnp.inf)
+      chunk_best = jnp.argmin(distance, axis=0)
+      chunk_distance = jnp.min(distance, axis=0)
+      better = chunk_distance < best_distance
+      return (jnp.where(better, chunk_distance, best_distance),
+              jnp.where(better, index[chunk_best], best_index))
+    return compare_chunk
 
   num_rows = sample.shape[0]
-  initial = (jnp.full((num_rows,), jnp.inf, jnp.float32), jnp.zeros((num_rows,), jnp.int32))
-  num_chunks = (count + chunk - 1) // chunk
-  return jax.lax.fori_loop(0, num_chunks, compare_chunk, initial)[1]
+  best = (jnp.full((num_rows,), jnp.inf, jnp.float32), jnp.zeros((num_rows,), jnp.int32))
+  num_chunks = count // chunk
+  best = jax.lax.fori_loop(0, num_chunks, compare(chunk, 0), best)
+  done = num_chunks * chunk
+  num_small = (count - done + small_chunk - 1) // small_chunk
+  return jax.lax.fori_loop(0, num_small, compare(small_chunk, done), best)[1]
 
 
 @functools.partial(jax.jit, static_argnames=(
