@@ -56,6 +56,19 @@ EXECUTED = {
     "python -m vosjax.main --config configs/smtc_davis.py --workdir /tmp/smtc_davis": (
         _CONFIG_CASE.format("smtc_davis.py"),
         "tiny overrides (2 sequences of 6 frames, 32x32, a 3-block 32-wide random ViT)"),
+    "python -m vosjax.bench all --output DIR": (
+        "tests/test_bench_all.py::test_quick_backbone_and_keyframes",
+        "--quick, two sections; every section: test_quick_run_of_every_section (slow)"),
+    "python -m vosjax.bench train --config configs/smtc_ytvos.py --set batch_size=2 "
+    "--set backbone.random_init=True": (
+        "tests/test_bench_train.py::test_benchmark_runs_smtc_training_step_without_dino_weights",
+        "with a tiny random ViT and tiny shapes"),
+    "python -m vosjax.bench flow_error --tfds_name vosjax_synthetic/64x64_o1-1 --data_dir DIR": (
+        "tests/test_bench_flow_error.py::test_flow_error_of_the_dis_twin", "on the tiny set"),
+    "python -m vosjax.main --config configs/demo.py --workdir W "
+    "--config.data.tfds_name=vosjax_synthetic/NAME": (
+        _CONFIG_CASE.format("demo.py"),
+        "tiny overrides; the _dis sets: tests/test_synthetic_data.py, tests/test_bench_flow_error.py"),
     "python -m vosjax.bench mg_recipes --set KEY=VALUE ... --steps 10000": (
         "tests/test_bench_mg_recipes.py::test_export_then_train_from_arrays",
         "4 steps on the tiny set"),
