@@ -84,12 +84,13 @@ def test_toy_method_satisfies_the_interface():
 
 # ------------------------------------------------------------------ Subprocess runs
 
-_SCRIPT = textwrap.dedent("""
+# The harness of a training subprocess (the `Run` template fields; also tests/test_smtc_train.py's
+# script): reports every checkpoint and hangs after `hang_after_checkpoint` for the test to kill.
+SCRIPT_HARNESS = textwrap.dedent("""
     import json, logging, sys, time
     import jax, numpy as np
     sys.path.insert(0, {tests!r})
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-    from test_extra_state import ema_teacher_method, run_config
     from test_train import flat_params
     from vosjax import train
     from vosjax.core import checkpoint
@@ -105,6 +106,10 @@ _SCRIPT = textwrap.dedent("""
         time.sleep(3600)  # the test SIGKILLs this process here
 
     checkpoint.CheckpointManager.save = save_and_report
+""")
+
+_SCRIPT = SCRIPT_HARNESS + textwrap.dedent("""
+    from test_extra_state import ema_teacher_method, run_config
     toy, config = ema_teacher_method(), run_config({data_dir!r})
     result = train.train_and_evaluate(config, {workdir!r}, method=toy)
     one = lambda tree: flat_params(jax.tree.map(lambda x: x.addressable_data(0), tree))

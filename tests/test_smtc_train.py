@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_SMTC, TINY_SYNTHETIC, set_overrides
-from test_extra_state import Run
+from test_extra_state import SCRIPT_HARNESS, Run
 from test_faults import checkpoint_meta
 from test_train import LAYOUT_OVERRIDES, assert_same_params
 
@@ -80,27 +80,8 @@ def test_stochastic_depth_in_the_training_student_only():
 
 # ------------------------------------------------------------------ the loop, in subprocesses
 
-_SCRIPT = textwrap.dedent("""
-    import json, logging, sys, time
-    import jax, numpy as np
-    sys.path.insert(0, {tests!r})
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+_SCRIPT = SCRIPT_HARNESS + textwrap.dedent("""
     from test_smtc_train import smtc_config
-    from test_train import flat_params
-    from vosjax import train
-    from vosjax.core import checkpoint
-
-    assert jax.device_count() == {devices}, jax.devices()
-    save = checkpoint.CheckpointManager.save
-
-    def save_and_report(self, step, *args, **kwargs):
-      save(self, step, *args, **kwargs)
-      self.wait()
-      print(f"CHECKPOINT {{step}} WRITTEN", flush=True)
-      if step == {hang_after_checkpoint}:
-        time.sleep(3600)  # the test SIGKILLs this process here
-
-    checkpoint.CheckpointManager.save = save_and_report
     result = train.train_and_evaluate(smtc_config({data_dir!r}), {workdir!r})
     one = lambda tree: flat_params(jax.tree.map(lambda x: x.addressable_data(0), tree))
     state = result.state

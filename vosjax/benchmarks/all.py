@@ -42,6 +42,7 @@ import numpy as np
 
 from vosjax import methods
 from vosjax.benchmarks import _config_file as config_file
+from vosjax.benchmarks import backbone as backbone_bench
 from vosjax.benchmarks import keyframes as keyframes_bench
 from vosjax.benchmarks import reference_clustering as reference
 from vosjax.benchmarks import train as train_bench
@@ -107,17 +108,6 @@ def machine() -> dict:
           "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 
-def best_seconds(fn, repeats: int) -> float:
-  """Fastest of `repeats` timed calls after one untimed call (compilation, warm-up)."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return min(times)
-
-
 def matmul_peaks(size: int, repeats: int) -> dict:
   """Measured GFLOP/s of a jitted [size, size]^2 product: float32 at HIGHEST precision, float32 at
   the default precision, bfloat16."""
@@ -129,7 +119,7 @@ def matmul_peaks(size: int, repeats: int) -> dict:
     a = jax.random.normal(keys[0], (size, size), dtype)
     b = jax.random.normal(keys[1], (size, size), dtype)
     product = jax.jit(lambda x, y, p=precision: jnp.dot(x, y, precision=p))
-    peaks[name] = 2 * size**3 / best_seconds(lambda: product(a, b), repeats) / 1e9
+    peaks[name] = 2 * size**3 / backbone_bench.best_seconds(lambda: product(a, b), repeats) / 1e9
   return peaks
 
 
@@ -170,7 +160,7 @@ def bench_backbone(s: dict, peaks: dict, repeats: int) -> list[dict]:
         start = time.perf_counter()
         jax.block_until_ready(extract(params, video))
         first = time.perf_counter() - start
-        seconds = best_seconds(lambda: extract(params, video), repeats)
+        seconds = backbone_bench.best_seconds(lambda: extract(params, video), repeats)
         chunk = jnp.zeros((s["frame_chunk"], height, width, 3), _DTYPES[dtype])
         flops = xla_flops(lambda p, x: module.apply({"params": p}, x), params, chunk)
         flops = flops / s["frame_chunk"] if flops else None
