@@ -63,6 +63,9 @@ EXECUTED = {
     "--set backbone.random_init=True": (
         "tests/test_bench_train.py::test_benchmark_runs_smtc_training_step_without_dino_weights",
         "with a tiny random ViT and tiny shapes"),
+    "python -m vosjax.bench clustering --frames 24 --skip_numpy": (
+        "tests/test_bench_clustering.py::test_clustering_benchmark_runs_and_agrees_with_numpy",
+        "4 frames, with the NumPy comparison"),
     "python -m vosjax.bench flow_error --tfds_name vosjax_synthetic/64x64_o1-1 --data_dir DIR": (
         "tests/test_bench_flow_error.py::test_flow_error_of_the_dis_twin", "on the tiny set"),
     "python -m vosjax.main --config configs/demo.py --workdir W "
