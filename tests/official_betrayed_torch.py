@@ -121,6 +121,22 @@ class AttEncoder(nn.Module):
 
 
 @torch.no_grad()
+def randomize_parameters_(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> None:
+  """Random weights at unit scale, in place, in `named_parameters` order (the tests' official-layout
+  checkpoints): linear/conv N(0, 1/fan_in), norms 1 + N(0, 0.1), biases and tokens N(0, 0.1); names
+  starting with one of `skip_prefixes` keep their initialisation."""
+  for name, param in model.named_parameters():
+    if name.startswith(skip_prefixes):
+      continue
+    if "norm" in name and name.endswith("weight"):
+      param.copy_(1 + 0.1 * torch.randn_like(param))
+    elif name.endswith("bias") or name.endswith(("cls_token", "pos_embed")):
+      param.copy_(0.1 * torch.randn_like(param))
+    else:
+      param.copy_(torch.randn_like(param) / math.sqrt(math.prod(param.shape[1:])))
+
+
+@torch.no_grad()
 def official_query_key(model: AttEncoder, frames: torch.Tensor):
   """`mem_efficient_inference` up to the clustering: frames [T, 3, H, W] (normalized) ->
   (backbone keys [T, C, h, w], q [T, heads, h*w, head_dim], k [T, heads, h*w, head_dim])."""

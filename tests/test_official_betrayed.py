@@ -26,6 +26,7 @@ from conftest import REPO
 from official_betrayed_torch import AttEncoder
 from official_betrayed_torch import VisionTransformer
 from official_betrayed_torch import official_query_key
+from official_betrayed_torch import randomize_parameters_
 from vosjax import segment
 from vosjax import train
 from vosjax.benchmarks import reference_clustering as reference
@@ -54,14 +55,8 @@ def official_model(vit: dict, peak: float, seed: int = 0) -> AttEncoder:
   torch.manual_seed(seed)
   dim = vit["embed_dim"]
   model = AttEncoder(VisionTransformer(8, dim, vit["depth"], vit["num_heads"]), dim)
+  randomize_parameters_(model)
   with torch.no_grad():
-    for name, param in model.named_parameters():
-      if "norm" in name and name.endswith("weight"):
-        param.copy_(1 + 0.1 * torch.randn_like(param))
-      elif name.endswith("bias") or name.endswith(("cls_token", "pos_embed")):
-        param.copy_(0.1 * torch.randn_like(param))
-      else:
-        param.copy_(torch.randn_like(param) / np.sqrt(np.prod(param.shape[1:])))
     model.temporal_transformer[0].attn.qkv.weight[:2 * dim] *= peak
   return model
 

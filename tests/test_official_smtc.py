@@ -33,6 +33,7 @@ import pytest
 import torch
 
 from conftest import PYTHON, REPO, subprocess_env
+from official_betrayed_torch import randomize_parameters_
 from official_smtc_torch import SlotAttentionAutoEncoder
 from official_smtc_torch import candidate_masks
 from vosjax import train
@@ -69,16 +70,8 @@ def official_model(vit: dict, seed: int) -> SlotAttentionAutoEncoder:
   logits lie all above or all below 0.3)."""
   torch.manual_seed(seed)
   model = SlotAttentionAutoEncoder(vit, NUM_SLOTS, NUM_INSTANCES, ITERATIONS)
+  randomize_parameters_(model, skip_prefixes=("slot_attention.slots_",))
   with torch.no_grad():
-    for name, param in model.named_parameters():
-      if name.startswith("slot_attention.slots_"):
-        continue
-      if "norm" in name and name.endswith("weight"):
-        param.copy_(1 + 0.1 * torch.randn_like(param))
-      elif name.endswith("bias") or name.endswith(("cls_token", "pos_embed")):
-        param.copy_(0.1 * torch.randn_like(param))
-      else:
-        param.copy_(torch.randn_like(param) / np.sqrt(np.prod(param.shape[1:])))
     model.transport_proj.weight.mul_(0.01)
   return model.eval()
 
