@@ -157,14 +157,14 @@ def predict_in_chunks(predict: Callable[[dict], dict], inputs: dict[str, np.ndar
   for first in tqdm.tqdm(range(0, len(chunks), per_call), desc="segment", unit="call",
                          disable=not progress):
     group = chunks[first:first + per_call]
+    kept = len(group) * chunks.shape[1]  # frames of real chunks; the rest is padding
     group = np.concatenate([group, np.repeat(group[-1:], per_call - len(group), 0)])
     frames = group.reshape(-1)
     prediction = predict({k: np.asarray(v)[frames][None] for k, v in inputs.items()})
     for name, value in prediction.items():
       value = np.asarray(value)
       if value.ndim >= 2 and value.shape[:2] == (1, length):
-        outputs.setdefault(name, []).append(value[0, :len(chunks[first:first + per_call])
-                                                  * chunks.shape[1]])
+        outputs.setdefault(name, []).append(value[0, :kept])
   return {name: np.concatenate(parts)[positions] for name, parts in outputs.items()}
 
 
