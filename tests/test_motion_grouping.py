@@ -245,6 +245,18 @@ def test_max_pool_ceil_mode_matches_torch_on_odd_sizes():
   np.testing.assert_array_equal(out, ref.permute(0, 2, 3, 1).numpy())
 
 
+def test_max_pool_gradient_goes_to_the_first_maximum_as_in_torch():
+  rng = np.random.default_rng(4)
+  # Rounded ReLU outputs: many ties (zeros and equal values) inside windows.
+  x = np.maximum(np.round(rng.normal(size=(2, 7, 6, 3)) * 2) / 2, 0).astype(np.float32)
+  weights = rng.normal(size=(2, 4, 3, 3)).astype(np.float32)
+  grad = jax.grad(lambda x: jnp.sum(layers.max_pool_2x2_ceil(x) * weights))(jnp.asarray(x))
+  x_torch = _t(x).permute(0, 3, 1, 2).requires_grad_(True)
+  pooled = tnn.MaxPool2d(2, stride=2, ceil_mode=True)(x_torch)
+  (pooled * _t(weights).permute(0, 3, 1, 2)).sum().backward()
+  np.testing.assert_array_equal(np.asarray(grad), x_torch.grad.permute(0, 2, 3, 1).numpy())
+
+
 def test_soft_position_embed_adds_projected_grid():
   x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 4, 6, 5)), jnp.float32)
   module = layers.SoftPositionEmbed()

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vosjax.models import convolution
 from vosjax.models import layers
 from vosjax.models import slot_attention
 
@@ -98,7 +99,7 @@ class SlotAttentionAutoEncoder(nn.Module):
 
     x = image
     for i, features in enumerate(self.encoder_widths):
-      x = nn.relu(nn.Conv(features, (5, 5), padding='SAME', name=f'encoder_conv{i}')(x))
+      x = nn.relu(convolution.Conv2d(features, 5, 2, name=f'encoder_conv{i}')(x))
     x = layers.SoftPositionEmbed(name='encoder_pos')(x)
     x = x.reshape((batch, -1, x.shape[-1]))
     x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')(x)
@@ -124,8 +125,8 @@ class SlotAttentionAutoEncoder(nn.Module):
                                             output_padding=1,
                                             name=f'decoder_upsample{i}')(y))
     # A stride-1 'SAME' transposed convolution is a 'SAME' convolution (flipped kernel).
-    y = nn.relu(nn.Conv(self.decoder_width, (5, 5), padding='SAME', name='decoder_conv')(y))
-    y = nn.Conv(channels + 1, (3, 3), padding='SAME', name='decoder_output')(y)
+    y = nn.relu(convolution.Conv2d(self.decoder_width, 5, 2, name='decoder_conv')(y))
+    y = convolution.Conv2d(channels + 1, 3, 1, name='decoder_output')(y)
     y = y.reshape((batch, self.num_slots) + y.shape[1:])
 
     slot_recons, alpha_logits = y[..., :channels], y[..., channels]
