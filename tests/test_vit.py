@@ -248,9 +248,35 @@ def test_flop_count_agrees_with_xla_cost_analysis():
   module = vit.VisionTransformer(arch)
   images = jnp.zeros((1, 192, 384, 3))
   shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), images)["params"]
-  compiled = jax.jit(lambda p, x: module.apply({"params": p}, x).tokens).lower(
+  # With the maps returned the single block keeps the full attention (no while loop, which
+  # cost analysis counts once).
+  compiled = jax.jit(lambda p, x: module.apply({"params": p}, x, return_attention=True).tokens).lower(
       shapes, images).compile()
   xla_flops = compiled.cost_analysis()["flops"]
   ours = vit.vit_flops_per_image(arch, 192, 384)
   # XLA also counts element-wise work (norms, softmax, GELU): a few percent on top of matmuls.
   assert ours <= xla_flops <= 1.08 * ours, (ours, xla_flops)
+
+
+@pytest.mark.parametrize("length,chunk", [(300, 256), (7, 3), (512, 256)])
+def test_query_chunked_attention_matches_full_softmax_attention(length, chunk):
+  rng = np.random.default_rng(5)
+  query, key, value = (jnp.asarray(rng.normal(size=(2, length, 3, 8)), jnp.float32)
+                       for _ in range(3))
+  logits = np.einsum("bqhd,bkhd->bhqk", np.float64(query), np.float64(key)) * 8**-0.5
+  attention = np.exp(logits - logits.max(-1, keepdims=True))
+  attention /= attention.sum(-1, keepdims=True)
+  expected = np.einsum("bhqk,bkhd->bqhd", attention, np.float64(value))
+  got = vit.attend_in_query_chunks(query, key, value, 8**-0.5, chunk)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_without_maps_equals_forward_with_maps():
+  """The chunked attention of the blocks whose maps are not returned changes nothing."""
+  module = vit.VisionTransformer(vit.VIT_ARCHITECTURES["dino_vits16"].replace(depth=2))
+  images = jnp.asarray(np.random.default_rng(6).normal(size=(1, 288, 288, 3)), jnp.float32)
+  params = module.init(jax.random.key(0), images)  # 325 tokens: chunked on CPU
+  plain = module.apply(params, images)
+  with_maps = module.apply(params, images, return_attention=True)
+  assert plain.attention is None and with_maps.attention.shape == (1, 6, 325, 325)
+  np.testing.assert_allclose(plain.tokens, with_maps.tokens, rtol=1e-5, atol=1e-5)
