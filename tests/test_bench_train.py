@@ -45,3 +45,12 @@ def test_benchmark_runs_smtc_training_step_without_dino_weights():
   result = bench_train.benchmark(config, steps=1)
   assert result["config_method"] == "smtc" and result["finite"] and np.isfinite(result["loss"])
   assert result["images_per_s"] == pytest.approx(result["steps_per_s"] * 2 * 4)  # T = 4 frames
+
+
+def test_backbone_benchmark_command(capsys):
+  """`python -m vosjax.bench backbone` (README's performance table) at a tiny resolution."""
+  from vosjax.benchmarks import backbone  # pylint: disable=g-import-not-at-top
+  assert backbone.main(["--archs", "dino_vits16", "--resolutions", "32x64", "--frames", "2",
+                        "--frame-chunk", "2", "--repeats", "1", "--peak-size", "64"]) == 0
+  row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dino_vits16")]
+  assert len(row) == 1 and "2x4" in row[0]  # the 2x4 patch grid of 32x64

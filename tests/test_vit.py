@@ -274,9 +274,9 @@ def test_query_chunked_attention_matches_full_softmax_attention(length, chunk):
 def test_forward_without_maps_equals_forward_with_maps():
   """The chunked attention of the blocks whose maps are not returned changes nothing."""
   module = vit.VisionTransformer(vit.VIT_ARCHITECTURES["dino_vits16"].replace(depth=2))
-  images = jnp.asarray(np.random.default_rng(6).normal(size=(1, 288, 288, 3)), jnp.float32)
-  params = module.init(jax.random.key(0), images)  # 325 tokens: chunked on CPU
+  images = jnp.asarray(np.random.default_rng(6).normal(size=(1, 384, 384, 3)), jnp.float32)
+  params = module.init(jax.random.key(0), images)  # 577 tokens: chunked on CPU
   plain = module.apply(params, images)
   with_maps = module.apply(params, images, return_attention=True)
-  assert plain.attention is None and with_maps.attention.shape == (1, 6, 325, 325)
+  assert plain.attention is None and with_maps.attention.shape == (1, 6, 577, 577)
   np.testing.assert_allclose(plain.tokens, with_maps.tokens, rtol=1e-5, atol=1e-5)
