@@ -23,7 +23,10 @@ def tiny_config(data_dir, **overrides):
 # divides a gradient by its own magnitude, so parameters whose true gradient is ~0 (a conv bias that
 # the InstanceNorm after it subtracts again, the alpha bias that the softmax over slots cancels) move
 # by +-lr depending on the sign of float noise, which differs between reduction orders. A larger
-# epsilon keeps such noise at noise size; every parameter is then compared, none excluded.
+# epsilon keeps such noise at noise size; every parameter is then compared, none excluded. The
+# absolute tolerance is 2e-6: convolution kernel gradients are sums over the per-device batch in
+# blocks (vosjax.models.convolution), so 1 and 8 devices sum in different orders; after the toy
+# run's steps one decoder kernel entry of 3200 differed by 1.5e-6 (value 2.4e-3).
 LAYOUT_OVERRIDES = {"optimizer.eps": 1e-3}
 
 
@@ -31,7 +34,7 @@ def assert_same_params(actual: dict, desired: dict, initial: dict | None = None)
   """Every parameter equal to float tolerance (and, with `initial`, most of them really trained)."""
   assert actual.keys() == desired.keys() and len(desired) > 10
   for key in desired:
-    np.testing.assert_allclose(actual[key], desired[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(actual[key], desired[key], rtol=1e-4, atol=2e-6, err_msg=key)
   if initial is not None:
     moved = [k for k in desired if np.abs(desired[k] - initial[k]).max() > 1e-4]
     assert len(moved) > len(desired) // 2, f"only {len(moved)} of {len(desired)} moved"

@@ -13,8 +13,8 @@ axis and `patches[n]` gathers the `kh * kw` taps at flat offsets `ky * W_padded 
 positions are taken `block` at a time in a `lax.scan`, so a block's patches (`[block, kh*kw*C]`,
 a few MiB) stay in cache and each block is one GEMM: 2.6 s for the layer above. (Where the
 output has fewer channels than the input, the patches are taken from the output gradient instead.)
-Output gradients
-on the padding border are zero, so the taps that wrap into the next row or image add nothing.
+Output gradients on the padding border are zero, so the taps that wrap into the next row or image
+add nothing.
 The values equal XLA's kernel gradient up to float summation order (relative 1e-6).
 
 On accelerators the library convolutions are fast for both gradients, so `conv2d` uses the plain
