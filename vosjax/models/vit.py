@@ -221,8 +221,8 @@ class ViTOutput:
   attention: Optional[jax.Array]
 
 
-# Queries per chunk of `attend_in_query_chunks`: a chunk's [B, heads, chunk, S] logits (a few MiB
-# at ViT-S/8 sizes) stay in cache between the two matmuls and the softmax.
+# Queries per chunk of `attend_in_query_chunks`: a chunk's [heads, chunk, S] logits of one image (a
+# few MiB at ViT-S/8 sizes) stay in cache between the two matmuls and the softmax.
 QUERY_CHUNK = 256
 
 
@@ -422,7 +422,7 @@ class VisionTransformer(nn.Module):
         cls=x[:, 0],
         cls_normed=normed[:, 0],
         keys=keys[:, first_patch:].reshape(spatial),
-        attention=attention if return_attention else None,
+        attention=attention,  # None unless return_attention (the last block's maps)
     )
 
 
