@@ -243,6 +243,24 @@ def test_feature_extractor_matches_per_frame_forward():
     features.make_feature_extractor(module, frame_chunk=4)(params, jnp.asarray(video[0]))
 
 
+def test_automatic_frame_chunk():
+  expected = features.AUTO_FRAME_CHUNK.get(jax.default_backend(),
+                                           features.AUTO_FRAME_CHUNK_ACCELERATOR)
+  assert features.resolve_frame_chunk(0) == expected
+  assert jax.default_backend() != "cpu" or expected == 2
+  assert features.resolve_frame_chunk(5) == 5
+  with pytest.raises(ValueError, match="frame_chunk must be >= 1, or 0"):
+    features.make_feature_extractor(vit.VisionTransformer(TINY), frame_chunk=-1)
+  # The automatic chunk gives the same features as an explicit one (3 frames: a padded chunk).
+  rng = np.random.default_rng(7)
+  video = jnp.asarray(rng.uniform(size=(1, 3, 16, 16, 3)).astype(np.float32))
+  module = vit.VisionTransformer(TINY)
+  params = random_params(module, seed=2)
+  automatic = features.make_feature_extractor(module, frame_chunk=0)(params, video)
+  explicit = features.make_feature_extractor(module, frame_chunk=3)(params, video)
+  np.testing.assert_allclose(automatic["keys"], explicit["keys"], rtol=1e-5, atol=1e-5)
+
+
 def test_flop_count_agrees_with_xla_cost_analysis():
   arch = vit.VIT_ARCHITECTURES["dino_vits16"].replace(depth=1)
   module = vit.VisionTransformer(arch)

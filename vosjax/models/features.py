@@ -12,6 +12,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 FeatureFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
 
+# Frames per forward pass for `frame_chunk=0` (auto), by backend. On CPU two frames keep a chunk's
+# activations in cache (DINO ViT-S/8 at 192x384, 24 frames: 1.57 frames/s in chunks of 2 against
+# 1.28 in chunks of 8, 2-core AVX2 CPU); accelerators want large batches.
+AUTO_FRAME_CHUNK = {"cpu": 2}
+AUTO_FRAME_CHUNK_ACCELERATOR = 8
+
+
+def resolve_frame_chunk(frame_chunk: int) -> int:
+  """`frame_chunk`, or for 0 the backend's automatic choice (`AUTO_FRAME_CHUNK`)."""
+  if frame_chunk < 0:
+    raise ValueError(f"frame_chunk must be >= 1, or 0 for automatic; got {frame_chunk}")
+  if frame_chunk == 0:
+    return AUTO_FRAME_CHUNK.get(jax.default_backend(), AUTO_FRAME_CHUNK_ACCELERATOR)
+  return frame_chunk
+
 
 def make_feature_extractor(
     module: vit.VisionTransformer,
@@ -29,7 +44,8 @@ def make_feature_extractor(
 
   Args:
     module: the ViT.
-    frame_chunk: frames per forward pass (>= 1).
+    frame_chunk: frames per forward pass (>= 1), or 0 for automatic (`resolve_frame_chunk`, at
+      trace time: 2 on CPU, 8 on accelerators).
     mean: per-channel mean of the normalisation, applied to video in [0, 1].
     std: per-channel standard deviation.
     output_dtype: dtype of the returned features.
@@ -41,8 +57,7 @@ def make_feature_extractor(
       tokens: [B, T, h, w, C] last-block output tokens before the final norm,
       cls:    [B, T, C] CLS token before the final norm.
   """
-  if frame_chunk < 1:
-    raise ValueError(f"frame_chunk must be >= 1, got {frame_chunk}")
+  resolve_frame_chunk(frame_chunk)  # validates
   mean_array = jnp.asarray(mean, jnp.float32)
   std_array = jnp.asarray(std, jnp.float32)
 
@@ -58,7 +73,7 @@ def make_feature_extractor(
       raise ValueError(f"video must be [B, T, H, W, 3], got shape {video.shape}")
     batch, time, height, width, _ = video.shape
     num_frames = batch * time
-    chunk = min(frame_chunk, num_frames)
+    chunk = min(resolve_frame_chunk(frame_chunk), num_frames)
     num_chunks = -(-num_frames // chunk)
     frames = video.reshape(num_frames, height, width, 3).astype(jnp.float32)
     frames = (frames - mean_array) / std_array

@@ -100,7 +100,8 @@ def default_backbone_config() -> ml_collections.ConfigDict:
   config.cache_dir = os.path.join(os.path.expanduser("~"), ".cache", "vosjax", "checkpoints")
   config.random_init = False  # For tests and benchmarks only: features are meaningless.
   config.dtype = "float32"  # Compute dtype: "float32" or "bfloat16".
-  config.frame_chunk = 8  # Frames per forward pass in frozen feature extraction.
+  # Frames per forward pass in frozen feature extraction; 0: automatic (2 on CPU, 8 on accelerators).
+  config.frame_chunk = 0
   config.allow_download = True
   config.download_timeout_s = 10.0
   return config
