@@ -39,6 +39,15 @@ def test_quick_backbone_and_keyframes(tmp_path):
   assert "clustering" not in report and "train" not in report
 
 
+def test_quick_end_to_end_section(tmp_path):
+  report, table = run_quick(tmp_path, "end_to_end")
+  check_header(report, table)
+  (row,) = report["end_to_end"]
+  assert row["frames_per_s"] > 0 and row["run_s"] > 0 and row["compile_s"] >= 0
+  assert [line.startswith("| end_to_end") for line in table.splitlines()].count(True) == 1
+  assert "backbone" not in report and "clustering" not in report
+
+
 def test_unknown_section_is_an_error(tmp_path, capsys):
   with pytest.raises(SystemExit):
     bench_all.main(["--quick", "--only", "backbone,nope", "--output", str(tmp_path)])

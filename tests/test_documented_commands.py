@@ -59,6 +59,8 @@ EXECUTED = {
     "python -m vosjax.bench all --output DIR": (
         "tests/test_bench_all.py::test_quick_backbone_and_keyframes",
         "--quick, two sections; every section: test_quick_run_of_every_section (slow)"),
+    "python -m vosjax.bench all --only end_to_end --output DIR": (
+        "tests/test_bench_all.py::test_quick_end_to_end_section", "--quick (tiny shapes)"),
     "python -m vosjax.bench train --config configs/smtc_ytvos.py --set batch_size=2 "
     "--set backbone.random_init=True": (
         "tests/test_bench_train.py::test_benchmark_runs_smtc_training_step_without_dino_weights",
