@@ -289,6 +289,36 @@ def test_query_chunked_attention_matches_full_softmax_attention(length, chunk):
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
 
 
+def _numpy_attention(query, key, value, scale):
+  logits = np.einsum("bqhd,bkhd->bhqk", query, key) * scale
+  attention = np.exp(logits - logits.max(-1, keepdims=True))
+  attention /= attention.sum(-1, keepdims=True)
+  return np.einsum("bhqk,bkhd->bqhd", attention, value)
+
+
+def test_per_image_attention_value_and_gradient():
+  """attend_per_image (hand-written backward that recomputes the maps) against float64 NumPy:
+  the output, and central finite differences of sum(output * weights) for sampled entries."""
+  rng = np.random.default_rng(8)
+  inputs = [rng.normal(size=(3, 11, 2, 4)) for _ in range(3)]
+  weights = rng.normal(size=(3, 11, 2, 4))
+  scale = 4**-0.5
+  got = vit.attend_per_image(*(jnp.asarray(x, jnp.float32) for x in inputs), scale)
+  np.testing.assert_allclose(np.asarray(got), _numpy_attention(*inputs, scale), rtol=1e-5,
+                             atol=1e-6)
+  gradients = jax.grad(lambda q, k, v: jnp.sum(vit.attend_per_image(q, k, v, scale) * weights),
+                       argnums=(0, 1, 2))(*(jnp.asarray(x, jnp.float32) for x in inputs))
+  step = 1e-6
+  for which in range(3):
+    for index in zip(*(rng.integers(0, n, size=6) for n in inputs[which].shape)):
+      shifted = [[x.copy() for x in inputs] for _ in range(2)]
+      shifted[0][which][index] += step
+      shifted[1][which][index] -= step
+      numeric = (np.sum(_numpy_attention(*shifted[0], scale) * weights)
+                 - np.sum(_numpy_attention(*shifted[1], scale) * weights)) / (2 * step)
+      np.testing.assert_allclose(float(gradients[which][index]), numeric, rtol=1e-4, atol=1e-5)
+
+
 def test_forward_without_maps_equals_forward_with_maps():
   """The chunked attention of the blocks whose maps are not returned changes nothing."""
   module = vit.VisionTransformer(vit.VIT_ARCHITECTURES["dino_vits16"].replace(depth=2))
