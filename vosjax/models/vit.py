@@ -227,6 +227,15 @@ class ViTOutput:
 QUERY_CHUNK = 256
 
 
+def _attend_image(query: jax.Array, key: jax.Array, value: jax.Array, scale: float
+                  ) -> tuple[jax.Array, jax.Array]:
+  """One image: query [heads, Q, d], key and value [heads, S, d] -> (output [heads, Q, d],
+  float32 maps [heads, Q, S])."""
+  logits = jnp.einsum("hqd,hkd->hqk", query, key) * scale
+  attention = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.einsum("hqk,hkd->hqd", attention.astype(value.dtype), value), attention
+
+
 def attend_in_query_chunks(query: jax.Array, key: jax.Array, value: jax.Array, scale: float,
                            chunk: int = QUERY_CHUNK) -> jax.Array:
   """softmax(q k^T * scale) v, one image and `chunk` queries at a time, without the maps.
@@ -254,25 +263,12 @@ def attend_in_query_chunks(query: jax.Array, key: jax.Array, value: jax.Array, s
 
   def attend_image(inputs):
     queries, keys, values = inputs  # [count, heads, chunk, d], [heads, S, d], [heads, S, d]
-
-    def attend(chunk_queries):  # [heads, chunk, d]
-      logits = jnp.einsum("hqd,hkd->hqk", chunk_queries, keys) * scale
-      attention = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-      return jnp.einsum("hqk,hkd->hqd", attention.astype(values.dtype), values)
-
-    return jax.lax.map(attend, queries)
+    return jax.lax.map(lambda chunk_queries: _attend_image(chunk_queries, keys, values, scale)[0],
+                       queries)  # each chunk [heads, chunk, d]
 
   mixed = jax.lax.map(attend_image, (query, key, value))  # [B, count, heads, chunk, d]
   mixed = mixed.transpose(0, 1, 3, 2, 4).reshape(batch, count * chunk, heads, head_dim)
   return mixed[:, :length]
-
-
-def _attend_image(query: jax.Array, key: jax.Array, value: jax.Array, scale: float
-                  ) -> tuple[jax.Array, jax.Array]:
-  """One image: [heads, S, d] each -> (output [heads, S, d], float32 maps [heads, S, S])."""
-  logits = jnp.einsum("hqd,hkd->hqk", query, key) * scale
-  attention = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return jnp.einsum("hqk,hkd->hqd", attention.astype(value.dtype), value), attention
 
 
 def _attend_images(query: jax.Array, key: jax.Array, value: jax.Array, scale: float) -> jax.Array:
