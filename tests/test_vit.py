@@ -276,24 +276,22 @@ def test_flop_count_agrees_with_xla_cost_analysis():
   assert ours <= xla_flops <= 1.08 * ours, (ours, xla_flops)
 
 
+def _numpy_attention(query, key, value, scale):
+  """float64 softmax(q k^T * scale) v, [B, S, heads, d]."""
+  logits = np.einsum("bqhd,bkhd->bhqk", query, key) * scale
+  attention = np.exp(logits - logits.max(-1, keepdims=True))
+  attention /= attention.sum(-1, keepdims=True)
+  return np.einsum("bhqk,bkhd->bqhd", attention, value)
+
+
 @pytest.mark.parametrize("length,chunk", [(300, 256), (7, 3), (512, 256)])
 def test_query_chunked_attention_matches_full_softmax_attention(length, chunk):
   rng = np.random.default_rng(5)
   query, key, value = (jnp.asarray(rng.normal(size=(2, length, 3, 8)), jnp.float32)
                        for _ in range(3))
-  logits = np.einsum("bqhd,bkhd->bhqk", np.float64(query), np.float64(key)) * 8**-0.5
-  attention = np.exp(logits - logits.max(-1, keepdims=True))
-  attention /= attention.sum(-1, keepdims=True)
-  expected = np.einsum("bhqk,bkhd->bqhd", attention, np.float64(value))
+  expected = _numpy_attention(*(np.float64(x) for x in (query, key, value)), 8**-0.5)
   got = vit.attend_in_query_chunks(query, key, value, 8**-0.5, chunk)
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
-
-
-def _numpy_attention(query, key, value, scale):
-  logits = np.einsum("bqhd,bkhd->bhqk", query, key) * scale
-  attention = np.exp(logits - logits.max(-1, keepdims=True))
-  attention /= attention.sum(-1, keepdims=True)
-  return np.einsum("bhqk,bkhd->bqhd", attention, value)
 
 
 def test_per_image_attention_value_and_gradient():
@@ -319,12 +317,14 @@ def test_per_image_attention_value_and_gradient():
       np.testing.assert_allclose(float(gradients[which][index]), numeric, rtol=1e-4, atol=1e-5)
 
 
-def test_forward_without_maps_equals_forward_with_maps():
-  """The chunked attention of the blocks whose maps are not returned changes nothing."""
+# 577 tokens: query chunks on CPU; 197 tokens (two images): one image at a time.
+@pytest.mark.parametrize("batch,side,tokens", [(1, 384, 577), (2, 224, 197)])
+def test_forward_without_maps_equals_forward_with_maps(batch, side, tokens):
+  """The CPU attention of the blocks whose maps are not returned changes nothing."""
   module = vit.VisionTransformer(vit.VIT_ARCHITECTURES["dino_vits16"].replace(depth=2))
-  images = jnp.asarray(np.random.default_rng(6).normal(size=(1, 384, 384, 3)), jnp.float32)
-  params = module.init(jax.random.key(0), images)  # 577 tokens: chunked on CPU
+  images = jnp.asarray(np.random.default_rng(6).normal(size=(batch, side, side, 3)), jnp.float32)
+  params = module.init(jax.random.key(0), images)
   plain = module.apply(params, images)
   with_maps = module.apply(params, images, return_attention=True)
-  assert plain.attention is None and with_maps.attention.shape == (1, 6, 577, 577)
+  assert plain.attention is None and with_maps.attention.shape == (batch, 6, tokens, tokens)
   np.testing.assert_allclose(plain.tokens, with_maps.tokens, rtol=1e-5, atol=1e-5)

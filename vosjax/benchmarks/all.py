@@ -111,18 +111,11 @@ def machine() -> dict:
 def matmul_peaks(size: int, repeats: int) -> dict:
   """Measured GFLOP/s of a jitted [size, size]^2 product (best of max(repeats, 5) calls): float32
   at HIGHEST precision, float32 at the default precision, bfloat16."""
-  keys = jax.random.split(jax.random.PRNGKey(0))
-  peaks = {}
-  for name, dtype, precision in (("float32_highest", jnp.float32, jax.lax.Precision.HIGHEST),
-                                 ("float32", jnp.float32, None),
-                                 ("bfloat16", jnp.bfloat16, None)):
-    a = jax.random.normal(keys[0], (size, size), dtype)
-    b = jax.random.normal(keys[1], (size, size), dtype)
-    product = jax.jit(lambda x, y, p=precision: jnp.dot(x, y, precision=p))
-    seconds = backbone_bench.best_seconds(lambda: product(a, b),
-                                          max(repeats, backbone_bench.PEAK_MIN_REPEATS))
-    peaks[name] = 2 * size**3 / seconds / 1e9
-  return peaks
+  settings = (("float32_highest", jnp.float32, jax.lax.Precision.HIGHEST),
+              ("float32", jnp.float32, None),
+              ("bfloat16", jnp.bfloat16, None))
+  return {name: backbone_bench.matmul_peak_gflops(size, dtype, repeats, precision)
+          for name, dtype, precision in settings}
 
 
 def xla_flops(function, *args) -> float | None:

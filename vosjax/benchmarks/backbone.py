@@ -36,12 +36,14 @@ def best_seconds(fn, repeats: int) -> float:
 PEAK_MIN_REPEATS = 5
 
 
-def matmul_peak_gflops(size: int, dtype, repeats: int) -> float:
-  """GFLOP/s of a jitted [size, size] x [size, size] product, best of max(repeats, 5) calls."""
+def matmul_peak_gflops(size: int, dtype, repeats: int,
+                       precision: jax.lax.Precision | None = None) -> float:
+  """GFLOP/s of a jitted [size, size] x [size, size] product at `precision` (None: the backend's
+  default), best of max(repeats, 5) calls."""
   keys = jax.random.split(jax.random.PRNGKey(0))
   a = jax.random.normal(keys[0], (size, size), dtype)
   b = jax.random.normal(keys[1], (size, size), dtype)
-  matmul = jax.jit(jnp.dot)
+  matmul = jax.jit(lambda x, y: jnp.dot(x, y, precision=precision))
   seconds = best_seconds(lambda: matmul(a, b), max(repeats, PEAK_MIN_REPEATS))
   return 2 * size**3 / seconds / 1e9
 

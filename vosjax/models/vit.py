@@ -340,10 +340,9 @@ class Attention(nn.Module):
     scale = head_dim**-0.5
     # On CPU without maps: query chunks past two chunks (the images' maps would not fit in
     # cache), else one image at a time with recomputing backward (`attend_per_image`).
-    if not return_attention and jax.default_backend() == "cpu" and length > 2 * QUERY_CHUNK:
-      mixed, attention = attend_in_query_chunks(query, key, value, scale), None
-    elif not return_attention and jax.default_backend() == "cpu":
-      mixed, attention = attend_per_image(query, key, value, scale), None
+    if not return_attention and jax.default_backend() == "cpu":
+      attend = attend_in_query_chunks if length > 2 * QUERY_CHUNK else attend_per_image
+      mixed, attention = attend(query, key, value, scale), None
     else:
       logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) * scale
       # Softmax in float32 so that a bfloat16 forward keeps sane attention maps.

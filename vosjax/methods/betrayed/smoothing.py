@@ -6,7 +6,7 @@ log(max(x, float32 tiny)), so 0 * log 0 gives 0 instead of NaN; for strictly pos
 magnitude (float32 softmax outputs in practice) this is the official value.
 """
 
-import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,14 @@ DEFAULT_TILE = 192
 _COARSE_BINS = 64
 _BOUND_MARGIN = 1e-2
 _PIVOT_STRIDE = 8  # rows are sorted by their first candidate among every 8th row
+
+
+class _Tile(NamedTuple):
+  """One tile of `smooth_rows`' sorted rows."""
+  rows: jax.Array  # [tile, K']
+  logs: jax.Array  # [tile, K'] safe_log(rows)
+  entropy: jax.Array  # [tile] sum p log p
+  valid: jax.Array  # bool [tile]
 
 
 def safe_log(x: jax.Array) -> jax.Array:
@@ -75,8 +83,9 @@ def smooth_rows(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, precisi
   directions at once) only if the bound of some pair in it is within tau + a rounding margin; for
   every other pair the exact distance is provably > tau. The loop runs over row tiles, then over
   the needed tiles right of each (the row tile's log is taken once, a column tile's once per pair,
-  outside the products; the per-row sum p log p once for all). With every pair needed (nearly uniform rows: a random-weights backbone) this costs the
-  dense products' FLOPs and time (0.89 vs 0.85 s, one T=24 window) without their [M, M] matrices.
+  outside the products; the per-row sum p log p once for all). With every pair needed (nearly
+  uniform rows: a random-weights backbone) this costs the dense products' FLOPs and time (0.89 vs
+  0.85 s, one T=24 window) without their [M, M] matrices.
   The result is the dense one up to float summation order. Peak memory: the sorted rows and the
   sums, [M, K'] each.
 
@@ -125,32 +134,31 @@ def smooth_rows(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, precisi
   row_entropy = jnp.sum(rows * safe_log(rows), axis=-1)  # [padded], sum p log p
   tile_index = jnp.arange(num_tiles)
 
-  def tile_of(index):
-    """(rows, their logs [tile, K'], sum p log p [tile], valid [tile]) of tile `index`."""
+  def tile_of(index) -> _Tile:
     start = index * tile
     tile_rows = jax.lax.dynamic_slice_in_dim(rows, start, tile)
     # Materialised: fused into the products below, XLA takes the log again per GEMM block.
     log_rows = jax.lax.optimization_barrier(safe_log(tile_rows))
-    return (tile_rows, log_rows, jax.lax.dynamic_slice_in_dim(row_entropy, start, tile),
-            jax.lax.dynamic_slice_in_dim(slot_valid, start, tile))
+    return _Tile(tile_rows, log_rows, jax.lax.dynamic_slice_in_dim(row_entropy, start, tile),
+                 jax.lax.dynamic_slice_in_dim(slot_valid, start, tile))
 
-  def close_pairs(a, b):
+  def close_pairs(a: _Tile, b: _Tile) -> jax.Array:
     """[tile, tile] KLsym(a_i, b_j) <= tau."""
-    a_rows, a_logs, a_entropy, _ = a
-    b_rows, b_logs, b_entropy, _ = b
-    distance = (a_entropy[:, None] + b_entropy[None, :]
-                - jnp.matmul(a_rows, b_logs.T, precision=precision)
-                - jnp.matmul(a_logs, b_rows.T, precision=precision))
+    distance = (a.entropy[:, None] + b.entropy[None, :]
+                - jnp.matmul(a.rows, b.logs.T, precision=precision)
+                - jnp.matmul(a.logs, b.rows.T, precision=precision))
     return distance <= tau
 
-  def weighted_sum(close, valid, tile_rows):
-    return jnp.matmul((close & valid[None, :]).astype(jnp.float32), tile_rows, precision=precision)
+  def weighted_sum(close: jax.Array, other: _Tile) -> jax.Array:
+    """[tile, K'] sums of the valid rows of `other` that are close."""
+    return jnp.matmul((close & other.valid[None, :]).astype(jnp.float32), other.rows,
+                      precision=precision)
 
   def add_row_tile(a_index, sums):
     """Sums of row tile a: its diagonal pair, then each needed tile b right of it; the distances
     of (a, b) also give b's sums from a."""
     a = tile_of(a_index)
-    a_sums = weighted_sum(close_pairs(a, a), a[3], a[0])
+    a_sums = weighted_sum(close_pairs(a, a), a)
     right = tile_needed[a_index] & (tile_index > a_index)
     right_tiles = jnp.argsort(~right, stable=True)
 
@@ -159,11 +167,11 @@ def smooth_rows(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, precisi
       b_index = right_tiles[j]
       b = tile_of(b_index)
       close = close_pairs(a, b)
-      a_sums = a_sums + weighted_sum(close, b[3], b[0])
+      a_sums = a_sums + weighted_sum(close, b)
       # Materialised transpose: folded into the product, XLA runs a slower GEMM.
       close_t = jax.lax.optimization_barrier(close.T)
       start = b_index * tile
-      b_sums = jax.lax.dynamic_slice_in_dim(sums, start, tile) + weighted_sum(close_t, a[3], a[0])
+      b_sums = jax.lax.dynamic_slice_in_dim(sums, start, tile) + weighted_sum(close_t, a)
       return a_sums, jax.lax.dynamic_update_slice_in_dim(sums, b_sums, start, axis=0)
 
     a_sums, sums = jax.lax.fori_loop(0, jnp.sum(right), add_column_tile, (a_sums, sums))
