@@ -320,6 +320,35 @@ def test_output_shapes_and_mask_properties(height, width):
       np.asarray((out['slot_recons'] * out['masks'][..., None]).sum(1)), atol=1e-5)
 
 
+@pytest.mark.parametrize('chunk_size', [2, 4])  # 10 slot images: whole chunks; last one padded
+def test_chunked_decoder_equals_decoding_all_slots_at_once(chunk_size):
+  """Same parameter tree, outputs and gradients (params and slots) as one decode of all slots."""
+  model, params = _small_model_and_params(3)
+  chunked = motion_grouping.MotionGrouping(**SMALL, decoder_chunk_size=chunk_size)
+  flow = jax.random.uniform(jax.random.key(5), (5, 16, 24, 3), minval=-1, maxval=1)
+  shapes = jax.eval_shape(chunked.init, jax.random.key(0), flow)['params']
+  assert jax.tree.structure(shapes) == jax.tree.structure(params)
+  assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, params)
+
+  def loss(p, module):  # weights every output pixel differently, so each one's gradient counts
+    out = module.apply({'params': p}, flow)
+    return jnp.sum(jnp.sin(3.0 * out['recon'])) + jnp.sum(out['masks'] ** 2)
+
+  whole_out, chunked_out = (jax.jit(m.apply)({'params': params}, flow) for m in (model, chunked))
+  for key in ('recon', 'masks', 'slot_recons'):
+    np.testing.assert_allclose(np.asarray(chunked_out[key]), np.asarray(whole_out[key]),
+                               rtol=1e-5, atol=1e-5)
+  whole_grad, chunked_grad = (jax.jit(jax.grad(loss), static_argnums=1)(params, m)
+                              for m in (model, chunked))
+  # One scale for all: a bias before an InstanceNorm has a zero gradient up to rounding noise.
+  scale = max(float(np.abs(np.asarray(leaf)).max()) for leaf in jax.tree.leaves(whole_grad))
+  for path_and_whole, chunk_leaf in zip(jax.tree_util.tree_leaves_with_path(whole_grad),
+                                        jax.tree.leaves(chunked_grad)):
+    path, whole_leaf = path_and_whole
+    np.testing.assert_allclose(np.asarray(chunk_leaf) / scale, np.asarray(whole_leaf) / scale,
+                               atol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
 def test_rejects_indivisible_resolution_and_bad_rank():
   model = motion_grouping.MotionGrouping(**SMALL)
   with pytest.raises(ValueError, match='divisible by 8'):

@@ -53,11 +53,15 @@ class MotionGroupingDecoder(nn.Module):
     conv_width: Width of the stride-1 Conv5x5 + IN + ReLU block.
     output_channels: C; the last conv outputs C + 1 channels (recon + alpha logit).
     instance_norm: InstanceNorm after each hidden layer (official). See `MotionGrouping`.
+    chunk_size: Slot images decoded at a time, in a `scan` whose backward pass recomputes a
+      chunk's activations (`remat`) instead of keeping all of them; 0 (or >= B * K) decodes
+      every slot at once. Same parameters and values either way.
   """
   transpose_widths: Sequence[int] = (64, 64, 64)
   conv_width: int = 64
   output_channels: int = 3
   instance_norm: bool = True
+  chunk_size: int = 0
 
   @nn.compact
   def __call__(self, slots: jnp.ndarray, output_size: Sequence[int]) -> jnp.ndarray:
@@ -73,16 +77,42 @@ class MotionGroupingDecoder(nn.Module):
     factor = 2**len(self.transpose_widths)
     height, width = output_size
     batch, num_slots = slots.shape[:2]
-    x = layers.spatial_broadcast(slots, (height // factor, width // factor))
-    x = x.reshape((batch * num_slots,) + x.shape[2:])
-    x = layers.SoftPositionEmbed(name='pos_embed')(x)
-    for i, features in enumerate(self.transpose_widths):
-      x = layers.ConvTransposeNormReLU(features, use_norm=self.instance_norm,
-                                       name=f'upsample{i}')(x)
-    x = layers.ConvNormReLU(self.conv_width, 5, use_norm=self.instance_norm, name='conv')(x)
-    x = layers.ConvNormReLU(self.output_channels + 1, 5, use_norm=False, use_relu=False,
-                            name='output')(x)
+    grid = (height // factor, width // factor)
+    vectors = slots.reshape((batch * num_slots, slots.shape[-1]))
+    decodes = batch * num_slots
+    chunk = self.chunk_size if 0 < self.chunk_size < decodes else 0
+    if chunk == 0:
+      x = _decode(self, vectors, grid)
+    else:
+      # Pad to whole chunks (static shapes); the padded decodes are dropped after the loop.
+      num_chunks = -(-decodes // chunk)
+      padded = jnp.pad(vectors, ((0, num_chunks * chunk - decodes), (0, 0)))
+      padded = padded.reshape((num_chunks, chunk, vectors.shape[-1]))
+
+      def decode_chunk(module, carry, chunk_vectors):
+        return carry, _decode(module, chunk_vectors, grid)
+
+      # A scan over chunks with the parameters broadcast (same names as unchunked); remat keeps
+      # only each chunk's slot vectors for the backward pass, which recomputes its activations.
+      decode_chunks = nn.scan(nn.remat(decode_chunk), variable_broadcast='params',
+                              split_rngs={'params': False}, length=num_chunks)
+      _, x = decode_chunks(self, None, padded)
+      x = x.reshape((num_chunks * chunk,) + x.shape[2:])[:decodes]
     return x.reshape((batch, num_slots) + x.shape[1:])
+
+
+def _decode(decoder: MotionGroupingDecoder, vectors: jnp.ndarray,
+            grid: tuple[int, int]) -> jnp.ndarray:
+  """`[N, D]` slot vectors -> `[N, H, W, C + 1]`, in the scope of `decoder`."""
+  x = jnp.broadcast_to(vectors[:, None, None, :], (vectors.shape[0],) + grid + vectors.shape[-1:])
+  x = layers.SoftPositionEmbed(parent=decoder, name='pos_embed')(x)
+  for i, features in enumerate(decoder.transpose_widths):
+    x = layers.ConvTransposeNormReLU(features, use_norm=decoder.instance_norm, parent=decoder,
+                                     name=f'upsample{i}')(x)
+  x = layers.ConvNormReLU(decoder.conv_width, 5, use_norm=decoder.instance_norm, parent=decoder,
+                          name='conv')(x)
+  return layers.ConvNormReLU(decoder.output_channels + 1, 5, use_norm=False, use_relu=False,
+                             parent=decoder, name='output')(x)
 
 
 class MotionGrouping(nn.Module):
@@ -107,6 +137,7 @@ class MotionGrouping(nn.Module):
       not make the CPU demo learn faster (see configs/demo.py), and at initialisation the
       two slots' decoded flows differ less without the norms (mean |difference| 0.01 vs
       0.35 with them, demo model and data).
+    decoder_chunk_size: `MotionGroupingDecoder.chunk_size`: less memory for some recompute.
     epsilon: Slot-attention epsilon.
     gradient_mode: Slot-attention gradient mode ('full', 'last_iteration',
       'last_iteration_to_init').
@@ -119,6 +150,7 @@ class MotionGrouping(nn.Module):
   decoder_transpose_widths: Sequence[int] = (64, 64, 64)
   decoder_conv_width: int = 64
   decoder_instance_norm: bool = True
+  decoder_chunk_size: int = 0
   epsilon: float = 1e-8
   gradient_mode: slot_attention.GradientMode = 'full'
 
@@ -163,7 +195,7 @@ class MotionGrouping(nn.Module):
 
     decoded = MotionGroupingDecoder(self.decoder_transpose_widths, self.decoder_conv_width,
                                     channels, self.decoder_instance_norm,
-                                    name='decoder')(slots, (height, width))
+                                    self.decoder_chunk_size, name='decoder')(slots, (height, width))
     slot_recons, alpha_logits = decoded[..., :channels], decoded[..., channels]
     masks = jax.nn.softmax(alpha_logits, axis=1)
     recon = jnp.sum(slot_recons * masks[..., None], axis=1)

@@ -63,6 +63,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.decoder_conv_width = 64
   config.model.decoder_instance_norm = True  # official; see models.motion_grouping.MotionGrouping
   config.model.gradient_mode = "full"
+  # Slot images decoded at a time; the backward pass recomputes each chunk's activations. At the
+  # official widths, 8 flow pairs at 128x224: peak RSS 5.9 -> 3.8 GiB for 3% more time per step
+  # (README, Performance). 0 decodes all B * 2 * K at once.
+  config.model.decoder_chunk_size = 4
 
   config.loss = ml_collections.ConfigDict()
   config.loss.recon_scale = 1e2
@@ -86,7 +90,8 @@ def make_model(config: ml_collections.ConfigDict) -> mg_model.MotionGrouping:
       slot_mlp_hidden_size=m.slot_mlp_hidden_size,
       decoder_transpose_widths=tuple(m.decoder_transpose_widths),
       decoder_conv_width=m.decoder_conv_width,
-      decoder_instance_norm=m.decoder_instance_norm, gradient_mode=m.gradient_mode)
+      decoder_instance_norm=m.decoder_instance_norm,
+      decoder_chunk_size=m.decoder_chunk_size, gradient_mode=m.gradient_mode)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
