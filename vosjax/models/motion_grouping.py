@@ -15,6 +15,7 @@ kernels, zero biases) rather than PyTorch's uniform fan-in ones; flax `ConvTrans
 kernels are PyTorch's spatially flipped (same function family, same output alignment).
 """
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -30,18 +31,25 @@ class MotionGroupingEncoder(nn.Module):
 
   Attributes:
     widths: Channel width of each stage; a 2x2 ceil-mode max-pool separates stages.
+    chunk_size: Images encoded at a time (`layers.apply_in_chunks`); 0: all at once.
   """
   widths: Sequence[int] = (64, 128, 256)
+  chunk_size: int = 0
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """`[B, H, W, C]` -> `[B, ceil(H / 2^(S-1)), ceil(W / 2^(S-1)), widths[-1]]`."""
-    for stage, width in enumerate(self.widths):
-      if stage > 0:
-        x = layers.max_pool_2x2_ceil(x)
-      x = layers.ConvNormReLU(width, 5, name=f'stage{stage}_conv1')(x)
-      x = layers.ConvNormReLU(width, 5, name=f'stage{stage}_conv2')(x)
-    return x
+    return layers.apply_in_chunks(self, _encode, x, self.chunk_size)
+
+
+def _encode(encoder: MotionGroupingEncoder, x: jnp.ndarray) -> jnp.ndarray:
+  """The encoder's layers on `[n, H, W, C]`, in the scope of `encoder`."""
+  for stage, width in enumerate(encoder.widths):
+    if stage > 0:
+      x = layers.max_pool_2x2_ceil(x)
+    x = layers.ConvNormReLU(width, 5, parent=encoder, name=f'stage{stage}_conv1')(x)
+    x = layers.ConvNormReLU(width, 5, parent=encoder, name=f'stage{stage}_conv2')(x)
+  return x
 
 
 class MotionGroupingDecoder(nn.Module):
@@ -53,9 +61,9 @@ class MotionGroupingDecoder(nn.Module):
     conv_width: Width of the stride-1 Conv5x5 + IN + ReLU block.
     output_channels: C; the last conv outputs C + 1 channels (recon + alpha logit).
     instance_norm: InstanceNorm after each hidden layer (official). See `MotionGrouping`.
-    chunk_size: Slot images decoded at a time, in a `scan` whose backward pass recomputes a
-      chunk's activations (`remat`) instead of keeping all of them; 0 (or >= B * K) decodes
-      every slot at once. Same parameters and values either way.
+    chunk_size: Slot images decoded at a time (`layers.apply_in_chunks`, with `remat`: the
+      backward pass recomputes a chunk's activations instead of keeping all of them); 0 (or
+      >= B * K) decodes every slot at once. Same parameters and values either way.
   """
   transpose_widths: Sequence[int] = (64, 64, 64)
   conv_width: int = 64
@@ -79,30 +87,13 @@ class MotionGroupingDecoder(nn.Module):
     batch, num_slots = slots.shape[:2]
     grid = (height // factor, width // factor)
     vectors = slots.reshape((batch * num_slots, slots.shape[-1]))
-    decodes = batch * num_slots
-    chunk = self.chunk_size if 0 < self.chunk_size < decodes else 0
-    if chunk == 0:
-      x = _decode(self, vectors, grid)
-    else:
-      # Pad to whole chunks (static shapes); the padded decodes are dropped after the loop.
-      num_chunks = -(-decodes // chunk)
-      padded = jnp.pad(vectors, ((0, num_chunks * chunk - decodes), (0, 0)))
-      padded = padded.reshape((num_chunks, chunk, vectors.shape[-1]))
-
-      def decode_chunk(module, carry, chunk_vectors):
-        return carry, _decode(module, chunk_vectors, grid)
-
-      # A scan over chunks with the parameters broadcast (same names as unchunked); remat keeps
-      # only each chunk's slot vectors for the backward pass, which recomputes its activations.
-      decode_chunks = nn.scan(nn.remat(decode_chunk), variable_broadcast='params',
-                              split_rngs={'params': False}, length=num_chunks)
-      _, x = decode_chunks(self, None, padded)
-      x = x.reshape((num_chunks * chunk,) + x.shape[2:])[:decodes]
+    x = layers.apply_in_chunks(self, functools.partial(_decode, grid=grid), vectors,
+                               self.chunk_size, remat=True)
     return x.reshape((batch, num_slots) + x.shape[1:])
 
 
-def _decode(decoder: MotionGroupingDecoder, vectors: jnp.ndarray,
-            grid: tuple[int, int]) -> jnp.ndarray:
+def _decode(decoder: MotionGroupingDecoder, vectors: jnp.ndarray, grid: tuple[int, int]
+            ) -> jnp.ndarray:
   """`[N, D]` slot vectors -> `[N, H, W, C + 1]`, in the scope of `decoder`."""
   x = jnp.broadcast_to(vectors[:, None, None, :], (vectors.shape[0],) + grid + vectors.shape[-1:])
   x = layers.SoftPositionEmbed(parent=decoder, name='pos_embed')(x)
@@ -127,6 +118,7 @@ class MotionGrouping(nn.Module):
     num_slots: K (2: foreground and background).
     num_iterations: Slot-attention iterations.
     encoder_widths: Encoder stage widths (max-pool between stages).
+    encoder_chunk_size: `MotionGroupingEncoder.chunk_size` (a faster forward pass on CPU).
     slot_dim: Slot / q,k,v size; the post-encoder MLP maps features to it.
     slot_mlp_hidden_size: Hidden width of slot attention's residual MLP.
     decoder_transpose_widths: Widths of the stride-2 ConvTranspose layers; their count
@@ -137,7 +129,7 @@ class MotionGrouping(nn.Module):
       not make the CPU demo learn faster (see configs/demo.py), and at initialisation the
       two slots' decoded flows differ less without the norms (mean |difference| 0.01 vs
       0.35 with them, demo model and data).
-    decoder_chunk_size: `MotionGroupingDecoder.chunk_size`: less memory for some recompute.
+    decoder_chunk_size: `MotionGroupingDecoder.chunk_size` (less memory, some recompute).
     epsilon: Slot-attention epsilon.
     gradient_mode: Slot-attention gradient mode ('full', 'last_iteration',
       'last_iteration_to_init').
@@ -145,6 +137,7 @@ class MotionGrouping(nn.Module):
   num_slots: int = 2
   num_iterations: int = 5
   encoder_widths: Sequence[int] = (64, 128, 256)
+  encoder_chunk_size: int = 0
   slot_dim: int = 256
   slot_mlp_hidden_size: int = 256
   decoder_transpose_widths: Sequence[int] = (64, 64, 64)
@@ -180,7 +173,7 @@ class MotionGrouping(nn.Module):
           f'MotionGrouping needs H and W divisible by {factor} (the decoder upsamples '
           f'{len(self.decoder_transpose_widths)} times by 2), got H={height}, W={width}.')
 
-    x = MotionGroupingEncoder(self.encoder_widths, name='encoder')(flow)
+    x = MotionGroupingEncoder(self.encoder_widths, self.encoder_chunk_size, name='encoder')(flow)
     x = layers.SoftPositionEmbed(name='encoder_pos')(x)
     x = x.reshape((batch, -1, x.shape[-1]))
     x = nn.LayerNorm(epsilon=1e-5, name='encoder_norm')(x)
