@@ -351,6 +351,12 @@ def test_chunked_encoder_and_decoder_equal_all_at_once(encoder_chunk_size, decod
                                atol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
+def test_negative_chunk_size_is_an_error():
+  model = motion_grouping.MotionGrouping(**SMALL, decoder_chunk_size=-1)
+  with pytest.raises(ValueError, match='chunk_size must be >= 0'):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 24, 3)))
+
+
 def test_rejects_indivisible_resolution_and_bad_rank():
   model = motion_grouping.MotionGrouping(**SMALL)
   with pytest.raises(ValueError, match='divisible by 8'):

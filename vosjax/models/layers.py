@@ -92,6 +92,9 @@ def apply_in_chunks(module: nn.Module, function: Callable[[nn.Module, jnp.ndarra
     chunk_size: rows per chunk; 0 (or >= N) applies `function` to all rows at once.
     remat: recompute each chunk's activations in the backward pass instead of storing them.
   """
+  if chunk_size < 0:
+    raise ValueError(f'apply_in_chunks: chunk_size must be >= 0 (0: all at once), got '
+                     f'{chunk_size}.')
   total = inputs.shape[0]
   if not 0 < chunk_size < total:
     return function(module, inputs)
