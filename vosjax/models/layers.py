@@ -63,16 +63,15 @@ def spatial_broadcast(slots: jnp.ndarray, resolution: Sequence[int]) -> jnp.ndar
   """Tiles every slot vector over a 2-D grid.
 
   Args:
-    slots: `[B, K, D]` slot vectors.
+    slots: `[..., D]` slot vectors (e.g. `[B, K, D]`, or `[N, D]` flattened).
     resolution: `(h, w)` grid size.
 
   Returns:
-    `[B, K, h, w, D]`.
+    `[..., h, w, D]`.
   """
   height, width = resolution
-  return jnp.broadcast_to(
-      slots[:, :, None, None, :],
-      slots.shape[:2] + (height, width) + slots.shape[2:])
+  return jnp.broadcast_to(slots[..., None, None, :],
+                          slots.shape[:-1] + (height, width) + slots.shape[-1:])
 
 
 def apply_in_chunks(module: nn.Module, function: Callable[[nn.Module, jnp.ndarray], jnp.ndarray],

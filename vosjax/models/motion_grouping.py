@@ -95,7 +95,7 @@ class MotionGroupingDecoder(nn.Module):
 def _decode(decoder: MotionGroupingDecoder, vectors: jnp.ndarray, grid: tuple[int, int]
             ) -> jnp.ndarray:
   """`[N, D]` slot vectors -> `[N, H, W, C + 1]`, in the scope of `decoder`."""
-  x = jnp.broadcast_to(vectors[:, None, None, :], (vectors.shape[0],) + grid + vectors.shape[-1:])
+  x = layers.spatial_broadcast(vectors, grid)
   x = layers.SoftPositionEmbed(parent=decoder, name='pos_embed')(x)
   for i, features in enumerate(decoder.transpose_widths):
     x = layers.ConvTransposeNormReLU(features, use_norm=decoder.instance_norm, parent=decoder,
