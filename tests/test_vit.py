@@ -22,6 +22,7 @@ with warnings.catch_warnings():
 
 from vosjax.models import features
 from vosjax.models import pretrained
+from vosjax.models import transformer_layers
 from vosjax.models import vit
 
 RTOL = 1e-5
@@ -290,7 +291,7 @@ def test_query_chunked_attention_matches_full_softmax_attention(length, chunk):
   query, key, value = (jnp.asarray(rng.normal(size=(2, length, 3, 8)), jnp.float32)
                        for _ in range(3))
   expected = _numpy_attention(*(np.float64(x) for x in (query, key, value)), 8**-0.5)
-  got = vit.attend_in_query_chunks(query, key, value, 8**-0.5, chunk)
+  got = transformer_layers.attend_in_query_chunks(query, key, value, 8**-0.5, chunk)
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -301,10 +302,10 @@ def test_per_image_attention_value_and_gradient():
   inputs = [rng.normal(size=(3, 11, 2, 4)) for _ in range(3)]
   weights = rng.normal(size=(3, 11, 2, 4))
   scale = 4**-0.5
-  got = vit.attend_per_image(*(jnp.asarray(x, jnp.float32) for x in inputs), scale)
+  got = transformer_layers.attend_per_image(*(jnp.asarray(x, jnp.float32) for x in inputs), scale)
   np.testing.assert_allclose(np.asarray(got), _numpy_attention(*inputs, scale), rtol=1e-5,
                              atol=1e-6)
-  gradients = jax.grad(lambda q, k, v: jnp.sum(vit.attend_per_image(q, k, v, scale) * weights),
+  gradients = jax.grad(lambda q, k, v: jnp.sum(transformer_layers.attend_per_image(q, k, v, scale) * weights),
                        argnums=(0, 1, 2))(*(jnp.asarray(x, jnp.float32) for x in inputs))
   step = 1e-6
   for which in range(3):

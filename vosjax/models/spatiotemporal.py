@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vosjax.models import transformer_layers
+
 # PyTorch nn.LayerNorm default epsilon (flax's default is 1e-6).
 TORCH_LAYER_NORM_EPS = 1e-5
 
@@ -117,7 +119,7 @@ class SpatioTemporalBlock(nn.Module):
     attention = self.attention_dropout(attention, deterministic=deterministic)
     mixed = jnp.einsum("bhqk,bkhd->bqhd", attention, v).reshape(tokens.shape)
     x = tokens + self.dropout(self.proj(mixed), deterministic=deterministic)
-    hidden = nn.gelu(self.fc1(self.norm2(x)), approximate=False)
+    hidden = transformer_layers.gelu_exact(self.fc1(self.norm2(x)))
     hidden = self.dropout(hidden, deterministic=deterministic)
     x = x + self.dropout(self.fc2(hidden), deterministic=deterministic)
     return x, attention

@@ -25,7 +25,6 @@ is used unchanged, as PyTorch's CUDA bicubic kernel does (it copies same-size in
 current CPU kernel would instead resample with the +0.1 scale. The originals ran on CUDA.
 """
 import dataclasses
-import functools
 import math
 from typing import Any, Optional
 
@@ -34,6 +33,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vosjax.models import transformer_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,103 +223,6 @@ class ViTOutput:
   attention: Optional[jax.Array]
 
 
-# Queries per chunk of `attend_in_query_chunks`: a chunk's [heads, chunk, S] logits of one image (a
-# few MiB at ViT-S/8 sizes) stay in cache between the two matmuls and the softmax.
-QUERY_CHUNK = 256
-
-
-def _attend_image(query: jax.Array, key: jax.Array, value: jax.Array, scale: float
-                  ) -> tuple[jax.Array, jax.Array]:
-  """One image: query [heads, Q, d], key and value [heads, S, d] -> (output [heads, Q, d],
-  float32 maps [heads, Q, S])."""
-  logits = jnp.einsum("hqd,hkd->hqk", query, key) * scale
-  attention = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return jnp.einsum("hqk,hkd->hqd", attention.astype(value.dtype), value), attention
-
-
-def attend_in_query_chunks(query: jax.Array, key: jax.Array, value: jax.Array, scale: float,
-                           chunk: int = QUERY_CHUNK) -> jax.Array:
-  """softmax(q k^T * scale) v, one image and `chunk` queries at a time, without the maps.
-
-  The same arithmetic per query as the full formulation (the maps are never materialised), so
-  it matches it to rounding. On a 2-core CPU at ViT-S/8, 192x384 (1153 tokens) one block's
-  attention for two frames takes 53 ms instead of 87 ms: the full [B, heads, S, S] logits
-  (64 MiB) make the matmuls and the softmax memory-bound, a [heads, chunk, S] slice (7 MiB)
-  stays in cache. `lax.map` over the images and, inside, over the query chunks.
-
-  Args:
-    query, key, value: [B, S, heads, head_dim].
-    scale: logit scale.
-    chunk: at most this many queries per step.
-
-  Returns:
-    [B, S, heads, head_dim].
-  """
-  batch, length, heads, head_dim = query.shape
-  count = -(-length // chunk)
-  chunk = -(-length // count)  # equal chunks, the last padded by fewer than `count` rows
-  query = jnp.pad(query, ((0, 0), (0, count * chunk - length), (0, 0), (0, 0)))
-  query = query.reshape(batch, count, chunk, heads, head_dim).transpose(0, 1, 3, 2, 4)
-  key, value = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)  # [B, heads, S, d]
-
-  def attend_image(inputs):
-    queries, keys, values = inputs  # [count, heads, chunk, d], [heads, S, d], [heads, S, d]
-    return jax.lax.map(lambda chunk_queries: _attend_image(chunk_queries, keys, values, scale)[0],
-                       queries)  # each chunk [heads, chunk, d]
-
-  mixed = jax.lax.map(attend_image, (query, key, value))  # [B, count, heads, chunk, d]
-  mixed = mixed.transpose(0, 1, 3, 2, 4).reshape(batch, count * chunk, heads, head_dim)
-  return mixed[:, :length]
-
-
-def _attend_images(query: jax.Array, key: jax.Array, value: jax.Array, scale: float) -> jax.Array:
-  heads_first = [x.transpose(0, 2, 1, 3) for x in (query, key, value)]
-  mixed = jax.lax.map(lambda image: _attend_image(*image, scale)[0], tuple(heads_first))
-  return mixed.transpose(0, 2, 1, 3)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def attend_per_image(query: jax.Array, key: jax.Array, value: jax.Array, scale: float
-                     ) -> jax.Array:
-  """softmax(q k^T * scale) v one image at a time, maps recomputed in the backward pass.
-
-  For short sequences on CPU (SMTC's 257-token ViT-S/16): one image's [heads, S, S] maps stay in
-  cache, where the batched products over [B, heads, S, S] ran memory-bound (8 images: forward
-  44 -> 18 ms, forward + backward 56 -> 32 ms on the 2-core CPU). The backward pass recomputes an
-  image's maps instead of storing all of them, like flash attention.
-
-  Args:
-    query, key, value: [B, S, heads, head_dim].
-    scale: logit scale.
-
-  Returns:
-    [B, S, heads, head_dim].
-  """
-  return _attend_images(query, key, value, scale)
-
-
-def _attend_per_image_forward(query, key, value, scale):
-  return _attend_images(query, key, value, scale), (query, key, value)
-
-
-def _attend_per_image_backward(scale, residuals, output_gradient):
-  def image_gradients(image):
-    query, key, value, d_output = image  # [heads, S, d] each
-    _, attention = _attend_image(query, key, value, scale)
-    d_value = jnp.einsum("hqk,hqd->hkd", attention, d_output)
-    d_attention = jnp.einsum("hqd,hkd->hqk", d_output, value)
-    d_logits = attention * (d_attention - jnp.sum(d_attention * attention, -1, keepdims=True))
-    return (jnp.einsum("hqk,hkd->hqd", d_logits, key) * scale,
-            jnp.einsum("hqk,hqd->hkd", d_logits, query) * scale, d_value)
-
-  heads_first = [x.transpose(0, 2, 1, 3) for x in (*residuals, output_gradient)]
-  gradients = jax.lax.map(image_gradients, tuple(heads_first))
-  return tuple(g.transpose(0, 2, 1, 3).astype(r.dtype) for g, r in zip(gradients, residuals))
-
-
-attend_per_image.defvjp(_attend_per_image_forward, _attend_per_image_backward)
-
-
 class Attention(nn.Module):
   """Multi-head self-attention returning the output, the keys and the attention maps.
 
@@ -341,7 +245,9 @@ class Attention(nn.Module):
     # On CPU without maps: query chunks past two chunks (the images' maps would not fit in
     # cache), else one image at a time with recomputing backward (`attend_per_image`).
     if not return_attention and jax.default_backend() == "cpu":
-      attend = attend_in_query_chunks if length > 2 * QUERY_CHUNK else attend_per_image
+      attend = (transformer_layers.attend_in_query_chunks
+                if length > 2 * transformer_layers.QUERY_CHUNK
+                else transformer_layers.attend_per_image)
       mixed, attention = attend(query, key, value, scale), None
     else:
       logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) * scale
@@ -373,7 +279,7 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     hidden = nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x)
-    hidden = nn.gelu(hidden, approximate=False)
+    hidden = transformer_layers.gelu_exact(hidden)
     return nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(hidden)
 
 
@@ -447,8 +353,8 @@ class VisionTransformer(nn.Module):
     grid = arch.grid_shape(height, width)
     if min(grid) < 1:
       raise ValueError(f"image {height}x{width} is smaller than one {arch.patch_size}px patch")
-    patches = nn.Conv(arch.embed_dim, (arch.patch_size,) * 2, strides=(arch.patch_size,) * 2,
-                      padding="VALID", dtype=self.dtype, name="patch_embed")(images)
+    patches = transformer_layers.PatchEmbedding(arch.embed_dim, arch.patch_size, self.dtype,
+                                                name="patch_embed")(images)
     x = patches.reshape(batch, grid[0] * grid[1], arch.embed_dim)
     init = nn.initializers.truncated_normal(0.02)
     cls_token = self.param("cls_token", init, (1, 1, arch.embed_dim))
