@@ -7,6 +7,7 @@ import pkgutil
 import sys
 
 import vosjax.benchmarks
+from vosjax.core import host_memory
 
 
 def available():
@@ -21,6 +22,7 @@ def main(argv=None):
   names = available()
   if not argv or argv[0] not in names:
     print(f"usage: python -m vosjax.bench {{{','.join(names)}}} [options]", file=sys.stderr)
+    print(f"host memory: {host_memory.describe()}", file=sys.stderr)
     return 2
   module = importlib.import_module(f"vosjax.benchmarks.{argv[0]}")
   return module.main(argv[1:]) or 0

@@ -46,6 +46,7 @@ from vosjax.benchmarks import backbone as backbone_bench
 from vosjax.benchmarks import keyframes as keyframes_bench
 from vosjax.benchmarks import reference_clustering as reference
 from vosjax.benchmarks import train as train_bench
+from vosjax.core import host_memory
 from vosjax.core import sharding
 from vosjax.methods.betrayed import clustering
 from vosjax.methods.betrayed import keyframe_attention as kfa
@@ -105,7 +106,8 @@ def machine() -> dict:
   return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": devices[0].platform,
           "device_kind": devices[0].device_kind, "device_count": len(devices),
           "jax_version": jax.__version__, "load_average": os.getloadavg()[0],
-          "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+          "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+          "host_memory": host_memory.describe()}
 
 
 def matmul_peaks(size: int, repeats: int) -> dict:
@@ -283,6 +285,7 @@ def markdown(report: dict) -> str:
            f"- machine: {m['cpu']} ({m['cpu_count']} CPUs), device {m['device_kind']} "
            f"({m['platform']}) x {m['device_count']}; jax {m['jax_version']}; "
            f"load average {m['load_average']:.1f}; {m['date_utc']} UTC",
+           f"- host memory: {m.get('host_memory', 'not recorded')}",
            f"- measured matmul peak ({report['peak_size']}^2 jnp.dot, GFLOP/s): float32 "
            f"(HIGHEST) {_cell(peaks.get('float32_highest'), 1)}, float32 (default precision) "
            f"{_cell(peaks.get('float32'), 1)}, bfloat16 {_cell(peaks.get('bfloat16'), 1)}",

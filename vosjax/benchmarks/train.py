@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 from vosjax import methods
 from vosjax import train
 from vosjax.benchmarks import _config_file as config_file
+from vosjax.core import host_memory
 from vosjax.core import sharding
 
 
@@ -111,7 +112,7 @@ def benchmark(config, steps: int, devices=None) -> dict:
       "peak_memory_gib": memory / 2**30, "peak_memory_kind": memory_kind,
       "loss": float(metrics["loss"]), "finite": bool(metrics["finite"]),
       "xla_flops_per_step": flops,
-      "load_average": os.getloadavg()[0],
+      "load_average": os.getloadavg()[0], "host_memory": host_memory.describe(),
   }
 
 
@@ -134,6 +135,7 @@ def main(argv: list[str]) -> int:
         f"{result['examples_per_s']:.1f} examples/s | {result['images_per_s']:.1f} images/s | "
         f"{result['peak_memory_kind']} {result['peak_memory_gib']:.2f} GiB | loss "
         f"{result['loss']:.4g} (load average {result['load_average']:.1f})")
+  print(f"  host memory: {result['host_memory']}")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)

@@ -1,0 +1,65 @@
+"""The `python -m vosjax.<command>` re-exec that turns on huge pages for XLA:CPU's large buffers."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vosjax.core import host_memory
+
+TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+@pytest.mark.parametrize("environ,thp,glibc,expected", [
+    ({}, "madvise", (2, 36), TUNABLE),
+    ({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}, "madvise", (2, 39),
+     "glibc.malloc.tcache_count=0:" + TUNABLE),
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise", (2, 36), None),  # the user's choice
+    ({}, "always", (2, 36), None),  # huge pages already
+    ({}, "never", (2, 36), None),
+    ({}, None, (2, 36), None),
+    ({}, "madvise", (2, 34), None),  # no such tunable before glibc 2.35
+    ({}, "madvise", None, None),  # musl, macOS
+    ({"VOSJAX_NO_HUGE_PAGES": "1"}, "madvise", (2, 36), None),
+    ({"VOSJAX_NO_HUGE_PAGES": "0"}, "madvise", (2, 36), TUNABLE),
+])
+def test_huge_page_environment(environ, thp, glibc, expected):
+  updated = host_memory.huge_page_environment(environ, thp, glibc)
+  if expected is None:
+    assert updated is None
+  else:
+    assert updated == {**environ, "GLIBC_TUNABLES": expected}
+
+
+def test_only_vosjax_commands_reexecute():
+  python = "/usr/bin/python3"
+  assert host_memory.vosjax_command(["-m"], [python, "-u", "-m", "vosjax.main", "--config", "c"])
+  assert host_memory.vosjax_command(["-m", "x"], [python, "-m", "vosjax.bench", "x"])
+  assert not host_memory.vosjax_command(["-m"], [python, "-m", "pytest"])
+  assert not host_memory.vosjax_command(["-m"], [python, "-m", "vosjaxother.main"])
+  assert not host_memory.vosjax_command(["-c"], [python, "-c", "import vosjax"])
+  assert not host_memory.vosjax_command(["/usr/bin/pytest"], [python, "/usr/bin/pytest"])
+
+
+def test_thp_mode_parsing(tmp_path):
+  mode_file = tmp_path / "enabled"
+  mode_file.write_text("always [madvise] never\n")
+  assert host_memory.transparent_huge_page_mode(str(mode_file)) == "madvise"
+  assert host_memory.transparent_huge_page_mode(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("opt_out", ["", "1"])
+def test_a_command_runs_with_the_tunable_when_it_helps(opt_out):
+  """A real `python -m vosjax.bench` (its usage line reports the host memory setting)."""
+  environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",)}
+  environ["VOSJAX_NO_HUGE_PAGES"] = opt_out
+  run = subprocess.run([sys.executable, "-m", "vosjax.bench"], capture_output=True, text=True,
+                       env=environ, timeout=120, check=False)
+  assert run.returncode == 2, run.stderr
+  helps = host_memory.huge_page_environment(
+      {"VOSJAX_NO_HUGE_PAGES": opt_out}, host_memory.transparent_huge_page_mode(),
+      host_memory.glibc_version()) is not None
+  assert ("host memory: " + TUNABLE in run.stderr) == helps, run.stderr
+  assert ("host memory: glibc.malloc.hugetlb not set" in run.stderr) == (not helps), run.stderr
+  assert run.stderr.count("usage: python -m vosjax.bench") == 1  # the command ran once
