@@ -291,8 +291,10 @@ def test_query_chunked_attention_matches_full_softmax_attention(length, chunk):
   query, key, value = (jnp.asarray(rng.normal(size=(2, length, 3, 8)), jnp.float32)
                        for _ in range(3))
   expected = _numpy_attention(*(np.float64(x) for x in (query, key, value)), 8**-0.5)
-  got = transformer_layers.attend_in_query_chunks(query, key, value, 8**-0.5, chunk)
-  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+  got = transformer_layers.attend_in_query_chunks(jnp.stack([query, key, value], 2), 8**-0.5,
+                                                  chunk)
+  np.testing.assert_allclose(np.asarray(got), expected.reshape(2, length, 24), rtol=1e-5,
+                             atol=1e-5)
 
 
 def test_per_image_attention_value_and_gradient():
@@ -302,10 +304,15 @@ def test_per_image_attention_value_and_gradient():
   inputs = [rng.normal(size=(3, 11, 2, 4)) for _ in range(3)]
   weights = rng.normal(size=(3, 11, 2, 4))
   scale = 4**-0.5
-  got = transformer_layers.attend_per_image(*(jnp.asarray(x, jnp.float32) for x in inputs), scale)
+
+  def attend(query, key, value):  # [3, 11, 2, 4] each, the packed layout in between
+    packed = jnp.stack([query, key, value], 2)
+    return transformer_layers.attend_per_image(packed, scale).reshape(query.shape)
+
+  got = attend(*(jnp.asarray(x, jnp.float32) for x in inputs))
   np.testing.assert_allclose(np.asarray(got), _numpy_attention(*inputs, scale), rtol=1e-5,
                              atol=1e-6)
-  gradients = jax.grad(lambda q, k, v: jnp.sum(transformer_layers.attend_per_image(q, k, v, scale) * weights),
+  gradients = jax.grad(lambda q, k, v: jnp.sum(attend(q, k, v) * weights),
                        argnums=(0, 1, 2))(*(jnp.asarray(x, jnp.float32) for x in inputs))
   step = 1e-6
   for which in range(3):

@@ -248,7 +248,7 @@ class Attention(nn.Module):
       attend = (transformer_layers.attend_in_query_chunks
                 if length > 2 * transformer_layers.QUERY_CHUNK
                 else transformer_layers.attend_per_image)
-      mixed, attention = attend(query, key, value, scale), None
+      mixed, attention = attend(qkv, scale), None
     else:
       logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) * scale
       # Softmax in float32 so that a bfloat16 forward keeps sane attention maps.
