@@ -59,7 +59,7 @@ def kernel_gradient(x: jnp.ndarray, output_gradient: jnp.ndarray, kernel_shape: 
     raise ValueError(f'kernel_gradient: output gradient {output_gradient.shape} does not match '
                      f'input {x.shape} and kernel {tuple(kernel_shape)}.')
   taps = kh * kw
-  # Patches from the side with fewer channels: the GEMM is [taps*C, block] x [block, O] (input
+  # Patches from the side with fewer channels: the GEMM is [O, block] x [block, taps*C] (input
   # patches) or [C, block] x [block, taps*O] (output-gradient patches, shifted the other way),
   # which keeps a layer with few output channels (Motion Grouping's 64 -> 4) from a thin GEMM.
   patch_output = features < channels
@@ -91,16 +91,17 @@ def kernel_gradient(x: jnp.ndarray, output_gradient: jnp.ndarray, kernel_shape: 
     patches = jnp.concatenate([lax.slice_in_dim(window, o, o + block, axis=0) for o in starts],
                               axis=-1)  # [block, taps * patch_channels], (ky, kx, channel) order
     other = lax.dynamic_slice_in_dim(blocked, start, block, 0)
-    # [C, taps * O] (output-gradient patches) or [taps * C, O] (input patches).
-    lhs, rhs = (other, patches) if patch_output else (patches, other)
-    return total + lax.dot_general(lhs, rhs, (((0,), (0,)), ((), ())),
+    # other^T patches: [C, taps * O] (output-gradient patches) or [O, taps * C] (input patches).
+    # This orientation (the narrow side first) ran 20% faster than patches^T other for the 5x5,
+    # 64 -> 64 layer at 128x224 (307 -> 247 ms for 4 images).
+    return total + lax.dot_general(other, patches, (((0,), (0,)), ((), ())),
                                    preferred_element_type=jnp.float32), None
 
-  shape = (channels, taps * features) if patch_output else (taps * channels, features)
-  total, _ = lax.scan(accumulate, jnp.zeros(shape, jnp.float32), jnp.arange(blocks))
-  if patch_output:
-    return total.reshape(channels, kh, kw, features).transpose(1, 2, 0, 3)
-  return total.reshape(kh, kw, channels, features)
+  other_channels = channels if patch_output else features
+  total, _ = lax.scan(accumulate, jnp.zeros((other_channels, taps * patch_channels), jnp.float32),
+                      jnp.arange(blocks))
+  total = total.reshape(other_channels, kh, kw, patch_channels)
+  return total.transpose(1, 2, 0, 3) if patch_output else total.transpose(1, 2, 3, 0)
 
 
 @jax.custom_vjp
