@@ -209,9 +209,11 @@ def test_conv_transpose_matches_torch_and_doubles_size():
 
 @pytest.mark.parametrize('kernel,stride,padding,output_padding,size',
                          [(5, 2, 2, 1, 7), (4, 2, 1, 0, 6), (5, 3, 2, 2, 5), (3, 1, 1, 0, 4),
-                          (1, 2, 0, 1, 3)])
+                          (1, 2, 0, 1, 3), (5, 2, 2, 0, 7)])
 def test_subpixel_conv_transpose_equals_flax_conv_transpose(kernel, stride, padding,
                                                              output_padding, size):
+  """Values and gradients; equal phases are interleaved by stacking, unequal ones (odd output
+  sizes: the last case) or phases no tap reaches (kernel 1, stride 2) by strided updates."""
   x = jnp.asarray(np.random.default_rng(5).normal(size=(2, size, size + 1, 3)), jnp.float32)
   module = layers.TorchConvTranspose(4, kernel, stride, padding, output_padding)
   params = _random_params(module, x)
@@ -223,6 +225,10 @@ def test_subpixel_conv_transpose_equals_flax_conv_transpose(kernel, stride, padd
   expected = reference.apply({'params': params}, x)
   assert out.shape == expected.shape
   np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5)
+  weights = jnp.asarray(np.random.default_rng(6).normal(size=out.shape), jnp.float32)
+  gradients = [jax.grad(lambda p, x, m=m: jnp.sum(m.apply({'params': p}, x) * weights),
+                        argnums=(0, 1))(params, x) for m in (module, reference)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *gradients)
 
 
 def test_conv_norm_relu_matches_torch():

@@ -212,7 +212,7 @@ class TorchConvTranspose(nn.Module):
       count = len(range(phase, out_size, s))
       return a0, taps, (-q, count + q + taps - 1 - in_size), count
 
-    out = jnp.zeros((x.shape[0], out_h, out_w, self.features), x.dtype)
+    phases = {}
     for phase_y in range(s):
       a0_y, taps_y, pad_y, count_y = phase_geometry(phase_y, in_h, out_h)
       for phase_x in range(s):
@@ -222,7 +222,18 @@ class TorchConvTranspose(nn.Module):
         if taps_y == 0 or taps_x == 0:  # no kernel tap reaches this phase: bias only
           continue
         sub_kernel = kernel[a0_y::s, a0_x::s]
-        y = convolution.conv2d(x, sub_kernel, (pad_y, pad_x))
+        phases[phase_y, phase_x] = convolution.conv2d(x, sub_kernel, (pad_y, pad_x))
+    if len(phases) == s * s and out_h % s == 0 and out_w % s == 0:
+      # Equal phases: interleave by stacking, [B, H/s, s, W/s, s, O] is [B, H, W, O] row-major.
+      # The strided `.at[].set` below is a scatter (its gradient a gather): Motion Grouping's
+      # last upsampling of 4 slot images went 56-59 -> 48-51 ms forward, 128-130 -> 122-124 ms
+      # backward (PyTorch: 48 and 80 ms).
+      rows = [jnp.stack([phases[phase_y, phase_x] for phase_x in range(s)], axis=3)
+              for phase_y in range(s)]
+      out = jnp.stack(rows, axis=2).reshape(x.shape[0], out_h, out_w, self.features)
+    else:
+      out = jnp.zeros((x.shape[0], out_h, out_w, self.features), x.dtype)
+      for (phase_y, phase_x), y in phases.items():
         out = out.at[:, phase_y::s, phase_x::s].set(y)
     return out + bias
 
