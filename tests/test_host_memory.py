@@ -42,6 +42,16 @@ def test_only_vosjax_commands_reexecute():
   assert not host_memory.vosjax_command(["/usr/bin/pytest"], [python, "/usr/bin/pytest"])
 
 
+def test_describe_reports_the_setting(monkeypatch):
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0:" + TUNABLE)
+  assert host_memory.describe().startswith(TUNABLE + " (transparent huge pages")
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+  assert host_memory.describe() == "glibc.malloc.hugetlb=0 (set by the user)"
+  monkeypatch.delenv("GLIBC_TUNABLES")
+  monkeypatch.setenv("VOSJAX_NO_HUGE_PAGES", "1")
+  assert host_memory.describe().startswith("glibc.malloc.hugetlb not set (THP mode")
+
+
 def test_thp_mode_parsing(tmp_path):
   mode_file = tmp_path / "enabled"
   mode_file.write_text("always [madvise] never\n")

@@ -97,7 +97,11 @@ def reexec_with_huge_pages() -> None:
 
 def describe() -> str:
   """One line for benchmark reports: whether this process runs with the tunable, and why not."""
-  if TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):
+  settings = [part for part in os.environ.get("GLIBC_TUNABLES", "").split(":")
+              if part.startswith(TUNABLE + "=")]
+  if settings == [f"{TUNABLE}=1"]:
     return f"{TUNABLE}=1 (transparent huge pages for large buffers)"
+  if settings:
+    return f"{settings[-1]} (set by the user)"
   return (f"{TUNABLE} not set (THP mode {transparent_huge_page_mode()}, glibc "
           f"{glibc_version()}, {OPT_OUT}={os.environ.get(OPT_OUT, '')!r})")
