@@ -1,7 +1,8 @@
 """Transformer layers written for XLA:CPU speed, with the originals' arithmetic.
 
 Each replaces a one-line formulation that XLA:CPU runs slowly (2-core CPU timings in each
-docstring) and is checked against a NumPy/SciPy reference in `tests/test_vit.py`:
+docstring) and is checked against a NumPy/SciPy or PyTorch reference (`tests/test_vit.py` for the
+attention, `tests/test_transformer_layers.py` for the rest):
   * attention without materialising a batch of [S, S] maps: `attend_in_query_chunks` (long
     sequences, forward) and `attend_per_image` (short sequences, custom backward);
   * `gelu_exact`: GELU through erf, as PyTorch computes it, instead of erfc;
