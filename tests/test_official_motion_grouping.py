@@ -160,12 +160,12 @@ def test_every_mismatch_is_listed(official, tmp_path):
   assert f"wrong shape: encoder_pos.proj.weight is ({dim}, 3), expected ({dim}, 4)" in message
 
 
+# Only the fast variant: one conversion suffices.
+@pytest.mark.parametrize("official", ["narrow"], indirect=True)
 def test_convert_command_then_no_torch(official, tmp_path, monkeypatch):
   """`python -m vosjax.convert` checks the file against the config and writes plain tensors, which
   later runs read without torch."""
   variant, config, path, *_ = official
-  if variant != "narrow":
-    pytest.skip("one conversion suffices")
   overrides = [f"--config.model.{key}={value}".replace(" ", "")
                for key, value in config.model.items() if key.endswith(("widths", "width", "dim",
                                                                           "size"))]

@@ -202,10 +202,10 @@ def test_official_checkpoint_computes_the_official_forward(official):
                                atol=TOLERANCE["masks"])
 
 
+# Only the fast variant: the names do not depend on the width.
+@pytest.mark.parametrize("official", ["small"], indirect=True)
 def test_wrong_checkpoints_name_every_bad_tensor(official, tmp_path):
   variant, model, _, config, *_ = official
-  if variant != "small":
-    pytest.skip("the names do not depend on the width")
   state = {name: value.clone() for name, value in model.state_dict().items()}
   dim = SMALL_VIT["embed_dim"]
   del state["slot_attention.mlp.0.weight"], state["encoder.blocks.1.attn.qkv.bias"]
@@ -229,11 +229,11 @@ def test_wrong_checkpoints_name_every_bad_tensor(official, tmp_path):
       f"  wrong shape: transport_proj.weight is ({dim}, 64, 1), expected ({dim}, 256, 1)"]
 
 
+# Only the fast variant: the names do not depend on the width.
+@pytest.mark.parametrize("official", ["small"], indirect=True)
 def test_a_dino_backbone_file_is_not_an_smtc_checkpoint(official, tmp_path):
   """The DINO weights (`--dino_path`) instead of a trained model: every head tensor is missing."""
   variant, model, _, config, *_ = official
-  if variant != "small":
-    pytest.skip("the names do not depend on the width")
   dino = {name[len("encoder."):]: value for name, value in model.state_dict().items()
           if name.startswith("encoder.")}
   torch.save(dino, tmp_path / "dino_small_16.pth")
@@ -285,12 +285,12 @@ def get_config():
 '''
 
 
+# Only the fast variant: one conversion suffices.
+@pytest.mark.parametrize("official", ["small"], indirect=True)
 def test_convert_command_then_no_torch(official, tmp_path, monkeypatch):
   """`python -m vosjax.convert` checks the official file against the config and writes its tensors,
   which later runs import without torch, to the same params."""
   variant, _, path, config, *_ = official
-  if variant != "small":
-    pytest.skip("one conversion suffices")
   height, width = config.data.resolution
   config_file = tmp_path / "smtc_tiny.py"
   config_file.write_text(textwrap.dedent(_CONFIG_FILE).format(
