@@ -52,6 +52,20 @@ def test_describe_reports_the_setting(monkeypatch):
   assert host_memory.describe().startswith("glibc.malloc.hugetlb not set (THP mode")
 
 
+@pytest.mark.parametrize("answer,expected", [
+    ("glibc 2.36", (2, 36)), ("glibc 2.39.9000", (2, 39)), ("musl 1.2", None), ("", None)])
+def test_glibc_version_is_the_running_library(monkeypatch, answer, expected):
+  monkeypatch.setattr(host_memory.os, "confstr", lambda name: answer)
+  assert host_memory.glibc_version() == expected
+
+
+def test_no_glibc_version_where_confstr_does_not_know_the_name(monkeypatch):
+  def unknown(name):
+    raise ValueError(f"unrecognized configuration name {name}")
+  monkeypatch.setattr(host_memory.os, "confstr", unknown)
+  assert host_memory.glibc_version() is None
+
+
 def test_thp_mode_parsing(tmp_path):
   mode_file = tmp_path / "enabled"
   mode_file.write_text("always [madvise] never\n")

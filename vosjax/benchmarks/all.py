@@ -285,7 +285,7 @@ def markdown(report: dict) -> str:
            f"- machine: {m['cpu']} ({m['cpu_count']} CPUs), device {m['device_kind']} "
            f"({m['platform']}) x {m['device_count']}; jax {m['jax_version']}; "
            f"load average {m['load_average']:.1f}; {m['date_utc']} UTC",
-           f"- host memory: {m.get('host_memory', 'not recorded')}",
+           f"- host memory: {m['host_memory']}",
            f"- measured matmul peak ({report['peak_size']}^2 jnp.dot, GFLOP/s): float32 "
            f"(HIGHEST) {_cell(peaks.get('float32_highest'), 1)}, float32 (default precision) "
            f"{_cell(peaks.get('float32'), 1)}, bfloat16 {_cell(peaks.get('bfloat16'), 1)}",

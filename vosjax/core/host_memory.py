@@ -17,7 +17,6 @@ than 2.35 or absent, when the tunable is already set, or when `VOSJAX_NO_HUGE_PA
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -38,15 +37,23 @@ def transparent_huge_page_mode(path: str = THP_MODE_FILE) -> str | None:
 
 
 def glibc_version() -> tuple[int, int] | None:
-  """(major, minor) of the C library if it is glibc, else None."""
-  library, version = platform.libc_ver()
-  if library != "glibc" or not version:
-    return None
+  """(major, minor) of the glibc this process runs on, else None (musl, macOS, Windows).
+
+  The running library's own answer (`confstr`), not `platform.libc_ver()`, which reports the
+  newest glibc symbol the Python executable was linked against (2.17 for a manylinux-style
+  build running on 2.36).
+  """
   try:
+    library, version = os.confstr("CS_GNU_LIBC_VERSION").split()
     major, minor = version.split(".")[:2]
-    return int(major), int(minor)
-  except ValueError:
+    return (int(major), int(minor)) if library == "glibc" else None
+  except (AttributeError, ValueError, OSError):  # no confstr, unknown name, or another format
     return None
+
+
+def _hugetlb_settings(tunables: str) -> list[str]:
+  """The `glibc.malloc.hugetlb=...` entries of a `GLIBC_TUNABLES` value."""
+  return [part for part in tunables.split(":") if part.startswith(TUNABLE + "=")]
 
 
 def huge_page_environment(environ: Mapping[str, str], thp_mode: str | None,
@@ -64,7 +71,7 @@ def huge_page_environment(environ: Mapping[str, str], thp_mode: str | None,
   """
   tunables = environ.get("GLIBC_TUNABLES", "")
   if (environ.get(OPT_OUT, "") not in ("", "0") or thp_mode != "madvise" or glibc is None
-      or glibc < (2, 35) or TUNABLE in tunables):
+      or glibc < (2, 35) or _hugetlb_settings(tunables)):
     return None
   updated = dict(environ)
   updated["GLIBC_TUNABLES"] = ":".join(part for part in (tunables, f"{TUNABLE}=1") if part)
@@ -84,7 +91,7 @@ def reexec_with_huge_pages() -> None:
 
   Returns only when there is nothing to do or the exec failed (the command then runs as is).
   """
-  if not vosjax_command(sys.argv, getattr(sys, "orig_argv", [])) or not sys.executable:
+  if not vosjax_command(sys.argv, sys.orig_argv) or not sys.executable:
     return
   environ = huge_page_environment(os.environ, transparent_huge_page_mode(), glibc_version())
   if environ is None:
@@ -97,8 +104,7 @@ def reexec_with_huge_pages() -> None:
 
 def describe() -> str:
   """One line for benchmark reports: whether this process runs with the tunable, and why not."""
-  settings = [part for part in os.environ.get("GLIBC_TUNABLES", "").split(":")
-              if part.startswith(TUNABLE + "=")]
+  settings = _hugetlb_settings(os.environ.get("GLIBC_TUNABLES", ""))
   if settings == [f"{TUNABLE}=1"]:
     return f"{TUNABLE}=1 (transparent huge pages for large buffers)"
   if settings:
