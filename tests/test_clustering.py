@@ -159,6 +159,10 @@ def test_one_compilation_per_video_size():
 
 
 def test_vmap_over_videos_equals_per_video():
+  """vmap clusters each video as a call on that video alone: the same counts, flags and capacities,
+  and the same labels except at float ties. A batched and an unbatched program need not round alike
+  (on an AVX-512 Xeon one token of 1,008 went to the other of two near-equidistant centroids), so
+  each differing label must sit at a distance tie of the official centroids of its level."""
   videos = [planted(seed=seed) for seed in (6, 7, 8)]
   q = np.stack([v[0] for v in videos])
   k = np.stack([v[1] for v in videos])
@@ -169,7 +173,19 @@ def test_vmap_over_videos_equals_per_video():
   for index, (video_q, video_k) in enumerate(videos):
     single = cluster(video_q, video_k)
     for field, value in zip(single._fields, single):
-      np.testing.assert_array_equal(getattr(batched, field)[index], value, err_msg=field)
+      if field not in ("labels", "levels"):
+        np.testing.assert_array_equal(getattr(batched, field)[index], value, err_msg=field)
+    expected = reference.hierarchical_cluster(video_q, video_k, 1.0, 3)
+    assert int(single.num_levels) == len(expected["num_clusters"])
+    attention = reference.window_attention(video_q, video_k[reference.key_frames(FRAMES, 3)],
+                                           np.float32(HEAD_DIM ** -0.5))
+    final = len(expected["centroids"]) - 1
+    for level in range(single.levels.shape[0]):  # levels past the last repeat the final one
+      assert_same_assignment(np.asarray(batched.levels[index, level]),
+                             np.asarray(single.levels[level]),
+                             expected["centroids"][min(level, final)], attention)
+    assert_same_assignment(np.asarray(batched.labels[index]), np.asarray(single.labels),
+                           expected["centroids"][final], attention)
 
 
 def test_overflow_is_reported_not_silent():
