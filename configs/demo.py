@@ -18,9 +18,9 @@ baseline's baseline_fg_j=0.809 (median flow removed, Otsu threshold). The learni
 during the run: fg J 0.04 / 0.08 / 0.33 at steps 600 / 1200 / 1800 (8 videos): the grouping appears
 after about 1.5k steps, as in the README's recipe table.
 
-Why single-object videos and exact flow: on the multi-object set (`vosjax_synthetic/64x64`) no recipe
-tried, on a GPU up to 20k steps, passed fg J 0.25 (README, "Motion Grouping recipes"): two slots
-reconstruct the flow without separating several objects. On one object the grouping is learned
+Why single-object videos and exact flow: on the multi-object set (`vosjax_synthetic/64x64`) no
+recipe tried, on a GPU up to 20k steps, passed fg J 0.25 (README, "Motion Grouping recipes"): two
+slots reconstruct the flow without separating several objects. On one object the grouping is learned
 within this budget. The flow is the renderer's exact motion; `vosjax_synthetic/64x64_o1-1_dis`
 holds the same videos with OpenCV DIS flow estimated from the frames, as `vosjax.segment` computes
 for a user's video. With this recipe there (--config.data.tfds_name=vosjax_synthetic/64x64_o1-1_dis,
@@ -30,6 +30,7 @@ the exact flow to show the grouping rather than the estimator's errors. On exact
 baseline is near-optimal, so Motion Grouping stays below it here; on real video (DAVIS-2016) the
 paper's Motion Grouping reaches J 68.3 against our baseline's 48.2.
 """
+
 import ml_collections
 
 from vosjax.methods import motion_grouping

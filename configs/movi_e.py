@@ -8,9 +8,10 @@ or a local copy, neither of which the development machines have):
 
 Offline smoke run on the synthetic stand-in (random backbone, meaningless numbers; builds
 vosjax_synthetic/64x64 into /tmp/tfds the first time, then trains 20 steps and evaluates 8 of the 48
-validation videos: 2.6 min measured on 2 cores at load 6-8 once the data existed). At 64x64 a frame has 8x8 = 64 tokens,
-fewer than the 200 semantic negatives of the 1024-token recipe, so the loss counts are the official
-ones scaled to 64 tokens. tests/test_documented_commands.py runs this command as written:
+validation videos: 2.6 min measured on 2 cores at load 6-8 once the data existed). At 64x64 a frame
+has 8x8 = 64 tokens, fewer than the 200 semantic negatives of the 1024-token recipe, so the loss
+counts are the official ones scaled to 64 tokens. tests/test_documented_commands.py runs this
+command as written:
 
   python -m vosjax.main --config configs/movi_e.py --workdir /tmp/betrayed_smoke \
       --config.data.tfds_name=vosjax_synthetic/64x64 --config.data.data_dir=/tmp/tfds \
@@ -22,8 +23,8 @@ ones scaled to 64 tokens. tests/test_documented_commands.py runs this command as
 
 Expected result: the paper reports FG-ARI / mIoU on MOVi-E (appendix tables, NOT VERIFIED here: see
 docs/algorithms.md section 1.9). NOTHING has been measured with this config in this repository: no
-pretrained DINO weights, MOVi-E data or accelerator time were available when it was written, so treat
-any number you get as the first measurement, not a reproduction.
+pretrained DINO weights, MOVi-E data or accelerator time were available when it was written, so
+treat any number you get as the first measurement, not a reproduction.
 
 Choices that the official code does not fix for MOVi-E (it ships no MOVi code):
   * Data stay at the native 128x128 (metrics on the original masks); the method upsamples frames to
@@ -36,6 +37,7 @@ Choices that the official code does not fix for MOVi-E (it ships no MOVi code):
 Everything else is the official recipe (docs/algorithms.md sections 1.3-1.6): 3-frame clips, global
 batch 8, AdamW lr 1e-5 cosine to 1e-6 without warmup, weight decay 0.1, 60k steps.
 """
+
 import ml_collections
 
 from vosjax.data import movi

@@ -1,4 +1,5 @@
-"""Slot Attention object discovery (RGB autoencoder, 7 Gaussian slots) on the synthetic set at 64x64.
+"""Slot Attention object discovery (RGB autoencoder, 7 Gaussian slots) on the synthetic set at
+64x64.
 
 Command:
   python -m vosjax.main --config configs/slot_attention.py --workdir workdirs/slot_attention
@@ -9,6 +10,7 @@ validation videos.
 
 Expected result: see the README's results table (measured on 2 CPU cores).
 """
+
 import ml_collections
 
 from vosjax.methods import slot_attention

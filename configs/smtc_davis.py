@@ -17,20 +17,22 @@ Command (offline: it reads only the shared DAVIS-2016 frames beside the checkout
 
   python -m vosjax.main --config configs/smtc_davis.py --workdir /tmp/smtc_davis
 
-Measured 2026-11-30 on the 2-core development machine at load 7-8 (shared with other runs): 43 min 40 s
-wall (20 steps 13.5 min at 0.03 steps/s, segmenting the 18 sequences 19 min, scoring the candidate
-masks 10 min), 5.6 GB peak memory; EVAL J&F 0.095 (official protocol), 0.161 (per-frame protocol):
-meaningless numbers of a random backbone. tests/test_configs.py runs this config with tiny overrides
-(2 sequences, 6 frames, a tiny ViT).
+Measured 2026-11-30 on the 2-core development machine at load 7-8 (shared with other runs): 43 min
+40 s wall (20 steps 13.5 min at 0.03 steps/s, segmenting the 18 sequences 19 min, scoring the
+candidate masks 10 min), 5.6 GB peak memory; EVAL J&F 0.095 (official protocol), 0.161 (per-frame
+protocol): meaningless numbers of a random backbone. tests/test_configs.py runs this config with
+tiny overrides (2 sequences, 6 frames, a tiny ViT).
 """
+
 import os
 
 import ml_collections
 
 from configs import smtc_ytvos
 
-DAVIS2016 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                         "shared", "data", "davis2016")
+DAVIS2016 = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "davis2016"
+)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -12,12 +12,12 @@ on tiny DAVIS folders with a tiny random ViT):
 The recipe (`start_twostage.sh`, docs/algorithms.md section 3.4; the method's `default_config`):
 global batch 128 (official: 4 GPUs x 32), AdamW lr 2e-5 cosine to 2e-6 without warm-up, 10k steps,
 16 semantic slots x 4 instances, 3 slot-attention iterations (5 at inference), the DINO ViT-S/16
-fine-tuned at lr x0 before step 3000 and x0.01 after, stochastic depth 0 -> 0.1 in the student's ViT,
-EMA teacher (0.999). Training clips (`data.source = "frame_clips"`,
-`vosjax.data.davis.make_clip_iterator`, as the official `src/data.py::Dataloader`): a uniformly drawn
-video of `<data.root>/JPEGImages/<video>/*.jpg` (YouTube-VOS has no resolution folder:
-`data.quality = ""`), T = 4 frames at stride 4 around a uniform centre c (frames c-8, c-4, c, c+4; the
-stride drops to 3 once where the clip would not fit, `data.gap_shrink = "once"`), RGB in [0, 1]
+fine-tuned at lr x0 before step 3000 and x0.01 after, stochastic depth 0 -> 0.1 in the student's
+ViT, EMA teacher (0.999). Training clips (`data.source = "frame_clips"`,
+`vosjax.data.davis.make_clip_iterator`, as the official `src/data.py::Dataloader`): a uniformly
+drawn video of `<data.root>/JPEGImages/<video>/*.jpg` (YouTube-VOS has no resolution folder:
+`data.quality = ""`), T = 4 frames at stride 4 around a uniform centre c (frames c-8, c-4, c, c+4;
+the stride drops to 3 once where the clip would not fit, `data.gap_shrink = "once"`), RGB in [0, 1]
 resized bilinearly to 256x256; deterministic in (seed, step), so a resumed run sees the same clips.
 
 Evaluation (the end of training and `--mode eval`; `vosjax.evaluation.frame_folders`): with
@@ -31,6 +31,7 @@ DAVIS-2017 semi-supervised label propagation (stride-16 features / interpolated 
 NOT REPRODUCED HERE: no YouTube-VOS data, DINO weights or accelerator time were available when this
 config was written; nothing has been measured with it. Label propagation is not implemented.
 """
+
 import ml_collections
 
 from vosjax.methods import smtc

@@ -1,10 +1,11 @@
-"""Betrayed by Attention on YouTube-VIS / YouTube-VOS style frame folders (the official training data).
+"""Betrayed by Attention on YouTube-VIS / YouTube-VOS style frame folders (the official training
+data).
 
 Layout: `<root>/JPEGImages/<video>/<frame>.jpg` (YouTube-VIS train), i.e. the DAVIS layout of
 `vosjax.data.davis` with an empty quality folder (`data.quality = ""`).
 
-Training clips (`data.source = "frame_clips"`, `vosjax.data.davis.make_clip_iterator`, as the official
-`src/data.py::Dataloader`): a random video, T = `data.clip_length` = 3 frames at stride
+Training clips (`data.source = "frame_clips"`, `vosjax.data.davis.make_clip_iterator`, as the
+official `src/data.py::Dataloader`): a random video, T = `data.clip_length` = 3 frames at stride
 `data.frame_gap` = 4 (shrunk until the clip fits) around a uniform centre, RGB in [0, 1], resized
 bilinearly to `data.resolution` = (192, 384); deterministic in (seed, step) for resuming.
 Evaluation (end of training and `--mode eval`, `vosjax.evaluation.frame_folders`): with
@@ -22,10 +23,11 @@ which the development machines have; tests/test_configs.py runs this config on t
 Expected result: the paper reports YouTube-VIS-19 FG-ARI / mIoU on 300 training videos and DAVIS-17
 J&F (NOT VERIFIED, docs/algorithms.md section 1.9). Nothing has been measured with this config here.
 
-Official recipe (docs/algorithms.md sections 1.4-1.6): 192x384 training frames (24x48 = 1152 tokens),
-3-frame clips, global batch 8, AdamW lr 1e-5 -> 1e-6 cosine, 60k steps; inference at 320x480 with
-tau 1.0 (multi-object; 1.6 for single-object benchmarks) and key-frame ratio 10.
+Official recipe (docs/algorithms.md sections 1.4-1.6): 192x384 training frames (24x48 = 1152
+tokens), 3-frame clips, global batch 8, AdamW lr 1e-5 -> 1e-6 cosine, 60k steps; inference at
+320x480 with tau 1.0 (multi-object; 1.6 for single-object benchmarks) and key-frame ratio 10.
 """
+
 import ml_collections
 
 from vosjax.methods import betrayed

@@ -9,6 +9,7 @@ Each comes with its context: the lines a "needs ..." statement about it must be 
 and prose lines right above and below a code-block command, up to a blank line or another
 command; the paragraph or table row of an inline one).
 """
+
 from __future__ import annotations
 
 import ast
@@ -48,7 +49,7 @@ def _code_commands(lines: list[str], is_code: list[bool]) -> list[tuple[int, int
     if match is None:
       i += 1
       continue
-    first, parts = i, [lines[i][match.start(1):]]
+    first, parts = i, [lines[i][match.start(1) :]]
     while parts[-1].rstrip().endswith("\\") and i + 1 < len(lines):
       i += 1
       parts[-1] = parts[-1].rstrip()[:-1]
@@ -61,27 +62,35 @@ def _code_commands(lines: list[str], is_code: list[bool]) -> list[tuple[int, int
 def _context(lines: list[str], first: int, last: int, taken: set[int]) -> str:
   """Lines first..last widened up and down to a blank line, a code fence or a line of another
   command; and the paragraph above, across one blank line, when it introduces them (ends in ":")."""
+
   def stop(n):
     return not lines[n].strip() or lines[n].startswith("```") or n in taken
+
   start, end = first, last
   while start > 0 and not stop(start - 1):
     start -= 1
   while end + 1 < len(lines) and not stop(end + 1):
     end += 1
-  if (start >= 2 and not lines[start - 1].strip() and lines[start - 2].rstrip().endswith(":")
-      and start - 2 not in taken):
+  if (
+    start >= 2
+    and not lines[start - 1].strip()
+    and lines[start - 2].rstrip().endswith(":")
+    and start - 2 not in taken
+  ):
     start -= 2
     while start > 0 and not stop(start - 1):
       start -= 1
-  return "\n".join(lines[start:end + 1])
+  return "\n".join(lines[start : end + 1])
 
 
 def commands_in_text(text: str, source: str, code: list[bool]) -> list[Command]:
   lines = text.splitlines()
   block = _code_commands(lines, code)
   taken = {n for first, last, _ in block for n in range(first, last + 1)}
-  commands = [Command(source, first + 1, command, _context(lines, first, last, taken))
-              for first, last, command in block]
+  commands = [
+    Command(source, first + 1, command, _context(lines, first, last, taken))
+    for first, last, command in block
+  ]
   for n, line in enumerate(lines):
     if code[n]:
       continue
@@ -114,14 +123,19 @@ def config_commands(path: Path) -> list[Command]:
   is then seen as written); indented lines are its code blocks."""
   tree = ast.parse(path.read_text())
   node = tree.body[0] if tree.body else None
-  if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-          and isinstance(node.value.value, str)):
+  if not (
+    isinstance(node, ast.Expr)
+    and isinstance(node.value, ast.Constant)
+    and isinstance(node.value.value, str)
+  ):
     return []
-  lines = path.read_text().splitlines()[node.lineno - 1:node.end_lineno]
+  lines = path.read_text().splitlines()[node.lineno - 1 : node.end_lineno]
   code = [line.startswith("  ") for line in lines]
   rel = str(path.relative_to(REPO))
-  return [dataclasses.replace(c, line=c.line + node.lineno - 1)
-          for c in commands_in_text("\n".join(lines), rel, code)]
+  return [
+    dataclasses.replace(c, line=c.line + node.lineno - 1)
+    for c in commands_in_text("\n".join(lines), rel, code)
+  ]
 
 
 def all_commands() -> list[Command]:

@@ -4,11 +4,12 @@ Written from the architecture of shvdiwnkozbw/SSL-UVOS (docs/algorithms.md secti
 (`src/model/model_cluster.py`) holding the DINO ViT as `encoder` (`src/model/vision_transformer.py`:
 patch conv, CLS token, position embedding interpolated bicubically with DINO's +0.1 offset, pre-LN
 blocks with qkv bias and LayerNorm eps 1e-6, the forward returning the last block's keys) and one
-spatio-temporal block as `temporal_transformer.0` (`src/model/attention.py::Block`: LayerNorm eps 1e-5,
-qkv without bias). The module names are the official ones, so `state_dict()` has the official layout.
-`official_query_key` follows `src/eval_oneshot.py::mem_efficient_inference` up to the clustering,
-which `vosjax.benchmarks.reference_clustering` transcribes.
+spatio-temporal block as `temporal_transformer.0` (`src/model/attention.py::Block`: LayerNorm eps
+1e-5, qkv without bias). The module names are the official ones, so `state_dict()` has the official
+layout. `official_query_key` follows `src/eval_oneshot.py::mem_efficient_inference` up to the
+clustering, which `vosjax.benchmarks.reference_clustering` transcribes.
 """
+
 import math
 
 import torch
@@ -17,7 +18,6 @@ import torch.nn.functional as F
 
 
 class Mlp(nn.Module):
-
   def __init__(self, dim: int, hidden: int):
     super().__init__()
     self.fc1 = nn.Linear(dim, hidden)
@@ -66,7 +66,6 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-
   def __init__(self, patch: int, dim: int):
     super().__init__()
     self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
@@ -75,8 +74,9 @@ class PatchEmbed(nn.Module):
 class VisionTransformer(nn.Module):
   """DINO's ViT as SSL-UVOS modifies it: `forward` returns the last block's patch keys."""
 
-  def __init__(self, patch: int = 8, dim: int = 384, depth: int = 12, num_heads: int = 6,
-               grid: int = 28):
+  def __init__(
+    self, patch: int = 8, dim: int = 384, depth: int = 12, num_heads: int = 6, grid: int = 28
+  ):
     super().__init__()
     self.patch = patch
     self.patch_embed = PatchEmbed(patch, dim)
@@ -92,11 +92,13 @@ class VisionTransformer(nn.Module):
       return self.pos_embed
     side = int(math.sqrt(num_patches))
     grid = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, scale_factor=((rows + 0.1) / side, (cols + 0.1) / side),
-                         mode="bicubic")
+    grid = F.interpolate(
+      grid, scale_factor=((rows + 0.1) / side, (cols + 0.1) / side), mode="bicubic"
+    )
     assert grid.shape[-2:] == (rows, cols)
-    return torch.cat([self.pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)],
-                     dim=1)
+    return torch.cat(
+      [self.pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], dim=1
+    )
 
   def forward(self, images):
     """images [B, 3, H, W] (normalized) -> last-block keys [B, C, h, w] (heads concatenated)."""
@@ -140,7 +142,7 @@ def randomize_parameters_(model: nn.Module, skip_prefixes: tuple[str, ...] = ())
 def official_query_key(model: AttEncoder, frames: torch.Tensor):
   """`mem_efficient_inference` up to the clustering: frames [T, 3, H, W] (normalized) ->
   (backbone keys [T, C, h, w], q [T, heads, h*w, head_dim], k [T, heads, h*w, head_dim])."""
-  keys = torch.cat([model.encoder(frames[t:t + 1]) for t in range(len(frames))])
+  keys = torch.cat([model.encoder(frames[t : t + 1]) for t in range(len(frames))])
   block = model.temporal_transformer[0]
   tokens = block.norm1(keys.flatten(2).transpose(1, 2))  # T, hw, C
   q, k, _ = block.attn.split(tokens)  # each T, heads, hw, head_dim

@@ -4,11 +4,13 @@ Written from the architecture of charigyang/motiongrouping `src/model.py::SlotAt
 (docs/algorithms.md section 2.2) with its module names, so `state_dict()` has the official layout:
 `encoder_cnn` (per width: Conv5x5, InstanceNorm2d(affine), ReLU, twice; MaxPool2d(2, ceil_mode)
 between widths), `encoder_pos.proj` and `decoder_pos.proj` (Linear(4, D) of the [y, x, 1-y, 1-x]
-grid, the grid a plain attribute), `layer_norm`, `mlp`, `slot_attention` (`norm_input`, `norm_slots`,
-`norm_pre_ff`, `slots_embedding`, `project_q/k/v` with bias, `gru`, `mlp`; softmax over slots + 1e-8,
-weighted mean) and `decoder_cnn` (3 x ConvTranspose2d(5, 2, 2, 1) + InstanceNorm + ReLU, Conv5x5 +
-InstanceNorm + ReLU, Conv5x5 -> C + 1). The widths are arguments (official: 64-128-256, decoder 64).
+grid, the grid a plain attribute), `layer_norm`, `mlp`, `slot_attention` (`norm_input`,
+`norm_slots`, `norm_pre_ff`, `slots_embedding`, `project_q/k/v` with bias, `gru`, `mlp`; softmax
+over slots + 1e-8, weighted mean) and `decoder_cnn` (3 x ConvTranspose2d(5, 2, 2, 1) + InstanceNorm
++ ReLU, Conv5x5 + InstanceNorm + ReLU, Conv5x5 -> C + 1). The widths are arguments (official:
+64-128-256, decoder 64).
 """
+
 import numpy as np
 import torch
 from torch import nn
@@ -21,7 +23,6 @@ def build_grid(height: int, width: int) -> torch.Tensor:
 
 
 class SoftPositionEmbed(nn.Module):
-
   def __init__(self, dim: int, resolution):
     super().__init__()
     self.proj = nn.Linear(4, dim)
@@ -32,10 +33,9 @@ class SoftPositionEmbed(nn.Module):
 
 
 class SlotAttention(nn.Module):
-
   def __init__(self, num_slots: int, dim: int, iters: int, eps: float = 1e-8):
     super().__init__()
-    self.num_slots, self.iters, self.eps, self.scale = num_slots, iters, eps, dim ** -0.5
+    self.num_slots, self.iters, self.eps, self.scale = num_slots, iters, eps, dim**-0.5
     self.norm_input = nn.LayerNorm(dim)
     self.norm_slots = nn.LayerNorm(dim)
     self.norm_pre_ff = nn.LayerNorm(dim)
@@ -63,9 +63,15 @@ class SlotAttention(nn.Module):
 
 
 class SlotAttentionAutoEncoder(nn.Module):
-
-  def __init__(self, resolution, num_slots: int = 2, channels: int = 3, iters: int = 5,
-               widths=(64, 128, 256), decoder_width: int = 64):
+  def __init__(
+    self,
+    resolution,
+    num_slots: int = 2,
+    channels: int = 3,
+    iters: int = 5,
+    widths=(64, 128, 256),
+    decoder_width: int = 64,
+  ):
     super().__init__()
     self.num_slots, self.channels = num_slots, channels
     layers, in_channels = [], channels
@@ -73,8 +79,11 @@ class SlotAttentionAutoEncoder(nn.Module):
       if stage:
         layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
       for conv_in in (in_channels, width):
-        layers += [nn.Conv2d(conv_in, width, 5, padding=2), nn.InstanceNorm2d(width, affine=True),
-                   nn.ReLU()]
+        layers += [
+          nn.Conv2d(conv_in, width, 5, padding=2),
+          nn.InstanceNorm2d(width, affine=True),
+          nn.ReLU(),
+        ]
       in_channels = width
     self.encoder_cnn = nn.Sequential(*layers)
     dim = widths[-1]
@@ -87,13 +96,18 @@ class SlotAttentionAutoEncoder(nn.Module):
     self.slot_attention = SlotAttention(num_slots, dim, iters)
     layers, in_channels = [], dim
     for _ in range(3):
-      layers += [nn.ConvTranspose2d(in_channels, decoder_width, 5, stride=2, padding=2,
-                                    output_padding=1),
-                 nn.InstanceNorm2d(decoder_width, affine=True), nn.ReLU()]
+      layers += [
+        nn.ConvTranspose2d(in_channels, decoder_width, 5, stride=2, padding=2, output_padding=1),
+        nn.InstanceNorm2d(decoder_width, affine=True),
+        nn.ReLU(),
+      ]
       in_channels = decoder_width
-    layers += [nn.Conv2d(decoder_width, decoder_width, 5, padding=2),
-               nn.InstanceNorm2d(decoder_width, affine=True), nn.ReLU(),
-               nn.Conv2d(decoder_width, channels + 1, 5, padding=2)]
+    layers += [
+      nn.Conv2d(decoder_width, decoder_width, 5, padding=2),
+      nn.InstanceNorm2d(decoder_width, affine=True),
+      nn.ReLU(),
+      nn.Conv2d(decoder_width, channels + 1, 5, padding=2),
+    ]
     self.decoder_cnn = nn.Sequential(*layers)
 
   def forward(self, image):
@@ -105,5 +119,5 @@ class SlotAttentionAutoEncoder(nn.Module):
     x = slots.reshape(-1, 1, 1, slots.shape[-1]).expand(-1, *self.decoder_size, -1)
     x = self.decoder_cnn(self.decoder_pos(x).permute(0, 3, 1, 2))
     x = x.reshape(batch, self.num_slots, self.channels + 1, *x.shape[-2:])
-    recons, masks = x[:, :, :self.channels], x[:, :, self.channels:].softmax(dim=1)
+    recons, masks = x[:, :, : self.channels], x[:, :, self.channels :].softmax(dim=1)
     return (recons * masks).sum(dim=1), recons, masks

@@ -3,7 +3,8 @@
 Written from shvdiwnkozbw/SMTC (docs/algorithms.md section 3) with the official module names, so
 `state_dict()` has the layout of `src/model/model_twostage.py::SlotAttentionAutoEncoder`:
 
-  encoder         DINO `vit_small(16)` (`src/model/vision_transformer.py`; its forward returns the last
+  encoder         DINO `vit_small(16)` (`src/model/vision_transformer.py`; its forward returns the
+  last
                   block's keys with heads concatenated, as SSL-UVOS's does, so the ViT of
                   tests/official_betrayed_torch.py is reused: same names, LayerNorm eps 1e-6, qkv
                   bias, DINO's bicubic position-embedding rule with the +0.1 offset).
@@ -20,6 +21,7 @@ The one change to the official forward: `torch.normal(mu, sigma)` becomes `mu + 
 the standard-normal `noise` an input (the same in distribution, `torch.normal` draws exactly that),
 so that vosjax gets the same sample. The widths are arguments (official 384, 16 slots, 4 instances).
 """
+
 import einops
 import torch
 from torch import nn
@@ -29,12 +31,13 @@ from official_betrayed_torch import VisionTransformer
 
 
 class SlotAttention(nn.Module):
-  """The official two-stage `SlotAttention`; `forward` returns slots and last logits of each stage."""
+  """The official two-stage `SlotAttention`; `forward` returns slots and last logits of each
+  stage."""
 
   def __init__(self, num_slots: int, dim: int, num_instances: int, iters: int, eps: float = 1e-8):
     super().__init__()
     self.num_slots, self.num_instances, self.iters, self.eps = num_slots, num_instances, iters, eps
-    self.scale = dim ** -0.5
+    self.scale = dim**-0.5
     self.norm_input = nn.LayerNorm(dim)
     self.norm_slots = nn.LayerNorm(dim)
     self.norm_pre_ff = nn.LayerNorm(dim)
@@ -88,8 +91,9 @@ class SlotAttention(nn.Module):
 class SlotAttentionAutoEncoder(nn.Module):
   """The official model (`model_twostage.py`); the ViT's shape and D are arguments."""
 
-  def __init__(self, vit: dict, num_slots: int = 16, num_instances: int = 4, iters: int = 5,
-               end_size=(16, 16)):
+  def __init__(
+    self, vit: dict, num_slots: int = 16, num_instances: int = 4, iters: int = 5, end_size=(16, 16)
+  ):
     super().__init__()
     dim = vit["embed_dim"]
     self.dim, self.end_size = dim, tuple(end_size)
@@ -113,19 +117,27 @@ class SlotAttentionAutoEncoder(nn.Module):
     fused = einops.rearrange(fused, "b t c n -> (b t) n c")
 
     semantic_slots, semantic_logits, instance_slots, instance_logits = self.slot_attention(
-        fused, noise)
+      fused, noise
+    )
     per_clip = lambda x: x.reshape((batch, time) + x.shape[1:])
     semantic_slots, semantic_logits = per_clip(semantic_slots), per_clip(semantic_logits)
     instance_slots, instance_logits = per_clip(instance_slots), per_clip(instance_logits)
-    similarity = torch.einsum("btsc,btspc->btsp", F.normalize(semantic_slots, dim=-1),
-                              F.normalize(instance_slots, dim=-1))
+    similarity = torch.einsum(
+      "btsc,btspc->btsp", F.normalize(semantic_slots, dim=-1), F.normalize(instance_slots, dim=-1)
+    )
     semantic_mask = F.softmax(semantic_logits, dim=-2)
     instance_mask = semantic_mask.unsqueeze(-2) * F.softmax(instance_logits, dim=-2)
-    return {"semantic_slots": semantic_slots, "semantic_logits": semantic_logits,
-            "instance_slots": instance_slots, "instance_logits": instance_logits,
-            "warp_instance": F.normalize(self.mlp_slot(instance_slots), dim=-1),
-            "semantic_mask": semantic_mask, "similarity": similarity,
-            "instance_mask": instance_mask, "grid": (height, width)}
+    return {
+      "semantic_slots": semantic_slots,
+      "semantic_logits": semantic_logits,
+      "instance_slots": instance_slots,
+      "instance_logits": instance_logits,
+      "warp_instance": F.normalize(self.mlp_slot(instance_slots), dim=-1),
+      "semantic_mask": semantic_mask,
+      "similarity": similarity,
+      "instance_mask": instance_mask,
+      "grid": (height, width),
+    }
 
 
 def candidate_masks(similarity, instance_mask, grid, threshold: float = 0.5):

@@ -1,12 +1,13 @@
 """Plain NumPy (float64) transcription of the official SMTC forward and losses, for reference tests.
 
-Written line by line from `shvdiwnkozbw/SMTC` `src/model/model_twostage.py` (`SlotAttention.forward`,
-`SlotAttentionAutoEncoder.forward`/`calculate_transport`) and `src/train.py` (`differ_loss` inline,
-`dense_transport_loss`, `sinkhorn_cluster`, `filter_valid_instance`, `matching_cost`, `object_loss`),
-with PyTorch tensors replaced by NumPy arrays and the weights read from the flax parameter dicts of
-`vosjax.models.smtc` (kernels `[in, out]`). Matching uses scipy's `linear_sum_assignment`, as the
-official code does.
+Written line by line from `shvdiwnkozbw/SMTC` `src/model/model_twostage.py`
+(`SlotAttention.forward`, `SlotAttentionAutoEncoder.forward`/`calculate_transport`) and
+`src/train.py` (`differ_loss` inline, `dense_transport_loss`, `sinkhorn_cluster`,
+`filter_valid_instance`, `matching_cost`, `object_loss`), with PyTorch tensors replaced by NumPy
+arrays and the weights read from the flax parameter dicts of `vosjax.models.smtc` (kernels
+`[in, out]`). Matching uses scipy's `linear_sum_assignment`, as the official code does.
 """
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -19,7 +20,7 @@ def f64(tree):
 
 def layer_norm(x, p, eps=1e-5):
   mean = x.mean(-1, keepdims=True)
-  var = ((x - mean)**2).mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
   return (x - mean) / np.sqrt(var + eps) * p["scale"] + p["bias"]
 
 
@@ -45,8 +46,9 @@ def slot_attention(p, inputs, noise, iters, eps=1e-8):
   v = linear(inputs, p["project_v"])
   b, n, d = inputs.shape
   scale = d**-0.5
-  mlp = lambda s: linear(np.maximum(linear(layer_norm(s, p["norm_mlp"]), p["mlp_hidden"]), 0),
-                         p["mlp_out"])
+  mlp = lambda s: linear(
+    np.maximum(linear(layer_norm(s, p["norm_mlp"]), p["mlp_hidden"]), 0), p["mlp_out"]
+  )
   semantic_slots = np.broadcast_to(p["slots_mu"][:, :, 0], (b,) + p["slots_mu"].shape[1:2] + (d,))
   instance_slots = p["slots_mu"] + np.exp(p["slots_sigma"]) * np.asarray(noise, np.float64)
   slots = semantic_slots
@@ -75,6 +77,7 @@ def slot_attention(p, inputs, noise, iters, eps=1e-8):
 
 def bilinear_resize(x, out_h, out_w):
   """`F.interpolate(x, (out_h, out_w), mode='bilinear')` (align_corners=False) on [n, c, h, w]."""
+
   def axis_weights(in_size, out_size):
     scale = in_size / out_size
     src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
@@ -85,6 +88,7 @@ def bilinear_resize(x, out_h, out_w):
     w[np.arange(out_size), i0] += 1 - lam
     w[np.arange(out_size), i1] += lam
     return w
+
   wh, ww = axis_weights(x.shape[2], out_h), axis_weights(x.shape[3], out_w)
   return np.einsum("oh,nchw,pw->ncop", wh, x, ww)
 
@@ -114,6 +118,7 @@ def mlp_slot(p, x):
 
 
 # ---------------------------------------------------------------------------------------- losses
+
 
 def differ_loss(motion_mask):
   """motion_mask (semantic logits) [b, t, s, hw]."""
@@ -147,11 +152,15 @@ def dense_transport_loss(map_s, map_t, token_s, token_t):
       cost_matrix.append(np.einsum("bnc,bmc->bnm", token_s[:, i], token_t[:, j]))
       mu_s.append(np.abs(token_s[:, i]).sum(-1))
       mu_t.append(np.abs(token_t[:, j]).sum(-1))
-      cross = np.sum(softmax(map_t[:, j][:, :, None, :], 1)
-                     * np.log(softmax(map_s[:, i][:, :, :, None], 1) + 1e-8), axis=1)
+      cross = np.sum(
+        softmax(map_t[:, j][:, :, None, :], 1)
+        * np.log(softmax(map_s[:, i][:, :, :, None], 1) + 1e-8),
+        axis=1,
+      )
       cross_matrix.append(cross)
-  cost_matrix, mu_s, mu_t, cross_matrix = (np.concatenate(x, 0) for x in
-                                           (cost_matrix, mu_s, mu_t, cross_matrix))
+  cost_matrix, mu_s, mu_t, cross_matrix = (
+    np.concatenate(x, 0) for x in (cost_matrix, mu_s, mu_t, cross_matrix)
+  )
   T = sinkhorn_cluster(mu_s, mu_t, 1 - cost_matrix)
   return np.mean(-cross_matrix * T, 0).sum()
 
@@ -189,8 +198,9 @@ def object_loss(valid_instance, valid_instance_t, objects, objects_t):
       repeat_t = np.repeat(instance_t[:, :, None], objects.shape[-2], axis=2)  # b s p q c
       neg = np.take_along_axis(repeat_t, sort_idx[..., 1:][..., None], -2)
       loss = valid_instance[:, i] * (
-          np.maximum(np.sum(instance[..., None, :] * neg, -1) - 0.5, 0).mean(-1)
-          - valid_t * np.sum(instance * pos, -1))
+        np.maximum(np.sum(instance[..., None, :] * neg, -1) - 0.5, 0).mean(-1)
+        - valid_t * np.sum(instance * pos, -1)
+      )
       loss_stat.append(loss)
       valid_stat.append(valid_instance[:, i])
   loss_stat, valid_stat = np.concatenate(loss_stat, 0), np.concatenate(valid_stat, 0)

@@ -1,4 +1,5 @@
 """The package's shape: no import cycle, the method interface, no method names outside methods/."""
+
 import ast
 import importlib
 import inspect
@@ -38,10 +39,11 @@ def import_graph() -> dict[str, set[str]]:
         base = node.module or ""
         if node.level:
           anchor = package.split(".")
-          anchor = anchor[:len(anchor) - node.level + 1]
+          anchor = anchor[: len(anchor) - node.level + 1]
           base = ".".join(anchor + ([base] if base else []))
-        targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                   for a in node.names]
+        targets = [
+          f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+        ]
       else:
         continue
       edges.update(t for t in targets if t in modules and t != name)
@@ -58,7 +60,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     stack.append(node)
     for nxt in sorted(graph[node]):
       if state.get(nxt) == "open":
-        return stack[stack.index(nxt):] + [nxt]
+        return stack[stack.index(nxt) :] + [nxt]
       if nxt not in state:
         cycle = visit(nxt)
         if cycle:
@@ -104,10 +106,16 @@ def test_layers_import_only_downwards():
 def test_every_method_satisfies_the_interface(name):
   method = importlib.import_module(f"vosjax.methods.{name}")
   assert isinstance(method, interface.Method)
-  for protocol in (interface.Method, interface.OwnsExtraState, interface.PredictsFromFlow,
-                   interface.SegmentsVideos, interface.ImportsCheckpoints,
-                   interface.GrowsCapacity, interface.PredictsInChunks,
-                   interface.ProposesCandidates):
+  for protocol in (
+    interface.Method,
+    interface.OwnsExtraState,
+    interface.PredictsFromFlow,
+    interface.SegmentsVideos,
+    interface.ImportsCheckpoints,
+    interface.GrowsCapacity,
+    interface.PredictsInChunks,
+    interface.ProposesCandidates,
+  ):
     if not isinstance(method, protocol):
       continue
     for function_name, declared in vars(protocol).items():
@@ -125,8 +133,11 @@ def test_every_method_satisfies_the_interface(name):
 def test_capabilities_are_what_the_methods_provide():
   assert methods.with_capability(interface.PredictsFromFlow) == ["motion_grouping"]
   assert set(methods.with_capability(interface.SegmentsVideos)) >= {"betrayed", "motion_grouping"}
-  assert methods.with_capability(interface.ImportsCheckpoints) == ["betrayed", "motion_grouping",
-                                                                   "smtc"]
+  assert methods.with_capability(interface.ImportsCheckpoints) == [
+    "betrayed",
+    "motion_grouping",
+    "smtc",
+  ]
   assert methods.with_capability(interface.GrowsCapacity) == ["betrayed"]
   assert methods.with_capability(interface.PredictsInChunks) == ["smtc"]
   assert methods.with_capability(interface.ProposesCandidates) == ["smtc"]
@@ -143,8 +154,13 @@ def test_no_code_outside_methods_branches_on_a_method_name():
       if isinstance(node, ast.Compare):
         operands = [node.left, *node.comparators]
         constants = {o.value for o in operands if isinstance(o, ast.Constant)}
-        constants |= {e.value for o in operands if isinstance(o, (ast.Tuple, ast.List, ast.Set))
-                      for e in o.elts if isinstance(e, ast.Constant)}
+        constants |= {
+          e.value
+          for o in operands
+          if isinstance(o, (ast.Tuple, ast.List, ast.Set))
+          for e in o.elts
+          if isinstance(e, ast.Constant)
+        }
         if constants & names:
           offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
   assert not offenders, offenders

@@ -1,4 +1,5 @@
 """Betrayed-by-Attention losses against loop transcriptions of `src/train_RGB_cluster.py`."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +26,7 @@ def _reference_semantic(tokens, attention, queries, n_pos, n_neg, pos_margin, ne
       for s in queries:
         row = attention[b, t * num_tokens + s]
         for t2 in range(frames):
-          order = np.argsort(-row[t2 * num_tokens:(t2 + 1) * num_tokens], kind="stable")
+          order = np.argsort(-row[t2 * num_tokens : (t2 + 1) * num_tokens], kind="stable")
           query = unit[b, t, s]
           pos_terms += [max(pos_margin - unit[b, t2, j] @ query, 0.0) for j in order[:n_pos]]
           neg_terms += [max(unit[b, t2, j] @ query - neg_margin, 0.0) for j in order[-n_neg:]]
@@ -45,7 +46,7 @@ def _reference_motion(attention, queries, frames, n_pos, n_neg, margin):
       for s in queries:
         query = l1(attention[b, t * num_tokens + s])
         weights.append(np.sum(query * np.log(query + 1e-10)))
-        intra = attention[b, t * num_tokens + s, t * num_tokens:(t + 1) * num_tokens]
+        intra = attention[b, t * num_tokens + s, t * num_tokens : (t + 1) * num_tokens]
         order = np.argsort(-intra, kind="stable")
         sim = lambda j: np.sum(query * np.log(l1(attention[b, t * num_tokens + j]) + 1e-10))
         pos = np.array([sim(j) for j in order[:n_pos]])
@@ -68,8 +69,11 @@ def test_semantic_consistency_matches_loops(num_tokens, n_pos, n_neg):
   tokens += rng.normal(size=(batch, 1, 1, channels)).astype(np.float32) * 1.5
   attention = _random_attention(rng, batch, frames, num_tokens)
   queries = np.asarray(attention_losses.sample_query_indices(jax.random.key(3), num_tokens, 8))
-  loss = jax.jit(lambda z, a, q: attention_losses.semantic_consistency_loss(
-      z, a, q, num_positives=n_pos, num_negatives=n_neg))(tokens, attention, queries)
+  loss = jax.jit(
+    lambda z, a, q: attention_losses.semantic_consistency_loss(
+      z, a, q, num_positives=n_pos, num_negatives=n_neg
+    )
+  )(tokens, attention, queries)
   expected = _reference_semantic(tokens, attention, queries, n_pos, n_neg, 0.9, 0.1)
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
@@ -80,8 +84,11 @@ def test_motion_consistency_matches_loops(num_tokens, n_pos, n_neg):
   batch, frames = 2, 3
   attention = _random_attention(rng, batch, frames, num_tokens)
   queries = np.asarray(attention_losses.sample_query_indices(jax.random.key(4), num_tokens, 8))
-  loss = jax.jit(lambda a, q: attention_losses.motion_consistency_loss(
-      a, q, num_frames=frames, num_positives=n_pos, num_negatives=n_neg))(attention, queries)
+  loss = jax.jit(
+    lambda a, q: attention_losses.motion_consistency_loss(
+      a, q, num_frames=frames, num_positives=n_pos, num_negatives=n_neg
+    )
+  )(attention, queries)
   expected = _reference_motion(attention, queries, frames, n_pos, n_neg, 1.0)
   assert expected > 0.0
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
@@ -93,8 +100,11 @@ def test_motion_loss_query_is_detached_and_gradients_finite():
   attention = jnp.asarray(_random_attention(rng, 1, frames, num_tokens))
   queries = jnp.array([3, 7], jnp.int32)
   # The query row is detached: a row gets gradient only as a positive or negative of some query.
-  grads = jax.grad(lambda a: attention_losses.motion_consistency_loss(
-      a, queries, num_frames=frames, num_positives=2, num_negatives=5))(attention)
+  grads = jax.grad(
+    lambda a: attention_losses.motion_consistency_loss(
+      a, queries, num_frames=frames, num_positives=2, num_negatives=5
+    )
+  )(attention)
   assert np.all(np.isfinite(grads))
   intra = np.asarray(attention).reshape(frames, num_tokens, frames, num_tokens)
   used = set()
@@ -114,9 +124,11 @@ def test_semantic_loss_has_no_gradient_through_attention():
   attention = jnp.asarray(_random_attention(rng, 1, 2, 10))
   queries = jnp.array([0, 5], jnp.int32)
   grad_tokens, grad_attention = jax.grad(
-      lambda z, a: attention_losses.semantic_consistency_loss(z, a, queries, num_positives=3,
-                                                              num_negatives=4), argnums=(0, 1))(
-                                                                  tokens, attention)
+    lambda z, a: attention_losses.semantic_consistency_loss(
+      z, a, queries, num_positives=3, num_negatives=4
+    ),
+    argnums=(0, 1),
+  )(tokens, attention)
   assert np.all(np.asarray(grad_attention) == 0.0)
   assert np.any(np.asarray(grad_tokens) != 0.0)
 
@@ -132,5 +144,6 @@ def test_sample_query_indices_distinct_and_deterministic():
 def test_counts_larger_than_tokens_raise():
   attention = jnp.zeros((1, 20, 20))
   with pytest.raises(ValueError, match="num_positives/num_negatives"):
-    attention_losses.motion_consistency_loss(attention, jnp.array([0]), num_frames=2,
-                                             num_positives=2, num_negatives=50)
+    attention_losses.motion_consistency_loss(
+      attention, jnp.array([0]), num_frames=2, num_positives=2, num_negatives=50
+    )

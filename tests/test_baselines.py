@@ -1,4 +1,5 @@
 """The median-flow motion baseline against brute-force transcriptions."""
+
 import numpy as np
 
 from vosjax.evaluation import baselines
@@ -10,9 +11,9 @@ def _otsu_brute_force(values: np.ndarray, bins: int) -> float:
   centers = (edges[:-1] + edges[1:]) / 2
   best, best_cut = -1.0, None
   for cut in range(bins):
-    w0, w1 = hist[:cut + 1].sum(), hist[cut + 1:].sum()
-    m0 = (hist[:cut + 1] * centers[:cut + 1]).sum() / max(w0, 1)
-    m1 = (hist[cut + 1:] * centers[cut + 1:]).sum() / max(w1, 1)
+    w0, w1 = hist[: cut + 1].sum(), hist[cut + 1 :].sum()
+    m0 = (hist[: cut + 1] * centers[: cut + 1]).sum() / max(w0, 1)
+    m1 = (hist[cut + 1 :] * centers[cut + 1 :]).sum() / max(w1, 1)
     between = w0 * w1 * (m0 - m1) ** 2
     if between > best:
       best, best_cut = between, edges[cut + 1]
@@ -22,8 +23,12 @@ def _otsu_brute_force(values: np.ndarray, bins: int) -> float:
 def test_otsu_threshold_matches_brute_force():
   rng = np.random.default_rng(0)
   for _ in range(20):
-    values = np.concatenate([rng.normal(0, 1, rng.integers(10, 500)),
-                             rng.normal(rng.uniform(2, 8), 1, rng.integers(10, 500))])
+    values = np.concatenate(
+      [
+        rng.normal(0, 1, rng.integers(10, 500)),
+        rng.normal(rng.uniform(2, 8), 1, rng.integers(10, 500)),
+      ]
+    )
     # Cuts inside a run of empty bins split the sample identically (float ties): compare splits.
     ours, reference = baselines.otsu_threshold(values, bins=32), _otsu_brute_force(values, 32)
     np.testing.assert_array_equal(values > ours, values > reference)
@@ -40,8 +45,9 @@ def _pan_with_square(height, width, camera, motion, box):
 
 def test_camera_pan_is_removed_and_the_moving_square_found():
   rng = np.random.default_rng(1)
-  flow, truth = _pan_with_square(32, 48, camera=(0.7, -0.4), motion=(0.3, 0.2),
-                                 box=((5, 15), (20, 33)))
+  flow, truth = _pan_with_square(
+    32, 48, camera=(0.7, -0.4), motion=(0.3, 0.2), box=((5, 15), (20, 33))
+  )
   flow += rng.normal(0, 0.01, flow.shape).astype(np.float32)
   found = baselines.median_flow_foreground(flow[None])[0]
   np.testing.assert_array_equal(found, truth)

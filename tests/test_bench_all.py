@@ -1,4 +1,6 @@
-"""`python -m vosjax.bench all`: every benchmark in one run, JSON and a markdown table (tiny shapes)."""
+"""`python -m vosjax.bench all`: every benchmark in one run, JSON and a markdown table (tiny
+shapes)."""
+
 import json
 
 import pytest
@@ -61,7 +63,8 @@ def test_quick_run_of_every_section(tmp_path):
   for section in bench_all.SECTIONS:
     assert report[section], section
     assert sum(line.startswith(f"| {section}") for line in table.splitlines()) == len(
-        report[section]), section
+      report[section]
+    ), section
   assert report["clustering"][0]["clusters_per_level"][-1] >= 1
   assert report["end_to_end"][0]["frames_per_s"] > 0
   for row in report["train"]:

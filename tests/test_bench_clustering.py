@@ -1,4 +1,5 @@
 """`python -m vosjax.bench clustering`: the jitted clustering on the planted benchmark video."""
+
 from vosjax.benchmarks import clustering
 
 

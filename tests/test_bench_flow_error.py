@@ -1,4 +1,5 @@
 """`python -m vosjax.bench flow_error`: DIS against exact flow on a tiny synthetic set."""
+
 import json
 
 import pytest
@@ -9,8 +10,12 @@ from vosjax.benchmarks import flow_error
 
 def test_flow_error_of_the_dis_twin(tmp_path):
   output = tmp_path / "flow_error.json"
-  assert flow_error.main(["--tfds_name", TINY_SYNTHETIC, "--data_dir", str(tmp_path / "tfds"),
-                          "--json", str(output)]) == 0
+  assert (
+    flow_error.main(
+      ["--tfds_name", TINY_SYNTHETIC, "--data_dir", str(tmp_path / "tfds"), "--json", str(output)]
+    )
+    == 0
+  )
   result = json.loads(output.read_text())
   assert result["tfds_name"] == TINY_SYNTHETIC
   assert 0.0 < result["object_fraction"] < 1.0

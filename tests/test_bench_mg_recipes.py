@@ -1,4 +1,6 @@
-"""`python -m vosjax.bench mg_recipes`: export the flows, train from them, score against the baseline."""
+"""`python -m vosjax.bench mg_recipes`: export the flows, train from them, score against the
+baseline."""
+
 import json
 import os
 
@@ -16,8 +18,13 @@ from vosjax.data import pipeline
 
 
 def test_export_then_train_from_arrays(tiny_synthetic_dir, tmp_path):
-  overrides = [f"data.tfds_name={TINY_SYNTHETIC}", f"data.data_dir={tiny_synthetic_dir}",
-               "data.resolution=(32, 32)", "batch_size=2", "eval_batch_size=2"]
+  overrides = [
+    f"data.tfds_name={TINY_SYNTHETIC}",
+    f"data.data_dir={tiny_synthetic_dir}",
+    "data.resolution=(32, 32)",
+    "batch_size=2",
+    "eval_batch_size=2",
+  ]
   flags = ["--config", os.path.join(REPO, "configs/demo.py")]
   for item in overrides:
     flags += ["--set", item]
@@ -38,13 +45,18 @@ def test_export_then_train_from_arrays(tiny_synthetic_dir, tmp_path):
   np.testing.assert_allclose(exported["forward"], forward, rtol=1e-3, atol=1e-4)
 
   out = str(tmp_path / "records.json")
-  assert mg_recipes.main(flags + ["--arrays", arrays, "--steps", "4", "--eval_every", "2",
-                                  "--json", out]) == 0
+  assert (
+    mg_recipes.main(
+      flags + ["--arrays", arrays, "--steps", "4", "--eval_every", "2", "--json", out]
+    )
+    == 0
+  )
   with open(out) as f:
     records = json.load(f)["records"]
   assert [r["step"] for r in records] == [2, 4]
   baseline = validation.foreground_j(
-      ids, baselines.median_flow_foreground(forward, backward)).mean()
+    ids, baselines.median_flow_foreground(forward, backward)
+  ).mean()
   for record in records:
     assert abs(record["baseline_fg_j"] - baseline) < 1e-3
     assert 0.0 <= record["fg_j"] <= 1.0 and 0.0 <= record["oracle_fg_j"] <= 1.0
@@ -58,15 +70,20 @@ def test_override_of_an_unknown_key_names_it():
 
 
 def test_non_finite_steps_stop_the_benchmark_with_the_loops_error():
-  """NaN training flows reach the loss with the raw flow encoding (rgb would turn NaN into black)."""
+  """NaN training flows reach the loss with the raw flow encoding (rgb would turn NaN into
+  black)."""
   config = tiny_config("unused: the arrays are given", **{"model.flow_encoding": "raw"})
   rng = np.random.default_rng(0)
-  videos = {"forward": rng.normal(size=(2, 4, 32, 32, 2)).astype(np.float16),
-            "backward": rng.normal(size=(2, 4, 32, 32, 2)).astype(np.float16),
-            "ids": rng.integers(0, 3, size=(2, 4, 32, 32)).astype(np.uint8)}
+  videos = {
+    "forward": rng.normal(size=(2, 4, 32, 32, 2)).astype(np.float16),
+    "backward": rng.normal(size=(2, 4, 32, 32, 2)).astype(np.float16),
+    "ids": rng.integers(0, 3, size=(2, 4, 32, 32)).astype(np.uint8),
+  }
   nan_videos = dict(videos, forward=np.full_like(videos["forward"], np.nan))
   logged = []
-  with pytest.raises(train.NonFiniteLossError,
-                     match=r"at step 1 and 2 later step\(s\) up to 3 \(loss at step 3: nan\)"):
+  with pytest.raises(
+    train.NonFiniteLossError,
+    match=r"at step 1 and 2 later step\(s\) up to 3 \(loss at step 3: nan\)",
+  ):
     mg_recipes.run(config, nan_videos, videos, steps=4, eval_every=3, log=logged.append)
   assert not logged  # stopped at the first evaluation, before scoring

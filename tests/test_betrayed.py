@@ -1,8 +1,9 @@
 """End-to-end: Betrayed by Attention trains a few steps and evaluates through `vosjax.train`.
 
-Tiny synthetic MOVi-format data and a tiny randomly initialised backbone (numbers are meaningless; the
-test checks that the pipeline runs, only the block is trained and the outputs are well formed).
+Tiny synthetic MOVi-format data and a tiny randomly initialised backbone (numbers are meaningless;
+the test checks that the pipeline runs, only the block is trained and the outputs are well formed).
 """
+
 import importlib.util
 import json
 import os
@@ -80,7 +81,8 @@ def test_loss_decreases_on_a_fixed_clip(tmp_path):
   @jax.jit
   def step(params, opt_state, model):
     (loss, _), grads = jax.value_and_grad(betrayed.loss_fn, has_aux=True)(
-        params, model, batch, jax.random.key(1), 0, config, {})
+      params, model, batch, jax.random.key(1), 0, config, {}
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     return jax.tree.map(lambda p, u: p + u, params, updates), opt_state, loss
 

@@ -1,4 +1,5 @@
 """DAVIS folders: shared DAVIS-2016 data, synthetic roots, flow-pair iterator, evaluation flows."""
+
 import os
 from pathlib import Path
 
@@ -19,12 +20,13 @@ RESOLUTION = (32, 40)  # Half size: flows are rescaled by 0.5.
 
 @pytest.fixture(scope="module")
 def davis2016_root() -> Path:
-  shared = Path(os.environ.get("VOSJAX_SHARED",
-                               Path(__file__).resolve().parents[2] / "shared"))
+  shared = Path(os.environ.get("VOSJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
   root = shared / "data" / "davis2016"
   if not (root / "JPEGImages/480p").is_dir():
-    pytest.fail(f"shared DAVIS-2016 data {root} is missing: these tests need the project's "
-                "shared/ folder next to the repository (or set VOSJAX_SHARED)")
+    pytest.fail(
+      f"shared DAVIS-2016 data {root} is missing: these tests need the project's "
+      "shared/ folder next to the repository (or set VOSJAX_SHARED)"
+    )
   return root
 
 
@@ -58,7 +60,7 @@ def synthetic_root(tmp_path) -> Path:
     base = texture(96, 112, seed)
     for t in range(num_frames):
       top, left = 16 - int(VELOCITY[0] * t), 16 - int(VELOCITY[1] * t)
-      frame = base[top:top + 64, left:left + 80]  # Content moves by VELOCITY per frame.
+      frame = base[top : top + 64, left : left + 80]  # Content moves by VELOCITY per frame.
       path = davis.frames_dir(root) / seq / f"{t:05d}.png"  # Lossless, so DIS is clean.
       path.parent.mkdir(parents=True, exist_ok=True)
       Image.fromarray(frame).save(path)
@@ -66,8 +68,9 @@ def synthetic_root(tmp_path) -> Path:
       ids[10:30, 10:30], ids[40:50, 50:70], ids[0, :] = 1, 2, davis.VOID_LABEL
       if t != 3:  # Frame 3 is not annotated.
         video_io.write_indexed_png(davis.annotations_dir(root) / seq / f"{t:05d}.png", ids)
-  video_io.write_indexed_png(davis.annotations_dir(root) / "masks-only/00000.png",
-                             np.zeros((64, 80)))
+  video_io.write_indexed_png(
+    davis.annotations_dir(root) / "masks-only/00000.png", np.zeros((64, 80))
+  )
   return root
 
 
@@ -81,17 +84,28 @@ def test_synthetic_sequence_loading(synthetic_root):
   np.testing.assert_array_equal(sample["segmentations"][:, 0], 0)  # Void -> background.
   np.testing.assert_array_equal(sample["segmentations"][3], 0)
   small = davis.load_sequence(synthetic_root, "alpha", resolution=(32, 40))
-  assert small["segmentations"][0, 7, 7] == 1 and set(np.unique(small["segmentations"])) == {0, 1, 2}
+  assert small["segmentations"][0, 7, 7] == 1 and set(np.unique(small["segmentations"])) == {
+    0,
+    1,
+    2,
+  }
   with pytest.raises(FileNotFoundError, match="not a DAVIS root"):
     davis.list_sequences(synthetic_root / "nope")
 
 
-def test_flow_pair_iterator_is_deterministic_resumable_and_pairs_one_frame(synthetic_root,
-                                                                            tmp_path):
+def test_flow_pair_iterator_is_deterministic_resumable_and_pairs_one_frame(
+  synthetic_root, tmp_path
+):
   cache = tmp_path / "cache"
   make = lambda start: davis.make_flow_pair_iterator(
-      synthetic_root, ["alpha", "beta"], RESOLUTION, batch_size=6, seed=3, start_step=start,
-      flow_cache_dir=cache)
+    synthetic_root,
+    ["alpha", "beta"],
+    RESOLUTION,
+    batch_size=6,
+    seed=3,
+    start_step=start,
+    flow_cache_dir=cache,
+  )
   run = make(0)
   batches = [next(run) for _ in range(4)]
   cached = sorted(p.name for p in cache.rglob("*.npy"))
@@ -116,17 +130,19 @@ def test_flow_pair_iterator_is_deterministic_resumable_and_pairs_one_frame(synth
       assert 0 <= batch["frame_index"][i] + gap_b < num_frames
       # Both flows describe the same frame: each is its gap times the velocity (half size).
       for flow, gap in ((batch["flow_a"][i], gap_a), (batch["flow_b"][i], gap_b)):
-        np.testing.assert_allclose(np.median(flow[6:-6, 6:-6].reshape(-1, 2), 0),
-                                   0.5 * gap * VELOCITY, atol=0.25)
+        np.testing.assert_allclose(
+          np.median(flow[6:-6, 6:-6].reshape(-1, 2), 0), 0.5 * gap * VELOCITY, atol=0.25
+        )
   assert len(seen_pairs) >= 4
 
 
 def test_evaluation_flows_fall_back_to_the_opposite_gap(synthetic_root, tmp_path):
   out = davis.evaluation_flows(synthetic_root, "beta", RESOLUTION, tmp_path / "cache")
   assert out["flows"].shape == (5, 4, 32, 40, 2)
-  np.testing.assert_array_equal(out["gaps_used"],
-                                [[1, 2, 1, 2], [1, 2, -1, 2], [1, 2, -1, -2], [1, -2, -1, -2],
-                                 [-1, -2, -1, -2]])
+  np.testing.assert_array_equal(
+    out["gaps_used"],
+    [[1, 2, 1, 2], [1, 2, -1, 2], [1, 2, -1, -2], [1, -2, -1, -2], [-1, -2, -1, -2]],
+  )
   medians = np.median(out["flows"][:, :, 6:-6, 6:-6].reshape(5, 4, -1, 2), 2)
   np.testing.assert_allclose(medians, 0.5 * out["gaps_used"][..., None] * VELOCITY, atol=0.25)
   assert out["segmentations"].shape == (5, 32, 40) and out["video"].shape == (5, 32, 40, 3)
@@ -138,20 +154,34 @@ def test_raft_flow_folders_feed_the_iterator(synthetic_root, tmp_path):
     for gap in (1, 2, -1, -2):
       for t in np.flatnonzero(optical_flow.valid_gap_frames(num_frames, gap)):
         constant = np.broadcast_to(np.array([gap, 10.0 * t], np.float32), (64, 80, 2))
-        optical_flow.write_flo(optical_flow.raft_flow_dir(flow_root, seq, gap)
-                               / f"{t:05d}.flo", constant)
+        optical_flow.write_flo(
+          optical_flow.raft_flow_dir(flow_root, seq, gap) / f"{t:05d}.flo", constant
+        )
 
   def check(batch):
     for i in range(len(batch["frame_index"])):
       t = batch["frame_index"][i]
-      for flow, gap in ((batch["flow_a"][i], batch["gaps"][i, 0]),
-                        (batch["flow_b"][i], batch["gaps"][i, 1])):
-        np.testing.assert_allclose(flow, np.broadcast_to([0.5 * gap, 5.0 * t], flow.shape),
-                                   rtol=1e-6)
+      for flow, gap in (
+        (batch["flow_a"][i], batch["gaps"][i, 0]),
+        (batch["flow_b"][i], batch["gaps"][i, 1]),
+      ):
+        np.testing.assert_allclose(
+          flow, np.broadcast_to([0.5 * gap, 5.0 * t], flow.shape), rtol=1e-6
+        )
 
-  check(next(davis.make_flow_pair_iterator(
-      synthetic_root, ["alpha", "beta"], RESOLUTION, batch_size=5, seed=0,
-      flow_cache_dir=tmp_path / "cache", raft_flow_root=flow_root)))
+  check(
+    next(
+      davis.make_flow_pair_iterator(
+        synthetic_root,
+        ["alpha", "beta"],
+        RESOLUTION,
+        batch_size=5,
+        seed=0,
+        flow_cache_dir=tmp_path / "cache",
+        raft_flow_root=flow_root,
+      )
+    )
+  )
   # The same folders through the DAVIS config and the training pipeline.
   config = davis2016.get_config()
   config.data.root = str(synthetic_root)
@@ -161,12 +191,17 @@ def test_raft_flow_folders_feed_the_iterator(synthetic_root, tmp_path):
   config.data.raft_flow_root = str(flow_root)
   config.batch_size = 6
   check(next(pipeline.make_train_iterator(config)))
-  evaluation = davis.evaluation_flows(synthetic_root, "beta", RESOLUTION,
-                                      config.data.flow_cache_dir,
-                                      raft_flow_root=config.data.raft_flow_root)
+  evaluation = davis.evaluation_flows(
+    synthetic_root,
+    "beta",
+    RESOLUTION,
+    config.data.flow_cache_dir,
+    raft_flow_root=config.data.raft_flow_root,
+  )
   np.testing.assert_allclose(evaluation["flows"][0, 0, ..., 1], 0.0)  # gap 1 of frame 0: 10 * 0
-  np.testing.assert_allclose(evaluation["flows"][4, 0],
-                             np.broadcast_to([-0.5, 20.0], RESOLUTION + (2,)))
+  np.testing.assert_allclose(
+    evaluation["flows"][4, 0], np.broadcast_to([-0.5, 20.0], RESOLUTION + (2,))
+  )
   with pytest.raises(ValueError, match="flow_cache_dir"):
     next(davis.make_flow_pair_iterator(synthetic_root, ["alpha"], RESOLUTION, 2, 0))
 
@@ -174,14 +209,25 @@ def test_raft_flow_folders_feed_the_iterator(synthetic_root, tmp_path):
 def test_clip_iterator_reads_frame_folders_deterministically(davis2016_root):
   davis_lib = davis
   root = davis2016_root
-  it = davis_lib.make_clip_iterator(root, ["blackswan", "camel"], (24, 48), batch_size=2, seed=3,
-                                    clip_length=3, frame_gap=4)
+  it = davis_lib.make_clip_iterator(
+    root, ["blackswan", "camel"], (24, 48), batch_size=2, seed=3, clip_length=3, frame_gap=4
+  )
   first, second = next(it), next(it)
   assert first["video"].shape == (2, 3, 24, 48, 3) and first["video"].dtype == np.float32
   assert 0.0 <= first["video"].min() and first["video"].max() <= 1.0
   assert not np.array_equal(first["video"], second["video"])
-  resumed = next(davis_lib.make_clip_iterator(root, ["blackswan", "camel"], (24, 48), batch_size=2,
-                                              seed=3, start_step=1, clip_length=3, frame_gap=4))
+  resumed = next(
+    davis_lib.make_clip_iterator(
+      root,
+      ["blackswan", "camel"],
+      (24, 48),
+      batch_size=2,
+      seed=3,
+      start_step=1,
+      clip_length=3,
+      frame_gap=4,
+    )
+  )
   np.testing.assert_array_equal(resumed["video"], second["video"])
 
 
@@ -197,7 +243,9 @@ def test_clip_frame_indices_shrink_the_gap_to_fit():
   assert list(np.diff(idx)) == [4, 4]
 
 
-def official_clips(length: int, seq_length: int, gap: int, rule: str) -> set[tuple[int, ...]] | None:
+def official_clips(
+  length: int, seq_length: int, gap: int, rule: str
+) -> set[tuple[int, ...]] | None:
   """Every clip the official loaders can draw from a video of `length` frames, transcribed from
   `src/data.py::Dataloader.__getitem__`: SSL-UVOS (Betrayed, "until_fits") shrinks the gap in a
   `while`, SMTC ("once") in an `if`; then `ind = random.randint(lo, hi)` (inclusive) and frames
@@ -213,8 +261,9 @@ def official_clips(length: int, seq_length: int, gap: int, rule: str) -> set[tup
   lo, hi = span(gap), length - span(gap) - 1
   if hi < lo:
     return None
-  return {tuple(ind + gap * (i - seq_length // 2) for i in range(seq_length))
-          for ind in range(lo, hi + 1)}
+  return {
+    tuple(ind + gap * (i - seq_length // 2) for i in range(seq_length)) for ind in range(lo, hi + 1)
+  }
 
 
 @pytest.mark.parametrize("clip_length,rule", [(4, "once"), (3, "until_fits"), (4, "until_fits")])
@@ -225,8 +274,10 @@ def test_clip_frame_indices_draw_the_official_clips(clip_length, rule):
   rng = np.random.default_rng(0)
   raised = []
   for num_frames in range(2, 45):
-    drawn = {tuple(davis.clip_frame_indices(num_frames, clip_length, 4, rng, rule).tolist())
-             for _ in range(600)}
+    drawn = {
+      tuple(davis.clip_frame_indices(num_frames, clip_length, 4, rng, rule).tolist())
+      for _ in range(600)
+    }
     expected = official_clips(num_frames, clip_length, 4, rule)
     if expected is not None:
       assert drawn == expected, (num_frames, sorted(drawn), sorted(expected))
@@ -243,8 +294,10 @@ def test_clip_frame_indices_draw_the_official_clips(clip_length, rule):
 def test_smtc_clips_are_the_official_frames_at_256(davis2016_root, tmp_path):
   """YouTube-VOS layout (`<root>/JPEGImages/<video>/*.jpg`, quality ""), T = 4, gap 4, "once": each
   clip is frames c-8, c-4, c, c+4 with c in the official range [8, n-9], read as the official
-  `readRGB` does (cv2 BGR->RGB, /255, INTER_LINEAR to 256x256; JPEG decoders may differ by a level)."""
+  `readRGB` does (cv2 BGR->RGB, /255, INTER_LINEAR to 256x256; JPEG decoders may differ by a
+  level)."""
   import cv2  # pylint: disable=g-import-not-at-top
+
   root = tmp_path / "ytvos"
   (root / "JPEGImages").mkdir(parents=True)
   for name in ("blackswan", "camel"):
@@ -254,10 +307,21 @@ def test_smtc_clips_are_the_official_frames_at_256(davis2016_root, tmp_path):
     rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) / 255
     return cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_LINEAR)
 
-  official = {name: np.stack([read_rgb(p) for p in sorted((root / "JPEGImages" / name).glob("*.jpg"))])
-              for name in ("blackswan", "camel")}
-  batches = davis.make_clip_iterator(root, [], (256, 256), batch_size=3, seed=5, clip_length=4,
-                                     frame_gap=4, quality="", gap_shrink="once")
+  official = {
+    name: np.stack([read_rgb(p) for p in sorted((root / "JPEGImages" / name).glob("*.jpg"))])
+    for name in ("blackswan", "camel")
+  }
+  batches = davis.make_clip_iterator(
+    root,
+    [],
+    (256, 256),
+    batch_size=3,
+    seed=5,
+    clip_length=4,
+    frame_gap=4,
+    quality="",
+    gap_shrink="once",
+  )
   centres = set()
   for _ in range(2):
     video = next(batches)["video"]

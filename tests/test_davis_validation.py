@@ -1,4 +1,5 @@
 """Motion Grouping on DAVIS folders end to end: train, masks for every frame, davis2016 scores."""
+
 import csv
 import json
 import shutil
@@ -17,6 +18,7 @@ def test_training_writes_and_scores_masks_of_every_frame(config_run, tiny_davis_
   general checks of that run are in tests/test_configs.py)."""
   from vosjax import evaluate  # pylint: disable=g-import-not-at-top
   from vosjax import train  # pylint: disable=g-import-not-at-top
+
   config, trained, result = config_run("davis2016.py")
   workdir = tmp_path / "work"
   shutil.copytree(trained, workdir)  # --mode eval below rewrites the outputs
@@ -39,9 +41,23 @@ def test_training_writes_and_scores_masks_of_every_frame(config_run, tiny_davis_
 
   # The scores equal what the evaluation command computes from the written folders.
   out = tmp_path / "cli"
-  assert evaluate.main(["--protocol", "davis2016", "--gt", str(tiny_davis_dir), "--results",
-                        str(workdir / "davis_results"), "--output", str(out), "--workers",
-                        "1"]) == 0
+  assert (
+    evaluate.main(
+      [
+        "--protocol",
+        "davis2016",
+        "--gt",
+        str(tiny_davis_dir),
+        "--results",
+        str(workdir / "davis_results"),
+        "--output",
+        str(out),
+        "--workers",
+        "1",
+      ]
+    )
+    == 0
+  )
   with open(out / "per-sequence_results.csv") as f:
     rows = {row["Sequence"]: row for row in csv.DictReader(f)}
   for sequence, scores in metrics["per_sequence"].items():
@@ -49,7 +65,8 @@ def test_training_writes_and_scores_masks_of_every_frame(config_run, tiny_davis_
     assert float(sequence_row["J-Mean"]) == pytest.approx(scores["J"], abs=5e-4)
     assert float(sequence_row["F-Mean"]) == pytest.approx(scores["F"], abs=5e-4)
   assert (workdir / "davis_eval" / "model" / "global_results.csv").read_text() == (
-      out / "global_results.csv").read_text()
+    out / "global_results.csv"
+  ).read_text()
 
   # --mode eval restores the checkpoint and reproduces the scores.
   again = train.evaluate_checkpoint(config, str(workdir))
@@ -60,31 +77,42 @@ def test_training_writes_and_scores_masks_of_every_frame(config_run, tiny_davis_
 def test_evaluation_sequences_are_the_val_list_with_frames(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from vosjax.evaluation import davis_flows as davis_validation  # pylint: disable=g-import-not-at-top
+
   # A train + val root: "bear" is a training sequence, "cows" a val one without frames.
-  for sequence, has_frames in (("bear", True), ("blackswan", True), ("camel", True),
-                               ("cows", False)):
+  for sequence, has_frames in (
+    ("bear", True),
+    ("blackswan", True),
+    ("camel", True),
+    ("cows", False),
+  ):
     (tmp_path / "Annotations" / "480p" / sequence).mkdir(parents=True)
     Image.fromarray(np.zeros((4, 6), np.uint8)).save(
-        tmp_path / "Annotations" / "480p" / sequence / "00000.png")
+      tmp_path / "Annotations" / "480p" / sequence / "00000.png"
+    )
     if has_frames:
       (tmp_path / "JPEGImages" / "480p" / sequence).mkdir(parents=True)
       Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(
-          tmp_path / "JPEGImages" / "480p" / sequence / "00000.jpg")
+        tmp_path / "JPEGImages" / "480p" / sequence / "00000.jpg"
+      )
   data = ml_collections.ConfigDict({"root": str(tmp_path), "sequences": None})
   with pytest.warns(UserWarning, match="cows"):
     assert davis_validation.evaluation_sequences(data) == ["bear", "blackswan", "camel"]
 
   (tmp_path / "ImageSets" / "480p").mkdir(parents=True)
-  (tmp_path / "ImageSets" / "480p" / "val.txt").write_text("".join(
+  (tmp_path / "ImageSets" / "480p" / "val.txt").write_text(
+    "".join(
       f"/JPEGImages/480p/{s}/00000.jpg /Annotations/480p/{s}/00000.png\n"
-      for s in ("camel", "blackswan", "cows")))
+      for s in ("camel", "blackswan", "cows")
+    )
+  )
   with pytest.warns(UserWarning, match="cows"):
     assert davis_validation.evaluation_sequences(data) == ["blackswan", "camel"]
   data.sequences = ("bear",)  # an explicit list wins
   assert davis_validation.evaluation_sequences(data) == ["bear"]
 
   (tmp_path / "ImageSets" / "480p" / "val.txt").write_text(
-      "/JPEGImages/480p/cows/00000.jpg /Annotations/480p/cows/00000.png\n")
+    "/JPEGImages/480p/cows/00000.jpg /Annotations/480p/cows/00000.png\n"
+  )
   data.sequences = None
   with pytest.warns(UserWarning, match="cows"), pytest.raises(ValueError, match="val.txt"):
     davis_validation.evaluation_sequences(data)

@@ -2,6 +2,7 @@
 transcription of DINO's / timm's `drop_path`, the per-block rates against `torch.linspace`, off and
 deterministic forwards equal to the plain ViT, and in a training forward whole residual branches
 dropped or rescaled per sample, independently per branch."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,9 @@ def test_drop_path_matches_the_numpy_reference():
 
 def test_block_rates_rise_linearly_like_torch_linspace():
   for depth, rate in ((12, 0.1), (2, 0.5), (1, 0.1)):
-    np.testing.assert_allclose(vit.drop_path_rates(depth, rate),
-                               torch.linspace(0, rate, depth).numpy(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+      vit.drop_path_rates(depth, rate), torch.linspace(0, rate, depth).numpy(), rtol=1e-6, atol=1e-9
+    )
   assert vit.drop_path_rates(1, 0.1).tolist() == [0.0]  # one block: none dropped, as DINO's
 
 
@@ -54,8 +56,10 @@ def test_off_and_deterministic_forwards_equal_the_plain_vit(params_and_images):
   params, images = params_and_images
   plain = vit.VisionTransformer(ARCH).apply({"params": params}, images)
   with_rate = vit.VisionTransformer(ARCH, drop_path_rate=0.5)
-  for out in (with_rate.apply({"params": params}, images),  # deterministic by default
-              vit.VisionTransformer(ARCH).apply({"params": params}, images, deterministic=False)):
+  for out in (
+    with_rate.apply({"params": params}, images),  # deterministic by default
+    vit.VisionTransformer(ARCH).apply({"params": params}, images, deterministic=False),
+  ):
     for name in ("tokens", "keys", "cls"):
       np.testing.assert_array_equal(getattr(out, name), getattr(plain, name), err_msg=name)
   with pytest.raises(Exception, match="drop_path"):  # training mode needs its rng
@@ -68,14 +72,16 @@ def test_training_forward_drops_or_rescales_each_branch_per_sample(params_and_im
   from the block's own submodules on the output of block 0; all four occur in 64 samples."""
   params, images = params_and_images
   module = vit.VisionTransformer(ARCH, drop_path_rate=0.5)
-  run = lambda key: module.apply({"params": params}, images, deterministic=False,
-                                 rngs={"drop_path": key})
+  run = lambda key: module.apply(
+    {"params": params}, images, deterministic=False, rngs={"drop_path": key}
+  )
   out = run(jax.random.key(2))
   np.testing.assert_array_equal(run(jax.random.key(2)).tokens, out.tokens)  # reproducible
   assert not np.array_equal(run(jax.random.key(3)).tokens, out.tokens)
 
   first = vit.VisionTransformer(ARCH.replace(depth=1)).apply(
-      {"params": {k: v for k, v in params.items() if k != "blocks_1"}}, images)
+    {"params": {k: v for k, v in params.items() if k != "blocks_1"}}, images
+  )
   x = jnp.concatenate([first.cls[:, None], first.tokens.reshape(64, -1, ARCH.embed_dim)], axis=1)
   block = params["blocks_1"]
   norm = lambda name, y: nn.LayerNorm(epsilon=ARCH.norm_eps).apply({"params": block[name]}, y)
@@ -91,5 +97,6 @@ def test_training_forward_drops_or_rescales_each_branch_per_sample(params_and_im
   assert matched.sum(axis=0).tolist() == [1] * 64, errors.min(axis=0)  # each sample: one outcome
   assert matched.any(axis=1).all(), matched.sum(axis=1)  # every outcome occurs
   # The keys of the last block come from its input: block 0 has no drop-path, so they are fixed.
-  np.testing.assert_allclose(out.keys, module.apply({"params": params}, images).keys,
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    out.keys, module.apply({"params": params}, images).keys, rtol=1e-6, atol=1e-6
+  )

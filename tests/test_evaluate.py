@@ -1,4 +1,6 @@
-"""DAVIS evaluation: official evaluator outputs (shared/data/fixtures), protocols, CLI and errors."""
+"""DAVIS evaluation: official evaluator outputs (shared/data/fixtures), protocols, CLI and
+errors."""
+
 import csv
 import itertools
 import json
@@ -15,20 +17,30 @@ from vosjax.evaluation import davis_protocol as evaluate
 from vosjax.data.davis import VOID_LABEL
 from vosjax.evaluation import metrics
 
-STAT_COLUMNS = {"J-Mean": "J_mean", "J-Recall": "J_recall", "J-Decay": "J_decay",
-                "F-Mean": "F_mean", "F-Recall": "F_recall", "F-Decay": "F_decay"}
+STAT_COLUMNS = {
+  "J-Mean": "J_mean",
+  "J-Recall": "J_recall",
+  "J-Decay": "J_decay",
+  "F-Mean": "F_mean",
+  "F-Recall": "F_recall",
+  "F-Decay": "F_decay",
+}
 
 
 @pytest.fixture(scope="module")
 def shared_data() -> Path:
-  shared = Path(os.environ.get("VOSJAX_SHARED",
-                               Path(__file__).resolve().parents[2] / "shared"))
+  shared = Path(os.environ.get("VOSJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
   data = shared / "data"
-  for needed in ("fixtures", "davis2016/Annotations/480p",
-                 "davis2017_eval_results/semi-supervised/osvos"):
+  for needed in (
+    "fixtures",
+    "davis2016/Annotations/480p",
+    "davis2017_eval_results/semi-supervised/osvos",
+  ):
     if not (data / needed).is_dir():
-      pytest.fail(f"shared data folder {data / needed} is missing: the DAVIS fixture tests need "
-                  "the project's shared/ folder next to the repository (or set VOSJAX_SHARED)")
+      pytest.fail(
+        f"shared data folder {data / needed} is missing: the DAVIS fixture tests need "
+        "the project's shared/ folder next to the repository (or set VOSJAX_SHARED)"
+      )
   return data
 
 
@@ -44,8 +56,12 @@ def osvos_all_frames(shared_data):
   """The whole-folder davis2016 evaluation of the OSVOS masks, every frame, 2 processes."""
   start = time.perf_counter()
   results = evaluate.evaluate_folders(
-      shared_data / "davis2016", shared_data / "davis2017_eval_results/semi-supervised/osvos",
-      "davis2016", frames="all", workers=2)
+    shared_data / "davis2016",
+    shared_data / "davis2017_eval_results/semi-supervised/osvos",
+    "davis2016",
+    frames="all",
+    workers=2,
+  )
   print(f"\nwhole-folder davis2016 evaluation (20 sequences): {time.perf_counter() - start:.1f} s")
   return results
 
@@ -61,8 +77,11 @@ def test_per_frame_j_and_f_equal_official(osvos_all_frames, shared_data):
 
 @pytest.mark.parametrize("frames", ["all", "1:-1"])
 def test_per_sequence_statistics_equal_official(osvos_all_frames, reference_rows, frames):
-  reference = {r["sequence"]: r for r in reference_rows
-               if r["frames"] == frames and not r["sequence"].startswith("__")}
+  reference = {
+    r["sequence"]: r
+    for r in reference_rows
+    if r["frames"] == frames and not r["sequence"].startswith("__")
+  }
   assert len(reference) == 20
   for seq in osvos_all_frames.sequences:
     row = reference[seq.name]
@@ -70,8 +89,9 @@ def test_per_sequence_statistics_equal_official(osvos_all_frames, reference_rows
     assert int(row["n_frames"]) == len(seq.frame_names)
     j_stats = metrics.davis_statistics(seq.j[0, frame_slice])
     f_stats = metrics.davis_statistics(seq.f[0, frame_slice])
-    ours = dict(zip(["J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay"],
-                    j_stats + f_stats))
+    ours = dict(
+      zip(["J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay"], j_stats + f_stats)
+    )
     for key, value in ours.items():
       # The fixture CSV has 6 decimals.
       assert value == pytest.approx(float(row[key]), abs=1e-6), (seq.name, key)
@@ -79,8 +99,11 @@ def test_per_sequence_statistics_equal_official(osvos_all_frames, reference_rows
 
 
 def test_global_means_equal_official(osvos_all_frames, reference_rows):
-  (official,) = [r for r in reference_rows
-                 if r["frames"] == "all" and r["sequence"] == "__MEAN_OVER_20_SEQUENCES__"]
+  (official,) = [
+    r
+    for r in reference_rows
+    if r["frames"] == "all" and r["sequence"] == "__MEAN_OVER_20_SEQUENCES__"
+  ]
   got = osvos_all_frames.global_results()
   for ours, theirs in STAT_COLUMNS.items():
     assert got[ours] == pytest.approx(float(official[theirs]), abs=1e-6)
@@ -89,17 +112,31 @@ def test_global_means_equal_official(osvos_all_frames, reference_rows):
 
 def test_cli_writes_official_csv_layout(shared_data, reference_rows, tmp_path, capsys):
   out = tmp_path / "out"
-  code = evaluate_command.main(["--protocol", "davis2016", "--gt", str(shared_data / "davis2016"),
-                        "--results",
-                        str(shared_data / "davis2017_eval_results/semi-supervised/osvos"),
-                        "--sequences", "blackswan,dog", "--output", str(out), "--workers", "1"])
+  code = evaluate_command.main(
+    [
+      "--protocol",
+      "davis2016",
+      "--gt",
+      str(shared_data / "davis2016"),
+      "--results",
+      str(shared_data / "davis2017_eval_results/semi-supervised/osvos"),
+      "--sequences",
+      "blackswan,dog",
+      "--output",
+      str(out),
+      "--workers",
+      "1",
+    ]
+  )
   assert code == 0
   assert "frames 1:-1" in capsys.readouterr().out  # DAVIS-2016 toolkit default.
   reference = {r["sequence"]: r for r in reference_rows if r["frames"] == "1:-1"}
   lines = (out / "per-sequence_results.csv").read_text().splitlines()
   assert lines[0] == "Sequence,J-Mean,F-Mean"
-  expected = [f"{s}_1,{float(reference[s]['J_mean']):.3f},{float(reference[s]['F_mean']):.3f}"
-              for s in ("blackswan", "dog")]
+  expected = [
+    f"{s}_1,{float(reference[s]['J_mean']):.3f},{float(reference[s]['F_mean']):.3f}"
+    for s in ("blackswan", "dog")
+  ]
   assert lines[1:] == expected
   header, values = (out / "global_results.csv").read_text().splitlines()
   assert header == ",".join(evaluate.GLOBAL_COLUMNS)
@@ -123,7 +160,7 @@ def blob_video(rng, num_frames=5, height=40, width=56, num_objects=3) -> np.ndar
   for k in range(1, num_objects + 1):
     y, x = rng.integers(4, height - 15), rng.integers(4, width - 14)
     for t in range(num_frames):
-      ids[t, y + t:y + t + 10, x:x + 12] = k
+      ids[t, y + t : y + t + 10, x : x + 12] = k
   return ids
 
 
@@ -161,10 +198,13 @@ def test_unsupervised_permuted_gt_is_perfect_and_void_is_ignored(tmp_path):
 def brute_force_sequence_matching(j, f):
   """Best injective proposal->object assignment on mean (J+F)/2, by enumeration."""
   score = (j.mean(2) + f.mean(2)) / 2
-  best = max(itertools.permutations(range(j.shape[0]), j.shape[1]),
-             key=lambda p: sum(score[r, g] for g, r in enumerate(p)))
-  return np.stack([j[r, g] for g, r in enumerate(best)]), np.stack([f[r, g] for g, r in
-                                                                    enumerate(best)])
+  best = max(
+    itertools.permutations(range(j.shape[0]), j.shape[1]),
+    key=lambda p: sum(score[r, g] for g, r in enumerate(p)),
+  )
+  return np.stack([j[r, g] for g, r in enumerate(best)]), np.stack(
+    [f[r, g] for g, r in enumerate(best)]
+  )
 
 
 def test_matching_protocols_against_enumeration():
@@ -184,8 +224,9 @@ def test_matching_protocols_against_enumeration():
   np.testing.assert_array_equal(per_frame.j, 1.0)
   assert sequence.j.mean() < 0.9
   # Fewer proposals than objects: padded with empty proposals (J = 0 where the object is).
-  single = evaluate.evaluate_sequence(truth, (truth == 2).astype(np.uint8),
-                                      "davis2017-unsupervised")
+  single = evaluate.evaluate_sequence(
+    truth, (truth == 2).astype(np.uint8), "davis2017-unsupervised"
+  )
   assert single.j.shape == (3, 6)
   np.testing.assert_array_equal(single.j[1], 1.0)
   np.testing.assert_array_equal(single.j[[0, 2]], 0.0)
@@ -224,8 +265,33 @@ def test_folder_errors_name_the_file(tmp_path):
     evaluate.evaluate_folders(tmp_path / "gt2016", res, "davis2017-unsupervised")
   # The CLI refuses to write its CSVs into an input folder.
   with pytest.raises(SystemExit):
-    evaluate_command.main(["--protocol", "davis2016", "--gt", str(gt), "--results", str(res),
-                   "--output", str(res / "scores")])
+    evaluate_command.main(
+      [
+        "--protocol",
+        "davis2016",
+        "--gt",
+        str(gt),
+        "--results",
+        str(res),
+        "--output",
+        str(res / "scores"),
+      ]
+    )
   assert not (res / "scores").exists()
-  assert evaluate_command.main(["--protocol", "davis2016", "--gt", str(gt), "--results", str(gt),
-                        "--output", str(tmp_path / "out"), "--frames", "all"]) == 0
+  assert (
+    evaluate_command.main(
+      [
+        "--protocol",
+        "davis2016",
+        "--gt",
+        str(gt),
+        "--results",
+        str(gt),
+        "--output",
+        str(tmp_path / "out"),
+        "--frames",
+        "all",
+      ]
+    )
+    == 0
+  )

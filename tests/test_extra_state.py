@@ -10,6 +10,7 @@ Checked: the loop initialises, updates (NumPy EMA), passes to the loss and check
 state; a run SIGKILLed after its first checkpoint resumes to the uninterrupted run's parameters and
 teacher; 1 and 8 devices train the same parameters and teacher.
 """
+
 import json
 import os
 import signal
@@ -26,8 +27,13 @@ import pytest
 
 from conftest import PYTHON, REPO, subprocess_env
 from test_faults import COMPILATION_CACHE, checkpoint_meta, folder_snapshot
-from test_train import (LAYOUT_OVERRIDES, _initial_params, assert_same_params, flat_params,
-                        tiny_config)
+from test_train import (
+  LAYOUT_OVERRIDES,
+  _initial_params,
+  assert_same_params,
+  flat_params,
+  tiny_config,
+)
 
 MOMENTUM = 0.9  # teacher <- MOMENTUM * teacher + (1 - MOMENTUM) * params, after every update
 PULL = 10.0  # weight of the squared distance between the parameters and the teacher in the loss
@@ -37,8 +43,13 @@ CHECKPOINT_EVERY = 2
 # (TINY's 2 would multiply the regularisers by 5 every 2 steps). The Adam epsilon of the layout
 # comparison (see test_train.LAYOUT_OVERRIDES) in every run, so that one uninterrupted run is the
 # reference of both the resume and the 8-device runs.
-RUN_OVERRIDES = {"num_train_steps": NUM_STEPS, "checkpoint_every_steps": CHECKPOINT_EVERY,
-                 "optimizer.decay_steps": 1000, "method": "ema_teacher_toy", **LAYOUT_OVERRIDES}
+RUN_OVERRIDES = {
+  "num_train_steps": NUM_STEPS,
+  "checkpoint_every_steps": CHECKPOINT_EVERY,
+  "optimizer.decay_steps": 1000,
+  "method": "ema_teacher_toy",
+  **LAYOUT_OVERRIDES,
+}
 
 
 def ema_teacher_method(momentum: float = MOMENTUM, pull: float = PULL) -> types.SimpleNamespace:
@@ -52,21 +63,32 @@ def ema_teacher_method(momentum: float = MOMENTUM, pull: float = PULL) -> types.
 
   def update_extra_state(extra, params, step, config):
     del step, config
-    return {"teacher": jax.tree.map(lambda t, p: momentum * t + (1 - momentum) * p,
-                                    extra["teacher"], params)}
+    return {
+      "teacher": jax.tree.map(
+        lambda t, p: momentum * t + (1 - momentum) * p, extra["teacher"], params
+      )
+    }
 
   def loss_fn(params, model, batch, rng, step, config, extra):
     total, terms = mg.loss_fn(params, model, batch, rng, step, config, {})
-    distance = sum(jnp.sum((p - t) ** 2) for p, t in
-                   zip(jax.tree.leaves(params), jax.tree.leaves(extra["teacher"])))
+    distance = sum(
+      jnp.sum((p - t) ** 2)
+      for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(extra["teacher"]))
+    )
     return total + pull * distance, dict(terms, teacher_distance=distance)
 
   return types.SimpleNamespace(
-      default_config=mg.default_config, make_model=mg.make_model,
-      make_optimizer=mg.make_optimizer, example_batch=mg.example_batch,
-      init_params=mg.init_params, loss_fn=loss_fn, predict=mg.predict,
-      summary_images=mg.summary_images, init_extra_state=init_extra_state,
-      update_extra_state=update_extra_state)
+    default_config=mg.default_config,
+    make_model=mg.make_model,
+    make_optimizer=mg.make_optimizer,
+    example_batch=mg.example_batch,
+    init_params=mg.init_params,
+    loss_fn=loss_fn,
+    predict=mg.predict,
+    summary_images=mg.summary_images,
+    init_extra_state=init_extra_state,
+    update_extra_state=update_extra_state,
+  )
 
 
 def run_config(data_dir, **overrides):
@@ -75,11 +97,13 @@ def run_config(data_dir, **overrides):
 
 def test_toy_method_satisfies_the_interface():
   from vosjax.methods import interface  # pylint: disable=g-import-not-at-top
+
   toy = ema_teacher_method()
   assert isinstance(toy, interface.Method) and isinstance(toy, interface.OwnsExtraState)
-  assert not isinstance(types.SimpleNamespace(**{k: v for k, v in vars(toy).items()
-                                                 if k != "update_extra_state"}),
-                        interface.OwnsExtraState)
+  assert not isinstance(
+    types.SimpleNamespace(**{k: v for k, v in vars(toy).items() if k != "update_extra_state"}),
+    interface.OwnsExtraState,
+  )
 
 
 # ------------------------------------------------------------------ Subprocess runs
@@ -127,22 +151,45 @@ class Run:
   """One training subprocess of the toy method (or of `script`, a template with the same fields,
   e.g. tests/test_smtc_train.py's); a thread collects its output as it comes."""
 
-  def __init__(self, data_dir, workdir, *, devices: int = 1, hang_after_checkpoint=None,
-               evaluate_checkpoint: bool = False, script: str = _SCRIPT):
+  def __init__(
+    self,
+    data_dir,
+    workdir,
+    *,
+    devices: int = 1,
+    hang_after_checkpoint=None,
+    evaluate_checkpoint: bool = False,
+    script: str = _SCRIPT,
+  ):
     self.workdir, self.out = str(workdir), str(workdir) + ".npz"
-    script = script.format(tests=os.path.join(REPO, "tests"), devices=devices, data_dir=data_dir,
-                            workdir=self.workdir, out=self.out,
-                            hang_after_checkpoint=hang_after_checkpoint,
-                            evaluate_checkpoint=evaluate_checkpoint)
-    env = dict(subprocess_env(devices), PYTHONUNBUFFERED="1",
-               JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    script = script.format(
+      tests=os.path.join(REPO, "tests"),
+      devices=devices,
+      data_dir=data_dir,
+      workdir=self.workdir,
+      out=self.out,
+      hang_after_checkpoint=hang_after_checkpoint,
+      evaluate_checkpoint=evaluate_checkpoint,
+    )
+    env = dict(
+      subprocess_env(devices),
+      PYTHONUNBUFFERED="1",
+      JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
     self.started = time.monotonic()
-    self.proc = subprocess.Popen([PYTHON, "-c", script], env=env, cwd=REPO, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    self.proc = subprocess.Popen(
+      [PYTHON, "-c", script],
+      env=env,
+      cwd=REPO,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+    )
     self._lines = []
-    self._reader = threading.Thread(target=lambda: self._lines.extend(self.proc.stdout),
-                                    daemon=True)
+    self._reader = threading.Thread(
+      target=lambda: self._lines.extend(self.proc.stdout), daemon=True
+    )
     self._reader.start()
 
   @property
@@ -170,8 +217,11 @@ class Run:
       arrays = dict(saved)
     with open(self.out + ".json") as f:
       metrics = json.load(f)
-    return ({k[len("params"):]: v for k, v in arrays.items() if k.startswith("params")},
-            {k[len("teacher"):]: v for k, v in arrays.items() if k.startswith("teacher")}, metrics)
+    return (
+      {k[len("params") :]: v for k, v in arrays.items() if k.startswith("params")},
+      {k[len("teacher") :]: v for k, v in arrays.items() if k.startswith("teacher")},
+      metrics,
+    )
 
   def kill(self) -> None:
     if self.proc.poll() is None:
@@ -195,7 +245,8 @@ def eight_devices(tiny_synthetic_dir, tmp_path_factory):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_params_and_teacher(
-    uninterrupted, eight_devices, tiny_synthetic_dir, tmp_path):
+  uninterrupted, eight_devices, tiny_synthetic_dir, tmp_path
+):
   """SIGKILL once checkpoint 2 is written (the run hangs there); the same script resumes it.
   (`eight_devices` is requested only to start it now, on the other core.)"""
   del eight_devices
@@ -223,8 +274,10 @@ def test_killed_run_resumes_to_the_uninterrupted_params_and_teacher(
       np.testing.assert_allclose(actual[key], desired[key], rtol=1e-6, atol=1e-7, err_msg=key)
   # The teacher is its own state: after 6 updates it lags the parameters (not a copy of them).
   assert max(np.abs(teacher[k] - params[k]).max() for k in params) > 1e-4
-  print(f"\nwall: killed run {killed.seconds:.0f} s, resumed run {resumed.seconds:.0f} s, "
-        f"uninterrupted {uninterrupted.seconds:.0f} s")
+  print(
+    f"\nwall: killed run {killed.seconds:.0f} s, resumed run {resumed.seconds:.0f} s, "
+    f"uninterrupted {uninterrupted.seconds:.0f} s"
+  )
 
 
 # In file order after the kill test: it runs while the 8-device run goes on in the background.
@@ -235,6 +288,7 @@ def test_extra_state_is_initialised_updated_and_given_to_the_loss(tiny_synthetic
   from vosjax import train  # pylint: disable=g-import-not-at-top
   from vosjax.core import sharding  # pylint: disable=g-import-not-at-top
   from vosjax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   toy, config = ema_teacher_method(), run_config(tiny_synthetic_dir)
   mesh = sharding.make_mesh(jax.devices()[:1])
   data_sharding = NamedSharding(mesh, P("data"))
@@ -249,8 +303,9 @@ def test_extra_state_is_initialised_updated_and_given_to_the_loss(tiny_synthetic
     np.testing.assert_array_equal(teacher[key], params[key], err_msg=key)  # init: a copy
   initial, distances = params, []
   for step in range(1, 5):
-    state, metrics = train_step(state, sharding.to_global(next(batches), data_sharding),
-                                jax.random.key(0))
+    state, metrics = train_step(
+      state, sharding.to_global(next(batches), data_sharding), jax.random.key(0)
+    )
     metrics = jax.device_get(metrics)
     assert metrics["finite"] and int(state.step) == step
     # The loss saw the teacher from before this update ...
@@ -258,8 +313,9 @@ def test_extra_state_is_initialised_updated_and_given_to_the_loss(tiny_synthetic
     np.testing.assert_allclose(metrics["teacher_distance"], distance, rtol=1e-4, atol=1e-12)
     distances.append(distance)
     # ... and the reported loss is the differentiated one, Motion Grouping's plus the pull.
-    motion_grouping_loss = sum(metrics[f"{term}_weighted"]
-                               for term in ("reconstruction", "entropy", "consistency"))
+    motion_grouping_loss = sum(
+      metrics[f"{term}_weighted"] for term in ("reconstruction", "entropy", "consistency")
+    )
     np.testing.assert_allclose(metrics["loss"], motion_grouping_loss + PULL * distance, rtol=1e-6)
     # The teacher after the update: the EMA towards the new parameters.
     params = flat_params(state.params)
@@ -275,7 +331,8 @@ def test_extra_state_is_initialised_updated_and_given_to_the_loss(tiny_synthetic
 
 
 def test_one_and_eight_devices_train_the_same_params_and_teacher(
-    uninterrupted, eight_devices, tiny_synthetic_dir):
+  uninterrupted, eight_devices, tiny_synthetic_dir
+):
   one_params, one_teacher, _ = uninterrupted.result()
   eight_params, eight_teacher, _ = eight_devices.result()
   initial = _initial_params(tiny_synthetic_dir)  # the teacher's initial value, too

@@ -10,6 +10,7 @@ of tests/conftest.py (content-addressed, kept between sessions in the system tem
 here for every program however quick to compile: a warm run takes ~30 s instead of ~100 s on two
 busy cores.
 """
+
 import glob
 import json
 import math
@@ -31,12 +32,17 @@ from test_train import TINY_OVERRIDES, flat_params, tiny_config
 NUM_STEPS = 15
 CHECKPOINT_EVERY = 5
 # TINY_OVERRIDES with 15 steps; log (and print) every step, so a test knows the step reached. A
-# regulariser decay of 1000 steps keeps the schedule flat (TINY's 2 multiplies it by 5 every 2 steps).
-# Raw (u, v) flow input: the default rgb encoding turns NaN flow into black "unknown" pixels (as the
-# official cvbase flow2rgb does), so only the raw encoding lets a NaN input reach the loss.
-FAULT_OVERRIDES = {**TINY_OVERRIDES, "num_train_steps": NUM_STEPS, "log_every_steps": 1,
-                   "checkpoint_every_steps": CHECKPOINT_EVERY, "optimizer.decay_steps": 1000,
-                   "model.flow_encoding": "raw"}
+# regulariser decay of 1000 steps keeps the schedule flat (TINY's 2 multiplies it by 5 every 2
+# steps). Raw (u, v) flow input: the default rgb encoding turns NaN flow into black "unknown" pixels
+# (as the official cvbase flow2rgb does), so only the raw encoding lets a NaN input reach the loss.
+FAULT_OVERRIDES = {
+  **TINY_OVERRIDES,
+  "num_train_steps": NUM_STEPS,
+  "log_every_steps": 1,
+  "checkpoint_every_steps": CHECKPOINT_EVERY,
+  "optimizer.decay_steps": 1000,
+  "model.flow_encoding": "raw",
+}
 ORBAX_TMP = ".orbax-checkpoint-tmp"
 
 
@@ -52,9 +58,16 @@ class TrainingRun:
   def __init__(self, workdir, data_dir, *, devices: int = 1, **overrides):
     self.workdir = str(workdir)
     values = {**FAULT_OVERRIDES, "data.data_dir": str(data_dir), **overrides}
-    self.command = [PYTHON, "-m", "vosjax.main", "--config", "configs/demo.py",
-                    "--workdir", self.workdir,
-                    *(f"--config.{key}={_flag_value(value)}" for key, value in values.items())]
+    self.command = [
+      PYTHON,
+      "-m",
+      "vosjax.main",
+      "--config",
+      "configs/demo.py",
+      "--workdir",
+      self.workdir,
+      *(f"--config.{key}={_flag_value(value)}" for key, value in values.items()),
+    ]
     self._devices = devices
     self._lines = []
     self.proc = None
@@ -62,24 +75,30 @@ class TrainingRun:
     self._start_error = None
 
   def start(self) -> "TrainingRun":
-    env = dict(subprocess_env(self._devices), PYTHONUNBUFFERED="1",
-               JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = dict(
+      subprocess_env(self._devices),
+      PYTHONUNBUFFERED="1",
+      JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
     self._lines = []
-    self.proc = subprocess.Popen(self.command, env=env, cwd=REPO, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    self.proc = subprocess.Popen(
+      self.command, env=env, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     self._reader = threading.Thread(target=self._read, daemon=True)
     self._reader.start()
     return self
 
   def start_after(self, prepare) -> "TrainingRun":
     """Starts the process from a thread once `prepare()` has returned (e.g. copied a checkpoint)."""
+
     def prepare_and_start():
       try:
         prepare()
         self.start()
       except Exception as e:  # pylint: disable=broad-except
         self._start_error = e
+
     self._starter = threading.Thread(target=prepare_and_start, daemon=True)
     self._starter.start()
     return self
@@ -110,7 +129,9 @@ class TrainingRun:
     while not condition():
       if self.proc.poll() is not None:
         self.wait()
-        pytest.fail(f"training exited ({self.proc.returncode}) before {what}:\n{self.output[-5000:]}")
+        pytest.fail(
+          f"training exited ({self.proc.returncode}) before {what}:\n{self.output[-5000:]}"
+        )
       if time.monotonic() > deadline:
         self.proc.kill()
         pytest.fail(f"timed out waiting for {what}:\n{self.output[-5000:]}")
@@ -149,9 +170,12 @@ class TrainingRun:
 def checkpoint_state(workdir, step: int) -> dict:
   """The train state saved at `step` (params, optimizer state, step), flattened to numpy arrays."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "sharding info not provided": read as saved, on 1 device
-    tree = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+    tree = ocp.PyTreeCheckpointer().restore(
+      os.path.join(workdir, "checkpoints", str(step), "state")
+    )
   return flat_params(tree)
 
 
@@ -168,7 +192,8 @@ def differing_arrays(workdir, reference_workdir, step: int) -> list[str]:
 
 
 def truncate_files(folder) -> int:
-  """Cuts every file under `folder` to half its size (a partial copy, a full disk); returns count."""
+  """Cuts every file under `folder` to half its size (a partial copy, a full disk); returns
+  count."""
   paths = [p for p in glob.glob(os.path.join(folder, "**"), recursive=True) if os.path.isfile(p)]
   for path in paths:
     os.truncate(path, os.path.getsize(path) // 2)
@@ -177,8 +202,10 @@ def truncate_files(folder) -> int:
 
 def copy_checkpoints(source_workdir, workdir, steps) -> None:
   for step in steps:
-    shutil.copytree(os.path.join(source_workdir, "checkpoints", str(step)),
-                    os.path.join(workdir, "checkpoints", str(step)))
+    shutil.copytree(
+      os.path.join(source_workdir, "checkpoints", str(step)),
+      os.path.join(workdir, "checkpoints", str(step)),
+    )
 
 
 def dataset_files(data_dir, split: str) -> list[str]:
@@ -186,8 +213,11 @@ def dataset_files(data_dir, split: str) -> list[str]:
 
 
 def folder_snapshot(folder) -> dict:
-  return {os.path.relpath(p, folder): (os.path.getsize(p), os.stat(p).st_mtime_ns)
-          for p in glob.glob(os.path.join(folder, "**"), recursive=True) if os.path.isfile(p)}
+  return {
+    os.path.relpath(p, folder): (os.path.getsize(p), os.stat(p).st_mtime_ns)
+    for p in glob.glob(os.path.join(folder, "**"), recursive=True)
+    if os.path.isfile(p)
+  }
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +253,7 @@ def write_nan_flow_range_copy(data_dir, copy_dir) -> None:
   """Copies the dataset; the first training record gets the flow range [NaN, NaN], so the reader
   decodes its forward flow as NaN (uint16 / 65535 * (max - min) + min)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   shutil.copytree(data_dir, copy_dir)
   (path,) = dataset_files(copy_dir, "train")
   records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
@@ -241,8 +272,9 @@ def nan_run(reference, tiny_synthetic_dir, tmp_path_factory):
   write_nan_flow_range_copy(tiny_synthetic_dir, str(folder / "tfds"))
   run = TrainingRun(folder / "work", folder / "tfds", log_every_steps=5)
   run.data_dir = str(folder / "tfds")
-  run.start_after(lambda: setattr(run, "checkpoints_before",
-                                  copy_reference_checkpoint_5(reference, run.workdir)))
+  run.start_after(
+    lambda: setattr(run, "checkpoints_before", copy_reference_checkpoint_5(reference, run.workdir))
+  )
   yield run
   run.kill()
 
@@ -251,8 +283,9 @@ def nan_run(reference, tiny_synthetic_dir, tmp_path_factory):
 def wrong_type_run(reference, tiny_synthetic_dir, tmp_path_factory):
   """`--config.num_train_steps=1.5` in a workdir that holds a checkpoint."""
   run = TrainingRun(tmp_path_factory.mktemp("wrong_type"), tiny_synthetic_dir, num_train_steps=1.5)
-  run.start_after(lambda: setattr(run, "workdir_before",
-                                  copy_reference_checkpoint_5(reference, run.workdir)))
+  run.start_after(
+    lambda: setattr(run, "workdir_before", copy_reference_checkpoint_5(reference, run.workdir))
+  )
   yield run
   run.kill()
 
@@ -260,14 +293,16 @@ def wrong_type_run(reference, tiny_synthetic_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def indivisible_batch_run(tiny_synthetic_dir, tmp_path_factory):
   """8 devices, `--config.batch_size=6`."""
-  run = TrainingRun(tmp_path_factory.mktemp("batch") / "work", tiny_synthetic_dir, devices=8,
-                    batch_size=6).start()
+  run = TrainingRun(
+    tmp_path_factory.mktemp("batch") / "work", tiny_synthetic_dir, devices=8, batch_size=6
+  ).start()
   yield run
   run.kill()
 
 
 def test_killed_damaged_and_terminated_runs_resume_to_the_uninterrupted_state(
-    reference, nan_run, wrong_type_run, indivisible_batch_run, tiny_synthetic_dir, tmp_path):
+  reference, nan_run, wrong_type_run, indivisible_batch_run, tiny_synthetic_dir, tmp_path
+):
   """One workdir lives through four faults; each restart is the same command:
 
   1. SIGKILL while checkpoint 10 is being written (its temporary folder exists).
@@ -287,8 +322,10 @@ def test_killed_damaged_and_terminated_runs_resume_to_the_uninterrupted_state(
     shutil.rmtree(run.workdir, ignore_errors=True)
     run.start()
     run.wait_until(lambda: 5 in run.steps(), "checkpoint 5")
-    run.wait_until(lambda: any(n.startswith(f"10{ORBAX_TMP}") for n in run.entries()),
-                   "the write of checkpoint 10")
+    run.wait_until(
+      lambda: any(n.startswith(f"10{ORBAX_TMP}") for n in run.entries()),
+      "the write of checkpoint 10",
+    )
     run.proc.send_signal(signal.SIGKILL)
     assert run.wait() == -signal.SIGKILL
     if any(n.startswith(f"10{ORBAX_TMP}") for n in run.entries()):
@@ -324,7 +361,10 @@ def test_killed_damaged_and_terminated_runs_resume_to_the_uninterrupted_state(
   assert stopped_at % CHECKPOINT_EVERY and stopped_at == run.last_step()
   assert run.steps() == [5, 10, stopped_at]
   assert checkpoint_meta(run.workdir, stopped_at) == {
-      "step": stopped_at, "data_step": stopped_at, "reason": "preempted"}
+    "step": stopped_at,
+    "data_step": stopped_at,
+    "reason": "preempted",
+  }
   assert not os.path.exists(os.path.join(run.workdir, "eval_metrics.json"))
 
   # The final restart continues from the SIGTERM checkpoint to the uninterrupted result.
@@ -337,8 +377,9 @@ def test_killed_damaged_and_terminated_runs_resume_to_the_uninterrupted_state(
   for step in (10, 15):
     assert not differing_arrays(run.workdir, reference_workdir, step), f"step {step}"
   lost["final state arrays differing"] = (
-      f"{len(differing_arrays(run.workdir, reference_workdir, 15))} of "
-      f"{len(checkpoint_state(reference_workdir, 15))}")
+    f"{len(differing_arrays(run.workdir, reference_workdir, 15))} of "
+    f"{len(checkpoint_state(reference_workdir, 15))}"
+  )
   with open(os.path.join(run.workdir, "eval_metrics.json")) as f:
     metrics = json.load(f)
   with open(os.path.join(reference_workdir, "eval_metrics.json")) as f:
@@ -350,6 +391,7 @@ def test_nan_input_stops_at_the_step_and_keeps_the_last_good_checkpoint(referenc
   """A training record whose flow range is NaN: the reader decodes its flow as NaN."""
   from vosjax.data import pipeline  # pylint: disable=g-import-not-at-top
   from vosjax.methods import motion_grouping  # pylint: disable=g-import-not-at-top
+
   # The default rgb encoding makes the NaN video's pixels "unknown" (black, -1): finite input.
   rgb_config = tiny_config(nan_run.data_dir)
   flow = next(pipeline.make_train_iterator(rgb_config))["forward_flow"][:, 0]  # [B, H, W, 2]
@@ -364,9 +406,11 @@ def test_nan_input_stops_at_the_step_and_keeps_the_last_good_checkpoint(referenc
   assert nan_run.wait() != 0
   output = nan_run.output
   assert "at step 5." in output
-  assert re.search(r"NonFiniteLossError: Non-finite loss or gradient at step 6 and 4 later "
-                   r"step\(s\) up to 10 .*last good state \(step 5\) is saved in", output), \
-      output[-5000:]
+  assert re.search(
+    r"NonFiniteLossError: Non-finite loss or gradient at step 6 and 4 later "
+    r"step\(s\) up to 10 .*last good state \(step 5\) is saved in",
+    output,
+  ), output[-5000:]
   assert "Traceback" not in output
   assert nan_run.steps() == [5]
   assert folder_snapshot(nan_run.workdir).items() >= nan_run.checkpoints_before.items()
@@ -377,27 +421,32 @@ def test_nan_input_stops_at_the_step_and_keeps_the_last_good_checkpoint(referenc
 def test_config_override_of_the_wrong_type_fails_before_touching_the_workdir(wrong_type_run):
   assert wrong_type_run.wait() != 0
   output = wrong_type_run.output
-  assert ("FATAL Flags parsing error: flag --config.num_train_steps=1.5: invalid literal for int()"
-          in output), output[-3000:]
+  assert (
+    "FATAL Flags parsing error: flag --config.num_train_steps=1.5: invalid literal for int()"
+    in output
+  ), output[-3000:]
   assert "Traceback" not in output
   assert folder_snapshot(wrong_type_run.workdir) == wrong_type_run.workdir_before
 
 
-def test_batch_size_not_divisible_by_the_device_count_fails_before_compiling(
-    indivisible_batch_run):
+def test_batch_size_not_divisible_by_the_device_count_fails_before_compiling(indivisible_batch_run):
   run = indivisible_batch_run
   assert run.wait() != 0
-  assert ("config.batch_size=6 is not divisible by the number of devices (8 over 1 process(es)); "
-          "set --config.batch_size to a multiple of 8.") in run.output, run.output[-3000:]
+  assert (
+    "config.batch_size=6 is not divisible by the number of devices (8 over 1 process(es)); "
+    "set --config.batch_size to a multiple of 8."
+  ) in run.output, run.output[-3000:]
   assert "Traceback" not in run.output  # one line naming the problem
   # Raised before the summary writer, hence before any data was read or program compiled.
   assert os.listdir(run.workdir) == []
 
 
 @pytest.mark.parametrize("split", ["validation", "train"])
-def test_dataset_directory_missing_a_split_fails_before_training(split, tiny_synthetic_dir,
-                                                                 tmp_path):
+def test_dataset_directory_missing_a_split_fails_before_training(
+  split, tiny_synthetic_dir, tmp_path
+):
   from vosjax import train  # pylint: disable=g-import-not-at-top
+
   data_dir = str(tmp_path / "tfds")
   shutil.copytree(tiny_synthetic_dir, data_dir)
   (missing,) = dataset_files(data_dir, split)
@@ -406,17 +455,23 @@ def test_dataset_directory_missing_a_split_fails_before_training(split, tiny_syn
   with pytest.raises(FileNotFoundError) as error:
     train.train_and_evaluate(config, str(tmp_path / "work"))
   message = str(error.value)
-  for part in (f"Split {split!r}", os.path.dirname(missing), os.path.basename(missing),
-               "--config.data.data_dir"):
+  for part in (
+    f"Split {split!r}",
+    os.path.dirname(missing),
+    os.path.basename(missing),
+    "--config.data.data_dir",
+  ):
     assert part in message, message
   assert not os.path.exists(tmp_path / "work" / "checkpoints")
 
 
-def test_checkpoints_of_another_config_are_an_error_not_a_fresh_start(reference, tiny_synthetic_dir,
-                                                                    tmp_path):
+def test_checkpoints_of_another_config_are_an_error_not_a_fresh_start(
+  reference, tiny_synthetic_dir, tmp_path
+):
   """Starting over instead would let max_to_keep delete the old run's checkpoints."""
   from vosjax.core import checkpoint  # pylint: disable=g-import-not-at-top
   from vosjax import train  # pylint: disable=g-import-not-at-top
+
   workdir = tmp_path / "work"
   shutil.copytree(os.path.join(finished(reference), "checkpoints"), workdir / "checkpoints")
   before = folder_snapshot(str(workdir / "checkpoints"))

@@ -12,12 +12,12 @@ def _reference_wheel() -> np.ndarray:
   """Middlebury wheel written out ramp by ramp, as in cvbase `make_color_wheel`."""
   ry, yg, gc, cb, bm, mr = 15, 6, 4, 11, 13, 6
   columns = [
-      (np.ones(ry), np.arange(ry) / ry, np.zeros(ry)),
-      (1 - np.arange(yg) / yg, np.ones(yg), np.zeros(yg)),
-      (np.zeros(gc), np.ones(gc), np.arange(gc) / gc),
-      (np.zeros(cb), 1 - np.arange(cb) / cb, np.ones(cb)),
-      (np.arange(bm) / bm, np.zeros(bm), np.ones(bm)),
-      (np.ones(mr), np.zeros(mr), 1 - np.arange(mr) / mr),
+    (np.ones(ry), np.arange(ry) / ry, np.zeros(ry)),
+    (1 - np.arange(yg) / yg, np.ones(yg), np.zeros(yg)),
+    (np.zeros(gc), np.ones(gc), np.arange(gc) / gc),
+    (np.zeros(cb), 1 - np.arange(cb) / cb, np.ones(cb)),
+    (np.arange(bm) / bm, np.zeros(bm), np.ones(bm)),
+    (np.ones(mr), np.zeros(mr), 1 - np.arange(mr) / mr),
   ]
   return np.concatenate([np.stack(c, axis=1) for c in columns]).astype(np.float32)
 
@@ -108,8 +108,9 @@ def test_encode_flow_rgb_range_and_scale_invariance():
   encoded = np.asarray(flow_encoding.encode_flow_rgb(flow))
   assert encoded.shape == (3, 12, 12, 3)
   assert encoded.min() >= -1.0 and encoded.max() <= 1.0
-  np.testing.assert_allclose(encoded, np.clip(
-      (np.asarray(flow_encoding.flow_to_rgb(flow)) - 0.5) * 2, -1, 1), atol=1e-7)
+  np.testing.assert_allclose(
+    encoded, np.clip((np.asarray(flow_encoding.flow_to_rgb(flow)) - 0.5) * 2, -1, 1), atol=1e-7
+  )
   # Per-image max normalisation makes the encoding invariant to a global flow scale.
   scaled = np.asarray(flow_encoding.encode_flow_rgb(flow * 7.0))
   np.testing.assert_allclose(scaled, encoded, atol=2e-5)
@@ -123,7 +124,7 @@ def test_encode_flow_raw_swaps_to_uv():
 
 
 def test_bad_shapes_raise():
-  with pytest.raises(ValueError, match=r'\[\.\.\., H, W, 2\]'):
+  with pytest.raises(ValueError, match=r"\[\.\.\., H, W, 2\]"):
     flow_encoding.flow_to_rgb(jnp.zeros((4, 4, 3)))
-  with pytest.raises(ValueError, match='scale'):
+  with pytest.raises(ValueError, match="scale"):
     flow_encoding.encode_flow_raw(jnp.zeros((4, 4, 2)), scale=0.0)

@@ -11,10 +11,16 @@ from vosjax.core import host_memory
 TUNABLE = "glibc.malloc.hugetlb=1"
 
 
-@pytest.mark.parametrize("environ,thp,glibc,expected", [
+@pytest.mark.parametrize(
+  "environ,thp,glibc,expected",
+  [
     ({}, "madvise", (2, 36), TUNABLE),
-    ({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}, "madvise", (2, 39),
-     "glibc.malloc.tcache_count=0:" + TUNABLE),
+    (
+      {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"},
+      "madvise",
+      (2, 39),
+      "glibc.malloc.tcache_count=0:" + TUNABLE,
+    ),
     ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise", (2, 36), None),  # the user's choice
     ({}, "always", (2, 36), None),  # huge pages already
     ({}, "never", (2, 36), None),
@@ -23,7 +29,8 @@ TUNABLE = "glibc.malloc.hugetlb=1"
     ({}, "madvise", None, None),  # musl, macOS
     ({"VOSJAX_NO_HUGE_PAGES": "1"}, "madvise", (2, 36), None),
     ({"VOSJAX_NO_HUGE_PAGES": "0"}, "madvise", (2, 36), TUNABLE),
-])
+  ],
+)
 def test_huge_page_environment(environ, thp, glibc, expected):
   updated = host_memory.huge_page_environment(environ, thp, glibc)
   if expected is None:
@@ -52,8 +59,10 @@ def test_describe_reports_the_setting(monkeypatch):
   assert host_memory.describe().startswith("glibc.malloc.hugetlb not set (THP mode")
 
 
-@pytest.mark.parametrize("answer,expected", [
-    ("glibc 2.36", (2, 36)), ("glibc 2.39.9000", (2, 39)), ("musl 1.2", None), ("", None)])
+@pytest.mark.parametrize(
+  "answer,expected",
+  [("glibc 2.36", (2, 36)), ("glibc 2.39.9000", (2, 39)), ("musl 1.2", None), ("", None)],
+)
 def test_glibc_version_is_the_running_library(monkeypatch, answer, expected):
   monkeypatch.setattr(host_memory.os, "confstr", lambda name: answer)
   assert host_memory.glibc_version() == expected
@@ -62,6 +71,7 @@ def test_glibc_version_is_the_running_library(monkeypatch, answer, expected):
 def test_no_glibc_version_where_confstr_does_not_know_the_name(monkeypatch):
   def unknown(name):
     raise ValueError(f"unrecognized configuration name {name}")
+
   monkeypatch.setattr(host_memory.os, "confstr", unknown)
   assert host_memory.glibc_version() is None
 
@@ -78,12 +88,23 @@ def test_a_command_runs_with_the_tunable_when_it_helps(opt_out):
   """A real `python -m vosjax.bench` (its usage line reports the host memory setting)."""
   environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",)}
   environ["VOSJAX_NO_HUGE_PAGES"] = opt_out
-  run = subprocess.run([sys.executable, "-m", "vosjax.bench"], capture_output=True, text=True,
-                       env=environ, timeout=120, check=False)
+  run = subprocess.run(
+    [sys.executable, "-m", "vosjax.bench"],
+    capture_output=True,
+    text=True,
+    env=environ,
+    timeout=120,
+    check=False,
+  )
   assert run.returncode == 2, run.stderr
-  helps = host_memory.huge_page_environment(
-      {"VOSJAX_NO_HUGE_PAGES": opt_out}, host_memory.transparent_huge_page_mode(),
-      host_memory.glibc_version()) is not None
+  helps = (
+    host_memory.huge_page_environment(
+      {"VOSJAX_NO_HUGE_PAGES": opt_out},
+      host_memory.transparent_huge_page_mode(),
+      host_memory.glibc_version(),
+    )
+    is not None
+  )
   assert ("host memory: " + TUNABLE in run.stderr) == helps, run.stderr
   assert ("host memory: glibc.malloc.hugetlb not set" in run.stderr) == (not helps), run.stderr
   assert run.stderr.count("usage: python -m vosjax.bench") == 1  # the command ran once

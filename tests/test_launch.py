@@ -1,11 +1,12 @@
 """Launch recipes: the Colab notebook executed headless (tiny run), and the TPU / SLURM scripts.
 
 The notebook runs in a real Jupyter kernel (nbclient + ipykernel) of this interpreter, on CPU, in
-the notebook's own folder (so it finds this checkout the way a local user's Jupyter would). The shell
-scripts are syntax-checked (and linted when shellcheck is installed), then run for real with `gcloud`
-and `srun` replaced by stand-ins that record their arguments: neither a Google Cloud project nor a
-SLURM cluster exists here.
+the notebook's own folder (so it finds this checkout the way a local user's Jupyter would). The
+shell scripts are syntax-checked (and linted when shellcheck is installed), then run for real with
+`gcloud` and `srun` replaced by stand-ins that record their arguments: neither a Google Cloud
+project nor a SLURM cluster exists here.
 """
+
 import json
 import os
 import shutil
@@ -34,9 +35,15 @@ def _kernel_for_this_interpreter(root) -> str:
   name = "vosjax-test-python"
   spec_dir = root / "kernels" / name
   spec_dir.mkdir(parents=True)
-  (spec_dir / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": "vosjax test", "language": "python"}))
+  (spec_dir / "kernel.json").write_text(
+    json.dumps(
+      {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "vosjax test",
+        "language": "python",
+      }
+    )
+  )
   return name
 
 
@@ -73,13 +80,17 @@ def test_notebook_runs_tiny_on_cpu(tiny_synthetic_dir, tmp_path, monkeypatch):
   monkeypatch.delenv("VOSJAX_REPO", raising=False)  # the notebook must find the checkout itself
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   # Cheaper LLVM passes: this run is all compilation (about 20% less CPU, same metrics).
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
-                     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+  monkeypatch.setenv(
+    "XLA_FLAGS",
+    "--xla_force_host_platform_device_count=1 "
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+  )
   monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
 
   notebook = nbformat.read(NOTEBOOK, as_version=4)
-  client = NotebookClient(notebook, kernel_name=kernel_name, timeout=300,
-                          resources={"metadata": {"path": LAUNCH}})
+  client = NotebookClient(
+    notebook, kernel_name=kernel_name, timeout=300, resources={"metadata": {"path": LAUNCH}}
+  )
   client.execute()  # raises CellExecutionError, with the cell's traceback, if a cell fails
 
   code_cells = [c for c in notebook.cells if c.cell_type == "code"]
@@ -103,12 +114,16 @@ def test_notebook_runs_tiny_on_cpu(tiny_synthetic_dir, tmp_path, monkeypatch):
   # The metrics were printed, the overlay GIF and the label-map strip displayed.
   shown = by_marker("eval_metrics.json")
   assert json.loads(_text(shown)) == metrics
-  assert _mime_types(shown).count("image/gif") == len(
-      list((workdir / "eval_outputs").glob("*.gif"))) == 1
+  assert (
+    _mime_types(shown).count("image/gif")
+    == len(list((workdir / "eval_outputs").glob("*.gif")))
+    == 1
+  )
   assert "image/png" in _mime_types(shown)
 
   # The tiny run wrote its own input video, readable by vosjax.
   from vosjax.data import video as video_io  # pylint: disable=g-import-not-at-top
+
   assert video_io.read_video(workdir / "synthetic_input.mp4").shape == (12, 64, 64, 3)
 
   # Segmentation ran when vosjax.segment exists, and says why not otherwise.
@@ -125,7 +140,9 @@ def test_shell_script_syntax_and_lint(script):
   path = os.path.join(LAUNCH, script)
   proc = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr
-  if shutil.which("shellcheck"):  # an extra check where it is installed (apt-get install shellcheck)
+  if shutil.which(
+    "shellcheck"
+  ):  # an extra check where it is installed (apt-get install shellcheck)
     proc = subprocess.run(["shellcheck", path], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
 
@@ -141,43 +158,71 @@ def _stand_in(bin_dir, name, body: str = "") -> None:
 def _run_script(script, tmp_path, env_overrides, args=()):
   bin_dir = tmp_path / "bin"
   log = tmp_path / "calls.log"
-  env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-             STAND_IN_LOG=str(log), **env_overrides)
-  proc = subprocess.run(["bash", os.path.join(LAUNCH, script), *args], env=env, cwd=tmp_path,
-                        capture_output=True, text=True, timeout=60)
+  env = dict(
+    os.environ,
+    PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    STAND_IN_LOG=str(log),
+    **env_overrides,
+  )
+  proc = subprocess.run(
+    ["bash", os.path.join(LAUNCH, script), *args],
+    env=env,
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   calls = log.read_text().splitlines() if log.exists() else []
   return proc, calls
 
 
 def test_tpu_pod_creates_a_missing_vm_installs_everywhere_and_trains(tmp_path):
   # A TPU VM that does not exist yet (describe fails), which then has 4 workers.
-  _stand_in(tmp_path / "bin", "gcloud", """
+  _stand_in(
+    tmp_path / "bin",
+    "gcloud",
+    """
 case "$*" in
   *describe*--format=json*) echo '{"networkEndpoints": [{}, {}, {}, {}]}' ;;
   *describe*) echo "NOT_FOUND" >&2; exit 1 ;;
-esac""")
-  proc, calls = _run_script("tpu_pod.sh", tmp_path, {"REPO_URL": "https://example.invalid/v.git"},
-                            ["--", "--config.num_train_steps=10"])
+esac""",
+  )
+  proc, calls = _run_script(
+    "tpu_pod.sh",
+    tmp_path,
+    {"REPO_URL": "https://example.invalid/v.git"},
+    ["--", "--config.num_train_steps=10"],
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   create = [c for c in calls if " create " in c]
-  assert create == ["gcloud compute tpus tpu-vm create vosjax-pod --zone=us-central2-b "
-                    "--accelerator-type=v4-32 --version=tpu-ubuntu2204-base"]
+  assert create == [
+    "gcloud compute tpus tpu-vm create vosjax-pod --zone=us-central2-b "
+    "--accelerator-type=v4-32 --version=tpu-ubuntu2204-base"
+  ]
   ssh = [c for c in calls if " ssh " in c]
   assert ssh and all("--worker=all" in c for c in ssh)
   assert "git clone -q 'https://example.invalid/v.git'" in ssh[0]
   assert "'jax[tpu]>=0.10.2,<0.11'" in ssh[1] and "-e ./vosjax" in ssh[1]
   train = ssh[2]
-  for flag in ("-m vosjax.main", "--config=vosjax/configs/motion_grouping.py",
-               "--config.data.data_dir=gs://kubric-public/tfds", "--distributed=true",
-               "--config.num_train_steps=10"):
+  for flag in (
+    "-m vosjax.main",
+    "--config=vosjax/configs/motion_grouping.py",
+    "--config.data.data_dir=gs://kubric-public/tfds",
+    "--distributed=true",
+    "--config.num_train_steps=10",
+  ):
     assert flag in train, (flag, train)
 
   # The same VM again: reused, not created; a single host trains without jax.distributed flags.
-  _stand_in(tmp_path / "bin", "gcloud", """
+  _stand_in(
+    tmp_path / "bin",
+    "gcloud",
+    """
 case "$*" in
   *describe*--format=json*) echo '{"networkEndpoints": [{}]}' ;;
   *describe*) echo READY ;;
-esac""")
+esac""",
+  )
   (tmp_path / "calls.log").unlink()
   proc, calls = _run_script("tpu_pod.sh", tmp_path, {"REPO_URL": "https://example.invalid/v.git"})
   assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -199,15 +244,20 @@ def test_slurm_script_runs_one_process_per_gpu_through_srun(tmp_path):
   assert "module load" in script and 'pip install -e . "jax[cuda12]' in script
   _stand_in(tmp_path / "bin", "srun")
   _stand_in(tmp_path / "bin", "module")  # a shell function on real clusters
-  env = {"SLURM_NTASKS": "16", "SLURM_JOB_NUM_NODES": "2", "VOSJAX_MODULES": "python/3.11",
-         "VOSJAX_VENV": str(tmp_path / "no-venv")}
+  env = {
+    "SLURM_NTASKS": "16",
+    "SLURM_JOB_NUM_NODES": "2",
+    "VOSJAX_MODULES": "python/3.11",
+    "VOSJAX_VENV": str(tmp_path / "no-venv"),
+  }
   proc, calls = _run_script("slurm_gpu.sbatch", tmp_path, env, ["--config.num_train_steps=10"])
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert calls == [
-      "module load python/3.11",
-      "srun --kill-on-bad-exit=1 python -m vosjax.main --config=configs/motion_grouping.py "
-      "--workdir=workdirs/slurm-vosjax --config.data.data_dir=gs://kubric-public/tfds "
-      "--config.batch_size=32 --config.eval_batch_size=16 --config.num_train_steps=10"]
+    "module load python/3.11",
+    "srun --kill-on-bad-exit=1 python -m vosjax.main --config=configs/motion_grouping.py "
+    "--workdir=workdirs/slurm-vosjax --config.data.data_dir=gs://kubric-public/tfds "
+    "--config.batch_size=32 --config.eval_batch_size=16 --config.num_train_steps=10",
+  ]
 
   (tmp_path / "calls.log").unlink()
   proc, calls = _run_script("slurm_gpu.sbatch", tmp_path, dict(env, BATCH_SIZE="24"))

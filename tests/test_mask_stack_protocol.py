@@ -2,6 +2,7 @@
 evaluator), against a direct NumPy computation: the transcriptions of `db_eval_iou` and `f_measure`
 of tests/test_metrics.py, the official per-frame / per-sequence Hungarian assignments (scipy), the
 official proposal layout of the SMTC evaluator, and the id-map entry on non-overlapping masks."""
+
 import numpy as np
 import pytest
 from scipy import optimize
@@ -21,8 +22,9 @@ def _sequence(seed: int, num_proposals: int):
   true_ids = random_label_video(rng, T, H, W, NUM_OBJECTS)
   true_ids[2][true_ids[2] == 2] = 0  # object 2 absent from frame 2
   true_ids[rng.random(true_ids.shape) < 0.02] = 255  # void
-  proposals = np.stack([random_label_video(rng, T, H, W, 1, smooth=2.0 + k % 3) > 0
-                        for k in range(num_proposals)])
+  proposals = np.stack(
+    [random_label_video(rng, T, H, W, 1, smooth=2.0 + k % 3) > 0 for k in range(num_proposals)]
+  )
   proposals[0] = true_ids == 1  # a perfect proposal, overlapped by the others
   proposals[1, 1] = False  # an empty one in a frame
   present = rng.random((num_proposals, T)) < 0.7
@@ -33,17 +35,20 @@ def _sequence(seed: int, num_proposals: int):
 def _scores(true_ids, masks, t):
   """J, F [P, G] of frame t by the official per-object functions."""
   void = true_ids[t] == 255
-  j = np.array([[official_iou(true_ids[t] == g + 1, m, void) for g in range(NUM_OBJECTS)]
-                for m in masks])
-  f = np.array([[official_f_measure(m, true_ids[t] == g + 1, void) for g in range(NUM_OBJECTS)]
-                for m in masks])
+  j = np.array(
+    [[official_iou(true_ids[t] == g + 1, m, void) for g in range(NUM_OBJECTS)] for m in masks]
+  )
+  f = np.array(
+    [[official_f_measure(m, true_ids[t] == g + 1, void) for g in range(NUM_OBJECTS)] for m in masks]
+  )
   return j.reshape(len(masks), NUM_OBJECTS), f.reshape(len(masks), NUM_OBJECTS)
 
 
 def test_per_frame_protocol_equals_the_official_layout_and_matching():
   true_ids, proposals, present = _sequence(0, num_proposals=6)
   result = davis_protocol.evaluate_sequence_masks(
-      true_ids, proposals, "davis2017-unsupervised-perframe", present=present)
+    true_ids, proposals, "davis2017-unsupervised-perframe", present=present
+  )
   # The SMTC evaluator: each frame's present proposals in order, zero-padded to the largest count
   # (and to the GT object count); one Hungarian assignment per frame on J + F.
   count = max(present.sum(0).max(), NUM_OBJECTS)
@@ -63,8 +68,9 @@ def test_sequence_protocol_keeps_the_20_largest_and_matches_once():
   true_ids, proposals, present = _sequence(1, num_proposals=24)
   proposals[5] = True  # the largest: kept
   proposals[6] = False  # the smallest: dropped
-  result = davis_protocol.evaluate_sequence_masks(true_ids, proposals, "davis2017-unsupervised",
-                                                  present=present)
+  result = davis_protocol.evaluate_sequence_masks(
+    true_ids, proposals, "davis2017-unsupervised", present=present
+  )
   kept = np.sort(np.argsort(-proposals.sum((1, 2, 3)), kind="stable")[:20])
   assert 5 in kept and 6 not in kept
   masks = proposals & present[:, :, None, None]  # absent: an empty mask
@@ -92,8 +98,9 @@ def test_non_overlapping_masks_score_as_the_id_map(protocol):
   np.testing.assert_array_equal(from_masks.j, from_ids.j)
   np.testing.assert_array_equal(from_masks.f, from_ids.f)
   # A sequence of per-frame stacks (read on demand) gives the same as the array.
-  lazy = davis_protocol.evaluate_sequence_masks(true_ids, [proposals[:, t] for t in range(T)],
-                                                protocol)
+  lazy = davis_protocol.evaluate_sequence_masks(
+    true_ids, [proposals[:, t] for t in range(T)], protocol
+  )
   np.testing.assert_array_equal(lazy.j, from_masks.j)
   # Scores computed once, matched per protocol.
   scores = proposal_scores.score_mask_stack(true_ids, proposals)

@@ -1,4 +1,5 @@
 """Metrics against straightforward transcriptions: FG-ARI, video mIoU, DAVIS J / F / statistics."""
+
 import itertools
 
 import cv2
@@ -27,8 +28,9 @@ def textbook_ari(true_labels: np.ndarray, pred_labels: np.ndarray) -> float:
 def random_videos(rng, batch=3, shape=(4, 9, 11), num_true=4, num_pred=5):
   true_ids = rng.integers(0, num_true, (batch,) + shape)
   # Predictions correlated with the truth so that the scores spread over (0, 1).
-  pred_ids = np.where(rng.random(true_ids.shape) < 0.6, true_ids, rng.integers(0, num_pred,
-                                                                                true_ids.shape))
+  pred_ids = np.where(
+    rng.random(true_ids.shape) < 0.6, true_ids, rng.integers(0, num_pred, true_ids.shape)
+  )
   return true_ids.astype(np.int32), pred_ids.astype(np.int32)
 
 
@@ -48,8 +50,9 @@ def test_fg_ari_invariances_and_special_cases():
   scores = metrics.fg_ari(true_ids, pred_ids)
   relabel_pred = rng.permutation(50)
   relabel_true = np.concatenate([[0], 1 + rng.permutation(49)])  # Background stays 0.
-  np.testing.assert_allclose(metrics.fg_ari(relabel_true[true_ids], relabel_pred[pred_ids]),
-                             scores, atol=1e-12)
+  np.testing.assert_allclose(
+    metrics.fg_ari(relabel_true[true_ids], relabel_pred[pred_ids]), scores, atol=1e-12
+  )
   np.testing.assert_allclose(metrics.fg_ari(true_ids, relabel_pred[true_ids]), 1.0)
   # Background pixels do not count: corrupting the prediction there changes nothing.
   noisy = np.where(true_ids == 0, rng.integers(0, 9, true_ids.shape), pred_ids)
@@ -60,8 +63,9 @@ def test_fg_ari_invariances_and_special_cases():
   assert np.isnan(out[1]) and out[0] == scores[0]
   # Pixel mask = scoring only the selected pixels.
   mask = rng.random(true_ids.shape) < 0.5
-  expected = textbook_ari(true_ids[0][mask[0] & (true_ids[0] > 0)],
-                          pred_ids[0][mask[0] & (true_ids[0] > 0)])
+  expected = textbook_ari(
+    true_ids[0][mask[0] & (true_ids[0] > 0)], pred_ids[0][mask[0] & (true_ids[0] > 0)]
+  )
   assert metrics.fg_ari(true_ids, pred_ids, pixel_mask=mask)[0] == pytest.approx(expected)
   # [T, H, W] input is one video.
   assert metrics.fg_ari(true_ids[0], pred_ids[0])[0] == pytest.approx(scores[0])
@@ -74,18 +78,28 @@ def test_fg_ari_jax_agrees_with_numpy_and_jits():
   true_ids, pred_ids = random_videos(rng, batch=4, shape=(3, 16, 16), num_true=6, num_pred=7)
   mask = rng.random(true_ids.shape) < 0.8
   jitted = jax.jit(metrics.fg_ari_jax, static_argnums=(2, 3))
-  np.testing.assert_allclose(np.asarray(jitted(true_ids, pred_ids, 24, 24)),
-                             metrics.fg_ari(true_ids, pred_ids), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(metrics.fg_ari_jax(true_ids, pred_ids, 24, 24, mask)),
-                             metrics.fg_ari(true_ids, pred_ids, pixel_mask=mask), atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(jitted(true_ids, pred_ids, 24, 24)), metrics.fg_ari(true_ids, pred_ids), atol=1e-5
+  )
+  np.testing.assert_allclose(
+    np.asarray(metrics.fg_ari_jax(true_ids, pred_ids, 24, 24, mask)),
+    metrics.fg_ari(true_ids, pred_ids, pixel_mask=mask),
+    atol=1e-5,
+  )
 
 
 def brute_force_miou(true_ids: np.ndarray, pred_ids: np.ndarray) -> float:
   gts = [g for g in np.unique(true_ids) if g > 0]
   preds = list(np.unique(pred_ids))
-  iou = np.array([[np.sum((true_ids == g) & (pred_ids == p)) / np.sum((true_ids == g)
-                                                                        | (pred_ids == p))
-                   for p in preds] for g in gts])
+  iou = np.array(
+    [
+      [
+        np.sum((true_ids == g) & (pred_ids == p)) / np.sum((true_ids == g) | (pred_ids == p))
+        for p in preds
+      ]
+      for g in gts
+    ]
+  )
   best = 0.0
   # Every injective assignment of GT objects to predictions (or to nothing when fewer preds).
   slots = preds + [None] * len(gts)
@@ -98,8 +112,7 @@ def brute_force_miou(true_ids: np.ndarray, pred_ids: np.ndarray) -> float:
 def test_video_miou_matches_brute_force_matching():
   rng = np.random.default_rng(3)
   for num_pred in (2, 4):  # Fewer and more predictions than GT objects.
-    true_ids, pred_ids = random_videos(rng, batch=3, shape=(3, 6, 7), num_true=4,
-                                       num_pred=num_pred)
+    true_ids, pred_ids = random_videos(rng, batch=3, shape=(3, 6, 7), num_true=4, num_pred=num_pred)
     pred_ids = pred_ids % num_pred
     scores = metrics.video_miou(true_ids, pred_ids)
     for b in range(3):
@@ -129,7 +142,7 @@ def official_seg2bmap(seg: np.ndarray) -> np.ndarray:
 
 def skimage_disk(radius: int) -> np.ndarray:
   grid = np.arange(-radius, radius + 1)
-  return (grid[:, None] ** 2 + grid[None, :] ** 2 <= radius ** 2).astype(np.uint8)
+  return (grid[:, None] ** 2 + grid[None, :] ** 2 <= radius**2).astype(np.uint8)
 
 
 def official_f_measure(fg: np.ndarray, gt: np.ndarray, void=None, bound_th=0.008) -> float:
@@ -164,7 +177,7 @@ def official_iou(gt: np.ndarray, seg: np.ndarray, void=None) -> float:
 def official_statistics(values: np.ndarray):
   """Transcription of `db_statistics` (uint8 bin indices; fine below 256 frames)."""
   ids = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(np.uint8)
-  bins = [values[ids[i]:ids[i + 1] + 1] for i in range(4)]
+  bins = [values[ids[i] : ids[i + 1] + 1] for i in range(4)]
   return np.nanmean(values), np.nanmean(values > 0.5), np.nanmean(bins[0]) - np.nanmean(bins[3])
 
 
@@ -228,8 +241,9 @@ def test_davis_statistics_match_db_statistics():
   rng = np.random.default_rng(7)
   for length in (1, 2, 5, 17, 80, 104):
     values = rng.random(length)
-    np.testing.assert_allclose(metrics.davis_statistics(values), official_statistics(values),
-                               atol=0)
+    np.testing.assert_allclose(
+      metrics.davis_statistics(values), official_statistics(values), atol=0
+    )
   assert np.isnan(metrics.davis_statistics(np.zeros(0))).all()
 
 

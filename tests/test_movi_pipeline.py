@@ -1,4 +1,5 @@
 """The MOVi input pipeline, run on a real (tiny) vosjax_synthetic TFDS build."""
+
 import itertools
 import time
 
@@ -31,9 +32,11 @@ def config(tmp_path_factory):
 def raw(config):
   """{video_name: decoded example} of both splits, straight from TFDS."""
   builder = movi.get_builder(config)
-  return {ex["metadata"]["video_name"].decode(): ex
-          for split in ("train", "validation")
-          for ex in tfds.as_numpy(builder.as_dataset(split))}
+  return {
+    ex["metadata"]["video_name"].decode(): ex
+    for split in ("train", "validation")
+    for ex in tfds.as_numpy(builder.as_dataset(split))
+  }
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +49,16 @@ def find_clip(raw, video):
   frames = np.round(video * 255).astype(np.uint8)
   for name, ex in raw.items():
     for start in range(ex["video"].shape[0] - len(frames) + 1):
-      if np.array_equal(ex["video"][start:start + len(frames)], frames):
+      if np.array_equal(ex["video"][start : start + len(frames)], frames):
         return name, start
   raise AssertionError("clip not found in the dataset")
 
 
 def render(name):
   split, index = name.split("_")
-  scene = sr.sample_scene(sr.scene_rng(SEED, {"train": 0, "validation": 1}[split],
-                                       int(index)), FRAMES, 2, 4)
+  scene = sr.sample_scene(
+    sr.scene_rng(SEED, {"train": 0, "validation": 1}[split], int(index)), FRAMES, 2, 4
+  )
   return scene, synthetic.render_movi_arrays(scene, SIZE, SIZE)
 
 
@@ -64,11 +68,13 @@ def valid_videos(batches):
 
 def np_bilinear_resize(x, height, width):
   """Half-pixel-centre bilinear resize [T, h, w, C] with edge clamping."""
+
   def axis_weights(n_in, n_out):
     pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
     low = np.floor(pos).astype(int)
     high = np.minimum(low + 1, n_in - 1)
     return low, high, pos - low
+
   r0, r1, fr = axis_weights(x.shape[1], height)
   c0, c1, fc = axis_weights(x.shape[2], width)
   rows = x[:, r0] * (1 - fr)[:, None, None] + x[:, r1] * fr[:, None, None]
@@ -77,8 +83,7 @@ def np_bilinear_resize(x, height, width):
 
 # --------------------------------------------------------------- basic shape --
 def test_batch_shapes_dtypes_and_values(config, eval_batches):
-  batch = next(movi.make_train_iterator(config, 4, seed=0, process_index=0,
-                                        process_count=1))
+  batch = next(movi.make_train_iterator(config, 4, seed=0, process_index=0, process_count=1))
   for b, frames in ((batch, 4), (eval_batches[0], FRAMES)):
     assert b["video"].shape == (4, frames, SIZE, SIZE, 3)
     assert b["video"].dtype == np.float32
@@ -91,9 +96,21 @@ def test_batch_shapes_dtypes_and_values(config, eval_batches):
     assert 0 <= b["video"].min() and b["video"].max() <= 1
     assert b["segmentations"].max() >= 2  # several objects
   assert sorted(movi.default_data_config().keys()) == sorted(
-      ["source", "tfds_name", "data_dir", "train_split", "eval_split", "resolution",
-       "clip_length", "clip_margin", "eval_frames", "shuffle_buffer",
-       "max_instances", "num_shards"])
+    [
+      "source",
+      "tfds_name",
+      "data_dir",
+      "train_split",
+      "eval_split",
+      "resolution",
+      "clip_length",
+      "clip_margin",
+      "eval_frames",
+      "shuffle_buffer",
+      "max_instances",
+      "num_shards",
+    ]
+  )
 
 
 # ------------------------------------------------------------------ decoding --
@@ -105,23 +122,25 @@ def test_decoded_flow_depth_and_masks_match_the_renderer(raw, eval_batches):
       assert start == 0
       _, arrays = render(name)
       rendered = arrays["render"]
-      for key, range_key in (("forward_flow", "forward_flow_range"),
-                             ("backward_flow", "backward_flow_range"),
-                             ("depth", "depth_range")):
+      for key, range_key in (
+        ("forward_flow", "forward_flow_range"),
+        ("backward_flow", "backward_flow_range"),
+        ("depth", "depth_range"),
+      ):
         low, high = arrays[range_key]
         step = (high - low) / 65535
         error = np.abs(batch[key][i] - rendered[key])
         assert error.max() <= step / 2 + 1e-4 * max(1.0, abs(high)), key
-      np.testing.assert_array_equal(batch["segmentations"][i],
-                                    arrays["segmentations"][..., 0])
+      np.testing.assert_array_equal(batch["segmentations"][i], arrays["segmentations"][..., 0])
       videos += 1
   assert videos == 5
 
 
 def test_warping_with_decoded_flow_reproduces_next_frame(raw, eval_batches):
   batch = eval_batches[0]
-  centres = (np.stack(np.meshgrid(np.arange(SIZE), np.arange(SIZE),
-                                  indexing="ij"), -1) + 0.5).reshape(-1, 2)
+  centres = (
+    np.stack(np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="ij"), -1) + 0.5
+  ).reshape(-1, 2)
   checked = 0
   for i in range(2):
     name, _ = find_clip(raw, batch["video"][i])
@@ -146,12 +165,16 @@ def test_warping_with_decoded_flow_reproduces_next_frame(raw, eval_batches):
       inside = np.all((low >= 0) & (low < SIZE - 1), -1)
       lr, lc = np.clip(low[:, 0], 0, SIZE - 2), np.clip(low[:, 1], 0, SIZE - 2)
       corners = [(lr, lc), (lr + 1, lc), (lr, lc + 1), (lr + 1, lc + 1)]
-      weights = [(1 - frac[:, 0]) * (1 - frac[:, 1]), frac[:, 0] * (1 - frac[:, 1]),
-                 (1 - frac[:, 0]) * frac[:, 1], frac[:, 0] * frac[:, 1]]
-      one_layer = inside & np.all([seg[t + 1][r, c] == seg[t].ravel()
-                                   for r, c in corners], 0)
-      back = sum(w[:, None] * batch["backward_flow"][i, t + 1][r, c]
-                 for w, (r, c) in zip(weights, corners))
+      weights = [
+        (1 - frac[:, 0]) * (1 - frac[:, 1]),
+        frac[:, 0] * (1 - frac[:, 1]),
+        (1 - frac[:, 0]) * frac[:, 1],
+        frac[:, 0] * frac[:, 1],
+      ]
+      one_layer = inside & np.all([seg[t + 1][r, c] == seg[t].ravel() for r, c in corners], 0)
+      back = sum(
+        w[:, None] * batch["backward_flow"][i, t + 1][r, c] for w, (r, c) in zip(weights, corners)
+      )
       assert one_layer.mean() > 0.5
       np.testing.assert_allclose((flow + back)[one_layer], 0, atol=2e-3)
       checked += 1
@@ -164,12 +187,9 @@ def take(iterator, n):
 
 
 def test_train_stream_is_deterministic_by_seed(config):
-  first = take(movi.make_train_iterator(config, 4, seed=0, process_index=0,
-                                        process_count=1), 3)
-  again = take(movi.make_train_iterator(config, 4, seed=0, process_index=0,
-                                        process_count=1), 3)
-  other = take(movi.make_train_iterator(config, 4, seed=1, process_index=0,
-                                        process_count=1), 3)
+  first = take(movi.make_train_iterator(config, 4, seed=0, process_index=0, process_count=1), 3)
+  again = take(movi.make_train_iterator(config, 4, seed=0, process_index=0, process_count=1), 3)
+  other = take(movi.make_train_iterator(config, 4, seed=1, process_index=0, process_count=1), 3)
   for a, b in zip(first, again):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
@@ -179,32 +199,35 @@ def test_train_stream_is_deterministic_by_seed(config):
 def test_resume_yields_the_uninterrupted_batches(config):
   # 6 train videos, batches of 4, shuffle blocks of 4: resumes land inside
   # blocks and epochs.
-  full = take(movi.make_train_iterator(config, 4, seed=5, process_index=0,
-                                       process_count=1), 7)
+  full = take(movi.make_train_iterator(config, 4, seed=5, process_index=0, process_count=1), 7)
   for start in (2, 4):
-    resumed = take(movi.make_train_iterator(config, 4, seed=5, start_step=start,
-                                            process_index=0, process_count=1),
-                   7 - start)
+    resumed = take(
+      movi.make_train_iterator(
+        config, 4, seed=5, start_step=start, process_index=0, process_count=1
+      ),
+      7 - start,
+    )
     for step, batch in enumerate(resumed, start):
       for key in batch:
-        np.testing.assert_array_equal(batch[key], full[step][key],
-                                      err_msg=f"start {start} step {step} {key}")
+        np.testing.assert_array_equal(
+          batch[key], full[step][key], err_msg=f"start {start} step {step} {key}"
+        )
 
 
 def test_resume_far_ahead_is_cheap(config):
   started = time.perf_counter()
-  batch = next(movi.make_train_iterator(config, 4, seed=0, start_step=10**12,
-                                        process_index=0, process_count=1))
+  batch = next(
+    movi.make_train_iterator(config, 4, seed=0, start_step=10**12, process_index=0, process_count=1)
+  )
   assert batch["video"].shape == (4, 4, SIZE, SIZE, 3)
   assert time.perf_counter() - started < 60  # would never end skipping 4e12 records
 
 
 def test_epochs_cover_all_videos_and_windows_respect_margin(config, raw):
-  batches = take(movi.make_train_iterator(config, 4, seed=2, process_index=0,
-                                          process_count=1), 6)
+  batches = take(movi.make_train_iterator(config, 4, seed=2, process_index=0, process_count=1), 6)
   clips = [find_clip(raw, v) for v in valid_videos(batches)]  # 24 = 4 epochs
   train = {n for n in raw if n.startswith("train")}
-  epochs = [[name for name, _ in clips[e * 6:(e + 1) * 6]] for e in range(4)]
+  epochs = [[name for name, _ in clips[e * 6 : (e + 1) * 6]] for e in range(4)]
   for epoch in epochs:
     assert sorted(epoch) == sorted(train)
   assert len({tuple(e) for e in epochs}) > 1  # reshuffled between epochs
@@ -228,13 +251,13 @@ def test_eval_pads_last_batch_and_covers_split(raw, eval_batches):
 def test_hosts_read_disjoint_parts_that_cover_the_split(config, raw):
   eval_names, train_names = [], []
   for host in range(2):
-    batches = list(movi.make_eval_iterator(config, 4, process_index=host,
-                                           process_count=2))
+    batches = list(movi.make_eval_iterator(config, 4, process_index=host, process_count=2))
     assert len(batches) == 2  # ceil(ceil(5 / 2) / 2), the same on every host
     assert all(b["video"].shape[0] == 2 for b in batches)
     eval_names.append({find_clip(raw, v)[0] for v in valid_videos(batches)})
-    train = take(movi.make_train_iterator(config, 4, seed=0, process_index=host,
-                                          process_count=2), 3)
+    train = take(
+      movi.make_train_iterator(config, 4, seed=0, process_index=host, process_count=2), 3
+    )
     train_names.append({find_clip(raw, v)[0] for v in valid_videos(train)})
   assert not eval_names[0] & eval_names[1]
   assert eval_names[0] | eval_names[1] == {n for n in raw if n.startswith("validation")}
@@ -245,14 +268,17 @@ def test_hosts_read_disjoint_parts_that_cover_the_split(config, raw):
 def test_resize_interpolates_and_scales_flow(config, eval_batches):
   resized_config = config.copy_and_resolve_references()
   resized_config.resolution = (16, 64)
-  resized = next(movi.make_eval_iterator(resized_config, 4, process_index=0,
-                                         process_count=1))
+  resized = next(movi.make_eval_iterator(resized_config, 4, process_index=0, process_count=1))
   native = eval_batches[0]
   for i in range(4):
     for key in ("video", "depth"):
-      np.testing.assert_allclose(resized[key][i],
-                                 np_bilinear_resize(native[key][i], 16, 64),
-                                 atol=1e-4, rtol=1e-5, err_msg=key)
+      np.testing.assert_allclose(
+        resized[key][i],
+        np_bilinear_resize(native[key][i], 16, 64),
+        atol=1e-4,
+        rtol=1e-5,
+        err_msg=key,
+      )
     for key in ("forward_flow", "backward_flow"):
       expected = np_bilinear_resize(native[key][i], 16, 64) * [16 / SIZE, 64 / SIZE]
       np.testing.assert_allclose(resized[key][i], expected, atol=1e-4, err_msg=key)
@@ -265,11 +291,9 @@ def test_resize_interpolates_and_scales_flow(config, eval_batches):
 def test_max_instances_maps_higher_ids_to_background(config, eval_batches):
   capped_config = config.copy_and_resolve_references()
   capped_config.max_instances = 1
-  capped = next(movi.make_eval_iterator(capped_config, 4, process_index=0,
-                                        process_count=1))
+  capped = next(movi.make_eval_iterator(capped_config, 4, process_index=0, process_count=1))
   native = eval_batches[0]["segmentations"]
-  np.testing.assert_array_equal(capped["segmentations"],
-                                np.where(native > 1, 0, native))
+  np.testing.assert_array_equal(capped["segmentations"], np.where(native > 1, 0, native))
 
 
 # -------------------------------------------------------------------- errors --
@@ -282,35 +306,42 @@ def test_clear_errors(config, monkeypatch):
 
   with pytest.raises(FileNotFoundError) as error:
     movi.get_builder(with_changes(tfds_name="movi_zz/128x128:1.0.0"))
-  for part in ("movi_zz/128x128", config.data_dir, "--config.data.data_dir",
-               "--config.data.tfds_name"):
+  for part in (
+    "movi_zz/128x128",
+    config.data_dir,
+    "--config.data.data_dir",
+    "--config.data.tfds_name",
+  ):
     assert part in str(error.value)
   with pytest.raises(ValueError, match="not a TFDS name"):
     movi.get_builder(with_changes(tfds_name="MOVi E"))
   with pytest.raises(ValueError, match="config name"):
     movi.get_builder(with_changes(tfds_name="vosjax_synthetic/64by64"))
   with pytest.raises(ValueError) as error:
-    next(movi.make_train_iterator(with_changes(train_split="test"), 4, seed=0,
-                                  process_index=0, process_count=1))
-  for part in ("'test'", NAME.split(":")[0], config.data_dir,
-               "--config.data.train_split"):
+    next(
+      movi.make_train_iterator(
+        with_changes(train_split="test"), 4, seed=0, process_index=0, process_count=1
+      )
+    )
+  for part in ("'test'", NAME.split(":")[0], config.data_dir, "--config.data.train_split"):
     assert part in str(error.value)
   with pytest.raises(ValueError, match="multiple of the process count"):
-    next(movi.make_train_iterator(config, 3, seed=0, process_index=0,
-                                  process_count=2))
+    next(movi.make_train_iterator(config, 3, seed=0, process_index=0, process_count=2))
   with pytest.raises(ValueError, match="clip_length"):
-    next(movi.make_train_iterator(with_changes(clip_length=9), 4, seed=0,
-                                  process_index=0, process_count=1))
+    next(
+      movi.make_train_iterator(
+        with_changes(clip_length=9), 4, seed=0, process_index=0, process_count=1
+      )
+    )
   with pytest.raises(ValueError, match="eval_frames"):
-    next(movi.make_eval_iterator(with_changes(eval_frames=11), 4,
-                                 process_index=0, process_count=1))
+    next(movi.make_eval_iterator(with_changes(eval_frames=11), 4, process_index=0, process_count=1))
   # An unreachable gs:// bucket fails within seconds instead of retrying.
   monkeypatch.setattr(movi, "_GCS_HOST", "gcs-probe.invalid")
   started = time.perf_counter()
   with pytest.raises(ConnectionError) as error:
-    movi.get_builder(with_changes(tfds_name="movi_e/128x128:1.0.0",
-                                  data_dir="gs://kubric-public/tfds"))
+    movi.get_builder(
+      with_changes(tfds_name="movi_e/128x128:1.0.0", data_dir="gs://kubric-public/tfds")
+    )
   assert time.perf_counter() - started < 15
-  for part in ("movi_e/128x128", "gs://kubric-public/tfds",
-               "--config.data.data_dir"):
+  for part in ("movi_e/128x128", "gs://kubric-public/tfds", "--config.data.data_dir"):
     assert part in str(error.value)

@@ -1,10 +1,10 @@
 """The official Betrayed-by-Attention checkpoint through `config.init.checkpoint`, against PyTorch.
 
-The official model (tests/official_betrayed_torch.py, a stock-PyTorch transcription with the official
-module names) gets random weights from a fixed seed, with the spatio-temporal block's q and k rows
-scaled (random weights give near-uniform attention and a single cluster; scaled, several). They are
-saved in the released checkpoint's layout `{"iteration", "loss", "model_state_dict"}` and loaded the
-way users load them: `vosjax.segment.load_predictor` with an empty workdir and
+The official model (tests/official_betrayed_torch.py, a stock-PyTorch transcription with the
+official module names) gets random weights from a fixed seed, with the spatio-temporal block's q and
+k rows scaled (random weights give near-uniform attention and a single cluster; scaled, several).
+They are saved in the released checkpoint's layout `{"iteration", "loss", "model_state_dict"}` and
+loaded the way users load them: `vosjax.segment.load_predictor` with an empty workdir and
 `--config.init.checkpoint`. On a real DAVIS clip we compare what users see: the backbone keys, the
 block's q/k, and the final per-token cluster labels (official clustering: the NumPy transcription
 `vosjax.benchmarks.reference_clustering` run on the PyTorch q/k).
@@ -12,6 +12,7 @@ block's q/k, and the final per-token cluster labels (official clustering: the Nu
 The default variant shrinks the ViT (64 wide, 2 blocks; official layout and names otherwise) so that
 it takes seconds; the `slow` one has ViT-S/8's real shapes.
 """
+
 import logging
 import os
 from pathlib import Path
@@ -37,7 +38,9 @@ from vosjax.evaluation import windows
 from vosjax.methods import betrayed
 
 torch.set_num_threads(1)
-DAVIS2016 = Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
+DAVIS2016 = (
+  Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
+)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 SMALL_VIT = dict(embed_dim=64, depth=2, num_heads=2)
@@ -57,7 +60,7 @@ def official_model(vit: dict, peak: float, seed: int = 0) -> AttEncoder:
   model = AttEncoder(VisionTransformer(8, dim, vit["depth"], vit["num_heads"]), dim)
   randomize_parameters_(model)
   with torch.no_grad():
-    model.temporal_transformer[0].attn.qkv.weight[:2 * dim] *= peak
+    model.temporal_transformer[0].attn.qkv.weight[: 2 * dim] *= peak
   return model
 
 
@@ -71,12 +74,15 @@ def save_official_checkpoint(model: AttEncoder, path: Path) -> Path:
 def davis_clip(num_frames: int, resolution) -> np.ndarray:
   """The first frames of blackswan, float32 [T, H, W, 3] in [0, 1] (bilinear, as segment reads)."""
   folder = DAVIS2016 / "JPEGImages" / "480p" / "blackswan"
-  frames = np.stack([video_io.read_image(p) for p in video_io.list_frame_files(folder)[:num_frames]])
+  frames = np.stack(
+    [video_io.read_image(p) for p in video_io.list_frame_files(folder)[:num_frames]]
+  )
   return video_io.resize_frames(frames, resolution)
 
 
 def betrayed_config(checkpoint: Path, vit: dict, resolution, ratio: int):
   from configs import ytvis  # pylint: disable=g-import-not-at-top
+
   config = ytvis.get_config()
   config.init.checkpoint = str(checkpoint)
   config.backbone.allow_download = False  # the backbone can only come from the checkpoint
@@ -90,7 +96,8 @@ def betrayed_config(checkpoint: Path, vit: dict, resolution, ratio: int):
 
 
 def torch_reference(model: AttEncoder, video: np.ndarray, ratio: int, tau: float = 1.0):
-  """Official keys, q, k (as [T, N, heads, head_dim]) and the clustering of the NumPy transcription."""
+  """Official keys, q, k (as [T, N, heads, head_dim]) and the clustering of the NumPy
+  transcription."""
   frames = torch.from_numpy(((video - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2).copy())
   keys, q, k = official_query_key(model, frames)
   q, k = q.permute(0, 2, 1, 3).numpy(), k.permute(0, 2, 1, 3).numpy()
@@ -105,16 +112,20 @@ def relative_error(actual, expected) -> float:
 NUM_FRAMES, RESOLUTION, RATIO = 6, (64, 128), 3
 
 
-@pytest.fixture(scope="module", params=[
+@pytest.fixture(
+  scope="module",
+  params=[
     pytest.param("small", id="small"),
     pytest.param("vit_s8", id="vit_s8", marks=pytest.mark.slow),  # ViT-S/8: 12 blocks of 384
-])
+  ],
+)
 def official(request, tmp_path_factory):
   """(ViT name, PyTorch model, its checkpoint file, config importing it, clip, torch reference)."""
   shape = SMALL_VIT if request.param == "small" else VIT_S8
   model = official_model(shape, peak=PEAK[request.param])
   checkpoint = save_official_checkpoint(
-      model, tmp_path_factory.mktemp("official") / "checkpoint_dino-s-8.pth")
+    model, tmp_path_factory.mktemp("official") / "checkpoint_dino-s-8.pth"
+  )
   config = betrayed_config(checkpoint, shape, RESOLUTION, RATIO)
   video = davis_clip(NUM_FRAMES, RESOLUTION)
   return request.param, model, checkpoint, config, video, torch_reference(model, video, RATIO)
@@ -130,14 +141,16 @@ def test_official_checkpoint_segments_like_the_official_model(official, tmp_path
 
   # The backbone is the checkpoint's encoder.*, not config.backbone's (downloads are off).
   vosjax_model = betrayed.make_model(config)
-  np.testing.assert_array_equal(vosjax_model.backbone_params["patch_embed"]["kernel"],
-                                model.encoder.patch_embed.proj.weight.detach().numpy()
-                                .transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    vosjax_model.backbone_params["patch_embed"]["kernel"],
+    model.encoder.patch_embed.proj.weight.detach().numpy().transpose(2, 3, 1, 0),
+  )
   features = vosjax_model.features(video[None])["keys"][0]
   assert relative_error(features, keys) < FEATURE_RTOL[vit]
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state, _ = train.create_train_state(betrayed, vosjax_model, config,
-                                      betrayed.make_optimizer(config), mesh)
+  state, _ = train.create_train_state(
+    betrayed, vosjax_model, config, betrayed.make_optimizer(config), mesh
+  )
   vosjax_q, vosjax_k, _ = betrayed.query_key(state.params, vosjax_model, video[None], config)
   assert relative_error(vosjax_q[0], q) < FEATURE_RTOL[vit]
   assert relative_error(vosjax_k[0], k) < FEATURE_RTOL[vit]
@@ -166,9 +179,12 @@ def test_capacities_grow_until_the_clustering_is_the_official_one(tmp_path, capl
 
   vosjax_model = betrayed.make_model(config)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state, _ = train.create_train_state(betrayed, vosjax_model, config,
-                                      betrayed.make_optimizer(config), mesh)
-  predict = sharding.jit_predict(betrayed, vosjax_model, config, mesh, grown_config=recording_growth)
+  state, _ = train.create_train_state(
+    betrayed, vosjax_model, config, betrayed.make_optimizer(config), mesh
+  )
+  predict = sharding.jit_predict(
+    betrayed, vosjax_model, config, mesh, grown_config=recording_growth
+  )
   with caplog.at_level(logging.WARNING):
     prediction = jax.device_get(predict(state.params, {"video": video[None]}))
   first_fields = seen[0][2]
@@ -187,22 +203,24 @@ def test_capacities_grow_until_the_clustering_is_the_official_one(tmp_path, capl
   k_key = k[reference.key_frames(num_frames, ratio)]
   centroids = expected["centroids"][-1].astype(np.float64)
   for frame, token in differ:
-    row = reference.window_attention(q[frame:frame + 1], k_key, scale)[token].astype(np.float64)
+    row = reference.window_attention(q[frame : frame + 1], k_key, scale)[token].astype(np.float64)
     distance = reference.kl_distance(centroids, row[None])[:, 0]
     gap = distance[labels[frame, token]] - distance[expected["labels"][frame, token]]
     assert abs(gap) <= 1e-5, (frame, token, gap)
 
 
 def davis2017_excerpt(root: Path) -> Path:
-  """The first NUM_FRAMES frames of blackswan in DAVIS-2017 layout (indexed annotations, object 1)."""
+  """The first NUM_FRAMES frames of blackswan in DAVIS-2017 layout (indexed annotations, object
+  1)."""
   source = DAVIS2016
   for t in range(NUM_FRAMES):
     frame = root / "JPEGImages" / "480p" / "blackswan" / f"{t:05d}.jpg"
     frame.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(source / "JPEGImages" / "480p" / "blackswan" / frame.name, frame)
     mask = davis.read_label_png(source / "Annotations" / "480p" / "blackswan" / f"{t:05d}.png") > 0
-    video_io.write_indexed_png(root / "Annotations" / "480p" / "blackswan" / f"{t:05d}.png",
-                               mask.astype(np.uint8))
+    video_io.write_indexed_png(
+      root / "Annotations" / "480p" / "blackswan" / f"{t:05d}.png", mask.astype(np.uint8)
+    )
   return root
 
 
@@ -220,8 +238,8 @@ def test_mode_eval_scores_the_imported_checkpoint(official, tmp_path):
   assert 0.0 <= metrics["J&F-Mean"] <= 1.0 and 0.0 <= metrics["perframe_J&F-Mean"] <= 1.0
   predict, _ = segment.load_predictor(betrayed, config, str(workdir))
   ids = windows.rank_by_area(predict({"video": video[None]})["ids"][0])
-  written = [davis.read_label_png(p) for p in sorted((workdir / "frame_results" / "blackswan")
-                                                     .glob("*.png"))]
+  written = [
+    davis.read_label_png(p) for p in sorted((workdir / "frame_results" / "blackswan").glob("*.png"))
+  ]
   assert len(written) == NUM_FRAMES
-  np.testing.assert_array_equal(np.stack(written),
-                                windows.upsample_nearest(ids, written[0].shape))
+  np.testing.assert_array_equal(np.stack(written), windows.upsample_nearest(ids, written[0].shape))

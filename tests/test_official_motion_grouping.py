@@ -6,9 +6,10 @@ the official `src/train.py` saves (`{"iteration", "model_state_dict", "optimizer
 "loss"}`). vosjax loads that file as users do (`--config.init.checkpoint`), and on real OpenCV DIS
 flow of DAVIS frames we compare what users see: the slot masks, the soft foreground
 (`foreground_probability`, as the DAVIS evaluation uses it) and the foreground that `predict`
-(`vosjax.segment`) gives. The default variant is the official layout at narrow widths and 64x112; the
-`slow` one has the official widths at the official 128x224.
+(`vosjax.segment`) gives. The default variant is the official layout at narrow widths and 64x112;
+the `slow` one has the official widths at the official 128x224.
 """
+
 import os
 from pathlib import Path
 import subprocess
@@ -31,7 +32,9 @@ from vosjax.methods import motion_grouping
 from vosjax.models import state_dicts
 
 torch.set_num_threads(1)
-DAVIS2016 = Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
+DAVIS2016 = (
+  Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
+)
 NARROW = {"encoder_widths": (8, 16, 16), "decoder_width": 8}
 OFFICIAL = {"encoder_widths": (64, 128, 256), "decoder_width": 64}
 # Masks and foregrounds: 5 slot-attention iterations and InstanceNorms of float32 products in
@@ -44,8 +47,9 @@ def official_model(widths: dict, resolution, seed: int = 0) -> SlotAttentionAuto
   that the slots split the frames instead of sharing them ~50/50), then one Adam step on the
   reconstruction of random input, as a checkpoint holds."""
   torch.manual_seed(seed)
-  model = SlotAttentionAutoEncoder(resolution, widths=widths["encoder_widths"],
-                                   decoder_width=widths["decoder_width"])
+  model = SlotAttentionAutoEncoder(
+    resolution, widths=widths["encoder_widths"], decoder_width=widths["decoder_width"]
+  )
   with torch.no_grad():
     for name, param in model.named_parameters():
       if "norm" in name or name.startswith("encoder_cnn") and param.ndim == 1:
@@ -58,8 +62,12 @@ def official_model(widths: dict, resolution, seed: int = 0) -> SlotAttentionAuto
   loss = ((model(flow)[0] - flow) ** 2).mean()
   loss.backward()
   optimizer.step()
-  model.checkpoint = {"iteration": 1, "model_state_dict": model.state_dict(),
-                      "optimizer_state_dict": optimizer.state_dict(), "loss": loss.detach()}
+  model.checkpoint = {
+    "iteration": 1,
+    "model_state_dict": model.state_dict(),
+    "optimizer_state_dict": optimizer.state_dict(),
+    "loss": loss.detach(),
+  }
   return model
 
 
@@ -78,9 +86,13 @@ def davis_flows(resolution, num_frames: int = 3) -> dict:
   """DIS forward and backward flow of the first blackswan frames, at the frames' resolution, resized
   (vectors rescaled) to `resolution`: float32 [T, h, w, 2] each (zeros where there is no frame)."""
   folder = DAVIS2016 / "JPEGImages" / "480p" / "blackswan"
-  frames = np.stack([video_io.read_image(p) for p in video_io.list_frame_files(folder)[:num_frames]])
-  return {name: optical_flow.resize_flow(optical_flow.video_flow(frames, gap), resolution)
-          for name, gap in (("forward_flow", 1), ("backward_flow", -1))}
+  frames = np.stack(
+    [video_io.read_image(p) for p in video_io.list_frame_files(folder)[:num_frames]]
+  )
+  return {
+    name: optical_flow.resize_flow(optical_flow.video_flow(frames, gap), resolution)
+    for name, gap in (("forward_flow", 1), ("backward_flow", -1))
+  }
 
 
 def border_rule_foreground(masks: np.ndarray) -> np.ndarray:
@@ -91,14 +103,17 @@ def border_rule_foreground(masks: np.ndarray) -> np.ndarray:
   return 1.0 - masks[np.arange(len(masks)), background]
 
 
-@pytest.fixture(scope="module", params=[
+@pytest.fixture(
+  scope="module",
+  params=[
     pytest.param("narrow", id="narrow"),
     pytest.param("official", id="official", marks=pytest.mark.slow),
-])
+  ],
+)
 def official(request, tmp_path_factory):
-  """(variant, config importing the checkpoint, checkpoint path, flows, torch masks of every flow)."""
-  widths, resolution = ((NARROW, (64, 112)) if request.param == "narrow"
-                        else (OFFICIAL, (128, 224)))
+  """(variant, config importing the checkpoint, checkpoint path, flows, torch masks of every
+  flow)."""
+  widths, resolution = (NARROW, (64, 112)) if request.param == "narrow" else (OFFICIAL, (128, 224))
   model = official_model(widths, resolution)
   path = tmp_path_factory.mktemp("official") / "ckpt_davis.pth"
   torch.save(model.checkpoint, path)
@@ -115,8 +130,9 @@ def test_official_checkpoint_segments_like_the_official_model(official, tmp_path
   variant, config, _, flows, encoded, torch_masks = official
   mesh = sharding.make_mesh(jax.devices()[:1])
   model = motion_grouping.make_model(config)
-  state, _ = train.create_train_state(motion_grouping, model, config,
-                                      motion_grouping.make_optimizer(config), mesh)
+  state, _ = train.create_train_state(
+    motion_grouping, model, config, motion_grouping.make_optimizer(config), mesh
+  )
   masks = np.asarray(jax.jit(model.apply)({"params": state.params}, encoded)["masks"])
   assert 0.05 < torch_masks.std()  # the random slots really split the frames
   np.testing.assert_allclose(masks, torch_masks, atol=MASK_ATOL[variant])
@@ -149,13 +165,15 @@ def test_every_mismatch_is_listed(official, tmp_path):
   config.init.checkpoint = str(broken)
   model = motion_grouping.make_model(config)
   with pytest.raises(state_dicts.CheckpointError) as error:
-    train.create_train_state(motion_grouping, model, config,
-                             motion_grouping.make_optimizer(config), sharding.make_mesh())
+    train.create_train_state(
+      motion_grouping, model, config, motion_grouping.make_optimizer(config), sharding.make_mesh()
+    )
   message = str(error.value)
   assert str(broken) in message
   assert "missing (2): decoder_cnn.12.bias, slot_attention.mlp.0.weight" in message
-  assert ("unexpected (2): slot_attention.mlp.0.weightt, temporal_transformer.0.norm1.weight"
-          in message)
+  assert (
+    "unexpected (2): slot_attention.mlp.0.weightt, temporal_transformer.0.norm1.weight" in message
+  )
   dim = config.model.encoder_widths[-1]
   assert f"wrong shape: encoder_pos.proj.weight is ({dim}, 3), expected ({dim}, 4)" in message
 
@@ -166,18 +184,35 @@ def test_convert_command_then_no_torch(official, tmp_path, monkeypatch):
   """`python -m vosjax.convert` checks the file against the config and writes plain tensors, which
   later runs read without torch."""
   variant, config, path, *_ = official
-  overrides = [f"--config.model.{key}={value}".replace(" ", "")
-               for key, value in config.model.items() if key.endswith(("widths", "width", "dim",
-                                                                          "size"))]
+  overrides = [
+    f"--config.model.{key}={value}".replace(" ", "")
+    for key, value in config.model.items()
+    if key.endswith(("widths", "width", "dim", "size"))
+  ]
   output = tmp_path / "ckpt_davis.safetensors"
-  command = [PYTHON, "-m", "vosjax.convert", str(path), str(output), "--config",
-             "configs/motion_grouping.py", *overrides]
-  proc = subprocess.run(command, cwd=REPO, env=subprocess_env(1), capture_output=True, text=True,
-                        timeout=300)
+  command = [
+    PYTHON,
+    "-m",
+    "vosjax.convert",
+    str(path),
+    str(output),
+    "--config",
+    "configs/motion_grouping.py",
+    *overrides,
+  ]
+  proc = subprocess.run(
+    command, cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"to {output}" in proc.stdout
-  wrong = subprocess.run(command[:7], cwd=REPO,  # the official widths
-                         env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+  wrong = subprocess.run(
+    command[:7],
+    cwd=REPO,  # the official widths
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert wrong.returncode != 0 and "wrong shape: encoder_cnn.0.weight" in wrong.stderr
 
   mesh = sharding.make_mesh()

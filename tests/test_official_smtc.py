@@ -3,13 +3,13 @@
 The official model (tests/official_smtc_torch.py, a stock-PyTorch transcription with the official
 module names) gets random weights from a fixed seed and is saved the way the official `src/train.py`
 saves (`{"iteration", "model_state_dict", "optimizer_state_dict", "loss"}`, the student only).
-vosjax imports that file as users do (`--config.init.checkpoint`, `train.create_train_state`), and on
-4 real DAVIS frames, Kinetics-normalised as `eval_multi.py` does, with the same standard-normal
-instance noise fed to both sides (the official model draws it inside with `torch.normal`), we compare
-the inference forward of `eval_multi.py` (5 iterations; vosjax: `smtc.inference.inference_outputs`,
-the forward of `predict`): semantic and instance slots, logits, semantic and instance masks, slot
-similarities, the `mlp_slot` embeddings and the candidate masks (instance masks with similarity
->= 0.5; vosjax: `smtc.inference.candidates`).
+vosjax imports that file as users do (`--config.init.checkpoint`, `train.create_train_state`), and
+on 4 real DAVIS frames, Kinetics-normalised as `eval_multi.py` does, with the same standard-normal
+instance noise fed to both sides (the official model draws it inside with `torch.normal`), we
+compare the inference forward of `eval_multi.py` (5 iterations; vosjax:
+`smtc.inference.inference_outputs`, the forward of `predict`): semantic and instance slots, logits,
+semantic and instance masks, slot similarities, the `mlp_slot` embeddings and the candidate masks
+(instance masks with similarity >= 0.5; vosjax: `smtc.inference.candidates`).
 
 The semantic logits pass a hard threshold (> 0.3) and the candidates one (>= 0.5); a float32 flip at
 either would change the result discontinuously, so the test first checks that no value of the
@@ -19,6 +19,7 @@ values (the seeds are chosen so).
 The default variant shrinks the ViT (32 wide, 2 blocks, official layout and names otherwise) so that
 it takes seconds; the `slow` one has ViT-S/16's real shapes (384 wide, 12 blocks, 6 heads).
 """
+
 import os
 from pathlib import Path
 import subprocess
@@ -46,7 +47,9 @@ from vosjax.methods.smtc import official_checkpoint
 from vosjax.models import state_dicts
 
 torch.set_num_threads(1)
-DAVIS2016 = Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
+DAVIS2016 = (
+  Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
+)
 SMALL_VIT = dict(embed_dim=32, depth=2, num_heads=2)
 VIT_S16 = dict(embed_dim=384, depth=12, num_heads=6)
 RESOLUTION = {"small": (64, 96), "vit_s16": (96, 160)}  # 4 x 6 and 6 x 10 tokens
@@ -79,14 +82,22 @@ def official_model(vit: dict, seed: int) -> SlotAttentionAutoEncoder:
 def save_official_checkpoint(model: SlotAttentionAutoEncoder, path: Path) -> Path:
   """As `src/train.py` saves (the loss a graph tensor, an AdamW state of the 4 groups)."""
   params = list(model.parameters())
-  optimizer = torch.optim.AdamW([{"params": params[:2]}, {"params": params[2:],
-                                                          "weight_decay": 0.0}], lr=2e-5)
+  optimizer = torch.optim.AdamW(
+    [{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}], lr=2e-5
+  )
   loss = sum(p.square().mean() for p in params)
   loss.backward()
   optimizer.step()
   optimizer.zero_grad()
-  torch.save({"iteration": 10000, "model_state_dict": model.state_dict(),
-              "optimizer_state_dict": optimizer.state_dict(), "loss": loss}, path)
+  torch.save(
+    {
+      "iteration": 10000,
+      "model_state_dict": model.state_dict(),
+      "optimizer_state_dict": optimizer.state_dict(),
+      "loss": loss,
+    },
+    path,
+  )
   return path
 
 
@@ -106,37 +117,50 @@ def smtc_config(checkpoint: Path | None, vit: dict, resolution) -> ml_collection
 def davis_frames(resolution) -> np.ndarray:
   """The first 4 frames of blackswan, float32 [T, H, W, 3] in [0, 1]."""
   folder = DAVIS2016 / "JPEGImages" / "480p" / "blackswan"
-  frames = np.stack([video_io.read_image(p) for p in video_io.list_frame_files(folder)[:NUM_FRAMES]])
+  frames = np.stack(
+    [video_io.read_image(p) for p in video_io.list_frame_files(folder)[:NUM_FRAMES]]
+  )
   return video_io.resize_frames(frames, resolution)
 
 
-@pytest.fixture(scope="module", params=[
+@pytest.fixture(
+  scope="module",
+  params=[
     pytest.param("small", id="small"),
     pytest.param("vit_s16", id="vit_s16", marks=pytest.mark.slow),
-])
+  ],
+)
 def official(request, tmp_path_factory):
   """(variant, PyTorch model, its checkpoint, config importing it, frames, noise, torch outputs)."""
   vit = SMALL_VIT if request.param == "small" else VIT_S16
   model = official_model(vit, SEED[request.param])
   path = save_official_checkpoint(
-      model, tmp_path_factory.mktemp("official") / "checkpoint_10000_loss_0.1.pth")
+    model, tmp_path_factory.mktemp("official") / "checkpoint_10000_loss_0.1.pth"
+  )
   config = smtc_config(path, vit, RESOLUTION[request.param])
   frames = davis_frames(RESOLUTION[request.param])
-  noise = np.random.default_rng(1).standard_normal(
-      (NUM_FRAMES, NUM_SLOTS, NUM_INSTANCES, vit["embed_dim"])).astype(np.float32)
-  normalised = ((frames - np.asarray(config.model.inference_mean, np.float32))
-                / np.asarray(config.model.inference_std, np.float32))  # eval_multi.py: Kinetics
+  noise = (
+    np.random.default_rng(1)
+    .standard_normal((NUM_FRAMES, NUM_SLOTS, NUM_INSTANCES, vit["embed_dim"]))
+    .astype(np.float32)
+  )
+  normalised = (frames - np.asarray(config.model.inference_mean, np.float32)) / np.asarray(
+    config.model.inference_std, np.float32
+  )  # eval_multi.py: Kinetics
   with torch.no_grad():
-    expected = model(torch.from_numpy(normalised.transpose(0, 3, 1, 2).copy())[None],
-                     torch.from_numpy(noise))
+    expected = model(
+      torch.from_numpy(normalised.transpose(0, 3, 1, 2).copy())[None], torch.from_numpy(noise)
+    )
   return request.param, model, path, config, frames, noise, expected
 
 
 def _import(config):
-  """The params and extra state `train.create_train_state` starts from (`config.init.checkpoint`)."""
+  """The params and extra state `train.create_train_state` starts from
+  (`config.init.checkpoint`)."""
   model = smtc.make_model(config)
-  state, _ = train.create_train_state(smtc, model, config, smtc.make_optimizer(config),
-                                      sharding.make_mesh(jax.devices()[:1]))
+  state, _ = train.create_train_state(
+    smtc, model, config, smtc.make_optimizer(config), sharding.make_mesh(jax.devices()[:1])
+  )
   return model, state
 
 
@@ -162,44 +186,57 @@ def test_official_checkpoint_computes_the_official_forward(official):
   vosjax_model, state = _import(config)
   params = state.params
   weight = model.transport_proj.weight.detach().numpy()
-  np.testing.assert_array_equal(params["head"]["fusion"]["transport_proj"]["kernel"],
-                                weight[:, :, 0].T)
-  np.testing.assert_array_equal(params["encoder"]["patch_embed"]["kernel"],
-                                model.encoder.patch_embed.proj.weight.detach().numpy()
-                                .transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    params["head"]["fusion"]["transport_proj"]["kernel"], weight[:, :, 0].T
+  )
+  np.testing.assert_array_equal(
+    params["encoder"]["patch_embed"]["kernel"],
+    model.encoder.patch_embed.proj.weight.detach().numpy().transpose(2, 3, 1, 0),
+  )
   # The checkpoint holds no teacher: the EMA teacher starts as a copy of the imported student.
   jax.tree.map(np.testing.assert_array_equal, state.extra["teacher"], params)
 
-  out = inference.inference_outputs(params, vosjax_model, jnp.asarray(frames)[None], config,
-                                    jnp.asarray(noise)[None])
+  out = inference.inference_outputs(
+    params, vosjax_model, jnp.asarray(frames)[None], config, jnp.asarray(noise)[None]
+  )
   candidates, valid = inference.candidates(out, config.model.similarity_threshold)
   out, candidates, valid = jax.tree.map(lambda x: np.asarray(x[0]), (out, candidates, valid))
   torch_out = {name: value[0].numpy() for name, value in expected.items() if name != "grid"}
 
-  for ours, theirs in (("semantic_slots", "semantic_slots"), ("instance_slots", "instance_slots"),
-                       ("instance_embeddings", "warp_instance")):
+  for ours, theirs in (
+    ("semantic_slots", "semantic_slots"),
+    ("instance_slots", "instance_slots"),
+    ("instance_embeddings", "warp_instance"),
+  ):
     assert relative_error(getattr(out, ours), torch_out[theirs]) < TOLERANCE["slots"], ours
-  np.testing.assert_allclose(out.semantic_logits, torch_out["semantic_logits"], rtol=0,
-                             atol=TOLERANCE["logits"])
-  np.testing.assert_allclose(out.instance_logits, torch_out["instance_logits"], rtol=0,
-                             atol=TOLERANCE["logits"])
-  np.testing.assert_allclose(out.semantic_masks, torch_out["semantic_mask"], rtol=0,
-                             atol=TOLERANCE["masks"])
-  np.testing.assert_allclose(out.instance_masks, torch_out["instance_mask"], rtol=0,
-                             atol=TOLERANCE["masks"])
-  np.testing.assert_allclose(out.similarity, torch_out["similarity"], rtol=0,
-                             atol=TOLERANCE["similarity"])
+  np.testing.assert_allclose(
+    out.semantic_logits, torch_out["semantic_logits"], rtol=0, atol=TOLERANCE["logits"]
+  )
+  np.testing.assert_allclose(
+    out.instance_logits, torch_out["instance_logits"], rtol=0, atol=TOLERANCE["logits"]
+  )
+  np.testing.assert_allclose(
+    out.semantic_masks, torch_out["semantic_mask"], rtol=0, atol=TOLERANCE["masks"]
+  )
+  np.testing.assert_allclose(
+    out.instance_masks, torch_out["instance_mask"], rtol=0, atol=TOLERANCE["masks"]
+  )
+  np.testing.assert_allclose(
+    out.similarity, torch_out["similarity"], rtol=0, atol=TOLERANCE["similarity"]
+  )
 
   # Candidate masks (eval_multi.py): the same (s, p) selected in every frame, the same masks.
   grid = expected["grid"]
-  official_candidates = candidate_masks(expected["similarity"][0], expected["instance_mask"][0],
-                                        grid)
+  official_candidates = candidate_masks(
+    expected["similarity"][0], expected["instance_mask"][0], grid
+  )
   np.testing.assert_array_equal(valid, similarity[0].reshape(NUM_FRAMES, -1) >= 0.5)
   candidates = candidates.reshape(candidates.shape[:2] + tuple(grid))
   for t, theirs in enumerate(official_candidates):
     assert len(theirs) == valid[t].sum() > 0
-    np.testing.assert_allclose(candidates[t][valid[t]], theirs.numpy(), rtol=0,
-                               atol=TOLERANCE["masks"])
+    np.testing.assert_allclose(
+      candidates[t][valid[t]], theirs.numpy(), rtol=0, atol=TOLERANCE["masks"]
+    )
 
 
 # Only the fast variant: the names do not depend on the width.
@@ -222,11 +259,12 @@ def test_wrong_checkpoints_name_every_bad_tensor(official, tmp_path):
   lines = str(error.value).splitlines()
   assert str(broken) in lines[0] and official_checkpoint.SOURCE in lines[0]
   assert lines[1:] == [
-      "  missing (2): encoder.blocks.1.attn.qkv.bias, slot_attention.mlp.0.weight",
-      "  unexpected (1): teacher.slot_attention.slots_mu",
-      f"  wrong shape: encoder.pos_embed is (1, 785, {dim}), expected (1, 197, {dim})",
-      f"  wrong shape: slot_attention.slots_mu is (1, 8, 1, {dim}), expected (1, 16, 1, {dim})",
-      f"  wrong shape: transport_proj.weight is ({dim}, 64, 1), expected ({dim}, 256, 1)"]
+    "  missing (2): encoder.blocks.1.attn.qkv.bias, slot_attention.mlp.0.weight",
+    "  unexpected (1): teacher.slot_attention.slots_mu",
+    f"  wrong shape: encoder.pos_embed is (1, 785, {dim}), expected (1, 197, {dim})",
+    f"  wrong shape: slot_attention.slots_mu is (1, 8, 1, {dim}), expected (1, 16, 1, {dim})",
+    f"  wrong shape: transport_proj.weight is ({dim}, 64, 1), expected ({dim}, 256, 1)",
+  ]
 
 
 # Only the fast variant: the names do not depend on the width.
@@ -234,8 +272,11 @@ def test_wrong_checkpoints_name_every_bad_tensor(official, tmp_path):
 def test_a_dino_backbone_file_is_not_an_smtc_checkpoint(official, tmp_path):
   """The DINO weights (`--dino_path`) instead of a trained model: every head tensor is missing."""
   variant, model, _, config, *_ = official
-  dino = {name[len("encoder."):]: value for name, value in model.state_dict().items()
-          if name.startswith("encoder.")}
+  dino = {
+    name[len("encoder.") :]: value
+    for name, value in model.state_dict().items()
+    if name.startswith("encoder.")
+  }
   torch.save(dino, tmp_path / "dino_small_16.pth")
   config = config.copy_and_resolve_references()
   config.init.checkpoint = str(tmp_path / "dino_small_16.pth")
@@ -249,11 +290,11 @@ def test_a_dino_backbone_file_is_not_an_smtc_checkpoint(official, tmp_path):
   assert "transport_proj.weight" in message and "slot_attention.slots_sigma" in message
 
 
-
 def test_the_shipped_config_takes_the_released_layout(tmp_path):
   """The released model's shapes (ViT-S/16, 16 semantic slots, the 16 x 16 correlation grid) import
   into configs/smtc_ytvos.py as it is, with no DINO file (none exists, downloads are off)."""
   from configs import smtc_ytvos  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   model = SlotAttentionAutoEncoder(VIT_S16)  # the official initialisation and shapes
   path = save_official_checkpoint(model, tmp_path / "smtc_vits16.pth")
@@ -263,10 +304,15 @@ def test_the_shipped_config_takes_the_released_layout(tmp_path):
   config.backbone.cache_dir = "/nonexistent"
   params = _import(config)[1].params
   assert (config.model.num_instances, config.model.inference_iterations) == (4, 5)  # eval_multi.sh
-  np.testing.assert_array_equal(params["head"]["slot_attention"]["slots_sigma"],
-                                model.slot_attention.slots_sigma.detach().numpy())
-  np.testing.assert_array_equal(params["encoder"]["blocks_11"]["attn"]["qkv"]["kernel"],
-                                model.encoder.blocks[11].attn.qkv.weight.detach().numpy().T)
+  np.testing.assert_array_equal(
+    params["head"]["slot_attention"]["slots_sigma"],
+    model.slot_attention.slots_sigma.detach().numpy(),
+  )
+  np.testing.assert_array_equal(
+    params["encoder"]["blocks_11"]["attn"]["qkv"]["kernel"],
+    model.encoder.blocks[11].attn.qkv.weight.detach().numpy().T,
+  )
+
 
 _CONFIG_FILE = '''
 """The tests' SMTC: a {depth}-block ViT {width} wide at {height}x{width_px}, 4 frames."""
@@ -277,7 +323,8 @@ from vosjax.methods import smtc
 
 def get_config():
   config = smtc.default_config()
-  config.data = ml_collections.ConfigDict({{"resolution": ({height}, {width_px}), "clip_length": 4}})
+  config.data = ml_collections.ConfigDict(
+      {{"resolution": ({height}, {width_px}), "clip_length": 4}})
   config.backbone.allow_download = False  # the encoder comes from the checkpoint
   config.backbone.cache_dir = "/nonexistent"
   config.backbone.arch_overrides.update({vit})
@@ -293,17 +340,30 @@ def test_convert_command_then_no_torch(official, tmp_path, monkeypatch):
   variant, _, path, config, *_ = official
   height, width = config.data.resolution
   config_file = tmp_path / "smtc_tiny.py"
-  config_file.write_text(textwrap.dedent(_CONFIG_FILE).format(
-      depth=SMALL_VIT["depth"], width=SMALL_VIT["embed_dim"], height=height, width_px=width,
-      vit=SMALL_VIT))
+  config_file.write_text(
+    textwrap.dedent(_CONFIG_FILE).format(
+      depth=SMALL_VIT["depth"],
+      width=SMALL_VIT["embed_dim"],
+      height=height,
+      width_px=width,
+      vit=SMALL_VIT,
+    )
+  )
   output = tmp_path / "smtc_vits16.safetensors"
   command = [PYTHON, "-m", "vosjax.convert", str(path), str(output), "--config", str(config_file)]
-  proc = subprocess.run(command, cwd=REPO, env=subprocess_env(1), capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    command, cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"to {output}" in proc.stdout and "config.method='smtc'" in proc.stdout
-  wrong = subprocess.run(command + ["--config.model.num_semantic_slots=8"], cwd=REPO,
-                         env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+  wrong = subprocess.run(
+    command + ["--config.model.num_semantic_slots=8"],
+    cwd=REPO,
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert wrong.returncode != 0
   assert "wrong shape: slot_attention.slots_mu" in wrong.stderr, wrong.stderr[-3000:]
   names = sorted(torch.load(path, weights_only=True)["model_state_dict"])

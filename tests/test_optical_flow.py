@@ -1,4 +1,5 @@
 """DIS flow recovers a known shift; .flo round trip; RAFT folder reading; flow cache."""
+
 import cv2
 import numpy as np
 import pytest
@@ -16,8 +17,9 @@ def texture(height=96, width=128, seed=0) -> np.ndarray:
 def shifted(image: np.ndarray, d_row: float, d_col: float) -> np.ndarray:
   """out(y, x) = image(y - d_row, x - d_col): content moves by (d_row, d_col)."""
   matrix = np.float32([[1, 0, d_col], [0, 1, d_row]])
-  return cv2.warpAffine(image, matrix, image.shape[1::-1], flags=cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_REFLECT)
+  return cv2.warpAffine(
+    image, matrix, image.shape[1::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+  )
 
 
 @pytest.mark.parametrize("preset", ["medium", "fine"])
@@ -80,14 +82,15 @@ def test_read_raft_flow_folders(tmp_path):
   for gap in (1, -2):
     for t in np.flatnonzero(optical_flow.valid_gap_frames(4, gap)):
       written[gap, t] = rng.normal(size=(8, 12, 2)).astype(np.float32)
-      optical_flow.write_flo(optical_flow.raft_flow_dir(tmp_path, "seq", gap, "480p")
-                             / f"{names[t]}.flo", written[gap, t])
+      optical_flow.write_flo(
+        optical_flow.raft_flow_dir(tmp_path, "seq", gap, "480p") / f"{names[t]}.flo",
+        written[gap, t],
+      )
   forward = optical_flow.read_raft_flows(tmp_path, "seq", 1, names, res="480p")
   assert forward.shape == (4, 8, 12, 2)
   np.testing.assert_array_equal(forward[0], written[1, 0])
   np.testing.assert_array_equal(forward[3], 0.0)  # 3 + 1 is outside the sequence.
-  backward = optical_flow.read_raft_flows(tmp_path, "seq", -2, names, resolution=(4, 6),
-                                          res="480p")
+  backward = optical_flow.read_raft_flows(tmp_path, "seq", -2, names, resolution=(4, 6), res="480p")
   np.testing.assert_allclose(backward[2], optical_flow.resize_flow(written[-2, 2], (4, 6)))
   (optical_flow.raft_flow_dir(tmp_path, "seq", 1, "480p") / "00001.flo").unlink()
   with pytest.raises(FileNotFoundError, match="00001.flo"):
@@ -107,11 +110,9 @@ def test_cache_computes_once_and_writes_atomically(tmp_path):
   np.testing.assert_array_equal(second[-1], first[-1])
   np.testing.assert_array_equal(second[2], 2.0)
   files = sorted(p.name for p in (tmp_path / "set/seq").iterdir())
-  assert files == ["dis-medium_gap-1_4x5.npy", "dis-medium_gap1_4x5.npy",
-                   "dis-medium_gap2_4x5.npy"]
+  assert files == ["dis-medium_gap-1_4x5.npy", "dis-medium_gap1_4x5.npy", "dis-medium_gap2_4x5.npy"]
   with pytest.raises(ValueError, match="expected"):
-    optical_flow.cached_flows(tmp_path, "set/seq", (3,), (4, 5),
-                              lambda gap: np.zeros((3, 4, 4, 2)))
+    optical_flow.cached_flows(tmp_path, "set/seq", (3,), (4, 5), lambda gap: np.zeros((3, 4, 4, 2)))
   (tmp_path / "set/seq/dis-medium_gap1_4x5.npy").write_bytes(b"junk")
   with pytest.raises(ValueError, match="corrupt flow cache"):
     optical_flow.cached_flows(tmp_path, "set/seq", (1,), (4, 5), compute)

@@ -3,6 +3,7 @@
 The grouped optimizer is checked against NumPy transcriptions of SGD and Adam (float64) on the
 parameters of a small flax model, as a plain dict and as a FrozenDict.
 """
+
 import flax
 import flax.linen as nn
 import jax
@@ -24,7 +25,7 @@ LEARNING_RATE = 0.1
 
 def base_learning_rate(step):
   """A decaying schedule, so that a wrong step count gives a wrong learning rate."""
-  return LEARNING_RATE * 0.8 ** step
+  return LEARNING_RATE * 0.8**step
 
 
 class Encoder(nn.Module):
@@ -56,17 +57,23 @@ def is_encoder(path) -> bool:
 
 def make_grouped(make_optimizer) -> optax.GradientTransformation:
   return optimizers.grouped_optimizer(
-      make_optimizer, base_learning_rate,
-      multipliers={"encoder": optimizers.step_multiplier(0.0, ENCODER_MULTIPLIER, SWITCH_STEP),
-                   "rest": 1.0},
-      label_fn=optimizers.label_by_path([(r"^encoder/", "encoder")], default="rest"))
+    make_optimizer,
+    base_learning_rate,
+    multipliers={
+      "encoder": optimizers.step_multiplier(0.0, ENCODER_MULTIPLIER, SWITCH_STEP),
+      "rest": 1.0,
+    },
+    label_fn=optimizers.label_by_path([(r"^encoder/", "encoder")], default="rest"),
+  )
 
 
 def random_gradients(params, num_steps: int) -> list:
   """A different gradient pytree (float32) for every update."""
   rng = np.random.default_rng(1)
-  return [jax.tree.map(lambda p: rng.normal(size=np.shape(p)).astype(np.float32), params)
-          for _ in range(num_steps)]
+  return [
+    jax.tree.map(lambda p: rng.normal(size=np.shape(p)).astype(np.float32), params)
+    for _ in range(num_steps)
+  ]
 
 
 def learning_rate(path, step: int) -> float:
@@ -90,7 +97,7 @@ def numpy_adam(path, param, grads) -> list[np.ndarray]:
   mu, nu = np.zeros_like(param), np.zeros_like(param)
   for step, grad in enumerate(grads):
     mu = ADAM["b1"] * mu + (1 - ADAM["b1"]) * grad
-    nu = ADAM["b2"] * nu + (1 - ADAM["b2"]) * grad ** 2
+    nu = ADAM["b2"] * nu + (1 - ADAM["b2"]) * grad**2
     mu_hat, nu_hat = mu / (1 - ADAM["b1"] ** (step + 1)), nu / (1 - ADAM["b2"] ** (step + 1))
     param = param - learning_rate(path, step) * mu_hat / (np.sqrt(nu_hat) + ADAM["eps"])
     history.append(param)
@@ -100,10 +107,13 @@ def numpy_adam(path, param, grads) -> list[np.ndarray]:
 @pytest.mark.parametrize("container", ["dict", "FrozenDict"])
 # float32 against float64, absolute tolerances far below the encoder's first move (~5e-4 of Adam):
 # in float32 Adam's 1 - b2 alone is off by ~1e-5 relative, so its updates (~lr) by ~1e-6 each.
-@pytest.mark.parametrize("name, make_optimizer, reference, atol", [
+@pytest.mark.parametrize(
+  "name, make_optimizer, reference, atol",
+  [
     ("sgd", optax.sgd, numpy_sgd, 1e-6),
     ("adam", lambda lr: optax.adam(lr, **ADAM), numpy_adam, 1e-5),
-])
+  ],
+)
 def test_grouped_optimizer_matches_numpy(container, name, make_optimizer, reference, atol):
   del name
   params = tiny_params()
@@ -146,9 +156,11 @@ def test_encoder_moves_at_a_hundredth_of_the_rest_after_the_switch():
     current = optax.apply_updates(current, updates)
     for path, leaf in jax.tree_util.tree_leaves_with_path(updates):
       expected = base_learning_rate(step) * (
-          (0.0 if step < SWITCH_STEP else ENCODER_MULTIPLIER) if is_encoder(path) else 1.0)
-      np.testing.assert_allclose(np.asarray(leaf), -expected, rtol=1e-6,
-                                 err_msg=f"{path_name(path)} at update {step}")
+        (0.0 if step < SWITCH_STEP else ENCODER_MULTIPLIER) if is_encoder(path) else 1.0
+      )
+      np.testing.assert_allclose(
+        np.asarray(leaf), -expected, rtol=1e-6, err_msg=f"{path_name(path)} at update {step}"
+      )
 
 
 def test_gradient_clipping_off_on_and_invalid():
@@ -169,25 +181,30 @@ def test_gradient_clipping_off_on_and_invalid():
 
 
 def test_label_by_path_labels_nested_paths_by_the_first_matching_rule():
-  params = {"encoder": {"blocks": [np.zeros(2), np.zeros(3)], "norm": {"scale": np.zeros(2)}},
-            "decoder": {"encoder_proj": {"kernel": np.zeros(2)}},
-            "head": np.zeros(1)}
+  params = {
+    "encoder": {"blocks": [np.zeros(2), np.zeros(3)], "norm": {"scale": np.zeros(2)}},
+    "decoder": {"encoder_proj": {"kernel": np.zeros(2)}},
+    "head": np.zeros(1),
+  }
   label_fn = optimizers.label_by_path(
-      [(r"^encoder/blocks/1$", "last_block"), (r"^encoder/", "encoder"), (r"/kernel$", "kernel")],
-      default="rest")
+    [(r"^encoder/blocks/1$", "last_block"), (r"^encoder/", "encoder"), (r"/kernel$", "kernel")],
+    default="rest",
+  )
   assert label_fn(params) == {
-      "encoder": {"blocks": ["encoder", "last_block"], "norm": {"scale": "encoder"}},
-      "decoder": {"encoder_proj": {"kernel": "kernel"}},
-      "head": "rest"}
+    "encoder": {"blocks": ["encoder", "last_block"], "norm": {"scale": "encoder"}},
+    "decoder": {"encoder_proj": {"kernel": "kernel"}},
+    "head": "rest",
+  }
 
 
 def test_label_by_path_on_flax_params_as_dict_and_frozen_dict():
   params = tiny_params()
   label_fn = optimizers.label_by_path([(r"^encoder/", "encoder")], default="rest")
-  expected = {"pre_encoder": {"kernel": "rest", "bias": "rest"},
-              "encoder": {name: {"kernel": "encoder", "bias": "encoder"}
-                          for name in ("Dense_0", "Dense_1")},
-              "head": {"kernel": "rest", "bias": "rest"}}
+  expected = {
+    "pre_encoder": {"kernel": "rest", "bias": "rest"},
+    "encoder": {name: {"kernel": "encoder", "bias": "encoder"} for name in ("Dense_0", "Dense_1")},
+    "head": {"kernel": "rest", "bias": "rest"},
+  }
   assert label_fn(params) == expected
   frozen_labels = label_fn(flax.core.freeze(params))
   assert isinstance(frozen_labels, flax.core.FrozenDict)

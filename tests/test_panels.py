@@ -1,4 +1,5 @@
 """Labelled panels: enlarged by an integer factor (hard mask edges), titled, GIF and PNG strip."""
+
 import numpy as np
 from PIL import Image
 import pytest
@@ -14,14 +15,16 @@ def test_panels_are_enlarged_nearest_and_titled():
   video = panels.labelled_panels([("frame", frames), ("mask", masks)], min_side=128)
   scale = 4  # ceil(128 / 32)
   assert video.shape == (5, panels.TITLE_HEIGHT + 32 * scale, 2 * 40 * scale, 3)
-  body = video[:, panels.TITLE_HEIGHT:]
-  np.testing.assert_array_equal(body[:, ::scale, :40 * scale:scale], frames)
-  mask_panel = body[:, :, 40 * scale:]
+  body = video[:, panels.TITLE_HEIGHT :]
+  np.testing.assert_array_equal(body[:, ::scale, : 40 * scale : scale], frames)
+  mask_panel = body[:, :, 40 * scale :]
   # Nearest neighbour: only the two mask values, and the edge lands on a multiple of the scale.
   assert set(np.unique(mask_panel)) == {0, 255}
-  assert mask_panel[0, 8 * scale, 10 * scale, 0] == 255 and mask_panel[0, 8 * scale - 1, 10 * scale,
-                                                                        0] == 0
-  title = video[0, :panels.TITLE_HEIGHT]
+  assert (
+    mask_panel[0, 8 * scale, 10 * scale, 0] == 255
+    and mask_panel[0, 8 * scale - 1, 10 * scale, 0] == 0
+  )
+  title = video[0, : panels.TITLE_HEIGHT]
   assert title.max() > 200 and np.median(title) == 40  # white text on dark grey
 
 

@@ -1,4 +1,5 @@
 """Checkpoint reading, conversion, caching and download (against a loopback HTTP server)."""
+
 import argparse
 import hashlib
 import http.server
@@ -29,8 +30,15 @@ TINY_DINO = vit.ViTArch(patch_size=16, embed_dim=32, depth=2, num_heads=2, pos_e
 
 def tiny_state_dict(seed: int) -> dict[str, torch.Tensor]:
   torch.manual_seed(seed)
-  model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0,
-                            img_size=64, embed_dim=32, depth=2, num_heads=2)
+  model = timm.create_model(
+    "vit_small_patch16_224",
+    pretrained=False,
+    num_classes=0,
+    img_size=64,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+  )
   with torch.no_grad():
     for param in model.parameters():
       param.add_(0.1 * torch.randn_like(param))
@@ -61,33 +69,44 @@ def test_backbone_only_pth_converts_like_the_state_dict(tmp_path):
   params = pretrained.load_params_file(tmp_path / "backbone.pth", TINY_DINO)
   assert_params_equal(params, pretrained.convert_state_dict(as_numpy(state), TINY_DINO))
   # Linear [out, in] -> kernel [in, out]; conv [out, in, kh, kw] -> [kh, kw, in, out].
-  np.testing.assert_array_equal(params["blocks_1"]["mlp"]["fc1"]["kernel"],
-                                state["blocks.1.mlp.fc1.weight"].numpy().T)
-  np.testing.assert_array_equal(params["patch_embed"]["kernel"][3, 5, 1],
-                                state["patch_embed.proj.weight"].numpy()[:, 1, 3, 5])
+  np.testing.assert_array_equal(
+    params["blocks_1"]["mlp"]["fc1"]["kernel"], state["blocks.1.mlp.fc1.weight"].numpy().T
+  )
+  np.testing.assert_array_equal(
+    params["patch_embed"]["kernel"][3, 5, 1], state["patch_embed.proj.weight"].numpy()[:, 1, 3, 5]
+  )
 
 
 def test_full_dino_checkpoint_prefixes_and_teacher_default(tmp_path):
   teacher, student = tiny_state_dict(1), tiny_state_dict(2)
   head = {"head.mlp.0.weight": torch.zeros(8, 32), "head.last_layer.weight_g": torch.ones(16, 1)}
   checkpoint = {
-      "teacher": {**{f"backbone.{k}": v for k, v in teacher.items()}, **head},
-      "student": {**{f"module.backbone.{k}": v for k, v in student.items()},
-                  **{f"module.{k}": v for k, v in head.items()}},
-      "epoch": 100, "args": argparse.Namespace(arch="vit_small", lr=5e-4),
+    "teacher": {**{f"backbone.{k}": v for k, v in teacher.items()}, **head},
+    "student": {
+      **{f"module.backbone.{k}": v for k, v in student.items()},
+      **{f"module.{k}": v for k, v in head.items()},
+    },
+    "epoch": 100,
+    "args": argparse.Namespace(arch="vit_small", lr=5e-4),
   }
   torch.save(checkpoint, tmp_path / "full.pth")
-  assert_params_equal(pretrained.load_params_file(tmp_path / "full.pth", TINY_DINO),
-                      pretrained.convert_state_dict(as_numpy(teacher), TINY_DINO))
-  assert_params_equal(pretrained.load_params_file(tmp_path / "full.pth", TINY_DINO, "student"),
-                      pretrained.convert_state_dict(as_numpy(student), TINY_DINO))
+  assert_params_equal(
+    pretrained.load_params_file(tmp_path / "full.pth", TINY_DINO),
+    pretrained.convert_state_dict(as_numpy(teacher), TINY_DINO),
+  )
+  assert_params_equal(
+    pretrained.load_params_file(tmp_path / "full.pth", TINY_DINO, "student"),
+    pretrained.convert_state_dict(as_numpy(student), TINY_DINO),
+  )
 
 
 def test_module_prefix_is_stripped(tmp_path):
   state = tiny_state_dict(3)
   torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pth")
-  assert_params_equal(pretrained.load_params_file(tmp_path / "ddp.pth", TINY_DINO),
-                      pretrained.convert_state_dict(as_numpy(state), TINY_DINO))
+  assert_params_equal(
+    pretrained.load_params_file(tmp_path / "ddp.pth", TINY_DINO),
+    pretrained.convert_state_dict(as_numpy(state), TINY_DINO),
+  )
 
 
 def test_tensor_outside_backbone_and_head_is_an_error(tmp_path):
@@ -107,10 +126,9 @@ def test_truncated_file_is_a_clear_error(tmp_path, suffix):
   elif suffix == ".safetensors":
     safetensors.numpy.save_file(as_numpy(state), str(path))
   else:
-    pretrained.save_params(path, pretrained.convert_state_dict(as_numpy(state), TINY_DINO),
-                           "tiny")
+    pretrained.save_params(path, pretrained.convert_state_dict(as_numpy(state), TINY_DINO), "tiny")
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[: len(data) // 2])
   with pytest.raises(pretrained.CheckpointError, match=str(path)):
     pretrained.load_params_file(path, TINY_DINO)
 
@@ -131,22 +149,28 @@ def test_wrong_architecture_lists_missing_unexpected_and_shapes():
 def test_safetensors_with_timm_names(tmp_path):
   state = as_numpy(tiny_state_dict(7))
   safetensors.numpy.save_file(state, str(tmp_path / "model.safetensors"))
-  assert_params_equal(pretrained.load_params_file(tmp_path / "model.safetensors", TINY_DINO),
-                      pretrained.convert_state_dict(state, TINY_DINO))
+  assert_params_equal(
+    pretrained.load_params_file(tmp_path / "model.safetensors", TINY_DINO),
+    pretrained.convert_state_dict(state, TINY_DINO),
+  )
 
 
 def hugging_face_names(state, layer_scale: bool, prefix: str):
   """Renames a DINO state dict the way transformers' ViTModel / Dinov2Model name it."""
-  renamed = {"embeddings.cls_token": state["cls_token"],
-             "embeddings.position_embeddings": state["pos_embed"],
-             "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
-             "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
-             "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
+  renamed = {
+    "embeddings.cls_token": state["cls_token"],
+    "embeddings.position_embeddings": state["pos_embed"],
+    "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+    "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+    "layernorm.weight": state["norm.weight"],
+    "layernorm.bias": state["norm.bias"],
+  }
   for i in range(2):
     block, layer = f"blocks.{i}", f"encoder.layer.{i}"
     for kind in ("weight", "bias"):
-      for part, value in zip(("query", "key", "value"),
-                             np.split(state[f"{block}.attn.qkv.{kind}"], 3, axis=0)):
+      for part, value in zip(
+        ("query", "key", "value"), np.split(state[f"{block}.attn.qkv.{kind}"], 3, axis=0)
+      ):
         renamed[f"{layer}.attention.attention.{part}.{kind}"] = value
       renamed[f"{layer}.attention.output.dense.{kind}"] = state[f"{block}.attn.proj.{kind}"]
       if layer_scale:  # Dinov2Layer names
@@ -179,8 +203,9 @@ def test_hugging_face_names(layer_scale, prefix):
       state[f"blocks.{i}.ls1.gamma"] = np.full(32, 0.5 + i, np.float32)
       state[f"blocks.{i}.ls2.gamma"] = np.full(32, 2.0 + i, np.float32)
   assert_params_equal(
-      pretrained.convert_state_dict(hugging_face_names(state, layer_scale, prefix), arch),
-      pretrained.convert_state_dict(state, arch))
+    pretrained.convert_state_dict(hugging_face_names(state, layer_scale, prefix), arch),
+    pretrained.convert_state_dict(state, arch),
+  )
 
 
 def test_converted_params_save_and_load(tmp_path):
@@ -220,8 +245,9 @@ def test_load_backbone_uses_cache_then_converted_npz(tmp_path, vits16_state):
 def test_explicit_checkpoint_and_cli_conversion(tmp_path, vits16_state):
   path, state = vits16_state
   assert pretrained.main([str(path), str(tmp_path / "s16.npz"), "--name", "dino_vits16"]) == 0
-  config = backbone_config(name="dino_vits16", checkpoint=str(tmp_path / "s16.npz"),
-                           dtype="bfloat16", allow_download=False)
+  config = backbone_config(
+    name="dino_vits16", checkpoint=str(tmp_path / "s16.npz"), dtype="bfloat16", allow_download=False
+  )
   module, params = pretrained.load_backbone(config)
   assert module.dtype == jnp.bfloat16
   assert_params_equal(params, pretrained.convert_state_dict(state, module.arch))
@@ -234,8 +260,9 @@ def test_offline_without_file_names_url_and_config_key(tmp_path):
   with pytest.raises(pretrained.PretrainedWeightsUnavailableError) as error:
     pretrained.load_backbone(config)
   message = str(error.value)
-  assert ("https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth"
-          in message)
+  assert (
+    "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth" in message
+  )
   assert "--config.backbone.checkpoint=PATH" in message
 
 
@@ -261,7 +288,7 @@ class _RangeServer:
       def do_GET(self):  # pylint: disable=invalid-name
         requested = self.headers.get("Range")
         server.ranges.append(requested)
-        start = int(requested[len("bytes="):-1]) if requested and server.honour_range else 0
+        start = int(requested[len("bytes=") : -1]) if requested and server.honour_range else 0
         if start >= len(server.payload):
           self.send_response(416)  # Range Not Satisfiable, as real servers answer.
           self.end_headers()
@@ -327,8 +354,9 @@ def test_missing_torch_gives_install_hint(tmp_path, monkeypatch):
 
 def test_random_init_warns_loudly(caplog):
   with caplog.at_level(logging.WARNING):
-    module, params = pretrained.load_backbone(backbone_config(name="dinov2_vits14_reg",
-                                                              random_init=True))
+    module, params = pretrained.load_backbone(
+      backbone_config(name="dinov2_vits14_reg", random_init=True)
+    )
   assert "RANDOM weights" in caplog.text
   assert params["register_tokens"].shape == (1, 4, 384)
   assert module.arch.interpolate_antialias

@@ -1,4 +1,6 @@
-"""`python -m vosjax.segment`: a tiny trained Motion Grouping model segments a video it never saw."""
+"""`python -m vosjax.segment`: a tiny trained Motion Grouping model segments a video it never
+saw."""
+
 import subprocess
 
 import jax
@@ -28,7 +30,7 @@ def moving_square_video(path, num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH,
   square = rng.uniform(0.5, 1.0, (height // 3, height // 3, 3))
   for t in range(num_frames):
     top, left = 4 + t, 4 + 2 * t
-    frames[t, top:top + square.shape[0], left:left + square.shape[1]] = square
+    frames[t, top : top + square.shape[0], left : left + square.shape[1]] = square
   return video_io.write_mp4(path, frames, fps=8)
 
 
@@ -42,13 +44,19 @@ def checkpointed(tmp_path_factory):
   """
   from vosjax.core import checkpoint  # pylint: disable=g-import-not-at-top
   from vosjax import train  # pylint: disable=g-import-not-at-top
+
   workdir = str(tmp_path_factory.mktemp("trained"))
   config = tiny_config("unused: no training data is read")
   method = methods.load_method(config)
   flows = np.zeros((config.batch_size, 32, 32, 2), np.float32)
-  state, _ = train.create_train_state(method, method.make_model(config),
-                                      config, method.make_optimizer(config), sharding.make_mesh(),
-                                      {"flow_a": flows, "flow_b": flows})
+  state, _ = train.create_train_state(
+    method,
+    method.make_model(config),
+    config,
+    method.make_optimizer(config),
+    sharding.make_mesh(),
+    {"flow_a": flows, "flow_b": flows},
+  )
   state = state.replace(step=state.step + CHECKPOINT_STEP)
   manager = checkpoint.CheckpointManager(workdir)
   manager.save(CHECKPOINT_STEP, state, {"step": CHECKPOINT_STEP, "data_step": CHECKPOINT_STEP})
@@ -58,13 +66,29 @@ def checkpointed(tmp_path_factory):
 
 def _segment_command(workdir, video, output, *extra):
   overrides = [f"--config.{k}={v}".replace(" ", "") for k, v in TINY_OVERRIDES.items()]
-  cmd = [PYTHON, "-m", "vosjax.segment", "--config", "configs/demo.py", "--workdir", str(workdir),
-         "--input", str(video), "--output", str(output), *overrides, *extra]
-  return subprocess.run(cmd, env=subprocess_env(1), capture_output=True, text=True, timeout=300,
-                        cwd=REPO)
+  cmd = [
+    PYTHON,
+    "-m",
+    "vosjax.segment",
+    "--config",
+    "configs/demo.py",
+    "--workdir",
+    str(workdir),
+    "--input",
+    str(video),
+    "--output",
+    str(output),
+    *overrides,
+    *extra,
+  ]
+  return subprocess.run(
+    cmd, env=subprocess_env(1), capture_output=True, text=True, timeout=300, cwd=REPO
+  )
 
 
-def test_command_line_writes_masks_and_overlays_of_the_whole_video_prediction(checkpointed, tmp_path):
+def test_command_line_writes_masks_and_overlays_of_the_whole_video_prediction(
+  checkpointed, tmp_path
+):
   workdir, config, params = checkpointed
   video = moving_square_video(tmp_path / "square.mp4")
   output = tmp_path / "out"
@@ -82,7 +106,8 @@ def test_command_line_writes_masks_and_overlays_of_the_whole_video_prediction(ch
     with Image.open(path) as image:
       assert image.mode == "P" and image.size == (WIDTH, HEIGHT)
       np.testing.assert_array_equal(
-          np.asarray(image.getpalette()[:6]).reshape(2, 3), video_io.DAVIS_PALETTE[:2])
+        np.asarray(image.getpalette()[:6]).reshape(2, 3), video_io.DAVIS_PALETTE[:2]
+      )
       masks.append(np.asarray(image))
   masks = np.stack(masks)
   with Image.open(output / "overlay.gif") as gif:
@@ -92,8 +117,9 @@ def test_command_line_writes_masks_and_overlays_of_the_whole_video_prediction(ch
   # The evaluation code path on the whole video at once, with DIS flow computed here at the frame
   # size and resized: the windowed command wrote exactly this, upsampled (nearest) to the frames.
   frames = np.round(video_io.read_video(video) * 255).astype(np.uint8)
-  flows = {gap: optical_flow.resize_flow(optical_flow.video_flow(frames, gap), (32, 32))
-           for gap in (1, -1)}
+  flows = {
+    gap: optical_flow.resize_flow(optical_flow.video_flow(frames, gap), (32, 32)) for gap in (1, -1)
+  }
   for gap in (1, -1):
     cached = np.load(next((output / "flow_cache").rglob(f"dis-medium_gap{gap}_32x32.npy")))
     np.testing.assert_allclose(cached, flows[gap], atol=1e-5)
@@ -103,12 +129,14 @@ def test_command_line_writes_masks_and_overlays_of_the_whole_video_prediction(ch
   ids = jax.jit(lambda p, b: method.predict(p, model, b, config)["ids"])(params, batch)[0]
   assert 0 < np.mean(ids) < 1, "a constant prediction would make this comparison weak"
   both = np.concatenate([flows[1], flows[-1]])
-  probability = jax.jit(lambda p, f: method.foreground_probability(p, model, f, config))(params, both)
+  probability = jax.jit(lambda p, f: method.foreground_probability(p, model, f, config))(
+    params, both
+  )
   foreground = motion_grouping.mean_over_directions(probability.reshape(2, 1, *ids.shape))[0]
   resize = lambda x: np.asarray(jax.image.resize(x, (NUM_FRAMES, HEIGHT, WIDTH), "nearest"))
   expected = resize(np.asarray(ids, np.float32)).astype(np.uint8)
-  # Windows of 6 frames and the whole video are programs of other shapes, which need not round alike:
-  # a differing pixel must be a float tie, a foreground probability at the 0.5 threshold.
+  # Windows of 6 frames and the whole video are programs of other shapes, which need not round
+  # alike: a differing pixel must be a float tie, a foreground probability at the 0.5 threshold.
   differ = masks != expected
   assert differ.mean() < 0.01, f"{differ.sum()} of {differ.size} pixels differ"
   margin = np.abs(resize(np.asarray(foreground)) - 0.5)[differ]
@@ -128,16 +156,18 @@ def test_corrupt_video_fails_with_a_message_naming_it(tmp_path):
 def test_missing_checkpoint_and_unsupported_method_are_clear_errors(tmp_path):
   video = moving_square_video(tmp_path / "v.mp4", num_frames=3)
   with pytest.raises(segment.SegmentError, match="No checkpoint folder .*nothing_here"):
-    segment.segment_video(tiny_config("unused"), str(tmp_path / "nothing_here"), str(video),
-                          str(tmp_path / "out"))
+    segment.segment_video(
+      tiny_config("unused"), str(tmp_path / "nothing_here"), str(video), str(tmp_path / "out")
+    )
   assert not (tmp_path / "nothing_here").exists()
   config = tiny_config("unused", method="slot_attention")
   with pytest.raises(segment.SegmentError, match="betrayed.*motion_grouping.*slot_attention"):
     segment.segment_video(config, str(tmp_path), str(video), str(tmp_path / "out"))
 
 
-@pytest.mark.parametrize("num_frames,chunk_frames", [(1, 4), (6, 4), (7, 4), (10, 4), (11, 1),
-                                                     (100, 7)])
+@pytest.mark.parametrize(
+  "num_frames,chunk_frames", [(1, 4), (6, 4), (7, 4), (10, 4), (11, 1), (100, 7)]
+)
 def test_windows_keep_every_frame_once_and_only_with_both_flows(num_frames, chunk_frames):
   window, starts = windows.windows(num_frames, chunk_frames)
   assert window == min(chunk_frames + 2, num_frames)
@@ -184,12 +214,18 @@ def test_betrayed_ids_of_static_segments_stay_the_same_across_windows(tmp_path):
   """
   from test_betrayed import _tiny_config  # pylint: disable=g-import-not-at-top
   from vosjax.core import checkpoint  # pylint: disable=g-import-not-at-top
+
   config = _tiny_config(str(tmp_path / "unused"))
   config.model.tau = 1e-5
   method = methods.load_method(config)
   state, _ = train.create_train_state(
-      method, method.make_model(config), config, method.make_optimizer(config),
-      sharding.make_mesh(), {"video": np.zeros((1, 3, 32, 32, 3), np.float32)})
+    method,
+    method.make_model(config),
+    config,
+    method.make_optimizer(config),
+    sharding.make_mesh(),
+    {"video": np.zeros((1, 3, 32, 32, 3), np.float32)},
+  )
   manager = checkpoint.CheckpointManager(str(tmp_path / "work"))
   manager.save(0, state, {"step": 0, "data_step": 0})
   manager.close()
@@ -199,8 +235,9 @@ def test_betrayed_ids_of_static_segments_stay_the_same_across_windows(tmp_path):
     frames_dir.mkdir(exist_ok=True)
     Image.fromarray(frame).save(frames_dir / f"frame{t:03d}.png")
 
-  outputs = segment.segment_video(config, str(tmp_path / "work"), str(frames_dir),
-                                  str(tmp_path / "out"), chunk_frames=4)
+  outputs = segment.segment_video(
+    config, str(tmp_path / "work"), str(frames_dir), str(tmp_path / "out"), chunk_frames=4
+  )
   masks = np.stack([np.asarray(Image.open(p)) for p in sorted(outputs.masks_dir.glob("*.png"))])
   assert masks.shape == (12, HEIGHT, WIDTH)
   # The square covers rows < 32 and columns < 42 of every frame; tokens are 12 x 16 pixels here.

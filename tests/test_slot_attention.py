@@ -23,15 +23,15 @@ def _random_params(module, *args, seed=0):
   Every entry is random (biases and LayerNorm scales included, so that none of them is a
   trivial 0 or 1): kernels N(0, 1/fan_in), scales 1 + N(0, 0.5^2), others N(0, 0.5^2).
   """
-  shapes = jax.eval_shape(lambda key: module.init(key, *args), jax.random.key(0))['params']
+  shapes = jax.eval_shape(lambda key: module.init(key, *args), jax.random.key(0))["params"]
   rng = np.random.default_rng(seed)
 
   def draw(path, leaf):
     noise = rng.normal(size=leaf.shape).astype(np.float32)
     name = path[-1].key
-    if name == 'kernel':
+    if name == "kernel":
       return jnp.asarray(noise / np.sqrt(np.prod(leaf.shape[:-1])))
-    if name == 'scale':
+    if name == "scale":
       return jnp.asarray(1.0 + 0.5 * noise)
     return jnp.asarray(0.5 * noise)
 
@@ -58,30 +58,43 @@ def _init(module, slots, inputs, seed=0):
   del slots, inputs
   params = dict(_full_params(seed))
   if not module.use_qkv_bias:
-    for name in ('project_q', 'project_k', 'project_v'):
-      params[name] = {'kernel': params[name]['kernel']}
+    for name in ("project_q", "project_k", "project_v"):
+      params[name] = {"kernel": params[name]["kernel"]}
   if not module.use_gru:
-    del params['gru']
+    del params["gru"]
   if module.mlp_hidden_size is None:
-    for name in ('norm_mlp', 'mlp_hidden', 'mlp_out'):
+    for name in ("norm_mlp", "mlp_hidden", "mlp_out"):
       del params[name]
   return params
 
 
-@pytest.mark.parametrize('use_qkv_bias,use_gru,use_mlp',
-                         [(False, True, True), (True, True, True), (True, False, True),
-                          (False, True, False)])
+@pytest.mark.parametrize(
+  "use_qkv_bias,use_gru,use_mlp",
+  [(False, True, True), (True, True, True), (True, False, True), (False, True, False)],
+)
 def test_matches_numpy_reference(use_qkv_bias, use_gru, use_mlp):
-  module = _slot_attention(num_iterations=3, mlp_hidden_size=_MLP_HIDDEN if use_mlp else None,
-                            epsilon=1e-8, use_qkv_bias=use_qkv_bias, use_gru=use_gru,
-                            return_all_attention=True)
+  module = _slot_attention(
+    num_iterations=3,
+    mlp_hidden_size=_MLP_HIDDEN if use_mlp else None,
+    epsilon=1e-8,
+    use_qkv_bias=use_qkv_bias,
+    use_gru=use_gru,
+    return_all_attention=True,
+  )
   slots, inputs = _inputs()
   params = _init(module, slots, inputs)
-  out_slots, attn = module.apply({'params': params}, slots, inputs)
+  out_slots, attn = module.apply({"params": params}, slots, inputs)
   np_params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
   ref_slots, ref_attn = reference.slot_attention(
-      np_params, np.asarray(slots), np.asarray(inputs), num_iterations=3, epsilon=1e-8,
-      layer_norm_epsilon=1e-5, use_gru=use_gru, use_mlp=use_mlp)
+    np_params,
+    np.asarray(slots),
+    np.asarray(inputs),
+    num_iterations=3,
+    epsilon=1e-8,
+    layer_norm_epsilon=1e-5,
+    use_gru=use_gru,
+    use_mlp=use_mlp,
+  )
   assert attn.shape == (3, B, K, N)
   np.testing.assert_allclose(np.asarray(out_slots), ref_slots, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(attn), ref_attn, rtol=1e-5, atol=1e-6)
@@ -93,11 +106,16 @@ def test_large_epsilon_is_added_to_attention():
   module = _slot_attention(num_iterations=2, epsilon=0.5)
   slots, inputs = _inputs(1)
   params = _init(module, slots, inputs)
-  out_slots, _ = module.apply({'params': params}, slots, inputs)
+  out_slots, _ = module.apply({"params": params}, slots, inputs)
   np_params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
-  ref_slots, _ = reference.slot_attention(np_params, np.asarray(slots), np.asarray(inputs),
-                                          num_iterations=2, epsilon=0.5,
-                                          layer_norm_epsilon=1e-5)
+  ref_slots, _ = reference.slot_attention(
+    np_params,
+    np.asarray(slots),
+    np.asarray(inputs),
+    num_iterations=2,
+    epsilon=0.5,
+    layer_norm_epsilon=1e-5,
+  )
   np.testing.assert_allclose(np.asarray(out_slots), ref_slots, rtol=1e-5, atol=1e-5)
 
 
@@ -105,7 +123,7 @@ def test_attention_is_softmax_over_slots():
   module = _slot_attention(num_iterations=3)
   slots, inputs = _inputs(2)
   params = _init(module, slots, inputs)
-  _, attn = module.apply({'params': params}, slots, inputs)
+  _, attn = module.apply({"params": params}, slots, inputs)
   assert attn.shape == (B, K, N)
   np.testing.assert_allclose(np.asarray(attn.sum(axis=1)), 1.0, atol=1e-6)
   assert float(attn.min()) >= 0.0
@@ -116,11 +134,12 @@ def test_invariant_to_input_permutation():
   slots, inputs = _inputs(3)
   params = _init(module, slots, inputs)
   perm = np.random.default_rng(0).permutation(N)
-  out, attn = module.apply({'params': params}, slots, inputs)
-  out_perm, attn_perm = module.apply({'params': params}, slots, inputs[:, perm])
+  out, attn = module.apply({"params": params}, slots, inputs)
+  out_perm, attn_perm = module.apply({"params": params}, slots, inputs[:, perm])
   np.testing.assert_allclose(np.asarray(out_perm), np.asarray(out), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(attn_perm), np.asarray(attn[:, :, perm]),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(attn_perm), np.asarray(attn[:, :, perm]), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_equivariant_to_slot_permutation_with_gaussian_init():
@@ -129,32 +148,31 @@ def test_equivariant_to_slot_permutation_with_gaussian_init():
   _, inputs = _inputs(4)
   noise = jax.random.normal(jax.random.key(5), (B, K, D))
   init_params = _random_params(init, B, noise)
-  slots = init.apply({'params': init_params}, B, noise)
+  slots = init.apply({"params": init_params}, B, noise)
   params = _init(module, slots, inputs)
   perm = np.array([2, 0, 3, 1])
-  slots_perm = init.apply({'params': init_params}, B, noise[:, perm])
+  slots_perm = init.apply({"params": init_params}, B, noise[:, perm])
   np.testing.assert_allclose(np.asarray(slots_perm), np.asarray(slots[:, perm]), atol=1e-6)
-  out, attn = module.apply({'params': params}, slots, inputs)
-  out_perm, attn_perm = module.apply({'params': params}, slots_perm, inputs)
-  np.testing.assert_allclose(np.asarray(out_perm), np.asarray(out[:, perm]),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(attn_perm), np.asarray(attn[:, perm]),
-                             rtol=1e-5, atol=1e-6)
+  out, attn = module.apply({"params": params}, slots, inputs)
+  out_perm, attn_perm = module.apply({"params": params}, slots_perm, inputs)
+  np.testing.assert_allclose(np.asarray(out_perm), np.asarray(out[:, perm]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(attn_perm), np.asarray(attn[:, perm]), rtol=1e-5, atol=1e-6)
 
 
 def test_gaussian_init_uses_slots_rng_and_checks_noise_shape():
   init = sa.GaussianSlotInit(num_slots=K, slot_dim=D)
-  variables = init.init({'params': jax.random.key(0), 'slots': jax.random.key(1)}, B)
-  first = init.apply(variables, B, rngs={'slots': jax.random.key(2)})
-  second = init.apply(variables, B, rngs={'slots': jax.random.key(3)})
+  variables = init.init({"params": jax.random.key(0), "slots": jax.random.key(1)}, B)
+  first = init.apply(variables, B, rngs={"slots": jax.random.key(2)})
+  second = init.apply(variables, B, rngs={"slots": jax.random.key(3)})
   assert first.shape == (B, K, D)
   assert not np.allclose(np.asarray(first), np.asarray(second))
-  mu = variables['params']['mu']
-  sigma = jnp.exp(variables['params']['log_sigma'])
+  mu = variables["params"]["mu"]
+  sigma = jnp.exp(variables["params"]["log_sigma"])
   noise = jax.random.normal(jax.random.key(4), (B, K, D))
-  np.testing.assert_allclose(np.asarray(init.apply(variables, B, noise)),
-                             np.asarray(mu + sigma * noise), atol=1e-6)
-  with pytest.raises(ValueError, match='noise must have shape'):
+  np.testing.assert_allclose(
+    np.asarray(init.apply(variables, B, noise)), np.asarray(mu + sigma * noise), atol=1e-6
+  )
+  with pytest.raises(ValueError, match="noise must have shape"):
     init.apply(variables, B, jnp.zeros((B, K + 1, D)))
 
 
@@ -164,14 +182,14 @@ def test_learned_init_is_shared_over_batch():
   slots = init.apply(variables, 3)
   assert slots.shape == (3, K, D)
   np.testing.assert_array_equal(np.asarray(slots[0]), np.asarray(slots[2]))
-  np.testing.assert_array_equal(np.asarray(slots[1]), np.asarray(variables['params']['queries']))
+  np.testing.assert_array_equal(np.asarray(slots[1]), np.asarray(variables["params"]["queries"]))
 
 
 def test_rejects_bad_arguments():
   slots, inputs = _inputs()
-  with pytest.raises(ValueError, match='gradient_mode'):
-    sa.SlotAttention(gradient_mode='nope').init(jax.random.key(0), slots, inputs)
-  with pytest.raises(ValueError, match='same B'):
+  with pytest.raises(ValueError, match="gradient_mode"):
+    sa.SlotAttention(gradient_mode="nope").init(jax.random.key(0), slots, inputs)
+  with pytest.raises(ValueError, match="same B"):
     sa.SlotAttention().init(jax.random.key(0), slots, inputs[:1])
 
 
@@ -179,7 +197,7 @@ def _grads(mode, params, slots, inputs, cotangent, iters=3):
   module = _slot_attention(num_iterations=iters, gradient_mode=mode)
 
   def loss(p, s):
-    out, _ = module.apply({'params': p}, s, inputs)
+    out, _ = module.apply({"params": p}, s, inputs)
     return jnp.sum(out * cotangent)
 
   return jax.grad(loss, argnums=(0, 1))(params, slots)
@@ -189,10 +207,10 @@ def _manual_last_iteration(params, slots, inputs, cotangent, iters=3):
   """Gradient of the last iteration alone, taken at the (constant) pre-last slots."""
   head = _slot_attention(num_iterations=iters - 1)
   last = _slot_attention(num_iterations=1)
-  slots_mid, _ = head.apply({'params': params}, slots, inputs)
+  slots_mid, _ = head.apply({"params": params}, slots, inputs)
 
   def loss(p, s):
-    out, _ = last.apply({'params': p}, s, inputs)
+    out, _ = last.apply({"params": p}, s, inputs)
     return jnp.sum(out * cotangent)
 
   return jax.grad(loss, argnums=(0, 1))(params, slots_mid)
@@ -203,9 +221,9 @@ def test_straight_through_gradients_only_pass_the_last_iteration():
   module = _slot_attention(num_iterations=3)
   params = _init(module, slots, inputs)
   cotangent = jax.random.normal(jax.random.key(7), (B, K, D))
-  full_p, full_s = _grads('full', params, slots, inputs, cotangent)
-  last_p, last_s = _grads('last_iteration', params, slots, inputs, cotangent)
-  init_p, init_s = _grads('last_iteration_to_init', params, slots, inputs, cotangent)
+  full_p, full_s = _grads("full", params, slots, inputs, cotangent)
+  last_p, last_s = _grads("last_iteration", params, slots, inputs, cotangent)
+  init_p, init_s = _grads("last_iteration_to_init", params, slots, inputs, cotangent)
   manual_p, manual_s_mid = _manual_last_iteration(params, slots, inputs, cotangent)
 
   def assert_trees_close(a, b):
@@ -217,30 +235,37 @@ def test_straight_through_gradients_only_pass_the_last_iteration():
   # 'last_iteration' cuts the initial slots off; the SMTC variant hands them the gradient
   # of the pre-last slots unchanged.
   np.testing.assert_array_equal(np.asarray(last_s), 0.0)
-  np.testing.assert_allclose(np.asarray(init_s), np.asarray(manual_s_mid), rtol=1e-4,
-                             atol=2e-5)
+  np.testing.assert_allclose(np.asarray(init_s), np.asarray(manual_s_mid), rtol=1e-4, atol=2e-5)
   # Full backprop differs (gradient also flows through the first two iterations).
   assert not np.allclose(np.asarray(full_s), np.asarray(init_s), atol=1e-4)
-  diffs = [float(jnp.max(jnp.abs(x - y))) for x, y in
-           zip(jax.tree_util.tree_leaves(full_p), jax.tree_util.tree_leaves(last_p))]
+  diffs = [
+    float(jnp.max(jnp.abs(x - y)))
+    for x, y in zip(jax.tree_util.tree_leaves(full_p), jax.tree_util.tree_leaves(last_p))
+  ]
   assert max(diffs) > 1e-4
 
 
 def test_gradient_modes_share_the_forward_pass():
   slots, inputs = _inputs(8)
   outs = []
-  for mode in ('full', 'last_iteration', 'last_iteration_to_init'):
+  for mode in ("full", "last_iteration", "last_iteration_to_init"):
     module = _slot_attention(num_iterations=3, gradient_mode=mode)
     params = _init(module, slots, inputs)
-    outs.append(np.asarray(module.apply({'params': params}, slots, inputs)[0]))
+    outs.append(np.asarray(module.apply({"params": params}, slots, inputs)[0]))
   np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(outs[2], outs[0], rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- autoencoder
 
-_SMALL_AE = dict(num_slots=3, encoder_widths=(8, 8), slot_dim=8, slot_mlp_hidden_size=16,
-                 decoder_initial_size=(8, 8), decoder_width=8)
+_SMALL_AE = dict(
+  num_slots=3,
+  encoder_widths=(8, 8),
+  slot_dim=8,
+  slot_mlp_hidden_size=16,
+  decoder_initial_size=(8, 8),
+  decoder_width=8,
+)
 
 
 def test_autoencoder_shapes_masks_and_slot_equivariance():
@@ -249,46 +274,53 @@ def test_autoencoder_shapes_masks_and_slot_equivariance():
   noise = jax.random.normal(jax.random.key(1), (2, 3, 8))
   params = _random_params(model, image, noise)
   apply = jax.jit(model.apply)
-  out = apply({'params': params}, image, noise)
-  assert out['recon'].shape == (2, 32, 32, 3)
-  assert out['masks'].shape == (2, 3, 32, 32)
-  assert out['slot_recons'].shape == (2, 3, 32, 32, 3)
-  assert out['attn'].shape == (2, 3, 32 * 32)
-  np.testing.assert_allclose(np.asarray(out['masks'].sum(1)), 1.0, atol=1e-5)
+  out = apply({"params": params}, image, noise)
+  assert out["recon"].shape == (2, 32, 32, 3)
+  assert out["masks"].shape == (2, 3, 32, 32)
+  assert out["slot_recons"].shape == (2, 3, 32, 32, 3)
+  assert out["attn"].shape == (2, 3, 32 * 32)
+  np.testing.assert_allclose(np.asarray(out["masks"].sum(1)), 1.0, atol=1e-5)
   np.testing.assert_allclose(
-      np.asarray(out['recon']),
-      np.asarray((out['slot_recons'] * out['masks'][..., None]).sum(1)), atol=1e-5)
+    np.asarray(out["recon"]),
+    np.asarray((out["slot_recons"] * out["masks"][..., None]).sum(1)),
+    atol=1e-5,
+  )
   # Permuting the slot noise permutes the slots' masks and leaves the image unchanged.
   perm = np.array([2, 0, 1])
-  out_perm = apply({'params': params}, image, noise[:, perm])
-  np.testing.assert_allclose(np.asarray(out_perm['masks']),
-                             np.asarray(out['masks'][:, perm]), atol=1e-4)
-  np.testing.assert_allclose(np.asarray(out_perm['recon']), np.asarray(out['recon']),
-                             atol=1e-4)
+  out_perm = apply({"params": params}, image, noise[:, perm])
+  np.testing.assert_allclose(
+    np.asarray(out_perm["masks"]), np.asarray(out["masks"][:, perm]), atol=1e-4
+  )
+  np.testing.assert_allclose(np.asarray(out_perm["recon"]), np.asarray(out["recon"]), atol=1e-4)
 
 
 def test_autoencoder_default_parameter_count_matches_original():
   model = autoencoder.SlotAttentionAutoEncoder()
   shapes = jax.eval_shape(
-      lambda key: model.init({'params': key, 'slots': key}, jnp.zeros((1, 128, 128, 3))),
-      jax.random.key(0))
+    lambda key: model.init({"params": key, "slots": key}, jnp.zeros((1, 128, 128, 3))),
+    jax.random.key(0),
+  )
   count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
   conv = lambda k, cin, cout: k * k * cin * cout + cout
   dense = lambda cin, cout, bias=True: cin * cout + (cout if bias else 0)
   # Layer by layer, the Keras model of google-research/slot_attention/model.py.
   encoder = conv(5, 3, 64) + 3 * conv(5, 64, 64) + dense(4, 64) + 2 * 64 + 2 * dense(64, 64)
-  slot_attn = (3 * 2 * 64 + 2 * 64 + 3 * dense(64, 64, bias=False)
-               + 2 * 64 * 192 + 2 * 192  # GRUCell(reset_after=True): bias shape (2, 192)
-               + dense(64, 128) + dense(128, 64))
+  slot_attn = (
+    3 * 2 * 64
+    + 2 * 64
+    + 3 * dense(64, 64, bias=False)
+    + 2 * 64 * 192
+    + 2 * 192  # GRUCell(reset_after=True): bias shape (2, 192)
+    + dense(64, 128)
+    + dense(128, 64)
+  )
   decoder = dense(4, 64) + 5 * conv(5, 64, 64) + conv(3, 64, 4)
   assert count == encoder + slot_attn + decoder == 890308
 
 
 def test_autoencoder_rejects_bad_resolution():
   model = autoencoder.SlotAttentionAutoEncoder(**_SMALL_AE)
-  with pytest.raises(ValueError, match='power of 2'):
-    model.init({'params': jax.random.key(0), 'slots': jax.random.key(1)},
-               jnp.zeros((1, 32, 64, 3)))
-  with pytest.raises(ValueError, match='power of 2'):
-    model.init({'params': jax.random.key(0), 'slots': jax.random.key(1)},
-               jnp.zeros((1, 24, 24, 3)))
+  with pytest.raises(ValueError, match="power of 2"):
+    model.init({"params": jax.random.key(0), "slots": jax.random.key(1)}, jnp.zeros((1, 32, 64, 3)))
+  with pytest.raises(ValueError, match="power of 2"):
+    model.init({"params": jax.random.key(0), "slots": jax.random.key(1)}, jnp.zeros((1, 24, 24, 3)))

@@ -1,6 +1,7 @@
 """SMTC multi-object inference (vosjax.methods.smtc.inference): the chunks of `eval_multi.py`, the
-official evaluator's post-processing of the candidate masks (against a stock-PyTorch transcription of
-`davis2017-evaluation/davis2017/results.py::load_davis`), and chunked prediction over calls."""
+official evaluator's post-processing of the candidate masks (against a stock-PyTorch transcription
+of `davis2017-evaluation/davis2017/results.py::load_davis`), and chunked prediction over calls."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,9 +22,9 @@ def official_chunks(num_frames: int, chunk: int) -> list[list[int]]:
   frames = list(range(num_frames))
   calls = []
   for i in range(0, num_frames, chunk):
-    call = frames[i:i + chunk]
+    call = frames[i : i + chunk]
     if len(call) < chunk:
-      call = call + frames[-(chunk - len(call)):]
+      call = call + frames[-(chunk - len(call)) :]
     calls.append(call)
   return calls
 
@@ -39,8 +40,9 @@ def test_chunks_are_the_official_calls(chunk):
   assert frames.tolist() == [[0, 1, 0, 1]]
 
 
-def official_load_davis(instance_masks: np.ndarray, similarity: np.ndarray, height: int,
-                        width: int) -> np.ndarray:
+def official_load_davis(
+  instance_masks: np.ndarray, similarity: np.ndarray, height: int, width: int
+) -> np.ndarray:
   """Transcription of the official pipeline with torch: `inference` keeps
   `masks[i][scores[i] >= 0.5]` per frame (masks `[T, K, 1, h, w]`), `load_davis` upsamples each
   frame's candidates (`F.interpolate`, default nearest), min-max normalises each over H*W,
@@ -55,18 +57,21 @@ def official_load_davis(instance_masks: np.ndarray, similarity: np.ndarray, heig
     max_obj = max(max_obj, num_obj)
     mask = mask.view(num_obj, height * width)
     mask = (mask - torch.min(mask, dim=1, keepdim=True)[0]) / (
-        torch.max(mask, dim=1, keepdim=True)[0] - torch.min(mask, dim=1, keepdim=True)[0])
+      torch.max(mask, dim=1, keepdim=True)[0] - torch.min(mask, dim=1, keepdim=True)[0]
+    )
     results.append((mask.view(num_obj, height, width) > 0.3))
   for i, mask in enumerate(results):
     if mask.shape[0] < max_obj:
       new = torch.zeros(max_obj, *mask.shape[1:], dtype=torch.bool)
-      new[:mask.shape[0]] = mask
+      new[: mask.shape[0]] = mask
       results[i] = new
   return torch.stack(results, dim=1).numpy()
 
 
-@pytest.mark.parametrize("grid,frame_size", [((6, 10), (37, 61)), ((6, 10), (48, 80)),
-                                             ((7, 9), (5, 20)), ((30, 50), (480, 854))])
+@pytest.mark.parametrize(
+  "grid,frame_size",
+  [((6, 10), (37, 61)), ((6, 10), (48, 80)), ((7, 9), (5, 20)), ((30, 50), (480, 854))],
+)
 def test_candidate_masks_equal_the_official_evaluator(grid, frame_size):
   rng = np.random.default_rng(sum(grid) + frame_size[0])
   num_frames, num_candidates = 5, 12
@@ -89,8 +94,8 @@ def test_candidate_masks_equal_the_official_evaluator(grid, frame_size):
   assert official.shape[:2] == (valid.sum(1).max(), num_frames)
   for t in range(num_frames):
     ours = frame_masks[t][valid[t]]
-    np.testing.assert_array_equal(ours, official[:len(ours), t])
-    assert not official[len(ours):, t].any()
+    np.testing.assert_array_equal(ours, official[: len(ours), t])
+    assert not official[len(ours) :, t].any()
     assert not frame_masks[t][~valid[t]].any()
   assert not frame_masks[1, 3].any() and frame_masks[2, 4].any()
 
@@ -99,8 +104,9 @@ def test_candidate_masks_equal_the_official_evaluator(grid, frame_size):
   cols = (np.arange(frame_size[1]) * grid[1]) // frame_size[1]
   full = masks[:, :, rows][:, :, :, cols]  # float32, as the official
   low, high = full.min((2, 3), keepdims=True), full.max((2, 3), keepdims=True)
-  normalised = np.where(valid[:, :, None, None] & (high > low),
-                        (full - low) / np.where(high > low, high - low, 1), -1)
+  normalised = np.where(
+    valid[:, :, None, None] & (high > low), (full - low) / np.where(high > low, high - low, 1), -1
+  )
   expected = np.where(normalised.max(1) > 0.3, normalised.argmax(1) + 1, 0)
   np.testing.assert_array_equal(windows.upsample_nearest_floor(ids, frame_size), expected)
   shown = np.take_along_axis(frame_masks, np.maximum(expected - 1, 0)[:, None], 1)[:, 0]
@@ -112,7 +118,8 @@ def _setup(num_frames: int, size=(40, 56)):
   config = _tiny_config()  # clip_length 3, inference at 32x32, 4 x 3 slots, tiny random ViT
   model = smtc.make_model(config)
   params = jax.jit(lambda rng: smtc.init_params(model, config, rng, smtc.example_batch(config)))(
-      jax.random.key(0))
+    jax.random.key(0)
+  )
   rng = np.random.default_rng(1)
   video = rng.random((num_frames,) + size + (3,)).astype(np.float32)
   return config, model, params, video
@@ -147,9 +154,14 @@ def test_chunked_calls_give_the_whole_video_prediction():
   chunks, positions = smtc.chunk_layout(7, config)
   assert chunks.tolist() == [[0, 1, 2], [3, 4, 5], [6, 5, 6]]
   for per_call in (1, 2):  # 3 calls; 2 calls, the last filled with a copy of the last chunk
-    parts = windows.predict_in_chunks(lambda b: jax.device_get(predict(params, b)),
-                                      {"video": video}, chunks, positions, per_call,
-                                      progress=False)
+    parts = windows.predict_in_chunks(
+      lambda b: jax.device_get(predict(params, b)),
+      {"video": video},
+      chunks,
+      positions,
+      per_call,
+      progress=False,
+    )
     assert set(parts) == {"candidates", "candidate_valid", "ids", "semantic_ids"}
     for name, value in parts.items():
       assert value.shape == whole[name].shape[1:], name
@@ -165,13 +177,15 @@ def test_chunked_calls_give_the_whole_video_prediction():
   # 6 frames: calls of 2 chunks, as `parts` (the same program: binarised masks are compared
   # exactly; min-max normalisation amplifies the float noise of nearly flat masks).
   ids, (masks, valid) = windows.segment_frames(
-      smtc, lambda b: jax.device_get(predict(params, b)), inputs, config, 6, (40, 56),
-      progress=False)
+    smtc, lambda b: jax.device_get(predict(params, b)), inputs, config, 6, (40, 56), progress=False
+  )
   assert ids.shape == (7, 40, 56) and ids.dtype == np.uint8
   assert masks.shape == (7, 12, 2, 2) and valid.shape == (7, 12)
-  parts = windows.predict_in_chunks(lambda b: jax.device_get(predict(params, b)), inputs,
-                                    chunks, positions, 2, progress=False)
+  parts = windows.predict_in_chunks(
+    lambda b: jax.device_get(predict(params, b)), inputs, chunks, positions, 2, progress=False
+  )
   expected_masks, expected_ids = smtc.candidate_masks(
-      parts["candidates"], parts["candidate_valid"], (40, 56), config)
+    parts["candidates"], parts["candidate_valid"], (40, 56), config
+  )
   np.testing.assert_array_equal(ids, windows.upsample_nearest_floor(expected_ids, (40, 56)))
   np.testing.assert_array_equal(masks, expected_masks)

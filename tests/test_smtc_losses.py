@@ -1,5 +1,6 @@
-"""SMTC losses (vosjax.methods.smtc.losses) and the jitted matching against NumPy transcriptions of the
-official `src/train.py` (tests/reference_smtc.py) and scipy's `linear_sum_assignment`."""
+"""SMTC losses (vosjax.methods.smtc.losses) and the jitted matching against NumPy transcriptions of
+the official `src/train.py` (tests/reference_smtc.py) and scipy's `linear_sum_assignment`."""
+
 import itertools
 
 import jax
@@ -44,10 +45,12 @@ def test_dense_transport_loss_matches_official_and_has_no_teacher_gradient():
   student, teacher = (rng.normal(size=(B, T, S, N)).astype(np.float32) * 2 for _ in range(2))
   keys = rng.normal(size=(B, T, N, C)).astype(np.float32) + 0.5
   value, grads = jax.jit(jax.value_and_grad(losses.dense_transport_loss, argnums=(0, 1, 2)))(
-      student, teacher, keys)
+    student, teacher, keys
+  )
   keys64 = keys.astype(np.float64)
-  expected = reference.dense_transport_loss(student.astype(np.float64), teacher.astype(np.float64),
-                                            keys64, keys64)
+  expected = reference.dense_transport_loss(
+    student.astype(np.float64), teacher.astype(np.float64), keys64, keys64
+  )
   np.testing.assert_allclose(value, expected, rtol=1e-4)
   assert np.abs(np.asarray(grads[0])).max() > 1e-4
   np.testing.assert_array_equal(grads[1], 0.0)
@@ -60,8 +63,9 @@ def test_valid_instances_match_official():
   semantic = rng.normal(size=(B, T, S, C)).astype(np.float32)
   instance = semantic[:, :, :, None] + rng.normal(size=(B, T, S, P, C)).astype(np.float32)
   valid = jax.jit(losses.valid_instances)(logits, semantic, instance)
-  expected = reference.filter_valid_instance(*(x.astype(np.float64)
-                                               for x in (logits, semantic, instance)))
+  expected = reference.filter_valid_instance(
+    *(x.astype(np.float64) for x in (logits, semantic, instance))
+  )
   np.testing.assert_array_equal(valid, expected)
   assert 0.05 < expected.mean() < 0.95  # both outcomes occur
 
@@ -79,9 +83,11 @@ def test_instance_loss_matches_official_with_forced_valid_instances(seed):
   emb_t = reference.normalize(emb_t).astype(np.float32)
   valid_s, valid_t = ((rng.random((B, T, S, P)) < 0.6).astype(np.float32) for _ in range(2))
   value, grads = jax.jit(jax.value_and_grad(losses.instance_consistency_loss, argnums=(2, 3)))(
-      valid_s, valid_t, emb_s, emb_t)
-  expected = reference.object_loss(valid_s, valid_t, emb_s.astype(np.float64),
-                                   emb_t.astype(np.float64))
+    valid_s, valid_t, emb_s, emb_t
+  )
+  expected = reference.object_loss(
+    valid_s, valid_t, emb_s.astype(np.float64), emb_t.astype(np.float64)
+  )
   np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
   assert abs(expected) > 1e-2
   # Invalid student instances get no gradient.

@@ -1,5 +1,6 @@
-"""SMTC method glue (vosjax.methods.smtc) on a tiny random backbone: interface, one training step with
-the official optimizer groups and EMA teacher, inference chunks and predictions."""
+"""SMTC method glue (vosjax.methods.smtc) on a tiny random backbone: interface, one training step
+with the official optimizer groups and EMA teacher, inference chunks and predictions."""
+
 import functools
 import inspect
 
@@ -45,11 +46,16 @@ def test_satisfies_the_method_interface_and_the_official_recipe():
   assert isinstance(smtc, interface.Method) and isinstance(smtc, interface.OwnsExtraState)
   for name in ("loss_fn", "predict", "init_extra_state", "update_extra_state"):
     declared = getattr(interface.Method, name, None) or getattr(interface.OwnsExtraState, name)
-    assert (list(inspect.signature(getattr(smtc, name)).parameters)
-            == list(inspect.signature(declared).parameters)[1:])
+    assert (
+      list(inspect.signature(getattr(smtc, name)).parameters)
+      == list(inspect.signature(declared).parameters)[1:]
+    )
   config = smtc.default_config()
   assert (config.batch_size, config.num_train_steps, config.optimizer.learning_rate) == (
-      128, 10_000, 2e-5)
+    128,
+    10_000,
+    2e-5,
+  )
   assert (config.model.num_semantic_slots, config.model.num_instances) == (16, 4)
   assert (config.model.train_iterations, config.model.inference_iterations) == (3, 5)
   assert config.backbone.name == "dino_vits16" and config.ema_momentum == 0.999
@@ -63,33 +69,49 @@ def test_training_steps_move_the_encoder_only_after_the_switch_and_the_teacher_b
   @jax.jit
   def step(params, opt_state, extra, rng, count):
     (loss, metrics), grads = jax.value_and_grad(smtc.loss_fn, has_aux=True)(
-        params, model, {"video": video}, rng, count, config, extra)
+      params, model, {"video": video}, rng, count, config, extra
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, opt_state, smtc.update_extra_state(extra, params, count + 1, config), loss, \
-        metrics, grads
+    return (
+      params,
+      opt_state,
+      smtc.update_extra_state(extra, params, count + 1, config),
+      loss,
+      metrics,
+      grads,
+    )
 
   opt_state = tx.init(params)
-  first, opt_state, extra1, loss, metrics, grads = step(params, opt_state, extra,
-                                                        jax.random.key(1), 0)
-  assert np.isfinite(float(loss)) and set(metrics) >= {"transport_loss", "differ_loss",
-                                                      "instance_loss", "valid_instances"}
+  first, opt_state, extra1, loss, metrics, grads = step(
+    params, opt_state, extra, jax.random.key(1), 0
+  )
+  assert np.isfinite(float(loss)) and set(metrics) >= {
+    "transport_loss",
+    "differ_loss",
+    "instance_loss",
+    "valid_instances",
+  }
   leaves = lambda tree: jax.tree.leaves(tree)
   assert max(float(jnp.abs(g).max()) for g in leaves(grads["encoder"])) > 0  # fine-tuned
   assert max(float(jnp.abs(g).max()) for g in leaves(grads["head"])) > 0
   # Step 0: encoder multiplier 0 (no move, Adam moments still updated); head moves.
   for before, after in zip(leaves(params["encoder"]), leaves(first["encoder"])):
     np.testing.assert_array_equal(before, after)
-  assert any(float(jnp.abs(a - b).max()) > 0 for a, b in zip(leaves(params["head"]),
-                                                             leaves(first["head"])))
+  assert any(
+    float(jnp.abs(a - b).max()) > 0 for a, b in zip(leaves(params["head"]), leaves(first["head"]))
+  )
   # EMA: teacher head = 0.999 old + 0.001 new; teacher encoder = the initial one.
-  for teacher, old, new in zip(leaves(extra1["teacher"]["head"]), leaves(params["head"]),
-                               leaves(first["head"])):
+  for teacher, old, new in zip(
+    leaves(extra1["teacher"]["head"]), leaves(params["head"]), leaves(first["head"])
+  ):
     np.testing.assert_allclose(teacher, 0.999 * old + 0.001 * new, rtol=1e-6, atol=1e-7)
   # Step 1 >= encoder_switch_step: the encoder moves; the teacher's does not.
   second, _, extra2, *_ = step(first, opt_state, extra1, jax.random.key(2), 1)
-  assert any(float(jnp.abs(a - b).max()) > 0 for a, b in zip(leaves(first["encoder"]),
-                                                             leaves(second["encoder"])))
+  assert any(
+    float(jnp.abs(a - b).max()) > 0
+    for a, b in zip(leaves(first["encoder"]), leaves(second["encoder"]))
+  )
   for teacher, initial in zip(leaves(extra2["teacher"]["encoder"]), leaves(params["encoder"])):
     np.testing.assert_array_equal(teacher, initial)
 
@@ -113,7 +135,14 @@ def test_weight_decay_only_on_multidimensional_parameters():
 
 def test_chunk_indices_pad_with_the_last_frames_like_the_official():
   frames, positions = smtc.chunk_indices(6, 4)
-  assert frames.tolist() == [[0, 1, 2, 3], [4, 5, 4, 5]] and positions.tolist() == [0, 1, 2, 3, 4, 5]
+  assert frames.tolist() == [[0, 1, 2, 3], [4, 5, 4, 5]] and positions.tolist() == [
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+  ]
   frames, positions = smtc.chunk_indices(5, 4)
   assert frames.tolist() == [[0, 1, 2, 3], [4, 2, 3, 4]] and positions.tolist() == [0, 1, 2, 3, 4]
   frames, positions = smtc.chunk_indices(4, 4)

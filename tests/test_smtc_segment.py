@@ -1,6 +1,7 @@
 """SMTC end to end on tiny data: a 2-step training run on DAVIS frame folders (tiny RANDOM ViT), its
 final frame-folder evaluation (candidates scored each on its own with both DAVIS-2017 unsupervised
 protocols, PNGs written) and `vosjax.segment` with its checkpoint."""
+
 import json
 
 import ml_collections
@@ -85,10 +86,13 @@ def test_frame_folder_evaluation_scores_the_candidates(trained, tiny_davis2017_d
     shown = np.take_along_axis(full, np.maximum(ids.astype(np.int64) - 1, 0)[:, None], 1)[:, 0]
     assert (shown | (ids == 0)).all() and ((ids > 0) == full.any(1)).all()
   # The reported score is the candidates' score (not the PNGs').
-  scored = frame_folders.score_candidates(annotations, workdir / "frame_candidates",
-                                          list(DAVIS_SEQUENCES))
-  for protocol, prefix in (("davis2017-unsupervised", ""),
-                           ("davis2017-unsupervised-perframe", "perframe_")):
+  scored = frame_folders.score_candidates(
+    annotations, workdir / "frame_candidates", list(DAVIS_SEQUENCES)
+  )
+  for protocol, prefix in (
+    ("davis2017-unsupervised", ""),
+    ("davis2017-unsupervised-perframe", "perframe_"),
+  ):
     results = scored[protocol].global_results()
     assert results["J&F-Mean"] == pytest.approx(metrics[prefix + "J&F-Mean"])
   assert result.eval_metrics["J&F-Mean"] == pytest.approx(metrics["J&F-Mean"])
@@ -101,8 +105,9 @@ def test_segment_writes_the_masks_of_the_evaluation(trained, tiny_davis2017_dir,
   config, workdir, _ = trained
   sequence = DAVIS_SEQUENCES[0]
   frames_dir = tiny_davis2017_dir / "JPEGImages" / DAVIS2017_QUALITY / sequence
-  outputs = segment.segment_video(config, str(workdir), str(frames_dir), str(tmp_path / "out"),
-                                  chunk_frames=4)
+  outputs = segment.segment_video(
+    config, str(workdir), str(frames_dir), str(tmp_path / "out"), chunk_frames=4
+  )
   assert outputs.num_frames == DAVIS_NUM_FRAMES
   written = sorted(outputs.masks_dir.glob("*.png"))
   evaluated = sorted((workdir / "frame_results" / sequence).glob("*.png"))

@@ -1,15 +1,15 @@
-"""SMTC through the training loop (`vosjax.train.train_and_evaluate`) with a tiny random ViT on the tiny
-synthetic MOVi-format TFDS set (whose `video` batches SMTC trains on).
+"""SMTC through the training loop (`vosjax.train.train_and_evaluate`) with a tiny random ViT on the
+tiny synthetic MOVi-format TFDS set (whose `video` batches SMTC trains on).
 
-Checked: the student's backbone has stochastic depth in `loss_fn` only (the teacher and `predict` are
-deterministic); a run SIGKILLed after its first checkpoint resumes to exactly the uninterrupted run's
-parameters, EMA teacher (the method's extra state) and optimizer state; 1 and 8 devices train the
-same parameters and teacher. The subprocess runs use test_extra_state.Run with the script below.
+Checked: the student's backbone has stochastic depth in `loss_fn` only (the teacher and `predict`
+are deterministic); a run SIGKILLed after its first checkpoint resumes to exactly the uninterrupted
+run's parameters, EMA teacher (the method's extra state) and optimizer state; 1 and 8 devices train
+the same parameters and teacher. The subprocess runs use test_extra_state.Run with the script below.
 """
+
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -22,18 +22,29 @@ from test_train import LAYOUT_OVERRIDES, assert_same_params
 NUM_STEPS = 4
 CHECKPOINT_EVERY = 2
 # The encoder's learning-rate switch at the checkpoint, so that the resumed steps move the encoder;
-# an EMA momentum of 0.5 so that the teacher moves measurably in 4 steps; a learning rate at which the
-# parameters move by more than the comparison tolerance. The Adam epsilon of the device-layout
+# an EMA momentum of 0.5 so that the teacher moves measurably in 4 steps; a learning rate at which
+# the parameters move by more than the comparison tolerance. The Adam epsilon of the device-layout
 # comparison (test_train.LAYOUT_OVERRIDES) in every run: the uninterrupted run is the reference of
 # both the resumed and the 8-device run. Stochastic depth at 0.5 (block rates 0, 0.25, 0.5), so that
 # the keys of the last block, SMTC's features, depend on the drops (of block 1).
 RUN_OVERRIDES = {
-    "data.tfds_name": TINY_SYNTHETIC, "data.resolution": (32, 32), "data.shuffle_buffer": 4,
-    "data.clip_length": 4, **TINY_SMTC, "batch_size": 8, "eval_batch_size": 8,
-    "num_train_steps": NUM_STEPS, "log_every_steps": 1, "checkpoint_every_steps": CHECKPOINT_EVERY,
-    "num_eval_videos_to_write": 1, "optimizer.learning_rate": 1e-3,
-    "optimizer.final_learning_rate": 1e-4, "optimizer.encoder_switch_step": CHECKPOINT_EVERY,
-    "ema_momentum": 0.5, "backbone.drop_path_rate": 0.5, **LAYOUT_OVERRIDES,
+  "data.tfds_name": TINY_SYNTHETIC,
+  "data.resolution": (32, 32),
+  "data.shuffle_buffer": 4,
+  "data.clip_length": 4,
+  **TINY_SMTC,
+  "batch_size": 8,
+  "eval_batch_size": 8,
+  "num_train_steps": NUM_STEPS,
+  "log_every_steps": 1,
+  "checkpoint_every_steps": CHECKPOINT_EVERY,
+  "num_eval_videos_to_write": 1,
+  "optimizer.learning_rate": 1e-3,
+  "optimizer.final_learning_rate": 1e-4,
+  "optimizer.encoder_switch_step": CHECKPOINT_EVERY,
+  "ema_momentum": 0.5,
+  "backbone.drop_path_rate": 0.5,
+  **LAYOUT_OVERRIDES,
 }
 
 
@@ -41,6 +52,7 @@ def smtc_config(data_dir, **overrides) -> ml_collections.ConfigDict:
   """configs-like SMTC on the tiny TFDS set in `data_dir` (`RUN_OVERRIDES`)."""
   from vosjax.data import movi  # pylint: disable=g-import-not-at-top
   from vosjax.methods import smtc  # pylint: disable=g-import-not-at-top
+
   config = smtc.default_config()
   config.data = movi.default_data_config()
   return set_overrides(config, {**RUN_OVERRIDES, "data.data_dir": data_dir, **overrides})
@@ -48,8 +60,10 @@ def smtc_config(data_dir, **overrides) -> ml_collections.ConfigDict:
 
 # ------------------------------------------------------------------ stochastic depth in the method
 
+
 def test_stochastic_depth_in_the_training_student_only():
   from vosjax.methods import smtc  # pylint: disable=g-import-not-at-top
+
   assert smtc.default_config().backbone.drop_path_rate == 0.1  # the official student's
   config = smtc_config("unused")
   model = smtc.make_model(config)
@@ -58,20 +72,23 @@ def test_stochastic_depth_in_the_training_student_only():
   batch = smtc.example_batch(config)
   params = jax.jit(lambda rng: smtc.init_params(model, config, rng, batch))(jax.random.key(0))
   video = jax.random.uniform(jax.random.key(1), (2, 4, 32, 32, 3))
-  forward = jax.jit(lambda video, drop: model.forward(params, video, jax.random.key(2),
-                                                      drop_path_rng=drop).keys)
+  forward = jax.jit(
+    lambda video, drop: model.forward(params, video, jax.random.key(2), drop_path_rng=drop).keys
+  )
   plain = jax.jit(lambda video: model.forward(params, video, jax.random.key(2)).keys)(video)
   # Without an rng (teacher, inference): the ViT without stochastic depth.
   off = model.replace(backbone=model.backbone.clone(drop_path_rate=0.0))
   np.testing.assert_array_equal(
-      jax.jit(lambda video: off.forward(params, video, jax.random.key(2)).keys)(video), plain)
+    jax.jit(lambda video: off.forward(params, video, jax.random.key(2)).keys)(video), plain
+  )
   student = forward(video, jax.random.key(3))
   assert not np.allclose(student, plain, atol=1e-4)
   assert not np.allclose(forward(video, jax.random.key(4)), student, atol=1e-4)
   # The loss: reproducible from its rng; predict: deterministic, unaffected by the rate.
   extra = smtc.init_extra_state(params, config)
-  loss = jax.jit(lambda rng: smtc.loss_fn(params, model, {"video": video}, rng, 0, config,
-                                          extra)[0])
+  loss = jax.jit(
+    lambda rng: smtc.loss_fn(params, model, {"video": video}, rng, 0, config, extra)[0]
+  )
   assert float(loss(jax.random.key(5))) == float(loss(jax.random.key(5)))
   predict = lambda m: jax.jit(lambda v: smtc.predict(params, m, {"video": v}, config))(video)
   for key, value in predict(model).items():
@@ -102,8 +119,10 @@ def saved_state(run: Run) -> dict[str, dict[str, np.ndarray]]:
   assert run.wait() == 0, run.output[-6000:]
   with np.load(run.out) as saved:
     arrays = dict(saved)
-  return {part: {k[len(part):]: v for k, v in arrays.items() if k.startswith(part)}
-          for part in ("params", "teacher", "opt")}
+  return {
+    part: {k[len(part) :]: v for k, v in arrays.items() if k.startswith(part)}
+    for part in ("params", "teacher", "opt")
+  }
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +141,8 @@ def eight_devices(tiny_synthetic_dir, tmp_path_factory):
 
 @pytest.mark.slow  # three training subprocesses (compile-bound): ~3 min on 2 busy cores
 def test_killed_run_resumes_to_the_uninterrupted_params_teacher_and_optimizer_state(
-    uninterrupted, eight_devices, tiny_synthetic_dir, tmp_path):
+  uninterrupted, eight_devices, tiny_synthetic_dir, tmp_path
+):
   """SIGKILL once checkpoint 2 is written; the same script resumes from it. (`eight_devices` is
   requested only to start it now, beside the others.)"""
   del eight_devices
@@ -147,8 +167,10 @@ def test_killed_run_resumes_to_the_uninterrupted_params_teacher_and_optimizer_st
   assert head and encoder and len(head) + len(encoder) == len(params)
   assert max(np.abs(teacher[k] - params[k]).max() for k in head) > 1e-4
   assert max(np.abs(teacher[k] - params[k]).max() for k in encoder) > 0  # lr x0.01: small moves
-  print(f"\nwall: killed {killed.seconds:.0f} s, resumed {resumed.seconds:.0f} s, "
-        f"uninterrupted {uninterrupted.seconds:.0f} s")
+  print(
+    f"\nwall: killed {killed.seconds:.0f} s, resumed {resumed.seconds:.0f} s, "
+    f"uninterrupted {uninterrupted.seconds:.0f} s"
+  )
 
 
 @pytest.mark.slow  # shares the runs of the test above

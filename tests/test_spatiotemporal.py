@@ -1,4 +1,5 @@
 """Tests for the Betrayed-by-Attention spatio-temporal block against a NumPy transcription."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,7 @@ def _reference_block(params, x, num_heads):
   h = _layer_norm(x, p["norm1"]["scale"], p["norm1"]["bias"])
   qkv = (h @ p["qkv"]["kernel"]).reshape(length, 3, num_heads, head_dim).transpose(1, 2, 0, 3)
   q, k, v = qkv[0], qkv[1], qkv[2]  # [heads, L, hd]
-  logits = q @ k.transpose(0, 2, 1) * head_dim ** -0.5
+  logits = q @ k.transpose(0, 2, 1) * head_dim**-0.5
   logits -= logits.max(-1, keepdims=True)
   attn = np.exp(logits)
   attn /= attn.sum(-1, keepdims=True)
@@ -66,8 +67,9 @@ def test_forward_matches_numpy_reference():
     ref_out = ref_out.reshape(frames, tokens + 1, dim)[:, 1:]
     ref_attn = ref_attn.mean(0).reshape(frames, tokens + 1, frames, tokens + 1)[:, 1:, :, 1:]
     np.testing.assert_allclose(out[b], ref_out, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(attention[b], ref_attn.reshape(frames * tokens, -1), rtol=1e-4,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+      attention[b], ref_attn.reshape(frames * tokens, -1), rtol=1e-4, atol=1e-6
+    )
   # CLS columns are dropped without renormalizing: rows sum to less than 1.
   row_sums = np.asarray(attention).sum(-1)
   assert np.all(row_sums < 1.0) and np.all(row_sums > 0.0)
@@ -81,22 +83,31 @@ def test_query_key_matches_training_projection():
   q, k = block.apply(params, keys[0], method=spatiotemporal.SpatioTemporalBlock.query_key)
   assert q.shape == k.shape == (frames, tokens, heads, dim // heads)
   p = params["params"]
-  qkv = _layer_norm(keys[0].astype(np.float64), p["norm1"]["scale"], p["norm1"]["bias"]) @ np.asarray(
-      p["qkv"]["kernel"], np.float64)
+  qkv = _layer_norm(
+    keys[0].astype(np.float64), p["norm1"]["scale"], p["norm1"]["bias"]
+  ) @ np.asarray(p["qkv"]["kernel"], np.float64)
   np.testing.assert_allclose(q, qkv[..., :dim].reshape(frames, tokens, heads, -1), atol=1e-4)
-  np.testing.assert_allclose(k, qkv[..., dim:2 * dim].reshape(frames, tokens, heads, -1), atol=1e-4)
+  np.testing.assert_allclose(
+    k, qkv[..., dim : 2 * dim].reshape(frames, tokens, heads, -1), atol=1e-4
+  )
 
 
 def test_attention_dropout_is_applied_to_returned_map():
   dim, heads = 16, 2
-  block = spatiotemporal.SpatioTemporalBlock(dim=dim, num_heads=heads, dropout_rate=0.0,
-                                             attention_dropout_rate=0.4)
+  block = spatiotemporal.SpatioTemporalBlock(
+    dim=dim, num_heads=heads, dropout_rate=0.0, attention_dropout_rate=0.4
+  )
   cls, keys = _inputs(1, 2, 8, dim, seed=4)
   params = block.init(jax.random.key(0), cls, keys)
   sequence = jnp.concatenate([cls[:, :, None], keys], axis=2).reshape(1, -1, dim)
   _, clean = block.apply(params, sequence, method=spatiotemporal.SpatioTemporalBlock.attend)
-  _, dropped = block.apply(params, sequence, False, method=spatiotemporal.SpatioTemporalBlock.attend,
-                           rngs={"dropout": jax.random.key(5)})
+  _, dropped = block.apply(
+    params,
+    sequence,
+    False,
+    method=spatiotemporal.SpatioTemporalBlock.attend,
+    rngs={"dropout": jax.random.key(5)},
+  )
   clean, dropped = np.asarray(clean), np.asarray(dropped)
   kept = dropped != 0
   np.testing.assert_allclose(dropped[kept], clean[kept] / 0.6, rtol=1e-5)

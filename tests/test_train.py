@@ -1,4 +1,5 @@
 """The training loop: 1 vs 8 devices, exact resume, and the command line end to end."""
+
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from conftest import PYTHON, REPO, TINY_OVERRIDES, set_overrides, subprocess_env
 
 def tiny_config(data_dir, **overrides):
   from configs import demo  # pylint: disable=g-import-not-at-top
+
   config = demo.get_config()
   config.data.data_dir = data_dir
   return set_overrides(config, {**TINY_OVERRIDES, **overrides})
@@ -21,10 +23,10 @@ def tiny_config(data_dir, **overrides):
 
 # The device-layout comparisons train with Adam's epsilon at 1e-3 instead of 1e-8. With 1e-8, Adam
 # divides a gradient by its own magnitude, so parameters whose true gradient is ~0 (a conv bias that
-# the InstanceNorm after it subtracts again, the alpha bias that the softmax over slots cancels) move
-# by +-lr depending on the sign of float noise, which differs between reduction orders. A larger
-# epsilon keeps such noise at noise size; every parameter is then compared, none excluded. The
-# absolute tolerance is 2e-6: convolution kernel gradients are sums over the per-device batch in
+# the InstanceNorm after it subtracts again, the alpha bias that the softmax over slots cancels)
+# move by +-lr depending on the sign of float noise, which differs between reduction orders. A
+# larger epsilon keeps such noise at noise size; every parameter is then compared, none excluded.
+# The absolute tolerance is 2e-6: convolution kernel gradients are sums over the per-device batch in
 # blocks (vosjax.models.convolution), so 1 and 8 devices sum in different orders; after the toy
 # run's steps one decoder kernel entry of 3200 differed by 1.5e-6 (value 2.4e-3).
 LAYOUT_OVERRIDES = {"optimizer.eps": 1e-3}
@@ -41,8 +43,10 @@ def assert_same_params(actual: dict, desired: dict, initial: dict | None = None)
 
 
 def flat_params(params) -> dict:
-  return {jax.tree_util.keystr(path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  return {
+    jax.tree_util.keystr(path): np.asarray(leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+  }
 
 
 _TRAIN_SCRIPT = textwrap.dedent("""
@@ -62,21 +66,35 @@ _TRAIN_SCRIPT = textwrap.dedent("""
 """)
 
 
-def start_training(devices, data_dir, workdir, out, *, num_processes=1, process_id=0,
-                   coordinator="", **overrides) -> subprocess.Popen:
+def start_training(
+  devices, data_dir, workdir, out, *, num_processes=1, process_id=0, coordinator="", **overrides
+) -> subprocess.Popen:
   """Starts one training process (of `num_processes`) faking `devices` CPU devices."""
   script = _TRAIN_SCRIPT.format(
-      tests=os.path.join(REPO, "tests"), devices=devices, num_processes=num_processes,
-      process_id=process_id, coordinator=coordinator, data_dir=data_dir, workdir=str(workdir),
-      out=str(out), overrides=overrides)
+    tests=os.path.join(REPO, "tests"),
+    devices=devices,
+    num_processes=num_processes,
+    process_id=process_id,
+    coordinator=coordinator,
+    data_dir=data_dir,
+    workdir=str(workdir),
+    out=str(out),
+    overrides=overrides,
+  )
   env = subprocess_env(devices)
   if num_processes > 1:
     # No persistent compilation cache: JAX writes it from process 0 only, so process 0 would load
     # its programs from it while the others compile theirs, and reach the first cross-process
     # barrier so much earlier that the wait there (30 s) can time out on a busy machine.
     env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
-  return subprocess.Popen([PYTHON, "-c", script], env=env, cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [PYTHON, "-c", script],
+    env=env,
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def finish(*procs: subprocess.Popen, timeout: float = 600) -> None:
@@ -110,18 +128,22 @@ def _initial_params(data_dir) -> dict:
   """The parameters every tiny run starts from (as `train.create_train_state` draws them)."""
   from vosjax import methods  # pylint: disable=g-import-not-at-top
   from vosjax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   config = tiny_config(data_dir)
   method = methods.load_method(config)
   batch = next(pipeline.make_train_iterator(config))
-  return flat_params(method.init_params(method.make_model(config), config,
-                                        jax.random.key(config.seed), batch))
+  return flat_params(
+    method.init_params(method.make_model(config), config, jax.random.key(config.seed), batch)
+  )
 
 
-def test_one_and_eight_devices_train_the_same_parameters(tiny_synthetic_dir, eight_device_run,
-                                                         tmp_path):
+def test_one_and_eight_devices_train_the_same_parameters(
+  tiny_synthetic_dir, eight_device_run, tmp_path
+):
   # The 1-device run beside the 8-device one (a session fixture, shared with test_multihost.py).
-  one = BackgroundTraining(1, tiny_synthetic_dir, tmp_path / "one", tmp_path / "one.npz",
-                           **LAYOUT_OVERRIDES)
+  one = BackgroundTraining(
+    1, tiny_synthetic_dir, tmp_path / "one", tmp_path / "one.npz", **LAYOUT_OVERRIDES
+  )
   try:
     initial = _initial_params(tiny_synthetic_dir)
     assert_same_params(eight_device_run.params(), one.params(), initial)
@@ -131,10 +153,12 @@ def test_one_and_eight_devices_train_the_same_parameters(tiny_synthetic_dir, eig
 
 def test_resume_continues_to_the_uninterrupted_result(tiny_synthetic_dir, tmp_path):
   from vosjax import train  # pylint: disable=g-import-not-at-top
+
   uninterrupted = train.train_and_evaluate(tiny_config(tiny_synthetic_dir), str(tmp_path / "a"))
   # The same run stopped after 2 steps (final checkpoint at 2), then restarted with the full length.
-  first = train.train_and_evaluate(tiny_config(tiny_synthetic_dir, num_train_steps=2),
-                                   str(tmp_path / "b"))
+  first = train.train_and_evaluate(
+    tiny_config(tiny_synthetic_dir, num_train_steps=2), str(tmp_path / "b")
+  )
   assert int(first.state.step) == 2
   resumed = train.train_and_evaluate(tiny_config(tiny_synthetic_dir), str(tmp_path / "b"))
   assert int(resumed.state.step) == 4
@@ -149,10 +173,20 @@ def test_command_line_trains_evaluates_and_writes_outputs(tiny_synthetic_dir, tm
   workdir = tmp_path / "work"
   overrides = [f"--config.{k}={v}" for k, v in TINY_OVERRIDES.items()]
   overrides = [o.replace(" ", "") for o in overrides]
-  cmd = [PYTHON, "-m", "vosjax.main", "--config", "configs/demo.py", "--workdir", str(workdir),
-         f"--config.data.data_dir={tiny_synthetic_dir}", *overrides]
-  proc = subprocess.run(cmd, env=subprocess_env(1), capture_output=True, text=True, timeout=600,
-                        cwd=REPO)
+  cmd = [
+    PYTHON,
+    "-m",
+    "vosjax.main",
+    "--config",
+    "configs/demo.py",
+    "--workdir",
+    str(workdir),
+    f"--config.data.data_dir={tiny_synthetic_dir}",
+    *overrides,
+  ]
+  proc = subprocess.run(
+    cmd, env=subprocess_env(1), capture_output=True, text=True, timeout=600, cwd=REPO
+  )
   output = proc.stdout + proc.stderr
   assert proc.returncode == 0, output[-5000:]
   assert "steps/s" in output and "ETA" in output
@@ -168,8 +202,14 @@ def test_command_line_trains_evaluates_and_writes_outputs(tiny_synthetic_dir, tm
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
   # --mode eval restores the final checkpoint and reproduces the metrics.
-  proc = subprocess.run(cmd + ["--mode", "eval"], env=subprocess_env(1), capture_output=True,
-                        text=True, timeout=600, cwd=REPO)
+  proc = subprocess.run(
+    cmd + ["--mode", "eval"],
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+  )
   assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
   again = json.loads((workdir / "eval_metrics.json").read_text())
   assert again == pytest.approx(metrics)

@@ -1,13 +1,20 @@
 """`vosjax.main` reports a missing bucket and missing pretrained weights as one line saying what to
 do (the trace only with --traceback), before any training work."""
+
 import subprocess
 
 from conftest import PYTHON, REPO, TINY_SYNTHETIC, subprocess_env
 
 
 def _main(*flags: str) -> subprocess.CompletedProcess:
-  return subprocess.run([PYTHON, "-m", "vosjax.main", *flags], env=subprocess_env(1), cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [PYTHON, "-m", "vosjax.main", *flags],
+    env=subprocess_env(1),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, error: str, *phrases: str) -> None:
@@ -23,24 +30,42 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, error: str, *phras
 
 def test_unreachable_bucket_is_one_line(tmp_path):
   # No network here: the gs:// probe fails within seconds (ConnectionError).
-  proc = _main("--config", "configs/movi_e.py", "--workdir", str(tmp_path / "w"),
-               "--config.data.data_dir=gs://vosjax-no-such-bucket/tfds")
-  _assert_one_line_error(proc, "ConnectionError", "gs://vosjax-no-such-bucket/tfds",
-                         "--config.data.data_dir=DIR")
+  proc = _main(
+    "--config",
+    "configs/movi_e.py",
+    "--workdir",
+    str(tmp_path / "w"),
+    "--config.data.data_dir=gs://vosjax-no-such-bucket/tfds",
+  )
+  _assert_one_line_error(
+    proc, "ConnectionError", "gs://vosjax-no-such-bucket/tfds", "--config.data.data_dir=DIR"
+  )
 
 
 def test_missing_pretrained_weights_are_one_line(tmp_path, tiny_synthetic_dir):
-  proc = _main("--config", "configs/movi_e.py", "--workdir", str(tmp_path / "w"),
-               f"--config.data.tfds_name={TINY_SYNTHETIC}",
-               f"--config.data.data_dir={tiny_synthetic_dir}",
-               "--config.data.resolution=(32,32)",
-               f"--config.backbone.cache_dir={tmp_path / 'empty_cache'}",
-               "--config.backbone.allow_download=False")
-  _assert_one_line_error(proc, "PretrainedWeightsUnavailableError", "--config.backbone.checkpoint=PATH",
-                         "https://")
-  proc = _main("--config", "configs/movi_e.py", "--workdir", str(tmp_path / "w"),
-               f"--config.data.tfds_name={TINY_SYNTHETIC}",
-               f"--config.data.data_dir={tiny_synthetic_dir}",
-               f"--config.backbone.cache_dir={tmp_path / 'empty_cache'}",
-               "--config.backbone.allow_download=False", "--traceback")
+  proc = _main(
+    "--config",
+    "configs/movi_e.py",
+    "--workdir",
+    str(tmp_path / "w"),
+    f"--config.data.tfds_name={TINY_SYNTHETIC}",
+    f"--config.data.data_dir={tiny_synthetic_dir}",
+    "--config.data.resolution=(32,32)",
+    f"--config.backbone.cache_dir={tmp_path / 'empty_cache'}",
+    "--config.backbone.allow_download=False",
+  )
+  _assert_one_line_error(
+    proc, "PretrainedWeightsUnavailableError", "--config.backbone.checkpoint=PATH", "https://"
+  )
+  proc = _main(
+    "--config",
+    "configs/movi_e.py",
+    "--workdir",
+    str(tmp_path / "w"),
+    f"--config.data.tfds_name={TINY_SYNTHETIC}",
+    f"--config.data.data_dir={tiny_synthetic_dir}",
+    f"--config.backbone.cache_dir={tmp_path / 'empty_cache'}",
+    "--config.backbone.allow_download=False",
+    "--traceback",
+  )
   assert "Traceback" in proc.stderr and "PretrainedWeightsUnavailableError" in proc.stderr

@@ -1,4 +1,5 @@
 """Video / frame-folder reading, GIF / MP4 / palette-PNG writing, overlays."""
+
 import numpy as np
 from PIL import Image
 import pytest
@@ -25,8 +26,10 @@ def toolkit_color_map() -> np.ndarray:
 def smooth_frames(num_frames=6, height=32, width=48) -> np.ndarray:
   """uint8 frames of a moving colour gradient (codec friendly)."""
   y, x = np.mgrid[:height, :width]
-  frames = [np.stack([(x * 5 + 10 * t) % 256, (y * 7) % 256, np.full_like(x, 40 * t % 256)], -1)
-            for t in range(num_frames)]
+  frames = [
+    np.stack([(x * 5 + 10 * t) % 256, (y * 7) % 256, np.full_like(x, 40 * t % 256)], -1)
+    for t in range(num_frames)
+  ]
   return np.stack(frames).astype(np.uint8)
 
 
@@ -71,7 +74,7 @@ def test_gif_round_trip(tmp_path):
   # Few flat colours survive GIF quantization exactly.
   frames = np.zeros((4, 20, 30, 3), np.uint8)
   for t in range(4):
-    frames[t, :, 5 * t:5 * t + 10] = (255, 0, 0)
+    frames[t, :, 5 * t : 5 * t + 10] = (255, 0, 0)
     frames[t, 10:, :] = (0, 0, 255)
   path = video.write_video(tmp_path / "clip.gif", frames, fps=5)
   out = video.read_video(path)

@@ -5,6 +5,7 @@ torch and timm are test-only dependencies. The reference forward below transcrib
 embedding, registers) and `Attention.forward` (explicit softmax(q k^T * scale)), run with timm's
 modules and weights; at the training resolution timm's own `forward_features` is the reference.
 """
+
 import math
 import warnings
 
@@ -33,8 +34,9 @@ def relative_error(actual, expected) -> float:
   return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
 
 
-def original_patch_pos_embed(patch_pos: torch.Tensor, height: int, width: int, patch: int,
-                             offset: float, antialias: bool) -> torch.Tensor:
+def original_patch_pos_embed(
+  patch_pos: torch.Tensor, height: int, width: int, patch: int, offset: float, antialias: bool
+) -> torch.Tensor:
   """Transcription of DINO/DINOv2 `interpolate_pos_encoding` on the patch part [1, N, C]."""
   num_positions = patch_pos.shape[1]
   rows, cols = height // patch, width // patch
@@ -62,13 +64,19 @@ def reference_forward(model, images: np.ndarray, offset: float, antialias: bool)
   cls = model.cls_token.expand(batch, -1, -1)
   if getattr(model, "reg_token", None) is not None:
     # timm's registers layout: CLS position folded into cls_token, pos_embed covers patches only.
-    tokens = tokens + original_patch_pos_embed(model.pos_embed, *images.shape[1:3], patch,
-                                               offset, antialias)
+    tokens = tokens + original_patch_pos_embed(
+      model.pos_embed, *images.shape[1:3], patch, offset, antialias
+    )
     x = torch.cat([cls, model.reg_token.expand(batch, -1, -1), tokens], dim=1)
   else:
     pos = model.pos_embed
-    pos = torch.cat([pos[:, :1], original_patch_pos_embed(pos[:, 1:], *images.shape[1:3], patch,
-                                                          offset, antialias)], dim=1)
+    pos = torch.cat(
+      [
+        pos[:, :1],
+        original_patch_pos_embed(pos[:, 1:], *images.shape[1:3], patch, offset, antialias),
+      ],
+      dim=1,
+    )
     x = torch.cat([cls, tokens], dim=1) + pos
   for block in model.blocks[:-1]:
     x = block(x)
@@ -79,8 +87,12 @@ def reference_forward(model, images: np.ndarray, offset: float, antialias: bool)
   q, k, _ = qkv.reshape(batch, -1, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
   attention = ((q @ k.transpose(-2, -1)) * (width // heads) ** -0.5).softmax(dim=-1)
   x = last(x)
-  return {"tokens": x.numpy(), "tokens_normed": model.norm(x).numpy(),
-          "keys": qkv[..., width:2 * width].numpy(), "attention": attention.numpy()}
+  return {
+    "tokens": x.numpy(),
+    "tokens_normed": model.norm(x).numpy(),
+    "keys": qkv[..., width : 2 * width].numpy(),
+    "attention": attention.numpy(),
+  }
 
 
 def randomized_timm(name: str, seed: int, **kwargs):
@@ -99,10 +111,10 @@ def randomized_timm(name: str, seed: int, **kwargs):
 def compare(model, arch: vit.ViTArch, images: np.ndarray, use_timm_forward: bool) -> None:
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   params = pretrained.convert_state_dict(state, arch)
-  output = jax.jit(lambda p, x: vit.VisionTransformer(arch).apply(
-      {"params": p}, x, return_attention=True))(params, jnp.asarray(images))
-  reference = reference_forward(model, images, arch.interpolate_offset,
-                                arch.interpolate_antialias)
+  output = jax.jit(
+    lambda p, x: vit.VisionTransformer(arch).apply({"params": p}, x, return_attention=True)
+  )(params, jnp.asarray(images))
+  reference = reference_forward(model, images, arch.interpolate_offset, arch.interpolate_antialias)
   if use_timm_forward:  # Independent of the transcription above.
     with torch.no_grad():
       timm_tokens = model.forward_features(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
@@ -125,10 +137,13 @@ def test_dino_vits16_full_depth_matches_timm():
   compare(model, vit.VIT_ARCHITECTURES["dino_vits16"], images, True)
 
 
-@pytest.mark.parametrize("timm_name,arch_name", [
+@pytest.mark.parametrize(
+  "timm_name,arch_name",
+  [
     ("vit_small_patch16_224", "dino_vits16"),
     ("vit_small_patch8_224", "dino_vits8"),
-])
+  ],
+)
 def test_dino_layout_matches_timm_at_non_square_resolution(timm_name, arch_name):
   model = randomized_timm(timm_name, seed=2, depth=1)
   arch = vit.VIT_ARCHITECTURES[arch_name].replace(depth=1)
@@ -138,10 +153,13 @@ def test_dino_layout_matches_timm_at_non_square_resolution(timm_name, arch_name)
   compare(model, arch, rng.normal(size=(2, 160, 295, 3)).astype(np.float32), False)
 
 
-@pytest.mark.parametrize("timm_name,arch_name", [
+@pytest.mark.parametrize(
+  "timm_name,arch_name",
+  [
     ("vit_small_patch14_dinov2", "dinov2_vits14"),
     ("vit_small_patch14_reg4_dinov2", "dinov2_vits14_reg"),
-])
+  ],
+)
 def test_dinov2_layout_matches_timm(timm_name, arch_name):
   model = randomized_timm(timm_name, seed=1, depth=1)
   arch = vit.VIT_ARCHITECTURES[arch_name].replace(depth=1)
@@ -150,23 +168,28 @@ def test_dinov2_layout_matches_timm(timm_name, arch_name):
   compare(model, arch, rng.normal(size=(2, 224, 308, 3)).astype(np.float32), False)
 
 
-@pytest.mark.parametrize("side,out_rows,out_cols,offset,antialias", [
+@pytest.mark.parametrize(
+  "side,out_rows,out_cols,offset,antialias",
+  [
     (14, 12, 20, 0.1, False),  # DINO /16: down on one axis, up on the other.
     (28, 40, 60, 0.1, False),  # DINO /8 upsampling.
     (37, 16, 16, 0.1, False),  # DINOv2 default.
     (37, 16, 22, 0.0, True),  # DINOv2 registers: antialiased downsampling.
     (37, 45, 50, 0.0, True),  # DINOv2 registers: antialiased upsampling.
-])
+  ],
+)
 def test_resize_matrix_matches_torch_interpolate(side, out_rows, out_cols, offset, antialias):
   grid = np.random.default_rng(2).normal(size=(1, 5, side, side))
   if offset:
     kwargs = {"scale_factor": ((out_rows + offset) / side, (out_cols + offset) / side)}
   else:
     kwargs = {"size": (out_rows, out_cols)}
-  expected = F.interpolate(torch.from_numpy(grid), mode="bicubic", antialias=antialias,
-                           **kwargs).numpy()
-  matrices = [vit.bicubic_resize_matrix(side, n, side / (n + offset), antialias)
-              for n in (out_rows, out_cols)]
+  expected = F.interpolate(
+    torch.from_numpy(grid), mode="bicubic", antialias=antialias, **kwargs
+  ).numpy()
+  matrices = [
+    vit.bicubic_resize_matrix(side, n, side / (n + offset), antialias) for n in (out_rows, out_cols)
+  ]
   actual = np.einsum("hi,wj,bcij->bchw", matrices[0], matrices[1], grid)
   np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12)
 
@@ -177,8 +200,15 @@ def test_original_dino_interpolation_offset_matters():
   pos = np.random.default_rng(3).normal(size=(1, 1 + 14 * 14, 8)).astype(np.float32)
   ours = np.asarray(vit.interpolate_pos_embed(jnp.asarray(pos), (10, 30), arch))
   original = original_patch_pos_embed(torch.from_numpy(pos[:, 1:]), 160, 480, 16, 0.1, False)
-  sized = F.interpolate(torch.from_numpy(pos[:, 1:]).reshape(1, 14, 14, 8).permute(0, 3, 1, 2),
-                        size=(10, 30), mode="bicubic").permute(0, 2, 3, 1).reshape(1, 300, 8)
+  sized = (
+    F.interpolate(
+      torch.from_numpy(pos[:, 1:]).reshape(1, 14, 14, 8).permute(0, 3, 1, 2),
+      size=(10, 30),
+      mode="bicubic",
+    )
+    .permute(0, 2, 3, 1)
+    .reshape(1, 300, 8)
+  )
   np.testing.assert_allclose(ours[0, 0], pos[0, 0])
   assert relative_error(ours[:, 1:], original.numpy()) < RTOL
   assert relative_error(ours[:, 1:], sized.numpy()) > 1e-3
@@ -188,12 +218,20 @@ def test_pretraining_grid_keeps_pos_embed_for_non_square_pixels():
   # 224x230 pixels -> 14x14 patches: CUDA's bicubic copies same-size inputs (see vit docstring).
   arch = vit.VIT_ARCHITECTURES["dino_vits16"]
   pos = jnp.asarray(np.random.default_rng(4).normal(size=(1, 197, 4)), jnp.float32)
-  np.testing.assert_array_equal(vit.interpolate_pos_embed(pos, arch.grid_shape(224, 230), arch),
-                                pos)
+  np.testing.assert_array_equal(
+    vit.interpolate_pos_embed(pos, arch.grid_shape(224, 230), arch), pos
+  )
 
 
-TINY = vit.ViTArch(patch_size=8, embed_dim=32, depth=2, num_heads=2, pos_embed_grid=4,
-                   layer_scale=True, num_register_tokens=2)
+TINY = vit.ViTArch(
+  patch_size=8,
+  embed_dim=32,
+  depth=2,
+  num_heads=2,
+  pos_embed_grid=4,
+  layer_scale=True,
+  num_register_tokens=2,
+)
 
 
 def random_params(module: vit.VisionTransformer, seed: int):
@@ -233,20 +271,23 @@ def test_feature_extractor_matches_per_frame_forward():
   expected = jax.jit(module.apply)({"params": params}, jnp.asarray(frames))
   assert extracted["keys"].shape == (2, 3, 5, 6, 32)
   assert extracted["cls"].shape == (2, 3, 32)
-  np.testing.assert_allclose(extracted["keys"], np.asarray(expected.keys).reshape(2, 3, 5, 6, 32),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(extracted["tokens"],
-                             np.asarray(expected.tokens).reshape(2, 3, 5, 6, 32),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(extracted["cls"], np.asarray(expected.cls).reshape(2, 3, 32),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    extracted["keys"], np.asarray(expected.keys).reshape(2, 3, 5, 6, 32), rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    extracted["tokens"], np.asarray(expected.tokens).reshape(2, 3, 5, 6, 32), rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    extracted["cls"], np.asarray(expected.cls).reshape(2, 3, 32), rtol=1e-5, atol=1e-5
+  )
   with pytest.raises(ValueError, match=r"\[B, T, H, W, 3\]"):
     features.make_feature_extractor(module, frame_chunk=4)(params, jnp.asarray(video[0]))
 
 
 def test_automatic_frame_chunk():
-  expected = features.AUTO_FRAME_CHUNK.get(jax.default_backend(),
-                                           features.AUTO_FRAME_CHUNK_ACCELERATOR)
+  expected = features.AUTO_FRAME_CHUNK.get(
+    jax.default_backend(), features.AUTO_FRAME_CHUNK_ACCELERATOR
+  )
   assert features.resolve_frame_chunk(0) == expected
   assert jax.default_backend() != "cpu" or expected == 2
   assert features.resolve_frame_chunk(5) == 5
@@ -269,8 +310,11 @@ def test_flop_count_agrees_with_xla_cost_analysis():
   shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), images)["params"]
   # With the maps returned the single block keeps the full attention (no while loop, which
   # cost analysis counts once).
-  compiled = jax.jit(lambda p, x: module.apply({"params": p}, x, return_attention=True).tokens).lower(
-      shapes, images).compile()
+  compiled = (
+    jax.jit(lambda p, x: module.apply({"params": p}, x, return_attention=True).tokens)
+    .lower(shapes, images)
+    .compile()
+  )
   xla_flops = compiled.cost_analysis()["flops"]
   ours = vit.vit_flops_per_image(arch, 192, 384)
   # XLA also counts element-wise work (norms, softmax, GELU): a few percent on top of matmuls.
@@ -288,13 +332,12 @@ def _numpy_attention(query, key, value, scale):
 @pytest.mark.parametrize("length,chunk", [(300, 256), (7, 3), (512, 256)])
 def test_query_chunked_attention_matches_full_softmax_attention(length, chunk):
   rng = np.random.default_rng(5)
-  query, key, value = (jnp.asarray(rng.normal(size=(2, length, 3, 8)), jnp.float32)
-                       for _ in range(3))
+  query, key, value = (
+    jnp.asarray(rng.normal(size=(2, length, 3, 8)), jnp.float32) for _ in range(3)
+  )
   expected = _numpy_attention(*(np.float64(x) for x in (query, key, value)), 8**-0.5)
-  got = transformer_layers.attend_in_query_chunks(jnp.stack([query, key, value], 2), 8**-0.5,
-                                                  chunk)
-  np.testing.assert_allclose(np.asarray(got), expected.reshape(2, length, 24), rtol=1e-5,
-                             atol=1e-5)
+  got = transformer_layers.attend_in_query_chunks(jnp.stack([query, key, value], 2), 8**-0.5, chunk)
+  np.testing.assert_allclose(np.asarray(got), expected.reshape(2, length, 24), rtol=1e-5, atol=1e-5)
 
 
 def test_per_image_attention_value_and_gradient():
@@ -310,18 +353,22 @@ def test_per_image_attention_value_and_gradient():
     return transformer_layers.attend_per_image(packed, scale).reshape(query.shape)
 
   got = attend(*(jnp.asarray(x, jnp.float32) for x in inputs))
-  np.testing.assert_allclose(np.asarray(got), _numpy_attention(*inputs, scale), rtol=1e-5,
-                             atol=1e-6)
-  gradients = jax.grad(lambda q, k, v: jnp.sum(attend(q, k, v) * weights),
-                       argnums=(0, 1, 2))(*(jnp.asarray(x, jnp.float32) for x in inputs))
+  np.testing.assert_allclose(
+    np.asarray(got), _numpy_attention(*inputs, scale), rtol=1e-5, atol=1e-6
+  )
+  gradients = jax.grad(lambda q, k, v: jnp.sum(attend(q, k, v) * weights), argnums=(0, 1, 2))(
+    *(jnp.asarray(x, jnp.float32) for x in inputs)
+  )
   step = 1e-6
   for which in range(3):
     for index in zip(*(rng.integers(0, n, size=6) for n in inputs[which].shape)):
       shifted = [[x.copy() for x in inputs] for _ in range(2)]
       shifted[0][which][index] += step
       shifted[1][which][index] -= step
-      numeric = (np.sum(_numpy_attention(*shifted[0], scale) * weights)
-                 - np.sum(_numpy_attention(*shifted[1], scale) * weights)) / (2 * step)
+      numeric = (
+        np.sum(_numpy_attention(*shifted[0], scale) * weights)
+        - np.sum(_numpy_attention(*shifted[1], scale) * weights)
+      ) / (2 * step)
       np.testing.assert_allclose(float(gradients[which][index]), numeric, rtol=1e-4, atol=1e-5)
 
 

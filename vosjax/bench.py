@@ -1,7 +1,11 @@
-"""Benchmarks: `python -m vosjax.bench NAME [options]`, NAME one of the modules of `vosjax/benchmarks/` (backbone, clustering, data, evaluate, keyframes, mg_recipes, train).
+"""Benchmarks: `python -m vosjax.bench NAME [options]`.
+
+NAME is one of the modules of `vosjax/benchmarks/` (backbone, clustering, data, evaluate,
+keyframes, mg_recipes, train).
 
 Each benchmark lives in `vosjax/benchmarks/<name>.py` and exposes `main(argv)`.
 """
+
 import importlib
 import pkgutil
 import sys
@@ -13,8 +17,11 @@ from vosjax.core import host_memory
 def available():
   """Benchmark names: the modules of vosjax/benchmarks/ but the helpers (`_name`) and the NumPy
   reference the clustering benchmark compares against."""
-  return sorted(m.name for m in pkgutil.iter_modules(vosjax.benchmarks.__path__)
-                if not m.name.startswith("_") and m.name != "reference_clustering")
+  return sorted(
+    m.name
+    for m in pkgutil.iter_modules(vosjax.benchmarks.__path__)
+    if not m.name.startswith("_") and m.name != "reference_clustering"
+  )
 
 
 def main(argv=None):

@@ -2,14 +2,16 @@
 
   python -m vosjax.convert IN.pth OUT.safetensors --config CONFIG [--config.key=value ...]
 
-Reads IN (needs torch; the state dict is unwrapped from `model_state_dict` / `state_dict` / `module.`
-as `vosjax.models.state_dicts.read_state_dict` describes), checks that every tensor imports into the
-model of CONFIG (`vosjax.methods.checkpoints`: strict, any missing, unexpected or wrongly shaped
-tensor is an error listing them), and writes the tensors, under their official names, as float32
+Reads IN (needs torch; the state dict is unwrapped from `model_state_dict` / `state_dict` /
+`module.` as `vosjax.models.state_dicts.read_state_dict` describes), checks that every tensor
+imports into the model of CONFIG (`vosjax.methods.checkpoints`: strict, any missing, unexpected or
+wrongly shaped tensor is an error listing them), and writes the tensors, under their official names,
+as float32
 `.safetensors` or `.npz` (by OUT's suffix). Pass OUT as `--config.init.checkpoint=OUT` to training,
 `--mode eval` or `vosjax.segment`: reading it needs NumPy only. The optimizer state and the training
 metadata of IN are not written.
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,7 +21,8 @@ from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config of the model the checkpoint is for (configs/*.py).", lock_config=True)
+  "config", None, "Config of the model the checkpoint is for (configs/*.py).", lock_config=True
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -38,8 +41,9 @@ def convert(source: str, output: str, config) -> int:
   method = methods.load_method(config)
   model = method.make_model(config)
   batch = method.example_batch(config)
-  template = jax.eval_shape(lambda rng: method.init_params(model, config, rng, batch),
-                            jax.random.key(0))
+  template = jax.eval_shape(
+    lambda rng: method.init_params(model, config, rng, batch), jax.random.key(0)
+  )
   checkpoints.import_checkpoint(method, config, template, source)
   state = state_dicts.read_state_dict(source)
   state_dicts.write_state_dict(output, state)
@@ -54,8 +58,10 @@ def main(argv):
     count = convert(source, output, _CONFIG.value)
   except (ValueError, FileNotFoundError, ImportError) as error:  # CheckpointError included
     sys.exit(f"vosjax.convert: error: {error}")
-  print(f"Wrote {count} tensors of {source} to {output} (they import into config.method="
-        f"{_CONFIG.value.method!r}).")
+  print(
+    f"Wrote {count} tensors of {source} to {output} (they import into config.method="
+    f"{_CONFIG.value.method!r})."
+  )
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
   python -m vosjax.evaluate --protocol P --gt DIR --results DIR [--sequences a,b] [--frames all]
 
-The protocols are `vosjax.evaluation.davis_protocol` (see its docstring); this module only parses the
-command line, scores and prints.
+The protocols are `vosjax.evaluation.davis_protocol` (see its docstring); this module only parses
+the command line, scores and prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,15 +24,21 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m vosjax.evaluate", description=davis_protocol.__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m vosjax.evaluate",
+    description=davis_protocol.__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
   parser.add_argument("--gt", required=True, type=Path, help="DAVIS root or annotation folder")
   parser.add_argument("--results", required=True, type=Path, help="folder of sequence folders")
   parser.add_argument("--sequences", help="comma-separated subset (default: every GT sequence)")
   parser.add_argument("--output", type=Path, default=Path("."), help="where the CSVs go")
-  parser.add_argument("--frames", choices=("all", "1:-1"),
-                      help="frames scored (default: davis2016 1:-1, davis2017-* all)")
+  parser.add_argument(
+    "--frames",
+    choices=("all", "1:-1"),
+    help="frames scored (default: davis2016 1:-1, davis2017-* all)",
+  )
   parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
   parser.add_argument("--decimals", type=int, default=3, help="CSV precision (official: 3)")
   args = parser.parse_args(argv)
@@ -41,15 +48,18 @@ def main(argv: list[str] | None = None) -> int:
   start = time.perf_counter()
   sequences = [s.strip() for s in args.sequences.split(",")] if args.sequences else None
   try:
-    results = davis_protocol.evaluate_folders(args.gt, args.results, args.protocol, sequences, args.frames,
-                               args.workers)
+    results = davis_protocol.evaluate_folders(
+      args.gt, args.results, args.protocol, sequences, args.frames, args.workers
+    )
     global_path, sequence_path = results.write_csv(args.output, args.decimals)
   except (FileNotFoundError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 1
   num_objects = sum(s.j.shape[0] for s in results.sequences)
-  print(f"{args.protocol}, frames {results.frames}: {len(results.sequences)} sequences, "
-        f"{num_objects} objects, {time.perf_counter() - start:.1f} s\n")
+  print(
+    f"{args.protocol}, frames {results.frames}: {len(results.sequences)} sequences, "
+    f"{num_objects} objects, {time.perf_counter() - start:.1f} s\n"
+  )
   print(results.format_table())
   print("\nper object:  J-Mean  F-Mean")
   for row in results.object_rows():

@@ -1,8 +1,10 @@
 """Command line: `python -m vosjax.main --config configs/demo.py --workdir DIR [--mode train|eval]`.
 
 Only parses flags and starts (multi-host) JAX; the work is in `vosjax.train`. Config values are
-overridden from the command line, e.g. `--config.batch_size=8 --config.optimizer.learning_rate=1e-4`.
+overridden from the command line, e.g.
+`--config.batch_size=8 --config.optimizer.learning_rate=1e-4`.
 """
+
 import os
 import sys
 
@@ -10,24 +12,38 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file (configs/*.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                          "train: train (resuming from WORKDIR) then evaluate; eval: evaluate the "
-                          "latest checkpoint in WORKDIR, else the params of "
-                          "--config.init.checkpoint.")
+_MODE = flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "eval"],
+  "train: train (resuming from WORKDIR) then evaluate; eval: evaluate the "
+  "latest checkpoint in WORKDIR, else the params of "
+  "--config.init.checkpoint.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "Multi-host: host:port of process 0. Leave unset on TPU pods and "
-    "SLURM, where jax.distributed detects everything.")
+  "coordinator_address",
+  None,
+  "Multi-host: host:port of process 0. Leave unset on TPU pods and "
+  "SLURM, where jax.distributed detects everything.",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", None, "Call jax.distributed.initialize(). Default: when a coordinator address "
-    "is given, or on a TPU pod / SLURM job with more than one task.")
+  "distributed",
+  None,
+  "Call jax.distributed.initialize(). Default: when a coordinator address "
+  "is given, or on a TPU pod / SLURM job with more than one task.",
+)
 _TRACEBACK = flags.DEFINE_bool(
-    "traceback", False, "Show the full traceback of input and config errors (by default they are "
-    "one line naming the problem).")
+  "traceback",
+  False,
+  "Show the full traceback of input and config errors (by default they are "
+  "one line naming the problem).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -54,13 +70,21 @@ def main(argv):
 
   progress.setup_logging()
   if _wants_distributed():
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
   # Errors about the user's input, config, data, weights or workdir: one line naming the problem
   # and what to do, not a traceback. ConnectionError: an unreachable bucket (data or workdir).
-  user_errors = (ValueError, FileNotFoundError, ConnectionError,
-                 train.NonFiniteLossError, checkpoint.CheckpointMismatchError,
-                 pretrained.PretrainedWeightsUnavailableError)
+  user_errors = (
+    ValueError,
+    FileNotFoundError,
+    ConnectionError,
+    train.NonFiniteLossError,
+    checkpoint.CheckpointMismatchError,
+    pretrained.PretrainedWeightsUnavailableError,
+  )
   try:
     epath.Path(_WORKDIR.value).mkdir(parents=True, exist_ok=True)  # local or gs://
     if _MODE.value == "train":

@@ -12,7 +12,8 @@ frame size. Writes into DIR:
   masks/00000.png ...  one indexed PNG per frame (DAVIS palette; the DAVIS result format),
   overlay.gif          masks over the frames (at most 480 pixels wide or high), for people,
   overlay.mp4          the same at the frame size (when OpenCV can write MP4 here),
-  flow_cache/          optical flow (Motion Grouping), reused when the same video is segmented again.
+  flow_cache/          optical flow (Motion Grouping), reused when the same video is segmented
+  again.
 
 Methods: those with the `SegmentsVideos` capability (`vosjax.methods.interface`). The method turns
 the frames into its inputs (`segment_inputs`: Motion Grouping computes OpenCV DIS forward and
@@ -25,8 +26,8 @@ overlay leaves it uncoloured.
 Long videos are processed in windows of `--chunk_frames` + 2 frames (one static shape, one
 compilation; the last window is aligned to the video's end instead of padded). Neighbouring windows
 overlap: a window's first and last frame are kept only where they are the video's own, because
-Motion Grouping's `predict` drops the backward flow of a window's first frame and the forward flow of
-its last. Betrayed by Attention clusters each window separately; its clusters are linked to the
+Motion Grouping's `predict` drops the backward flow of a window's first frame and the forward flow
+of its last. Betrayed by Attention clusters each window separately; its clusters are linked to the
 previous window's by IoU on the frames both label (Hungarian matching), so ids stay the same over
 time.
 Methods that segment independent chunks of frames (SMTC's 4-frame clips, `PredictsInChunks`) run in
@@ -34,6 +35,7 @@ calls of whole chunks instead (about `--chunk_frames` frames), laid out as on th
 a method proposes overlapping candidate masks (SMTC, `ProposesCandidates`), each pixel shows the
 candidate the method ranks first there (SMTC: the highest min-max normalised mask value).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,18 +68,27 @@ from vosjax.methods import interface
 
 GIF_MAX_SIDE = 480
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file used for training.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file used for training.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training directory holding checkpoints/.")
 _INPUT = flags.DEFINE_string("input", None, "Video file or folder of frames to segment.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for the masks and overlays.")
-_MAX_FRAMES = flags.DEFINE_integer("max_frames", None, "Segment at most this many frames.",
-                                   lower_bound=1)
+_MAX_FRAMES = flags.DEFINE_integer(
+  "max_frames", None, "Segment at most this many frames.", lower_bound=1
+)
 _CHUNK_FRAMES = flags.DEFINE_integer(
-    "chunk_frames", 64, "Frames per model call (plus 2 shared with the neighbours); bounds the "
-    "memory on long videos.", lower_bound=1)
-_FLOW_PRESET = flags.DEFINE_enum("flow_preset", "medium", list(optical_flow.DIS_PRESETS),
-                                 "OpenCV DIS preset of the optical flow (Motion Grouping).")
+  "chunk_frames",
+  64,
+  "Frames per model call (plus 2 shared with the neighbours); bounds the memory on long videos.",
+  lower_bound=1,
+)
+_FLOW_PRESET = flags.DEFINE_enum(
+  "flow_preset",
+  "medium",
+  list(optical_flow.DIS_PRESETS),
+  "OpenCV DIS preset of the optical flow (Motion Grouping).",
+)
 _FPS = flags.DEFINE_float("fps", None, "Frame rate of the overlays; default: the input's, else 10.")
 flags.mark_flags_as_required(["config", "workdir", "input", "output"])
 
@@ -85,6 +96,7 @@ flags.mark_flags_as_required(["config", "workdir", "input", "output"])
 @dataclasses.dataclass
 class SegmentOutputs:
   """What `segment_video` wrote."""
+
   masks_dir: Path
   num_frames: int
   gif: Path
@@ -103,8 +115,9 @@ def load_segmenting_method(config):
     raise SegmentError(str(err)) from None
   if not isinstance(method, interface.SegmentsVideos):
     capable = methods.with_capability(interface.SegmentsVideos)
-    raise SegmentError(f"vosjax.segment supports the methods {capable}, got "
-                       f"config.method={config.method!r}.")
+    raise SegmentError(
+      f"vosjax.segment supports the methods {capable}, got config.method={config.method!r}."
+    )
   return method
 
 
@@ -142,9 +155,11 @@ def load_predictor(method, config, workdir: str) -> tuple[Callable[[dict], dict]
   checkpoints = Path(workdir) / "checkpoints"
   imported = config.init.checkpoint
   if not checkpoints.is_dir() and not imported:  # checked first: the manager would create it
-    raise SegmentError(f"No checkpoint folder {checkpoints}; train first: python -m "
-                       f"vosjax.main --config CONFIG --workdir {workdir}, or import one "
-                       "(--config.init.checkpoint=PATH).")
+    raise SegmentError(
+      f"No checkpoint folder {checkpoints}; train first: python -m "
+      f"vosjax.main --config CONFIG --workdir {workdir}, or import one "
+      "(--config.init.checkpoint=PATH)."
+    )
   mesh = sharding.make_mesh(jax.devices()[:1])
   model = method.make_model(config)
   state, _ = train.create_train_state(method, model, config, method.make_optimizer(config), mesh)
@@ -157,20 +172,24 @@ def load_predictor(method, config, workdir: str) -> tuple[Callable[[dict], dict]
       source = f"checkpoint step {int(state.step)} from {checkpoints}"
     elif not imported:
       raise SegmentError(
-          f"No checkpoint in {checkpoints} fits this config (steps there: {manager.all_steps()}); "
-          "pass the --config and --config.* overrides used for training (see the warnings above).")
+        f"No checkpoint in {checkpoints} fits this config (steps there: {manager.all_steps()}); "
+        "pass the --config and --config.* overrides used for training (see the warnings above)."
+      )
   params = state.params
-  predict = sharding.jit_predict(method, model, config, mesh,
-                                 grown_config=interface.capacity_growth(method))
+  predict = sharding.jit_predict(
+    method, model, config, mesh, grown_config=interface.capacity_growth(method)
+  )
   return (lambda batch: jax.device_get(predict(params, batch))), source
 
 
 # ---------------------------------------------------------------- outputs
 
 
-def write_outputs(output_dir: Path, frames: np.ndarray, ids: np.ndarray, fps: float
-                  ) -> SegmentOutputs:
-  """Indexed PNGs, overlay GIF and MP4 of uint8 frames `[T, H, W, 3]` and ids `[T, h, w]` (0..255)."""
+def write_outputs(
+  output_dir: Path, frames: np.ndarray, ids: np.ndarray, fps: float
+) -> SegmentOutputs:
+  """Indexed PNGs, overlay GIF and MP4 of uint8 frames `[T, H, W, 3]` and ids `[T, h, w]`
+  (0..255)."""
   num_frames, height, width = frames.shape[:3]
   masks_dir = output_dir / "masks"
   scale = min(1.0, GIF_MAX_SIDE / max(height, width))
@@ -191,9 +210,17 @@ def write_outputs(output_dir: Path, frames: np.ndarray, ids: np.ndarray, fps: fl
   return SegmentOutputs(masks_dir=masks_dir, num_frames=num_frames, gif=gif, mp4=mp4)
 
 
-def segment_video(config, workdir: str, input_path: str, output_dir: str, *,
-                  max_frames: int | None = None, chunk_frames: int = 64,
-                  flow_preset: str = "medium", fps: float | None = None) -> SegmentOutputs:
+def segment_video(
+  config,
+  workdir: str,
+  input_path: str,
+  output_dir: str,
+  *,
+  max_frames: int | None = None,
+  chunk_frames: int = 64,
+  flow_preset: str = "medium",
+  fps: float | None = None,
+) -> SegmentOutputs:
   """Segments one video (file or frame folder) with the latest checkpoint of `workdir`."""
   method = load_segmenting_method(config)
   path, output_dir = Path(input_path), Path(output_dir)
@@ -206,16 +233,27 @@ def segment_video(config, workdir: str, input_path: str, output_dir: str, *,
     raise SegmentError(f"{path}: {len(frames)} frame; segmentation needs at least 2 (motion).")
   frames = images.to_uint8(frames)  # 4x less memory
   resolution = tuple(config.data.resolution)
-  print(f"Input {path}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}; model "
-        f"resolution {resolution[1]}x{resolution[0]}.", flush=True)
+  print(
+    f"Input {path}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}; model "
+    f"resolution {resolution[1]}x{resolution[0]}.",
+    flush=True,
+  )
   predict, source = load_predictor(method, config, workdir)
   print(f"Parameters: {source}.", flush=True)
-  inputs = method.segment_inputs(frames, config, cache_dir=output_dir / "flow_cache",
-                                 cache_key=_cache_key(path, frames), flow_preset=flow_preset)
+  inputs = method.segment_inputs(
+    frames,
+    config,
+    cache_dir=output_dir / "flow_cache",
+    cache_key=_cache_key(path, frames),
+    flow_preset=flow_preset,
+  )
   ids, _ = segment_frames(method, predict, inputs, config, chunk_frames, frames.shape[1:3])
   outputs = write_outputs(output_dir, frames, ids, fps or input_fps(path))
-  print(f"Wrote {outputs.num_frames} masks to {outputs.masks_dir}/*.png (DAVIS palette), "
-        f"overlay {outputs.gif}" + (f" and {outputs.mp4}" if outputs.mp4 else "") + ".", flush=True)
+  print(
+    f"Wrote {outputs.num_frames} masks to {outputs.masks_dir}/*.png (DAVIS palette), "
+    f"overlay {outputs.gif}" + (f" and {outputs.mp4}" if outputs.mp4 else "") + ".",
+    flush=True,
+  )
   return outputs
 
 
@@ -228,9 +266,16 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
-    segment_video(_CONFIG.value, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
-                  max_frames=_MAX_FRAMES.value, chunk_frames=_CHUNK_FRAMES.value,
-                  flow_preset=_FLOW_PRESET.value, fps=_FPS.value)
+    segment_video(
+      _CONFIG.value,
+      _WORKDIR.value,
+      _INPUT.value,
+      _OUTPUT.value,
+      max_frames=_MAX_FRAMES.value,
+      chunk_frames=_CHUNK_FRAMES.value,
+      flow_preset=_FLOW_PRESET.value,
+      fps=_FPS.value,
+    )
   except SegmentError as err:  # one clear line, no traceback
     sys.exit(f"vosjax.segment: error: {err}")
 

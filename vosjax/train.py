@@ -7,9 +7,11 @@ XLA inserts the gradient all-reduce. Random numbers are drawn for the global bat
 split: 1 device and 8 devices give the same parameters from the same seed and global batch.
 
 A method is a package of `vosjax.methods` chosen by `config.method`; its interface is
-`vosjax.methods.interface.Method`. `train_and_evaluate` and `evaluate_checkpoint` also take the method
-object itself (`method=`), so a method defined elsewhere (a test, a user's module) trains the same way.
+`vosjax.methods.interface.Method`. `train_and_evaluate` and `evaluate_checkpoint` also take the
+method object itself (`method=`), so a method defined elsewhere (a test, a user's module) trains the
+same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +39,9 @@ from vosjax.methods import interface
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything that a resumed run needs besides the data position (saved in checkpoint metadata)."""
+  """Everything that a resumed run needs besides the data position (saved in checkpoint
+  metadata)."""
+
   step: jax.Array  # int32 []
   params: Any
   opt_state: Any
@@ -48,8 +52,9 @@ class NonFiniteLossError(RuntimeError):
   """The loss or the gradients became NaN/inf; the update was not applied."""
 
 
-def create_train_state(method, model, config, tx, mesh, batch: dict | None = None
-                       ) -> tuple[TrainState, Any]:
+def create_train_state(
+  method, model, config, tx, mesh, batch: dict | None = None
+) -> tuple[TrainState, Any]:
   """Initialises the state (replicated); returns it and its shardings.
 
   The params are the method's initialisation from `config.seed`, or those of
@@ -62,8 +67,12 @@ def create_train_state(method, model, config, tx, mesh, batch: dict | None = Non
   init_extra, _ = interface.extra_state_hooks(method)
 
   def state_from(params):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      extra=init_extra(params, config))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      extra=init_extra(params, config),
+    )
 
   def init(rng):
     return state_from(method.init_params(model, config, rng, batch))
@@ -88,23 +97,32 @@ def make_train_step(method, model, config, tx, state_shardings, data_sharding):
     step_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
-      return method.loss_fn(params, bind(model_argument), batch, step_rng, state.step, config,
-                            state.extra)
+      return method.loss_fn(
+        params, bind(model_argument), batch, step_rng, state.step, config, state.extra
+      )
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                           extra=update_extra(state.extra, params, state.step + 1, config))
+    new_state = TrainState(
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      extra=update_extra(state.extra, params, state.step + 1, config),
+    )
     # A non-finite step leaves the state untouched, so the last good state can still be saved.
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
     return new_state, metrics
 
-  jitted = jax.jit(train_step, in_shardings=(state_shardings, data_sharding, replicated, replicated),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  jitted = jax.jit(
+    train_step,
+    in_shardings=(state_shardings, data_sharding, replicated, replicated),
+    out_shardings=(state_shardings, replicated),
+    donate_argnums=(0,),
+  )
   return lambda state, batch, rng: jitted(state, batch, rng, model_argument)
 
 
@@ -143,8 +161,9 @@ class TrainResult:
   preempted: bool
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       method: interface.Method | None = None) -> TrainResult:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, method: interface.Method | None = None
+) -> TrainResult:
   """Trains `config.method` for `config.num_train_steps`, resuming from `workdir`, then evaluates.
 
   `method`: the method to train (anything satisfying `interface.Method`); default: the package of
@@ -157,8 +176,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh()
   data_sharding = NamedSharding(mesh, P("data"))
   writer = progress.SummaryWriter(workdir)
-  logging.info("Devices: %d over %d process(es); global batch %d.", jax.device_count(),
-               jax.process_count(), config.batch_size)
+  logging.info(
+    "Devices: %d over %d process(es); global batch %d.",
+    jax.device_count(),
+    jax.process_count(),
+    config.batch_size,
+  )
 
   # ------------------------------------------------------------------ Model and optimizer
   model = method.make_model(config)
@@ -173,9 +196,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_step = 0
   if restored is not None:
     state, data_step = restored.state, int(restored.meta["data_step"])
-    logging.info("Resumed from %s at step %d%s.", ckpt.directory, int(state.step),
-                 " (its params, not those of config.init.checkpoint)" if config.init.checkpoint
-                 else "")
+    logging.info(
+      "Resumed from %s at step %d%s.",
+      ckpt.directory,
+      int(state.step),
+      " (its params, not those of config.init.checkpoint)" if config.init.checkpoint else "",
+    )
   start_step = int(state.step)
 
   def save(reason: str):
@@ -205,18 +231,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         unchecked = []
         if skipped:
           save("non-finite loss")
-          later = f" and {len(skipped) - 1} later step(s) up to {skipped[-1]}" if skipped[1:] else ""
+          later = (
+            f" and {len(skipped) - 1} later step(s) up to {skipped[-1]}" if skipped[1:] else ""
+          )
           raise NonFiniteLossError(
-              f"Non-finite loss or gradient at step {skipped[0]}{later} (loss at step {step}: "
-              f"{metrics['loss']}); those updates were skipped and the last good state (step "
-              f"{int(state.step)}) is saved in {ckpt.directory}. Lower the learning rate "
-              "(--config.optimizer.learning_rate) or check the input data for NaNs.")
+            f"Non-finite loss or gradient at step {skipped[0]}{later} (loss at step {step}: "
+            f"{metrics['loss']}); those updates were skipped and the last good state (step "
+            f"{int(state.step)}) is saved in {ckpt.directory}. Lower the learning rate "
+            "(--config.optimizer.learning_rate) or check the input data for NaNs."
+          )
         meter.log(step, metrics)
         writer.scalars(step, metrics)
       if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
-        eval_metrics = evaluation.evaluate(config, workdir, method, model, state.params, mesh,
-                                           step=step, writer=writer, write_outputs=False,
-                                           max_videos=config.periodic_eval_videos or None)
+        eval_metrics = evaluation.evaluate(
+          config,
+          workdir,
+          method,
+          model,
+          state.params,
+          mesh,
+          step=step,
+          writer=writer,
+          write_outputs=False,
+          max_videos=config.periodic_eval_videos or None,
+        )
       if step % config.checkpoint_every_steps == 0 or is_last:
         save("periodic" if not is_last else "final")
       if preemption.any_process():
@@ -227,17 +265,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ------------------------------------------------------------------ Final evaluation
   if not preempted:
-    writer.images(int(state.step), jax.device_get(
-        method.summary_images(state.params, model, first_batch, config)))
-    eval_metrics = evaluation.evaluate(config, workdir, method, model, state.params, mesh,
-                                       step=int(state.step), writer=writer, write_outputs=True)
+    writer.images(
+      int(state.step),
+      jax.device_get(method.summary_images(state.params, model, first_batch, config)),
+    )
+    eval_metrics = evaluation.evaluate(
+      config,
+      workdir,
+      method,
+      model,
+      state.params,
+      mesh,
+      step=int(state.step),
+      writer=writer,
+      write_outputs=True,
+    )
   ckpt.close()
   writer.close()
   return TrainResult(state=state, eval_metrics=eval_metrics, preempted=preempted)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        method: interface.Method | None = None) -> dict:
+def evaluate_checkpoint(
+  config: ml_collections.ConfigDict, workdir: str, method: interface.Method | None = None
+) -> dict:
   """`--mode eval`: restores the latest checkpoint of `workdir` and evaluates it; without one, the
   params of `config.init.checkpoint` (e.g. the authors' released weights).
 
@@ -246,19 +296,33 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   method = methods.load_method(config) if method is None else method
   manager = checkpoint_lib.CheckpointManager(workdir, max_to_keep=config.max_to_keep)
   if not manager.all_steps() and not config.init.checkpoint:  # before building anything
-    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train first (--mode train) "
-                            "or import one (--config.init.checkpoint=PATH).")
+    raise FileNotFoundError(
+      f"No checkpoint in {workdir}/checkpoints; train first (--mode train) "
+      "or import one (--config.init.checkpoint=PATH)."
+    )
   mesh = sharding.make_mesh()
   model = method.make_model(config)
   state, _ = create_train_state(method, model, config, method.make_optimizer(config), mesh)
   restored = manager.restore_latest(state)
   if restored is None:
-    logging.info("No checkpoint in %s/checkpoints: evaluating the imported %s.", workdir,
-                 config.init.checkpoint)
+    logging.info(
+      "No checkpoint in %s/checkpoints: evaluating the imported %s.",
+      workdir,
+      config.init.checkpoint,
+    )
   else:
     state = restored.state
   writer = progress.SummaryWriter(workdir)
-  metrics = evaluation.evaluate(config, workdir, method, model, state.params, mesh,
-                                step=int(state.step), writer=writer, write_outputs=True)
+  metrics = evaluation.evaluate(
+    config,
+    workdir,
+    method,
+    model,
+    state.params,
+    mesh,
+    step=int(state.step),
+    writer=writer,
+    write_outputs=True,
+  )
   writer.close()
   return metrics

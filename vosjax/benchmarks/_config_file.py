@@ -1,4 +1,5 @@
 """Config files for the benchmarks: `get_config()` of a path, with `KEY=VALUE` overrides."""
+
 from __future__ import annotations
 
 import ast

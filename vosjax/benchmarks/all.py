@@ -1,4 +1,7 @@
-"""Every benchmark in one run, for a new machine: `python -m vosjax.bench all --output DIR [--quick]`.
+"""Every benchmark in one run, for a new machine.
+
+  python -m vosjax.bench all --output DIR [--quick]
+
 
 Runs, at the official shapes, on `jax.devices()` (CPU, GPU or TPU alike):
 - matmul peaks: a square [n, n] x [n, n] jnp.dot in float32 at HIGHEST precision (true float32),
@@ -10,21 +13,22 @@ Runs, at the official shapes, on `jax.devices()` (CPU, GPU or TPU alike):
   measured peak of the same dtype at the default precision);
 - clustering: Betrayed's hierarchical clustering at T = 24 and 80, key-frame ratio 10, 24x48 tokens
   (planted objects, as `python -m vosjax.bench clustering`): compile s, run s, XLA temp MB;
-- keyframes: key-frame attention and clustering at T = 24 for ratios 10, 5, 1 (a clustering predicted
-  to exceed --max-seconds from the previous ratio is skipped);
+- keyframes: key-frame attention and clustering at T = 24 for ratios 10, 5, 1 (a clustering
+  predicted to exceed --max-seconds from the previous ratio is skipped);
 - end_to_end: Betrayed `predict` (ViT-S/8 + spatio-temporal block + clustering) of a 24-frame
   192x384 video, ratio 10 (configs/ytvis.py, random backbone);
-- train: the loop's training step (`python -m vosjax.bench train`) of Motion Grouping at the official
-  widths, 8 flow pairs at 128x224 (configs/motion_grouping.py), and of Betrayed, 8 clips of 3 frames
-  at 192x384 (configs/ytvis.py): steps/s, images/s, peak memory, GFLOP/s and MFU (FLOPs of one step
-  from XLA's cost analysis; a `while` body such as the frozen ViT's frame loop counts once there, so
-  the Betrayed figure is a lower bound).
+- train: the loop's training step (`python -m vosjax.bench train`) of Motion Grouping at the
+  official widths, 8 flow pairs at 128x224 (configs/motion_grouping.py), and of Betrayed, 8 clips
+  of 3 frames at 192x384 (configs/ytvis.py): steps/s, images/s, peak memory, GFLOP/s and MFU (FLOPs
+  of one step from XLA's cost analysis; a `while` body such as the frozen ViT's frame loop counts
+  once there, so the Betrayed figure is a lower bound).
 
 Writes DIR/benchmarks.json (after every section, so a run cut short keeps what it measured) and
 DIR/benchmarks.md (a table with the machine, device count, dtype and measured peaks). `--quick` runs
 the same code on tiny shapes (seconds on a CPU; numbers meaningless), `--only` picks sections.
 A section that fails is recorded with its error and the run goes on (exit status 1 at the end).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,37 +61,71 @@ from vosjax.models import vit
 SECTIONS = ("backbone", "clustering", "keyframes", "end_to_end", "train")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _TINY_VIT = dict(embed_dim=32, depth=1, num_heads=2)
-_TINY_BETRAYED = ["backbone.random_init=True", "backbone.arch_overrides.embed_dim=32",
-                  "backbone.arch_overrides.depth=1", "backbone.arch_overrides.num_heads=2",
-                  "model.num_heads=4", "loss.num_queries=4", "loss.semantic_positives=3",
-                  "loss.semantic_negatives=6", "loss.motion_positives=2",
-                  "loss.motion_negatives=5"]
-_TINY_MOTION_GROUPING = ["model.encoder_widths=(8,8,8)", "model.slot_dim=8",
-                         "model.slot_mlp_hidden_size=8", "model.decoder_transpose_widths=(8,8,8)",
-                         "model.decoder_conv_width=8", "model.num_iterations=2"]
+_TINY_BETRAYED = [
+  "backbone.random_init=True",
+  "backbone.arch_overrides.embed_dim=32",
+  "backbone.arch_overrides.depth=1",
+  "backbone.arch_overrides.num_heads=2",
+  "model.num_heads=4",
+  "loss.num_queries=4",
+  "loss.semantic_positives=3",
+  "loss.semantic_negatives=6",
+  "loss.motion_positives=2",
+  "loss.motion_negatives=5",
+]
+_TINY_MOTION_GROUPING = [
+  "model.encoder_widths=(8,8,8)",
+  "model.slot_dim=8",
+  "model.slot_mlp_hidden_size=8",
+  "model.decoder_transpose_widths=(8,8,8)",
+  "model.decoder_conv_width=8",
+  "model.num_iterations=2",
+]
 
 
 def shapes(quick: bool, accelerator: bool) -> dict:
   """The workloads: official shapes, or tiny ones with `quick` (same code paths)."""
   if quick:
     return dict(
-        peak_size=256, archs=("dino_vits16",), vit_overrides=_TINY_VIT, resolutions=((32, 64),),
-        frames=2, frame_chunk=2, dtypes=("float32", "bfloat16"),
-        clustering_frames=(7,), grid=(4, 6), heads=(4, 8), ratio=3, keyframe_frames=7,
-        keyframe_ratios=(3, 1), e2e=dict(frames=4, resolution=(32, 64), overrides=_TINY_BETRAYED),
-        train=(("configs/demo.py", ["batch_size=2", "data.resolution=(16,16)"]
-                + _TINY_MOTION_GROUPING),
-               ("configs/ytvis.py", ["batch_size=2", "data.resolution=(32,32)"]
-                + _TINY_BETRAYED)))
+      peak_size=256,
+      archs=("dino_vits16",),
+      vit_overrides=_TINY_VIT,
+      resolutions=((32, 64),),
+      frames=2,
+      frame_chunk=2,
+      dtypes=("float32", "bfloat16"),
+      clustering_frames=(7,),
+      grid=(4, 6),
+      heads=(4, 8),
+      ratio=3,
+      keyframe_frames=7,
+      keyframe_ratios=(3, 1),
+      e2e=dict(frames=4, resolution=(32, 64), overrides=_TINY_BETRAYED),
+      train=(
+        ("configs/demo.py", ["batch_size=2", "data.resolution=(16,16)"] + _TINY_MOTION_GROUPING),
+        ("configs/ytvis.py", ["batch_size=2", "data.resolution=(32,32)"] + _TINY_BETRAYED),
+      ),
+    )
   return dict(
-      peak_size=8192 if accelerator else 2048, archs=("dino_vits8", "dino_vits16"),
-      vit_overrides={}, resolutions=((192, 384), (320, 480)), frames=8, frame_chunk=8,
-      dtypes=("float32", "bfloat16") if accelerator else ("float32",),
-      clustering_frames=(24, 80), grid=(24, 48), heads=(8, 48), ratio=10, keyframe_frames=24,
-      keyframe_ratios=(10, 5, 1),
-      e2e=dict(frames=24, resolution=(192, 384), overrides=["backbone.random_init=True"]),
-      train=(("configs/motion_grouping.py", ["batch_size=8", "data.resolution=(128,224)"]),
-             ("configs/ytvis.py", ["batch_size=8", "backbone.random_init=True"])))
+    peak_size=8192 if accelerator else 2048,
+    archs=("dino_vits8", "dino_vits16"),
+    vit_overrides={},
+    resolutions=((192, 384), (320, 480)),
+    frames=8,
+    frame_chunk=8,
+    dtypes=("float32", "bfloat16") if accelerator else ("float32",),
+    clustering_frames=(24, 80),
+    grid=(24, 48),
+    heads=(8, 48),
+    ratio=10,
+    keyframe_frames=24,
+    keyframe_ratios=(10, 5, 1),
+    e2e=dict(frames=24, resolution=(192, 384), overrides=["backbone.random_init=True"]),
+    train=(
+      ("configs/motion_grouping.py", ["batch_size=8", "data.resolution=(128,224)"]),
+      ("configs/ytvis.py", ["batch_size=8", "backbone.random_init=True"]),
+    ),
+  )
 
 
 def cpu_model() -> str:
@@ -103,21 +141,31 @@ def cpu_model() -> str:
 
 def machine() -> dict:
   devices = jax.devices()
-  return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": devices[0].platform,
-          "device_kind": devices[0].device_kind, "device_count": len(devices),
-          "jax_version": jax.__version__, "load_average": os.getloadavg()[0],
-          "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-          "host_memory": host_memory.describe()}
+  return {
+    "cpu": cpu_model(),
+    "cpu_count": os.cpu_count(),
+    "platform": devices[0].platform,
+    "device_kind": devices[0].device_kind,
+    "device_count": len(devices),
+    "jax_version": jax.__version__,
+    "load_average": os.getloadavg()[0],
+    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    "host_memory": host_memory.describe(),
+  }
 
 
 def matmul_peaks(size: int, repeats: int) -> dict:
   """Measured GFLOP/s of a jitted [size, size]^2 product (best of max(repeats, 5) calls): float32
   at HIGHEST precision, float32 at the default precision, bfloat16."""
-  settings = (("float32_highest", jnp.float32, jax.lax.Precision.HIGHEST),
-              ("float32", jnp.float32, None),
-              ("bfloat16", jnp.bfloat16, None))
-  return {name: backbone_bench.matmul_peak_gflops(size, dtype, repeats, precision)
-          for name, dtype, precision in settings}
+  settings = (
+    ("float32_highest", jnp.float32, jax.lax.Precision.HIGHEST),
+    ("float32", jnp.float32, None),
+    ("bfloat16", jnp.bfloat16, None),
+  )
+  return {
+    name: backbone_bench.matmul_peak_gflops(size, dtype, repeats, precision)
+    for name, dtype, precision in settings
+  }
 
 
 def xla_flops(function, *args) -> float | None:
@@ -161,39 +209,55 @@ def bench_backbone(s: dict, peaks: dict, repeats: int) -> list[dict]:
         chunk = jnp.zeros((s["frame_chunk"], height, width, 3), _DTYPES[dtype])
         # Counted on the full-attention program (maps returned): the query-chunked attention that
         # the extraction runs on CPU does the same FLOPs in a `while` loop, counted once by XLA.
-        flops = xla_flops(lambda p, x: module.apply({"params": p}, x, return_attention=True),
-                          params, chunk)
+        flops = xla_flops(
+          lambda p, x: module.apply({"params": p}, x, return_attention=True), params, chunk
+        )
         flops = flops / s["frame_chunk"] if flops else None
         analytic = vit.vit_flops_per_image(arch, height, width)
         fps = s["frames"] / seconds
         gflops = (flops or analytic) * fps / 1e9
-        rows.append({"arch": name, "resolution": f"{height}x{width}", "frames": s["frames"],
-                     "dtype": dtype, "compile_s": first - seconds, "run_s": seconds,
-                     "frames_per_s": fps, "xla_flops_per_frame": flops,
-                     "analytic_flops_per_frame": analytic, "gflops_per_s": gflops,
-                     "mfu": _mfu(gflops, peaks.get(dtype))})
+        rows.append(
+          {
+            "arch": name,
+            "resolution": f"{height}x{width}",
+            "frames": s["frames"],
+            "dtype": dtype,
+            "compile_s": first - seconds,
+            "run_s": seconds,
+            "frames_per_s": fps,
+            "xla_flops_per_frame": flops,
+            "analytic_flops_per_frame": analytic,
+            "gflops_per_s": gflops,
+            "mfu": _mfu(gflops, peaks.get(dtype)),
+          }
+        )
   return rows
 
 
 def _cluster_once(q, k, grid, ratio) -> dict:
   start = time.perf_counter()
   compiled = clustering.hierarchical_cluster.lower(
-      q, k, grid_shape=grid, tau=clustering.TAU_MULTI_OBJECT, ratio=ratio).compile()
+    q, k, grid_shape=grid, tau=clustering.TAU_MULTI_OBJECT, ratio=ratio
+  ).compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   start = time.perf_counter()
   result = jax.block_until_ready(compiled(q, k, tau=clustering.TAU_MULTI_OBJECT))
   levels = int(result.num_levels)
-  return {"compile_s": compile_s, "run_s": time.perf_counter() - start,
-          "temp_mb": memory.temp_size_in_bytes / 2**20 if memory is not None else None,
-          "clusters_per_level": [int(c) for c in np.asarray(result.num_clusters[:levels])],
-          "overflow": bool(result.overflow)}
+  return {
+    "compile_s": compile_s,
+    "run_s": time.perf_counter() - start,
+    "temp_mb": memory.temp_size_in_bytes / 2**20 if memory is not None else None,
+    "clusters_per_level": [int(c) for c in np.asarray(result.num_clusters[:levels])],
+    "overflow": bool(result.overflow),
+  }
 
 
 def _planted(s: dict, frames: int):
   heads, head_dim = s["heads"]
-  return reference.planted_query_key(frames, s["grid"][0] * s["grid"][1], heads, head_dim, 8, 0,
-                                     strength=1.0, noise=0.7)
+  return reference.planted_query_key(
+    frames, s["grid"][0] * s["grid"][1], heads, head_dim, 8, 0, strength=1.0, noise=0.7
+  )
 
 
 def bench_clustering(s: dict) -> list[dict]:
@@ -201,8 +265,15 @@ def bench_clustering(s: dict) -> list[dict]:
   for frames in s["clustering_frames"]:
     q, k = _planted(s, frames)
     keys = len(kfa.key_frame_indices(frames, s["ratio"])) * s["grid"][0] * s["grid"][1]
-    rows.append({"frames": frames, "ratio": s["ratio"], "grid": list(s["grid"]),
-                 "key_tokens": keys, **_cluster_once(q, k, s["grid"], s["ratio"])})
+    rows.append(
+      {
+        "frames": frames,
+        "ratio": s["ratio"],
+        "grid": list(s["grid"]),
+        "key_tokens": keys,
+        **_cluster_once(q, k, s["grid"], s["ratio"]),
+      }
+    )
   return rows
 
 
@@ -215,9 +286,15 @@ def bench_keyframes(s: dict, max_seconds: float) -> list[dict]:
   for ratio in s["keyframe_ratios"]:
     keys = len(kfa.key_frame_indices(frames, ratio)) * s["grid"][0] * s["grid"][1]
     _, attention_s, attention_mb, _ = keyframes_bench.measure(
-        attention, q, k, ratio=ratio, head_dim=s["heads"][1])
-    row = {"frames": frames, "ratio": ratio, "key_tokens": keys, "attention_run_s": attention_s,
-           "attention_temp_mb": attention_mb}
+      attention, q, k, ratio=ratio, head_dim=s["heads"][1]
+    )
+    row = {
+      "frames": frames,
+      "ratio": ratio,
+      "key_tokens": keys,
+      "attention_run_s": attention_s,
+      "attention_temp_mb": attention_mb,
+    }
     predicted = None if previous is None else previous[1] * keys / previous[0]
     if predicted is not None and predicted > max_seconds:
       row["clustering_skipped_predicted_s"] = predicted
@@ -231,15 +308,19 @@ def bench_keyframes(s: dict, max_seconds: float) -> list[dict]:
 
 def bench_end_to_end(s: dict) -> list[dict]:
   e2e = s["e2e"]
-  config = config_file.load_config("configs/ytvis.py", e2e["overrides"] + [
-      "model.inference_resolution=None", "batch_size=1"])
+  config = config_file.load_config(
+    "configs/ytvis.py", e2e["overrides"] + ["model.inference_resolution=None", "batch_size=1"]
+  )
   method = methods.load_method(config)
   model = method.make_model(config)
   params = method.init_params(model, config, jax.random.key(0), method.example_batch(config))
   mesh = sharding.make_mesh(jax.devices()[:1])
   predict = sharding.jit_predict(method, model, config, mesh, getattr(method, "grown_config", None))
-  video = np.random.default_rng(0).uniform(
-      size=(1, e2e["frames"]) + tuple(e2e["resolution"]) + (3,)).astype(np.float32)
+  video = (
+    np.random.default_rng(0)
+    .uniform(size=(1, e2e["frames"]) + tuple(e2e["resolution"]) + (3,))
+    .astype(np.float32)
+  )
   batch = {"video": jnp.asarray(video)}
   start = time.perf_counter()
   jax.block_until_ready(predict(params, batch))
@@ -247,11 +328,18 @@ def bench_end_to_end(s: dict) -> list[dict]:
   start = time.perf_counter()
   prediction = jax.block_until_ready(predict(params, batch))
   seconds = time.perf_counter() - start
-  return [{"method": config.method, "frames": e2e["frames"],
-           "resolution": "x".join(map(str, e2e["resolution"])),
-           "ratio": config.model.key_frame_ratio, "compile_s": first - seconds, "run_s": seconds,
-           "frames_per_s": e2e["frames"] / seconds,
-           "clusters": int(np.asarray(prediction["num_clusters"])[0])}]
+  return [
+    {
+      "method": config.method,
+      "frames": e2e["frames"],
+      "resolution": "x".join(map(str, e2e["resolution"])),
+      "ratio": config.model.key_frame_ratio,
+      "compile_s": first - seconds,
+      "run_s": seconds,
+      "frames_per_s": e2e["frames"] / seconds,
+      "clusters": int(np.asarray(prediction["num_clusters"])[0]),
+    }
+  ]
 
 
 def bench_train(s: dict, peaks: dict, steps: int) -> list[dict]:
@@ -259,10 +347,20 @@ def bench_train(s: dict, peaks: dict, steps: int) -> list[dict]:
   for path, overrides in s["train"]:
     config = config_file.load_config(path, overrides)
     result = train_bench.benchmark(config, steps)
-    gflops = (result["xla_flops_per_step"] * result["steps_per_s"] / 1e9
-              if result["xla_flops_per_step"] else None)
-    rows.append({"config": path, "overrides": overrides, **result, "gflops_per_s": gflops,
-                 "mfu": _mfu(gflops, peaks.get("float32"))})
+    gflops = (
+      result["xla_flops_per_step"] * result["steps_per_s"] / 1e9
+      if result["xla_flops_per_step"]
+      else None
+    )
+    rows.append(
+      {
+        "config": path,
+        "overrides": overrides,
+        **result,
+        "gflops_per_s": gflops,
+        "mfu": _mfu(gflops, peaks.get("float32")),
+      }
+    )
   return rows
 
 
@@ -280,65 +378,88 @@ def _percent(value) -> str:
 
 def markdown(report: dict) -> str:
   m, peaks = report["machine"], report.get("matmul_peak_gflops", {})
-  lines = [f"# vosjax benchmarks ({'quick, tiny shapes' if report['quick'] else 'official shapes'})",
-           "",
-           f"- machine: {m['cpu']} ({m['cpu_count']} CPUs), device {m['device_kind']} "
-           f"({m['platform']}) x {m['device_count']}; jax {m['jax_version']}; "
-           f"load average {m['load_average']:.1f}; {m['date_utc']} UTC",
-           f"- host memory: {m['host_memory']}",
-           f"- measured matmul peak ({report['peak_size']}^2 jnp.dot, GFLOP/s): float32 "
-           f"(HIGHEST) {_cell(peaks.get('float32_highest'), 1)}, float32 (default precision) "
-           f"{_cell(peaks.get('float32'), 1)}, bfloat16 {_cell(peaks.get('bfloat16'), 1)}",
-           "- MFU: achieved GFLOP/s over the peak of the same dtype at the default precision; "
-           "FLOPs from XLA's cost analysis (backbone: per forward pass; train: per step)", "",
-           "| benchmark | workload | dtype | compile s | run s | throughput | GFLOP/s | MFU |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [
+    f"# vosjax benchmarks ({'quick, tiny shapes' if report['quick'] else 'official shapes'})",
+    "",
+    f"- machine: {m['cpu']} ({m['cpu_count']} CPUs), device {m['device_kind']} "
+    f"({m['platform']}) x {m['device_count']}; jax {m['jax_version']}; "
+    f"load average {m['load_average']:.1f}; {m['date_utc']} UTC",
+    f"- host memory: {m['host_memory']}",
+    f"- measured matmul peak ({report['peak_size']}^2 jnp.dot, GFLOP/s): float32 "
+    f"(HIGHEST) {_cell(peaks.get('float32_highest'), 1)}, float32 (default precision) "
+    f"{_cell(peaks.get('float32'), 1)}, bfloat16 {_cell(peaks.get('bfloat16'), 1)}",
+    "- MFU: achieved GFLOP/s over the peak of the same dtype at the default precision; "
+    "FLOPs from XLA's cost analysis (backbone: per forward pass; train: per step)",
+    "",
+    "| benchmark | workload | dtype | compile s | run s | throughput | GFLOP/s | MFU |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for row in report.get("backbone", []):
-    lines.append(f"| backbone | {row['arch']} {row['resolution']}, {row['frames']} frames | "
-                 f"{row['dtype']} | {_cell(row['compile_s'], 1)} | {_cell(row['run_s'])} | "
-                 f"{row['frames_per_s']:.2f} frames/s | {row['gflops_per_s']:.1f} | "
-                 f"{_percent(row['mfu'])} |")
+    lines.append(
+      f"| backbone | {row['arch']} {row['resolution']}, {row['frames']} frames | "
+      f"{row['dtype']} | {_cell(row['compile_s'], 1)} | {_cell(row['run_s'])} | "
+      f"{row['frames_per_s']:.2f} frames/s | {row['gflops_per_s']:.1f} | "
+      f"{_percent(row['mfu'])} |"
+    )
   for row in report.get("clustering", []):
-    lines.append(f"| clustering | T={row['frames']} ratio {row['ratio']}, "
-                 f"{row['grid'][0]}x{row['grid'][1]} tokens, K'={row['key_tokens']} | float32 | "
-                 f"{_cell(row['compile_s'], 1)} | {_cell(row['run_s'])} | clusters "
-                 f"{'-'.join(map(str, row['clusters_per_level']))}, temp "
-                 f"{_cell(row['temp_mb'], 0)} MB | - | - |")
+    lines.append(
+      f"| clustering | T={row['frames']} ratio {row['ratio']}, "
+      f"{row['grid'][0]}x{row['grid'][1]} tokens, K'={row['key_tokens']} | float32 | "
+      f"{_cell(row['compile_s'], 1)} | {_cell(row['run_s'])} | clusters "
+      f"{'-'.join(map(str, row['clusters_per_level']))}, temp "
+      f"{_cell(row['temp_mb'], 0)} MB | - | - |"
+    )
   for row in report.get("keyframes", []):
     run = row.get("clustering_run_s")
     skipped = row.get("clustering_skipped_predicted_s")
-    cluster = (f"clustering {run:.2f} s" if run is not None
-               else f"clustering skipped (~{skipped:.0f} s)")
-    lines.append(f"| keyframes | T={row['frames']} ratio {row['ratio']}, K'={row['key_tokens']} "
-                 f"| float32 | {_cell(row.get('clustering_compile_s'), 1)} | "
-                 f"{_cell(row['attention_run_s'])} (attention) | {cluster} | - | - |")
+    cluster = (
+      f"clustering {run:.2f} s" if run is not None else f"clustering skipped (~{skipped:.0f} s)"
+    )
+    lines.append(
+      f"| keyframes | T={row['frames']} ratio {row['ratio']}, K'={row['key_tokens']} "
+      f"| float32 | {_cell(row.get('clustering_compile_s'), 1)} | "
+      f"{_cell(row['attention_run_s'])} (attention) | {cluster} | - | - |"
+    )
   for row in report.get("end_to_end", []):
-    lines.append(f"| end_to_end | {row['method']} predict, T={row['frames']} {row['resolution']} "
-                 f"ratio {row['ratio']} | float32 | {_cell(row['compile_s'], 1)} | "
-                 f"{_cell(row['run_s'])} | {row['frames_per_s']:.2f} frames/s | - | - |")
+    lines.append(
+      f"| end_to_end | {row['method']} predict, T={row['frames']} {row['resolution']} "
+      f"ratio {row['ratio']} | float32 | {_cell(row['compile_s'], 1)} | "
+      f"{_cell(row['run_s'])} | {row['frames_per_s']:.2f} frames/s | - | - |"
+    )
   for row in report.get("train", []):
-    lines.append(f"| train | {row['config']} {row['config_method']}, batch {row['batch_size']} | "
-                 f"float32 | {_cell(row['compile_s'], 1)} | {1 / row['steps_per_s']:.3f} /step | "
-                 f"{row['images_per_s']:.1f} images/s, {row['peak_memory_gib']:.2f} GiB "
-                 f"({row['peak_memory_kind']}) | {_cell(row['gflops_per_s'], 1)} | "
-                 f"{_percent(row['mfu'])} |")
+    lines.append(
+      f"| train | {row['config']} {row['config_method']}, batch {row['batch_size']} | "
+      f"float32 | {_cell(row['compile_s'], 1)} | {1 / row['steps_per_s']:.3f} /step | "
+      f"{row['images_per_s']:.1f} images/s, {row['peak_memory_gib']:.2f} GiB "
+      f"({row['peak_memory_kind']}) | {_cell(row['gflops_per_s'], 1)} | "
+      f"{_percent(row['mfu'])} |"
+    )
   for name, error in report.get("errors", {}).items():
     lines.append(f"| {name} | FAILED: {error.splitlines()[-1][:200]} | | | | | | |")
   return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m vosjax.bench all", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m vosjax.bench all",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--output", required=True, help="folder for benchmarks.json and .md")
   parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke run in seconds")
-  parser.add_argument("--only", default=",".join(SECTIONS),
-                      help=f"comma-separated sections of {', '.join(SECTIONS)}")
+  parser.add_argument(
+    "--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}"
+  )
   parser.add_argument("--repeats", type=int, default=None, help="timed calls, best of (2; quick 1)")
-  parser.add_argument("--train-steps", type=int, default=None,
-                      help="timed training steps (5; quick 1)")
-  parser.add_argument("--max-seconds", type=float, default=600.0,
-                      help="keyframes: skip a clustering predicted to take longer")
+  parser.add_argument(
+    "--train-steps", type=int, default=None, help="timed training steps (5; quick 1)"
+  )
+  parser.add_argument(
+    "--max-seconds",
+    type=float,
+    default=600.0,
+    help="keyframes: skip a clustering predicted to take longer",
+  )
   args = parser.parse_args(argv)
   sections = [name for name in args.only.split(",") if name]
   unknown = sorted(set(sections) - set(SECTIONS))
@@ -358,16 +479,20 @@ def main(argv: list[str]) -> int:
     (output / "benchmarks.json").write_text(json.dumps(report, indent=1))
     (output / "benchmarks.md").write_text(markdown(report))
 
-  print(f"{info['device_kind']} x {info['device_count']} ({info['platform']}), {info['cpu']}",
-        flush=True)
+  print(
+    f"{info['device_kind']} x {info['device_count']} ({info['platform']}), {info['cpu']}",
+    flush=True,
+  )
   report["matmul_peak_gflops"] = matmul_peaks(s["peak_size"], repeats)
   print(f"matmul peak GFLOP/s: {report['matmul_peak_gflops']}", flush=True)
   peaks = report["matmul_peak_gflops"]
-  runners = {"backbone": lambda: bench_backbone(s, peaks, repeats),
-             "clustering": lambda: bench_clustering(s),
-             "keyframes": lambda: bench_keyframes(s, args.max_seconds),
-             "end_to_end": lambda: bench_end_to_end(s),
-             "train": lambda: bench_train(s, peaks, train_steps)}
+  runners = {
+    "backbone": lambda: bench_backbone(s, peaks, repeats),
+    "clustering": lambda: bench_clustering(s),
+    "keyframes": lambda: bench_keyframes(s, args.max_seconds),
+    "end_to_end": lambda: bench_end_to_end(s),
+    "train": lambda: bench_train(s, peaks, train_steps),
+  }
   for name in sections:
     start = time.perf_counter()
     try:

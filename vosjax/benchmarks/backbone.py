@@ -5,6 +5,7 @@ them) next to the analytic FLOPs per frame (`vit.vit_flops_per_image`: patch emb
 qkv/proj/MLP matmuls and attention), the achieved GFLOP/s and its fraction of this machine's
 matmul peak, measured with a large jnp.dot. On a shared machine, numbers vary with the load.
 """
+
 import argparse
 import os
 import time
@@ -36,8 +37,9 @@ def best_seconds(fn, repeats: int) -> float:
 PEAK_MIN_REPEATS = 5
 
 
-def matmul_peak_gflops(size: int, dtype, repeats: int,
-                       precision: jax.lax.Precision | None = None) -> float:
+def matmul_peak_gflops(
+  size: int, dtype, repeats: int, precision: jax.lax.Precision | None = None
+) -> float:
   """GFLOP/s of a jitted [size, size] x [size, size] product at `precision` (None: the backend's
   default), best of max(repeats, 5) calls."""
   keys = jax.random.split(jax.random.PRNGKey(0))
@@ -54,10 +56,16 @@ def parse_resolution(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m vosjax.bench backbone", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--archs", default="dino_vits8,dino_vits16",
-                      help=f"comma-separated, from {', '.join(vit.VIT_ARCHITECTURES)}")
+  parser = argparse.ArgumentParser(
+    prog="python -m vosjax.bench backbone",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--archs",
+    default="dino_vits8,dino_vits16",
+    help=f"comma-separated, from {', '.join(vit.VIT_ARCHITECTURES)}",
+  )
   parser.add_argument("--resolutions", default="192x384,320x480", help="HxW, comma-separated")
   parser.add_argument("--frames", type=int, default=2, help="frames per timed call (B=1, T)")
   parser.add_argument("--frame-chunk", type=int, default=2, help="frames per forward pass")
@@ -68,14 +76,18 @@ def main(argv: list[str]) -> int:
 
   dtype = _DTYPES[args.dtype]
   device = jax.devices()[0]
-  print(f"device: {device.device_kind} ({device.platform}), {len(jax.devices())} device(s), "
-        f"{os.cpu_count()} CPUs visible; load average {os.getloadavg()[0]:.1f} "
-        "(a shared, busy machine makes all numbers below noisy)")
+  print(
+    f"device: {device.device_kind} ({device.platform}), {len(jax.devices())} device(s), "
+    f"{os.cpu_count()} CPUs visible; load average {os.getloadavg()[0]:.1f} "
+    "(a shared, busy machine makes all numbers below noisy)"
+  )
   peak = matmul_peak_gflops(args.peak_size, dtype, args.repeats)
   print(f"matmul peak ({args.peak_size}^2 {args.dtype} jnp.dot): {peak:.1f} GFLOP/s\n")
 
-  header = (f"{'backbone':<14} {'HxW':>8} {'grid':>6} {'tokens':>6} {'GFLOP/frame':>12} "
-            f"{'attn %':>6} {'frames/s':>9} {'GFLOP/s':>8} {'% peak':>7}")
+  header = (
+    f"{'backbone':<14} {'HxW':>8} {'grid':>6} {'tokens':>6} {'GFLOP/frame':>12} "
+    f"{'attn %':>6} {'frames/s':>9} {'GFLOP/s':>8} {'% peak':>7}"
+  )
   print(header)
   print("-" * len(header))
   rng = np.random.default_rng(0)
@@ -95,7 +107,9 @@ def main(argv: list[str]) -> int:
       attention = arch.depth * 4 * tokens**2 * arch.embed_dim
       fps = args.frames / seconds
       achieved = flops * fps / 1e9
-      print(f"{name:<14} {resolution:>8} {grid[0]:>2}x{grid[1]:<3} {tokens:>6} "
-            f"{flops / 1e9:>12.1f} {100 * attention / flops:>6.1f} {fps:>9.2f} "
-            f"{achieved:>8.1f} {100 * achieved / peak:>6.1f}%")
+      print(
+        f"{name:<14} {resolution:>8} {grid[0]:>2}x{grid[1]:<3} {tokens:>6} "
+        f"{flops / 1e9:>12.1f} {100 * attention / flops:>6.1f} {fps:>9.2f} "
+        f"{achieved:>8.1f} {100 * achieved / peak:>6.1f}%"
+      )
   return 0

@@ -7,7 +7,8 @@ planted objects (random q, k sharing one direction per object, drifting over tim
 of clusters stays realistic (tens). Both implementations run on the same inputs and key-frame ratio;
 the table shows the JAX compile and run times (run = one call of the compiled function), the NumPy
 time, the speed-up (NumPy / JAX run) and how many final labels agree. A run predicted (from the
-previous size, time ~ windows x key tokens) to exceed --max_seconds is skipped and its estimate shown.
+previous size, time ~ windows x key tokens) to exceed --max_seconds is skipped and its estimate
+shown.
 """
 
 import argparse
@@ -35,28 +36,39 @@ def _predict(history: list[tuple[int, float]], work: int) -> Optional[float]:
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="vosjax.bench clustering", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="vosjax.bench clustering", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--frames", type=int, nargs="+", default=[8, 24, 80])
   parser.add_argument("--tau", type=float, default=clustering.TAU_MULTI_OBJECT)
   parser.add_argument("--ratio", type=int, default=10)
   parser.add_argument("--objects", type=int, default=8, help="planted objects per video")
-  parser.add_argument("--max_seconds", type=float, default=1200.0,
-                      help="skip a run predicted to take longer (per implementation)")
+  parser.add_argument(
+    "--max_seconds",
+    type=float,
+    default=1200.0,
+    help="skip a run predicted to take longer (per implementation)",
+  )
   parser.add_argument("--skip_numpy", action="store_true")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
 
-  print(f"hierarchical clustering, tau {args.tau}, key-frame ratio {args.ratio}, {GRID[0]}x{GRID[1]} "
-        f"tokens, {HEADS} heads x {HEAD_DIM}, {args.objects} planted objects, "
-        f"device {jax.devices()[0].device_kind}")
-  header = (f"{'frames':>6} {'K_prime':>7} {'clusters/level':>16} {'jax_compile_s':>13} "
-            f"{'jax_run_s':>9} {'jax_temp_MB':>11} {'numpy_s':>9} {'speed_up':>8} {'agree':>6}")
+  print(
+    f"hierarchical clustering, tau {args.tau}, key-frame ratio {args.ratio}, {GRID[0]}x{GRID[1]} "
+    f"tokens, {HEADS} heads x {HEAD_DIM}, {args.objects} planted objects, "
+    f"device {jax.devices()[0].device_kind}"
+  )
+  header = (
+    f"{'frames':>6} {'K_prime':>7} {'clusters/level':>16} {'jax_compile_s':>13} "
+    f"{'jax_run_s':>9} {'jax_temp_MB':>11} {'numpy_s':>9} {'speed_up':>8} {'agree':>6}"
+  )
   print(header)
   jax_history: list[tuple[int, float]] = []
   numpy_history: list[tuple[int, float]] = []
   for frames in args.frames:
-    q, k = reference.planted_query_key(frames, GRID[0] * GRID[1], HEADS, HEAD_DIM, args.objects,
-                                       args.seed, strength=1.0, noise=0.7)
+    q, k = reference.planted_query_key(
+      frames, GRID[0] * GRID[1], HEADS, HEAD_DIM, args.objects, args.seed, strength=1.0, noise=0.7
+    )
     work = _work(frames, args.ratio)
     num_keys = len(kfa.key_frame_indices(frames, args.ratio)) * GRID[0] * GRID[1]
 
@@ -68,7 +80,8 @@ def main(argv: list[str]) -> int:
     else:
       start = time.perf_counter()
       compiled = clustering.hierarchical_cluster.lower(
-          q, k, grid_shape=GRID, tau=args.tau, ratio=args.ratio).compile()
+        q, k, grid_shape=GRID, tau=args.tau, ratio=args.ratio
+      ).compile()
       compile_cell = f"{time.perf_counter() - start:.1f}"
       temp_cell = f"{compiled.memory_analysis().temp_size_in_bytes / 2**20:.0f}"
       start = time.perf_counter()
@@ -98,8 +111,13 @@ def main(argv: list[str]) -> int:
           agree_cell = f"{same.mean():.4f}"
           if not np.array_equal(result.num_clusters[:num_levels], expected["num_clusters"]):
             agree_cell += f" (numpy clusters {'-'.join(map(str, expected['num_clusters']))})"
-    print(f"{frames:>6} {num_keys:>7} {clusters_cell:>16} {compile_cell:>13} {jax_cell:>9} "
-          f"{temp_cell:>11} {numpy_cell:>9} {speed_cell:>8} {agree_cell:>6}", flush=True)
-  print("'~N?': skipped, predicted N seconds (> --max_seconds). agree: fraction of equal final "
-        "labels (cluster order is the official one, so no relabelling).")
+    print(
+      f"{frames:>6} {num_keys:>7} {clusters_cell:>16} {compile_cell:>13} {jax_cell:>9} "
+      f"{temp_cell:>11} {numpy_cell:>9} {speed_cell:>8} {agree_cell:>6}",
+      flush=True,
+    )
+  print(
+    "'~N?': skipped, predicted N seconds (> --max_seconds). agree: fraction of equal final "
+    "labels (cluster order is the official one, so no relabelling)."
+  )
   return 0

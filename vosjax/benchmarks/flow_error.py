@@ -10,6 +10,7 @@ last: the mean flow magnitude and the mean endpoint error (EPE, pixels) on objec
 background, and the fraction of the frame the objects cover. This is why Motion Grouping and the
 flow baseline score lower on the `_dis` sets (README, "Exact and estimated flow").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ def flow_error(tfds_name: str, data_dir: str) -> dict[str, float]:
     raise ValueError(f"--tfds_name {tfds_name!r}: give the exact-flow set, without '_dis'")
   sums = {key: 0.0 for key in ("object_epe", "object_flow", "background_epe", "background_flow")}
   object_pixels = background_pixels = 0
-  for (exact, objects), (estimated, _) in zip(_validation_flows(tfds_name, data_dir),
-                                              _validation_flows(tfds_name + "_dis", data_dir)):
+  for (exact, objects), (estimated, _) in zip(
+    _validation_flows(tfds_name, data_dir), _validation_flows(tfds_name + "_dis", data_dir)
+  ):
     epe = np.linalg.norm(exact - estimated, axis=-1)
     magnitude = np.linalg.norm(exact, axis=-1)
     sums["object_epe"] += float(epe[objects].sum())
@@ -52,24 +54,31 @@ def flow_error(tfds_name: str, data_dir: str) -> dict[str, float]:
     background_pixels += int((~objects).sum())
   if not object_pixels + background_pixels:
     raise ValueError(f"{tfds_name}: no validation videos")
-  result = {key: value / max(object_pixels if key.startswith("object") else background_pixels, 1)
-            for key, value in sums.items()}
+  result = {
+    key: value / max(object_pixels if key.startswith("object") else background_pixels, 1)
+    for key, value in sums.items()
+  }
   result["object_fraction"] = object_pixels / (object_pixels + background_pixels)
   return result
 
 
 def main(argv: list[str]) -> int | None:
   parser = argparse.ArgumentParser(prog="python -m vosjax.bench flow_error")
-  parser.add_argument("--tfds_name", default="vosjax_synthetic/64x64_o1-1",
-                      help="the exact-flow synthetic set; NAME_dis is its estimated-flow twin")
+  parser.add_argument(
+    "--tfds_name",
+    default="vosjax_synthetic/64x64_o1-1",
+    help="the exact-flow synthetic set; NAME_dis is its estimated-flow twin",
+  )
   parser.add_argument("--data_dir", default="~/tensorflow_datasets")
   parser.add_argument("--json", default=None, help="also write the numbers to this file")
   args = parser.parse_args(argv)
   result = flow_error(args.tfds_name, args.data_dir)
-  print(f"{args.tfds_name}: DIS against exact flow, validation videos, pixels per frame\n"
-        f"  objects ({result['object_fraction']:.1%} of the frame): |flow| "
-        f"{result['object_flow']:.2f}, EPE {result['object_epe']:.2f}\n"
-        f"  background: |flow| {result['background_flow']:.2f}, EPE {result['background_epe']:.2f}")
+  print(
+    f"{args.tfds_name}: DIS against exact flow, validation videos, pixels per frame\n"
+    f"  objects ({result['object_fraction']:.1%} of the frame): |flow| "
+    f"{result['object_flow']:.2f}, EPE {result['object_epe']:.2f}\n"
+    f"  background: |flow| {result['background_flow']:.2f}, EPE {result['background_epe']:.2f}"
+  )
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"tfds_name": args.tfds_name, **result}, f, indent=1)

@@ -1,4 +1,5 @@
-"""Motion Grouping recipe benchmark: how fast does a recipe learn a foreground, against the baseline.
+"""Motion Grouping recipe benchmark: how fast does a recipe learn a foreground, against the
+baseline.
 
   python -m vosjax.bench mg_recipes [--config configs/demo.py] [--steps 10000] [--eval_every 1000]
       [--set KEY=VALUE ...] [--eval_videos 48] [--train_videos N] [--json FILE]
@@ -12,16 +13,18 @@ prediction (`method.predict`: all but the slot with the most border mass, forwar
 averaged):
 
   fg_j         foreground J, as `python -m vosjax.main` reports it;
-  oracle_fg_j  the same with each video's best slot chosen by IoU with the ground truth (the official
+  oracle_fg_j  the same with each video's best slot chosen by IoU with the ground truth (the
+  official
                code's slot choice): tells a wrong slot choice from no grouping at all;
   baseline_fg_j  the median-flow Otsu baseline (`vosjax.evaluation.baselines`) on the same videos.
 
 Data: whole videos at the config's resolution are read once through the config's pipeline (TFDS) and
-kept in memory; each step draws `batch_size` (video, frame) pairs uniformly with replacement from the
-frames that have both flows (the training pipeline instead shuffles epochs: same distribution). With
-`--export DIR` the arrays are written as `DIR/train.npz` and `DIR/validation.npz` (float16 flows,
-uint8 ids) so that a machine without TFDS (a rented GPU) can run `--arrays DIR`.
+kept in memory; each step draws `batch_size` (video, frame) pairs uniformly with replacement from
+the frames that have both flows (the training pipeline instead shuffles epochs: same distribution).
+With `--export DIR` the arrays are written as `DIR/train.npz` and `DIR/validation.npz` (float16
+flows, uint8 ids) so that a machine without TFDS (a rented GPU) can run `--arrays DIR`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +49,10 @@ from vosjax.methods import motion_grouping
 
 
 def read_split(config, split: str, max_videos: int | None) -> dict[str, np.ndarray]:
-  """Whole videos of `split`: forward/backward float16 `[V, T, H, W, 2]`, ids uint8 `[V, T, H, W]`."""
+  """Whole videos of `split`: forward/backward float16 `[V, T, H, W, 2]`, ids uint8
+  `[V, T, H, W]`."""
   from vosjax.data import pipeline  # TFDS: only when reading through the config's pipeline.
+
   config = config.copy_and_resolve_references()
   config.data.eval_split = split
   forward, backward, ids = [], [], []
@@ -61,8 +66,11 @@ def read_split(config, split: str, max_videos: int | None) -> dict[str, np.ndarr
     ids.append(segmentations.astype(np.uint8))
     if max_videos and sum(len(f) for f in forward) >= max_videos:
       break
-  arrays = {"forward": np.concatenate(forward), "backward": np.concatenate(backward),
-            "ids": np.concatenate(ids)}
+  arrays = {
+    "forward": np.concatenate(forward),
+    "backward": np.concatenate(backward),
+    "ids": np.concatenate(ids),
+  }
   return {k: v[:max_videos] if max_videos else v for k, v in arrays.items()}
 
 
@@ -71,7 +79,9 @@ def load_arrays(directory: str, split: str, max_videos: int | None) -> dict[str,
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: write it with --export {directory}.")
   with np.load(path) as data:
-    return {k: data[k][:max_videos] if max_videos else data[k] for k in ("forward", "backward", "ids")}
+    return {
+      k: data[k][:max_videos] if max_videos else data[k] for k in ("forward", "backward", "ids")
+    }
 
 
 def run(config, train_arrays, val_arrays, steps: int, eval_every: int, log=print) -> list[dict]:
@@ -89,9 +99,12 @@ def run(config, train_arrays, val_arrays, steps: int, eval_every: int, log=print
   data_sharding = NamedSharding(mesh, P("data"))
   # Frames 1..T-2 have both a forward and a backward flow (MOVi: zero flow at the ends). The videos
   # stay on the device (`[V, T-2, H, W, 2]` float32 each); each step gathers its batch there.
-  flows = {name: jax.device_put(np.asarray(train_arrays[key][:, 1:-1], np.float32),
-                                NamedSharding(mesh, P()))
-           for name, key in (("forward_flow", "forward"), ("backward_flow", "backward"))}
+  flows = {
+    name: jax.device_put(
+      np.asarray(train_arrays[key][:, 1:-1], np.float32), NamedSharding(mesh, P())
+    )
+    for name, key in (("forward_flow", "forward"), ("backward_flow", "backward"))
+  }
   num_videos, num_frames = flows["forward_flow"].shape[:2]
   example = {name: np.asarray(flow[:1, :1]) for name, flow in flows.items()}
   state, state_shardings = train.create_train_state(method, model, config, tx, mesh, example)
@@ -115,14 +128,23 @@ def run(config, train_arrays, val_arrays, steps: int, eval_every: int, log=print
     return jax.vmap(method.mean_over_directions)(candidates[:, :, None])[:, 0] > 0.5
 
   ids = val_arrays["ids"]
-  baseline = validation.foreground_j(ids, baselines.median_flow_foreground(
-      val_arrays["forward"].astype(np.float32), val_arrays["backward"].astype(np.float32)))
+  baseline = validation.foreground_j(
+    ids,
+    baselines.median_flow_foreground(
+      val_arrays["forward"].astype(np.float32), val_arrays["backward"].astype(np.float32)
+    ),
+  )
 
   def evaluate(params) -> tuple[float, float]:
     fg_j, oracle_j = [], []
     for v in range(len(ids)):
-      masks = np.asarray(video_masks(params, jnp.asarray(val_arrays["forward"][v], jnp.float32),
-                                     jnp.asarray(val_arrays["backward"][v], jnp.float32)))
+      masks = np.asarray(
+        video_masks(
+          params,
+          jnp.asarray(val_arrays["forward"][v], jnp.float32),
+          jnp.asarray(val_arrays["backward"][v], jnp.float32),
+        )
+      )
       scores = validation.foreground_j(np.broadcast_to(ids[v], masks.shape), masks)
       fg_j.append(scores[0])
       oracle_j.append(scores[1:].max())
@@ -134,8 +156,11 @@ def run(config, train_arrays, val_arrays, steps: int, eval_every: int, log=print
   records, unchecked = [], []  # unchecked: (step, on-device finite flag) since the last evaluation
   train_seconds, segment_start = 0.0, time.perf_counter()
   for step in range(1, steps + 1):
-    batch = gather(flows, draws.integers(0, num_videos, config.batch_size),
-                   draws.integers(0, num_frames, config.batch_size))
+    batch = gather(
+      flows,
+      draws.integers(0, num_videos, config.batch_size),
+      draws.integers(0, num_frames, config.batch_size),
+    )
     state, metrics = train_step(state, batch, rng)
     unchecked.append((step, metrics.pop("finite")))
     if step % eval_every == 0 or step == steps:
@@ -146,17 +171,26 @@ def run(config, train_arrays, val_arrays, steps: int, eval_every: int, log=print
       if skipped:
         later = f" and {len(skipped) - 1} later step(s) up to {skipped[-1]}" if skipped[1:] else ""
         raise train.NonFiniteLossError(
-            f"Non-finite loss or gradient at step {skipped[0]}{later} (loss at step {step}: "
-            f"{metrics['loss']}); those updates were skipped. Lower the learning rate "
-            "(--set optimizer.learning_rate=...) or check the arrays for NaNs.")
+          f"Non-finite loss or gradient at step {skipped[0]}{later} (loss at step {step}: "
+          f"{metrics['loss']}); those updates were skipped. Lower the learning rate "
+          "(--set optimizer.learning_rate=...) or check the arrays for NaNs."
+        )
       fg_j, oracle_j = evaluate(state.params)
-      record = {"step": step, "reconstruction": float(metrics["reconstruction"]),
-                "entropy": float(metrics["entropy"]), "fg_j": fg_j, "oracle_fg_j": oracle_j,
-                "baseline_fg_j": float(baseline.mean()), "train_seconds": train_seconds}
+      record = {
+        "step": step,
+        "reconstruction": float(metrics["reconstruction"]),
+        "entropy": float(metrics["entropy"]),
+        "fg_j": fg_j,
+        "oracle_fg_j": oracle_j,
+        "baseline_fg_j": float(baseline.mean()),
+        "train_seconds": train_seconds,
+      }
       records.append(record)
-      log(f"step {step}/{steps}  rec {record['reconstruction']:.4f}  "
-          f"ent {record['entropy']:.3f}  fg_j {fg_j:.3f}  oracle_fg_j {oracle_j:.3f}  "
-          f"baseline_fg_j {record['baseline_fg_j']:.3f}  {step / train_seconds:.1f} steps/s")
+      log(
+        f"step {step}/{steps}  rec {record['reconstruction']:.4f}  "
+        f"ent {record['entropy']:.3f}  fg_j {fg_j:.3f}  oracle_fg_j {oracle_j:.3f}  "
+        f"baseline_fg_j {record['baseline_fg_j']:.3f}  {step / train_seconds:.1f} steps/s"
+      )
       segment_start = time.perf_counter()  # evaluation time is not training time
   return records
 
@@ -164,8 +198,13 @@ def run(config, train_arrays, val_arrays, steps: int, eval_every: int, log=print
 def main(argv: list[str]) -> int | None:
   parser = argparse.ArgumentParser(prog="python -m vosjax.bench mg_recipes")
   parser.add_argument("--config", default="configs/demo.py")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="config override, repeatable (e.g. optimizer.learning_rate=2e-3)")
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="config override, repeatable (e.g. optimizer.learning_rate=2e-3)",
+  )
   parser.add_argument("--steps", type=int, default=10000)
   parser.add_argument("--eval_every", type=int, default=1000)
   parser.add_argument("--eval_videos", type=int, default=48)
@@ -186,14 +225,24 @@ def main(argv: list[str]) -> int | None:
     os.makedirs(args.export, exist_ok=True)
     np.savez_compressed(os.path.join(args.export, "train.npz"), **train_arrays)
     np.savez_compressed(os.path.join(args.export, "validation.npz"), **val_arrays)
-    print(f"wrote {args.export}/train.npz ({len(train_arrays['ids'])} videos) and "
-          f"validation.npz ({len(val_arrays['ids'])} videos)")
+    print(
+      f"wrote {args.export}/train.npz ({len(train_arrays['ids'])} videos) and "
+      f"validation.npz ({len(val_arrays['ids'])} videos)"
+    )
     return 0
-  print(f"{args.config} {' '.join(args.set)}: {len(train_arrays['ids'])} training videos, "
-        f"{len(val_arrays['ids'])} validation videos, device {jax.devices()[0].device_kind}",
-        flush=True)
-  records = run(config, train_arrays, val_arrays, args.steps, args.eval_every,
-                log=lambda line: print(line, flush=True))
+  print(
+    f"{args.config} {' '.join(args.set)}: {len(train_arrays['ids'])} training videos, "
+    f"{len(val_arrays['ids'])} validation videos, device {jax.devices()[0].device_kind}",
+    flush=True,
+  )
+  records = run(
+    config,
+    train_arrays,
+    val_arrays,
+    args.steps,
+    args.eval_every,
+    log=lambda line: print(line, flush=True),
+  )
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"config": args.config, "overrides": args.set, "records": records}, f, indent=1)

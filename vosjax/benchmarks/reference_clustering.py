@@ -1,12 +1,12 @@
 """Plain NumPy transcription of the official Betrayed-by-Attention inference clustering.
 
-Follows `src/eval_oneshot.py::mem_efficient_hierarchical_cluster` of shvdiwnkozbw/SSL-UVOS loop by loop
-(windows of 3 query frames, smoothing, greedy grouping in index order, hierarchy until the count stops
-changing, argmin assignment), in float32 like the official code. It is the reference that tests and
-the clustering benchmark compare `vosjax.methods.betrayed.clustering` against. Differences from the official code, both
-shared with `vosjax.methods.betrayed.clustering`:
-- a video with fewer than `ratio` frames uses frame 0 as its only key frame (the official code selects
-  no key frame there and returns a single cluster holding every token);
+Follows `src/eval_oneshot.py::mem_efficient_hierarchical_cluster` of shvdiwnkozbw/SSL-UVOS loop by
+loop (windows of 3 query frames, smoothing, greedy grouping in index order, hierarchy until the
+count stops changing, argmin assignment), in float32 like the official code. It is the reference
+that tests and the clustering benchmark compare `vosjax.methods.betrayed.clustering` against.
+Differences from the official code, both shared with `vosjax.methods.betrayed.clustering`:
+- a video with fewer than `ratio` frames uses frame 0 as its only key frame (the official code
+  selects no key frame there and returns a single cluster holding every token);
 - besides the final assignment it also returns the assignment to the centroids of every level.
 
 Layout: q, k are [T, N, heads, head_dim] (the official code uses [T, heads, N, head_dim]).
@@ -22,8 +22,7 @@ import numpy as np
 
 def kl_distance(p: np.ndarray, q: np.ndarray) -> np.ndarray:
   """Symmetric KL, [n, m] = KL(p_n || q_m) + KL(q_m || p_n), as cross-entropies minus entropies."""
-  self_entropy = (-np.sum(p * np.log(p), axis=1)[:, None]
-                  - np.sum(q * np.log(q), axis=1)[None, :])
+  self_entropy = -np.sum(p * np.log(p), axis=1)[:, None] - np.sum(q * np.log(q), axis=1)[None, :]
   cross_entropy = -(p @ np.log(q).T) - (q @ np.log(p).T).T
   return cross_entropy - self_entropy
 
@@ -60,8 +59,9 @@ def greedy_group(distance: np.ndarray, sets: np.ndarray, tau: float):
   return centroids, group_ids
 
 
-def hierarchical_cluster(q: np.ndarray, k: np.ndarray, tau: float, ratio: int, window: int = 3,
-                         num_iter: int = 10000) -> dict:
+def hierarchical_cluster(
+  q: np.ndarray, k: np.ndarray, tau: float, ratio: int, window: int = 3, num_iter: int = 10000
+) -> dict:
   """Official clustering.
 
   Returns dict(levels [L, T, N] int, num_clusters [L], labels [T, N], centroids: list of L arrays
@@ -72,12 +72,12 @@ def hierarchical_cluster(q: np.ndarray, k: np.ndarray, tau: float, ratio: int, w
   q = np.asarray(q, np.float32)
   k = np.asarray(k, np.float32)
   num_frames, num_tokens, _, head_dim = q.shape
-  scale = np.float32(head_dim ** -0.5)
+  scale = np.float32(head_dim**-0.5)
   k_key = k[key_frames(num_frames, ratio)]
 
   final_set = []
   for t in range(0, num_frames, window):
-    sample = window_attention(q[t:t + window], k_key, scale)
+    sample = window_attention(q[t : t + window], k_key, scale)
     distance = kl_distance(sample, sample)
     indices = (distance <= tau).astype(np.float32)
     keep_set = indices @ sample
@@ -96,21 +96,32 @@ def hierarchical_cluster(q: np.ndarray, k: np.ndarray, tau: float, ratio: int, w
 
   levels = np.zeros((len(level_centroids), num_frames, num_tokens), np.int64)
   for t in range(0, num_frames, window):
-    sample = window_attention(q[t:t + window], k_key, scale)
+    sample = window_attention(q[t : t + window], k_key, scale)
     for level, centroids in enumerate(level_centroids):
       nearest = np.argmin(kl_distance(centroids, sample), axis=0)
-      levels[level, t:t + window] = nearest.reshape(-1, num_tokens)
-  return dict(levels=levels, num_clusters=np.array([len(c) for c in level_centroids]),
-              labels=levels[-1], centroids=level_centroids)
+      levels[level, t : t + window] = nearest.reshape(-1, num_tokens)
+  return dict(
+    levels=levels,
+    num_clusters=np.array([len(c) for c in level_centroids]),
+    labels=levels[-1],
+    centroids=level_centroids,
+  )
 
 
-def planted_query_key(num_frames: int, num_tokens: int, num_heads: int, head_dim: int,
-                      num_objects: int, seed: int, strength: float = 1.5,
-                      noise: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def planted_query_key(
+  num_frames: int,
+  num_tokens: int,
+  num_heads: int,
+  head_dim: int,
+  num_objects: int,
+  seed: int,
+  strength: float = 1.5,
+  noise: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
   """Random q, k with planted objects: tokens of one object share a direction in q and k.
 
-  Objects are horizontal-ish bands of token indices that drift by one token per frame, so grouping is
-  non-trivial but counts stay realistic. Returns float32 q, k [T, N, heads, head_dim].
+  Objects are horizontal-ish bands of token indices that drift by one token per frame, so grouping
+  is non-trivial but counts stay realistic. Returns float32 q, k [T, N, heads, head_dim].
   """
   rng = np.random.default_rng(seed)
   object_dirs = rng.normal(size=(num_objects, num_heads, head_dim)) * strength
@@ -118,7 +129,9 @@ def planted_query_key(num_frames: int, num_tokens: int, num_heads: int, head_dim
   q = np.empty((num_frames, num_tokens, num_heads, head_dim), np.float32)
   k = np.empty_like(q)
   for t in range(num_frames):
-    object_of_token = np.searchsorted(bounds, (np.arange(num_tokens) + t) % num_tokens, side="right")
+    object_of_token = np.searchsorted(
+      bounds, (np.arange(num_tokens) + t) % num_tokens, side="right"
+    )
     base = object_dirs[object_of_token]
     q[t] = base + noise * rng.normal(size=base.shape)
     k[t] = base + noise * rng.normal(size=base.shape)
@@ -126,8 +139,10 @@ def planted_query_key(num_frames: int, num_tokens: int, num_heads: int, head_dim
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="vosjax.bench reference_clustering",
-                                   description="Smoke run of the NumPy reference clustering.")
+  parser = argparse.ArgumentParser(
+    prog="vosjax.bench reference_clustering",
+    description="Smoke run of the NumPy reference clustering.",
+  )
   parser.add_argument("--frames", type=int, default=6)
   parser.add_argument("--tokens", type=int, default=96)
   parser.add_argument("--tau", type=float, default=1.0)
@@ -136,6 +151,8 @@ def main(argv: list[str]) -> int:
   q, k = planted_query_key(args.frames, args.tokens, 8, 48, num_objects=5, seed=0)
   start = time.perf_counter()
   result = hierarchical_cluster(q, k, args.tau, args.ratio)
-  print(f"clusters per level {result['num_clusters'].tolist()} "
-        f"in {time.perf_counter() - start:.3f} s (NumPy, {args.frames} frames x {args.tokens} tokens)")
+  print(
+    f"clusters per level {result['num_clusters'].tolist()} "
+    f"in {time.perf_counter() - start:.3f} s (NumPy, {args.frames} frames x {args.tokens} tokens)"
+  )
   return 0

@@ -13,6 +13,7 @@ reports them (GPU, TPU), else the process's peak resident memory (CPU).
 
 Configs that load pretrained weights need `--set backbone.random_init=True` where none are here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,10 @@ def benchmark(config, steps: int, devices=None) -> dict:
   method = methods.load_method(config)
   mesh = sharding.make_mesh(devices)
   if config.batch_size % len(devices):
-    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by {len(devices)} "
-                     "devices; set --set batch_size=... or --devices.")
+    raise ValueError(
+      f"config.batch_size={config.batch_size} is not divisible by {len(devices)} "
+      "devices; set --set batch_size=... or --devices."
+    )
   data_sharding = NamedSharding(mesh, P("data"))
   model, tx = method.make_model(config), method.make_optimizer(config)
   example = method.example_batch(config)
@@ -104,21 +107,30 @@ def benchmark(config, steps: int, devices=None) -> dict:
   memory, memory_kind = peak_memory_bytes(devices)
   flops = step_flops(step_fn, state, batch, rng)
   return {
-      "config_method": config.method, "batch_size": config.batch_size,
-      "devices": len(devices), "device_kind": devices[0].device_kind,
-      "compile_s": first - seconds / steps,  # the first call minus one step
-      "steps_per_s": steps_per_s, "examples_per_s": steps_per_s * config.batch_size,
-      "images_per_s": steps_per_s * config.batch_size * images_per_example(example),
-      "peak_memory_gib": memory / 2**30, "peak_memory_kind": memory_kind,
-      "loss": float(metrics["loss"]), "finite": bool(metrics["finite"]),
-      "xla_flops_per_step": flops,
-      "load_average": os.getloadavg()[0], "host_memory": host_memory.describe(),
+    "config_method": config.method,
+    "batch_size": config.batch_size,
+    "devices": len(devices),
+    "device_kind": devices[0].device_kind,
+    "compile_s": first - seconds / steps,  # the first call minus one step
+    "steps_per_s": steps_per_s,
+    "examples_per_s": steps_per_s * config.batch_size,
+    "images_per_s": steps_per_s * config.batch_size * images_per_example(example),
+    "peak_memory_gib": memory / 2**30,
+    "peak_memory_kind": memory_kind,
+    "loss": float(metrics["loss"]),
+    "finite": bool(metrics["finite"]),
+    "xla_flops_per_step": flops,
+    "load_average": os.getloadavg()[0],
+    "host_memory": host_memory.describe(),
   }
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m vosjax.bench train", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m vosjax.bench train",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--config", required=True)
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
   parser.add_argument("--steps", type=int, default=20, help="timed steps after the first")
@@ -126,15 +138,17 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--json", default=None, help="also write the result to this file")
   args = parser.parse_args(argv)
   config = config_file.load_config(args.config, args.set)
-  devices = jax.devices()[:args.devices] if args.devices else jax.devices()
+  devices = jax.devices()[: args.devices] if args.devices else jax.devices()
   result = benchmark(config, args.steps, devices)
   result.update(config=args.config, overrides=args.set)
   print(f"{args.config} {' '.join(args.set)}")
-  print(f"  {result['device_kind']} x {result['devices']}, batch {result['batch_size']}: "
-        f"compile {result['compile_s']:.1f} s | {result['steps_per_s']:.2f} steps/s | "
-        f"{result['examples_per_s']:.1f} examples/s | {result['images_per_s']:.1f} images/s | "
-        f"{result['peak_memory_kind']} {result['peak_memory_gib']:.2f} GiB | loss "
-        f"{result['loss']:.4g} (load average {result['load_average']:.1f})")
+  print(
+    f"  {result['device_kind']} x {result['devices']}, batch {result['batch_size']}: "
+    f"compile {result['compile_s']:.1f} s | {result['steps_per_s']:.2f} steps/s | "
+    f"{result['examples_per_s']:.1f} examples/s | {result['images_per_s']:.1f} images/s | "
+    f"{result['peak_memory_kind']} {result['peak_memory_gib']:.2f} GiB | loss "
+    f"{result['loss']:.4g} (load average {result['load_average']:.1f})"
+  )
   print(f"  host memory: {result['host_memory']}")
   if args.json:
     with open(args.json, "w") as f:

@@ -2,13 +2,14 @@
 
 Layout: `WORKDIR/checkpoints/<step>/{state,meta}`. Orbax writes each step into a temporary directory
 and renames it when complete, so a save interrupted by SIGKILL leaves no half-written `<step>`
-directory behind; a directory that is damaged afterwards (truncated files) is skipped on restore with a
-warning and the previous step is used instead; when the resumed run reaches that step again, the
-damaged directory is replaced by the new save.
+directory behind; a directory that is damaged afterwards (truncated files) is skipped on restore
+with a warning and the previous step is used instead; when the resumed run reaches that step again,
+the damaged directory is replaced by the new save.
 
 `meta` is JSON holding the step and the data position (number of batches consumed), so a resumed run
 continues with the exact batch an uninterrupted run would have seen next.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,7 @@ class CheckpointMismatchError(RuntimeError):
 @dataclasses.dataclass
 class Restored:
   """What `CheckpointManager.restore_latest` found: the state and its metadata."""
+
   state: Any
   meta: dict
 
@@ -39,10 +41,10 @@ class CheckpointManager:
     workdir = epath.Path(workdir)
     self.directory = str((workdir if "://" in str(workdir) else workdir.resolve()) / "checkpoints")
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        create=True,
-        cleanup_tmp_directories=True,  # leftovers of a save killed mid-write
-        enable_async_checkpointing=asynchronous,
+      max_to_keep=max_to_keep,
+      create=True,
+      cleanup_tmp_directories=True,  # leftovers of a save killed mid-write
+      enable_async_checkpointing=asynchronous,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     # Steps newer than the one `restore_latest` resumed from that failed to read (damaged files).
@@ -64,9 +66,9 @@ class CheckpointManager:
     elif step in self._manager.all_steps():
       return
     self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=force,
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=force,
     )
 
   def wait(self) -> None:
@@ -94,14 +96,19 @@ class CheckpointManager:
     for step in reversed(steps):
       try:
         restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+          ),
         )
       except Exception as e:  # pylint: disable=broad-except
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-        logging.warning("Checkpoint %s/%d is unreadable (%s); trying the previous one.",
-                        self.directory, step, error)
+        logging.warning(
+          "Checkpoint %s/%d is unreadable (%s); trying the previous one.",
+          self.directory,
+          step,
+          error,
+        )
         unreadable.add(step)
         first_error = first_error or error
         continue
@@ -111,9 +118,10 @@ class CheckpointManager:
       return Restored(state=restored["state"], meta=dict(restored["meta"]))
     if steps:
       raise CheckpointMismatchError(
-          f"None of the checkpoints {steps} in {self.directory} can be restored into this run's "
-          f"state (newest: {first_error}). If the config changed (model size, optimizer), rerun "
-          "with the config that wrote them, or use a new --workdir; nothing was deleted.")
+        f"None of the checkpoints {steps} in {self.directory} can be restored into this run's "
+        f"state (newest: {first_error}). If the config changed (model size, optimizer), rerun "
+        "with the config that wrote them, or use a new --workdir; nothing was deleted."
+      )
     return None
 
   def restore_latest_saved(self) -> Restored | None:
@@ -123,11 +131,17 @@ class CheckpointManager:
     for step in reversed(self.all_steps()):
       try:
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                          meta=ocp.args.JsonRestore()))
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        )
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
-                        self.directory, step, type(e).__name__, str(e).splitlines()[0][:300])
+        logging.warning(
+          "Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
+          self.directory,
+          step,
+          type(e).__name__,
+          str(e).splitlines()[0][:300],
+        )
         continue
       return Restored(state=restored["state"], meta=dict(restored["meta"]))
     return None

@@ -2,23 +2,24 @@
 
 One place for the loop's defaults: a method passes only the values it changes.
 """
+
 from __future__ import annotations
 
 import ml_collections
 
 LOOP_DEFAULTS = dict(
-    seed=42,
-    batch_size=32,  # global, over every device of every host
-    eval_batch_size=8,
-    num_train_steps=1000,
-    log_every_steps=100,
-    eval_every_steps=0,  # 0: evaluate only at the end
-    # Evaluations during training score only the first videos of the split (0: all; MOVi-format
-    # data): a cheap learning curve. The final evaluation always scores the whole split.
-    periodic_eval_videos=0,
-    checkpoint_every_steps=1000,
-    max_to_keep=3,
-    num_eval_videos_to_write=4,  # overlay GIFs/PNGs written by the evaluation
+  seed=42,
+  batch_size=32,  # global, over every device of every host
+  eval_batch_size=8,
+  num_train_steps=1000,
+  log_every_steps=100,
+  eval_every_steps=0,  # 0: evaluate only at the end
+  # Evaluations during training score only the first videos of the split (0: all; MOVi-format
+  # data): a cheap learning curve. The final evaluation always scores the whole split.
+  periodic_eval_videos=0,
+  checkpoint_every_steps=1000,
+  max_to_keep=3,
+  num_eval_videos_to_write=4,  # overlay GIFs/PNGs written by the evaluation
 )
 
 
@@ -26,8 +27,9 @@ def base_config(method: str, **values) -> ml_collections.ConfigDict:
   """`LOOP_DEFAULTS` plus `method`, with `values` replacing defaults (unknown keys are an error)."""
   unknown = set(values) - set(LOOP_DEFAULTS)
   if unknown:
-    raise KeyError(f"base_config: unknown keys {sorted(unknown)}; the loop's keys are "
-                   f"{sorted(LOOP_DEFAULTS)}.")
+    raise KeyError(
+      f"base_config: unknown keys {sorted(unknown)}; the loop's keys are {sorted(LOOP_DEFAULTS)}."
+    )
   config = ml_collections.ConfigDict(dict(LOOP_DEFAULTS, method=method, **values))
   # Where the parameters of a fresh run come from (training, `--mode eval` and `vosjax.segment`
   # without a checkpoint in the workdir): None, the method's initialisation; else an official

@@ -33,7 +33,7 @@ def transparent_huge_page_mode(path: str = THP_MODE_FILE) -> str | None:
   except OSError:
     return None
   start, end = text.find("["), text.find("]")
-  return text[start + 1:end] if 0 <= start < end else None
+  return text[start + 1 : end] if 0 <= start < end else None
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -56,8 +56,9 @@ def _hugetlb_settings(tunables: str) -> list[str]:
   return [part for part in tunables.split(":") if part.startswith(TUNABLE + "=")]
 
 
-def huge_page_environment(environ: Mapping[str, str], thp_mode: str | None,
-                          glibc: tuple[int, int] | None) -> dict[str, str] | None:
+def huge_page_environment(
+  environ: Mapping[str, str], thp_mode: str | None, glibc: tuple[int, int] | None
+) -> dict[str, str] | None:
   """The environment to re-execute with, or None when re-executing would change nothing.
 
   Args:
@@ -70,8 +71,13 @@ def huge_page_environment(environ: Mapping[str, str], thp_mode: str | None,
     tunables kept), or None.
   """
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if (environ.get(OPT_OUT, "") not in ("", "0") or thp_mode != "madvise" or glibc is None
-      or glibc < (2, 35) or _hugetlb_settings(tunables)):
+  if (
+    environ.get(OPT_OUT, "") not in ("", "0")
+    or thp_mode != "madvise"
+    or glibc is None
+    or glibc < (2, 35)
+    or _hugetlb_settings(tunables)
+  ):
     return None
   updated = dict(environ)
   updated["GLIBC_TUNABLES"] = ":".join(part for part in (tunables, f"{TUNABLE}=1") if part)
@@ -82,7 +88,7 @@ def vosjax_command(argv: Sequence[str], original_argv: Sequence[str]) -> bool:
   """Whether this process is `python [options] -m vosjax...`, still importing the package."""
   if list(argv[:1]) != ["-m"] or "-m" not in original_argv:
     return False
-  module = original_argv[list(original_argv).index("-m") + 1:][:1]
+  module = original_argv[list(original_argv).index("-m") + 1 :][:1]
   return bool(module) and (module[0] == "vosjax" or module[0].startswith("vosjax."))
 
 
@@ -109,5 +115,7 @@ def describe() -> str:
     return f"{TUNABLE}=1 (transparent huge pages for large buffers)"
   if settings:
     return f"{settings[-1]} (set by the user)"
-  return (f"{TUNABLE} not set (THP mode {transparent_huge_page_mode()}, glibc "
-          f"{glibc_version()}, {OPT_OUT}={os.environ.get(OPT_OUT, '')!r})")
+  return (
+    f"{TUNABLE} not set (THP mode {transparent_huge_page_mode()}, glibc "
+    f"{glibc_version()}, {OPT_OUT}={os.environ.get(OPT_OUT, '')!r})"
+  )

@@ -1,4 +1,5 @@
 """Float images to uint8, one rule everywhere: scale the value range to [0, 255], round, clip."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,5 +17,6 @@ def to_uint8(images, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarra
   if images.dtype == np.uint8:
     return images
   low, high = value_range
-  return np.clip(np.round((images.astype(np.float32) - low) * (255.0 / (high - low))),
-                 0, 255).astype(np.uint8)
+  return np.clip(
+    np.round((images.astype(np.float32) - low) * (255.0 / (high - low))), 0, 255
+  ).astype(np.uint8)

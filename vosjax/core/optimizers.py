@@ -12,6 +12,7 @@ a fine-tuned backbone frozen (x0) until step N and then trained at x0.01:
 As in PyTorch with a zero learning rate, a group at x0 still updates its Adam moments; its
 parameters do not move (weight decay is scaled by the learning rate as well).
 """
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,10 @@ def gradient_clipping(grad_clip_norm: float | None) -> list[optax.GradientTransf
   if grad_clip_norm is None:
     return []
   if grad_clip_norm <= 0:
-    raise ValueError(f"config.optimizer.grad_clip_norm must be positive or None (no clipping), "
-                     f"got {grad_clip_norm}.")
+    raise ValueError(
+      f"config.optimizer.grad_clip_norm must be positive or None (no clipping), "
+      f"got {grad_clip_norm}."
+    )
   return [optax.clip_by_global_norm(grad_clip_norm)]
 
 
@@ -52,15 +55,20 @@ def label_by_path(rules: Sequence[tuple[str, str]], default: str) -> Callable[[A
   return lambda params: jax.tree_util.tree_map_with_path(lambda path, _: label_of(path), params)
 
 
-def grouped_optimizer(make_optimizer: Callable[[Schedule], optax.GradientTransformation],
-                      schedule: Schedule, multipliers: Mapping[str, float | Schedule],
-                      label_fn: Callable[[Any], Any]) -> optax.GradientTransformation:
-  """One `make_optimizer(lr)` per group with lr = schedule(step) * multiplier (float or schedule)."""
+def grouped_optimizer(
+  make_optimizer: Callable[[Schedule], optax.GradientTransformation],
+  schedule: Schedule,
+  multipliers: Mapping[str, float | Schedule],
+  label_fn: Callable[[Any], Any],
+) -> optax.GradientTransformation:
+  """One `make_optimizer(lr)` per group with lr = schedule(step) * multiplier (float or
+  schedule)."""
+
   def scaled(multiplier):
     if callable(multiplier):
       return lambda step: schedule(step) * multiplier(step)
     return lambda step: schedule(step) * multiplier
 
   return optax.multi_transform(
-      {name: make_optimizer(scaled(multiplier)) for name, multiplier in multipliers.items()},
-      label_fn)
+    {name: make_optimizer(scaled(multiplier)) for name, multiplier in multipliers.items()}, label_fn
+  )

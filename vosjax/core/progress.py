@@ -2,6 +2,7 @@
 
 Only process 0 writes; every other process keeps quiet, so a pod prints and writes each line once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,10 @@ class ProgressMeter:
     self._last_step, self._last_time = step, now
     eta = (self.total_steps - step) / max(steps_per_sec, 1e-9)
     terms = " ".join(f"{k} {float(v):.4g}" for k, v in sorted(metrics.items()) if k != "loss")
-    line = (f"step {step}/{self.total_steps} | loss {float(metrics['loss']):.5g} | {terms} | "
-            f"{steps_per_sec:.2f} steps/s | ETA {format_duration(eta)}")
+    line = (
+      f"step {step}/{self.total_steps} | loss {float(metrics['loss']):.5g} | {terms} | "
+      f"{steps_per_sec:.2f} steps/s | ETA {format_duration(eta)}"
+    )
     if jax.process_index() == 0:
       print(line, flush=True)
     return line
@@ -48,6 +51,7 @@ class SummaryWriter:
     self._writer = None
     if jax.process_index() == 0:
       from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
+
       self._writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def scalars(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:

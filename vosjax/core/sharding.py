@@ -1,8 +1,10 @@
 """Data parallelism over every device of every host: one 1-D `data` mesh, replicated state.
 
 The train state is replicated (`P()`), batches are sharded on their leading axis (`P("data")`) and
-enter the devices through `jax.make_array_from_process_local_data`, so each host feeds only its part.
+enter the devices through `jax.make_array_from_process_local_data`, so each host feeds only its
+part.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,23 +32,26 @@ def check_batch_size(global_batch_size: int, what: str = "config.batch_size") ->
   """Raises a ValueError naming `what` unless the global batch splits evenly over the devices."""
   if global_batch_size % jax.device_count():
     raise ValueError(
-        f"{what}={global_batch_size} is not divisible by the number of devices "
-        f"({jax.device_count()} over {jax.process_count()} process(es)); set --{what} to a multiple "
-        f"of {jax.device_count()}.")
+      f"{what}={global_batch_size} is not divisible by the number of devices "
+      f"({jax.device_count()} over {jax.process_count()} process(es)); set --{what} to a multiple "
+      f"of {jax.device_count()}."
+    )
 
 
 def to_global(batch: dict, sharding: NamedSharding) -> dict:
   """Host-local numpy batch -> global jax arrays sharded on the leading (batch) axis."""
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      batch)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+  )
 
 
 def to_host_local(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   """Global arrays sharded on the leading axis -> this host's rows as numpy."""
   if jax.process_count() == 1:
     return jax.tree.map(np.asarray, tree)
-  return jax.tree.map(np.asarray,
-                      multihost_utils.global_array_to_host_local_array(tree, mesh, P("data")))
+  return jax.tree.map(
+    np.asarray, multihost_utils.global_array_to_host_local_array(tree, mesh, P("data"))
+  )
 
 
 def any_process(flag: bool) -> bool:
@@ -68,8 +73,11 @@ def place_model(model: Any, mesh: jax.sharding.Mesh) -> tuple[Any, Callable[[Any
     return None, lambda argument: model
   replicated = NamedSharding(mesh, P())
   placed = jax.tree.map(
-      lambda x: jax.make_array_from_callback(np.shape(x), replicated,
-                                             lambda index: np.asarray(x)[index]), model)
+    lambda x: jax.make_array_from_callback(
+      np.shape(x), replicated, lambda index: np.asarray(x)[index]
+    ),
+    model,
+  )
   return placed, lambda argument: argument
 
 
@@ -80,9 +88,13 @@ def host_values(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def jit_predict(method, model, config, mesh: jax.sharding.Mesh,
-                grown_config: Callable[[Any, dict], Any] | None = None
-                ) -> Callable[[Any, dict], Any]:
+def jit_predict(
+  method,
+  model,
+  config,
+  mesh: jax.sharding.Mesh,
+  grown_config: Callable[[Any, dict], Any] | None = None,
+) -> Callable[[Any, dict], Any]:
   """`predict(params, batch)`: the method's prediction, jitted, the model placed on `mesh`.
 
   `grown_config(config, per_example_fields) -> config | None` (a method's
@@ -109,8 +121,10 @@ def jit_predict(method, model, config, mesh: jax.sharding.Mesh,
         return prediction
       if grown == current["config"]:  # a method bug; re-running would loop forever
         raise RuntimeError("grown_config returned the config it was given: no capacity grew.")
-      logging.warning("The prediction exceeded a static capacity; recompiling it with larger "
-                      "ones and running it again.")
+      logging.warning(
+        "The prediction exceeded a static capacity; recompiling it with larger "
+        "ones and running it again."
+      )
       current.update(config=grown, predict=compiled(grown))
 
   return predict

@@ -1,12 +1,12 @@
 """On-device clip augmentation of Betrayed by Attention (`src/utils.py::Augment_GPU_pre`), in jnp.
 
-The official pipeline is a kornia `VideoSequential(..., same_on_frame=True)`: parameters are drawn per
-clip and shared by all frames of the clip. In order:
+The official pipeline is a kornia `VideoSequential(..., same_on_frame=True)`: parameters are drawn
+per clip and shared by all frames of the clip. In order:
   1. RandomGrayscale, p = 0.2 (luma 0.299 R + 0.587 G + 0.114 B copied to the three channels).
-  2. ColorJitter(0.4, 0.4, 0.4, 0.1), p = 0.8 (kornia's PIL-like `ColorJitter`): brightness, contrast,
-     saturation factors from U(0.6, 1.4), hue shift from U(-0.1, 0.1) turns; the four steps run in a
-     random order; brightness, contrast and saturation clamp to [0, 1]. Contrast blends with the mean
-     luma of each frame, saturation with each pixel's luma.
+  2. ColorJitter(0.4, 0.4, 0.4, 0.1), p = 0.8 (kornia's PIL-like `ColorJitter`): brightness,
+     contrast, saturation factors from U(0.6, 1.4), hue shift from U(-0.1, 0.1) turns; the four
+     steps run in a random order; brightness, contrast and saturation clamp to [0, 1]. Contrast
+     blends with the mean luma of each frame, saturation with each pixel's luma.
   3. RandomGaussianBlur, kernel int(0.1 H) // 2 * 2 + 1 by int(0.1 W) // 2 * 2 + 1, reflect padding,
      p = 0.5.
   4. Normalize.
@@ -17,12 +17,14 @@ Differences from the official code (deliberate, documented):
     U(0.1, 2), the usual SimCLR/DINO-style blur.
   * Jitter order: kornia draws one order per call (shared by the batch); we draw one per clip.
   * Normalization: the official training normalizes with ImageNet statistics but its inference
-    (`eval_oneshot.py`) with Kinetics statistics. We use ImageNet statistics for both, since the frozen
-    DINO backbone was pretrained on ImageNet-normalized inputs and the spatio-temporal block is trained
-    on features of ImageNet-normalized frames; `normalize` is the one function both paths call.
+    (`eval_oneshot.py`) with Kinetics statistics. We use ImageNet statistics for both, since the
+    frozen DINO backbone was pretrained on ImageNet-normalized inputs and the spatio-temporal block
+    is trained on features of ImageNet-normalized frames; `normalize` is the one function both paths
+    call.
 
 Video layout: float `[B, T, H, W, 3]` in [0, 1].
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,6 +44,7 @@ _NUM_JITTER_STEPS = 4  # brightness, contrast, saturation, hue
 @dataclasses.dataclass(frozen=True)
 class AugmentationConfig:
   """Probabilities and ranges; the defaults are the official values."""
+
   grayscale_prob: float = 0.2
   jitter_prob: float = 0.8
   brightness: float = 0.4
@@ -66,6 +69,7 @@ class AugmentationConfig:
 
 class ClipAugmentation(NamedTuple):
   """Per-clip parameters, leading axis B (shared by the T frames of a clip)."""
+
   grayscale: jax.Array  # bool [B]
   jitter: jax.Array  # bool [B]
   brightness: jax.Array  # float [B] multiplicative factor
@@ -83,8 +87,9 @@ def blur_kernel_size(size: int, fraction: float = 0.1) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "config"))
-def sample_augmentation(rng: jax.Array, batch_size: int,
-                        config: AugmentationConfig = AugmentationConfig()) -> ClipAugmentation:
+def sample_augmentation(
+  rng: jax.Array, batch_size: int, config: AugmentationConfig = AugmentationConfig()
+) -> ClipAugmentation:
   """Draws the parameters of `batch_size` clips (one uniform draw, split into the fields)."""
   draws = jax.random.uniform(rng, (12, batch_size))
 
@@ -95,16 +100,16 @@ def sample_augmentation(rng: jax.Array, batch_size: int,
     return between(row, max(0.0, 1.0 - spread), 1.0 + spread)
 
   return ClipAugmentation(
-      grayscale=draws[0] < config.grayscale_prob,
-      jitter=draws[1] < config.jitter_prob,
-      brightness=factor(2, config.brightness),
-      contrast=factor(3, config.contrast),
-      saturation=factor(4, config.saturation),
-      hue=between(5, -config.hue, config.hue),
-      blur=draws[6] < config.blur_prob,
-      blur_sigma=between(7, config.blur_sigma_min, config.blur_sigma_max),
-      # A uniformly random permutation per clip: the ranks of i.i.d. uniforms.
-      jitter_order=jnp.argsort(draws[8:12].T, axis=-1).astype(jnp.int32),
+    grayscale=draws[0] < config.grayscale_prob,
+    jitter=draws[1] < config.jitter_prob,
+    brightness=factor(2, config.brightness),
+    contrast=factor(3, config.contrast),
+    saturation=factor(4, config.saturation),
+    hue=between(5, -config.hue, config.hue),
+    blur=draws[6] < config.blur_prob,
+    blur_sigma=between(7, config.blur_sigma_min, config.blur_sigma_max),
+    # A uniformly random permutation per clip: the ranks of i.i.d. uniforms.
+    jitter_order=jnp.argsort(draws[8:12].T, axis=-1).astype(jnp.int32),
   )
 
 
@@ -125,8 +130,11 @@ def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
   delta = value - jnp.min(rgb, axis=-1)
   saturation = delta / (value + 1e-8)
   safe_delta = jnp.where(delta == 0, 1.0, delta)
-  hue = jnp.where((r >= g) & (r >= b), (g - b),
-                  jnp.where(g >= b, (b - r) + 2.0 * safe_delta, (r - g) + 4.0 * safe_delta))
+  hue = jnp.where(
+    (r >= g) & (r >= b),
+    (g - b),
+    jnp.where(g >= b, (b - r) + 2.0 * safe_delta, (r - g) + 4.0 * safe_delta),
+  )
   hue = jnp.mod(hue / safe_delta / 6.0, 1.0)
   return jnp.stack([hue, saturation, value], axis=-1)
 
@@ -141,8 +149,17 @@ def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
   q = value * (1.0 - fraction * saturation)
   t = value * (1.0 - (1.0 - fraction) * saturation)
   sector = sector.astype(jnp.int32)[..., None]
-  choices = [jnp.stack(c, axis=-1) for c in
-             ((value, t, p), (q, value, p), (p, value, t), (p, q, value), (t, p, value), (value, p, q))]
+  choices = [
+    jnp.stack(c, axis=-1)
+    for c in (
+      (value, t, p),
+      (q, value, p),
+      (p, value, t),
+      (p, q, value),
+      (t, p, value),
+      (value, p, q),
+    )
+  ]
   return jnp.select([sector == i for i in range(6)], choices, choices[0])
 
 
@@ -171,10 +188,14 @@ def color_jitter(video: jax.Array, params: ClipAugmentation) -> jax.Array:
   """The four jitter steps in each clip's own order (every step computed, one selected per clip)."""
 
   def apply_step(position, current):
-    candidates = jnp.stack([_adjust_brightness(current, params.brightness),
-                            _adjust_contrast(current, params.contrast),
-                            _adjust_saturation(current, params.saturation),
-                            _adjust_hue(current, params.hue)])  # [4, B, T, H, W, C]
+    candidates = jnp.stack(
+      [
+        _adjust_brightness(current, params.brightness),
+        _adjust_contrast(current, params.contrast),
+        _adjust_saturation(current, params.saturation),
+        _adjust_hue(current, params.hue),
+      ]
+    )  # [4, B, T, H, W, C]
     chosen = params.jitter_order[:, position].reshape((1, -1, 1, 1, 1, 1))
     return jnp.take_along_axis(candidates, chosen, axis=0)[0]
 
@@ -184,7 +205,7 @@ def color_jitter(video: jax.Array, params: ClipAugmentation) -> jax.Array:
 def gaussian_weights(sigma: jax.Array, kernel_size: int) -> jax.Array:
   """Normalized 1-D Gaussian taps, `[B]` sigmas -> `[B, kernel_size]` (kornia's `gaussian`)."""
   offsets = jnp.arange(kernel_size, dtype=jnp.float32) - kernel_size // 2
-  weights = jnp.exp(-offsets[None] ** 2 / (2.0 * sigma[:, None] ** 2))
+  weights = jnp.exp(-(offsets[None] ** 2) / (2.0 * sigma[:, None] ** 2))
   return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
 
@@ -224,8 +245,9 @@ def gaussian_blur(video: jax.Array, sigma: jax.Array, kernel_fraction: float = 0
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def apply_augmentation(video: jax.Array, params: ClipAugmentation,
-                       config: AugmentationConfig = AugmentationConfig()) -> jax.Array:
+def apply_augmentation(
+  video: jax.Array, params: ClipAugmentation, config: AugmentationConfig = AugmentationConfig()
+) -> jax.Array:
   """Grayscale, color jitter, blur (each where its per-clip flag is set); no normalization.
 
   Args:
@@ -239,7 +261,9 @@ def apply_augmentation(video: jax.Array, params: ClipAugmentation,
   if video.ndim != 5 or video.shape[-1] != 3:
     raise ValueError(f"augmentation expects video [B, T, H, W, 3], got {video.shape}.")
   if params.grayscale.shape[0] != video.shape[0]:
-    raise ValueError(f"{params.grayscale.shape[0]} clip parameters for a batch of {video.shape[0]}.")
+    raise ValueError(
+      f"{params.grayscale.shape[0]} clip parameters for a batch of {video.shape[0]}."
+    )
   video = jnp.where(_per_clip(params.grayscale), jnp.broadcast_to(luma(video), video.shape), video)
   video = jnp.where(_per_clip(params.jitter), color_jitter(video, params), video)
   blurred = gaussian_blur(video, params.blur_sigma, config.blur_kernel_fraction)
@@ -247,8 +271,9 @@ def apply_augmentation(video: jax.Array, params: ClipAugmentation,
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def augment_video(rng: jax.Array, video: jax.Array,
-                  config: AugmentationConfig = AugmentationConfig()) -> jax.Array:
+def augment_video(
+  rng: jax.Array, video: jax.Array, config: AugmentationConfig = AugmentationConfig()
+) -> jax.Array:
   """Samples per-clip parameters from `rng` and applies them (same on every frame of a clip)."""
   return apply_augmentation(video, sample_augmentation(rng, video.shape[0], config), config)
 
@@ -256,4 +281,3 @@ def augment_video(rng: jax.Array, video: jax.Array,
 def normalize(video: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Array:
   """`(video - mean) / std` per channel; the single normalization of training and inference."""
   return (video - jnp.asarray(mean, video.dtype)) / jnp.asarray(std, video.dtype)
-

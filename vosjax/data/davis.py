@@ -11,6 +11,7 @@ a sequence uniformly, then a frame where both flows exist. Evaluation uses, for 
 flows of each gap, falling back to the opposite gap where the frame + gap is outside the video.
 Flows come from OpenCV DIS (computed once, cached) or from precomputed RAFT `.flo` folders.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,11 @@ def _subfolders(folder: Path) -> list[str]:
 def sequences_without_frames(root, quality: str = "480p") -> list[str]:
   """Sequences with an annotation folder but no frame images (e.g. cows, goat in shared data)."""
   images = frames_dir(root, quality)
-  return [s for s in _subfolders(annotations_dir(root, quality))
-          if not (images / s).is_dir() or not video_io.list_frame_files(images / s)]
+  return [
+    s
+    for s in _subfolders(annotations_dir(root, quality))
+    if not (images / s).is_dir() or not video_io.list_frame_files(images / s)
+  ]
 
 
 def list_sequences(root, quality: str = "480p", require_frames: bool = True) -> list[str]:
@@ -66,8 +70,9 @@ def list_sequences(root, quality: str = "480p", require_frames: bool = True) -> 
     return sorted(set(with_frames) | set(_subfolders(masks)))
   skipped = sequences_without_frames(root, quality)
   if skipped:
-    warnings.warn(f"DAVIS root {root}: skipping sequences without frames: {', '.join(skipped)}",
-                  stacklevel=2)
+    warnings.warn(
+      f"DAVIS root {root}: skipping sequences without frames: {', '.join(skipped)}", stacklevel=2
+    )
   return with_frames
 
 
@@ -107,13 +112,15 @@ def _frame_paths(root, sequence: str, quality: str) -> list[Path]:
   if not paths:
     has_masks = (annotations_dir(root, quality) / sequence).is_dir()
     raise FileNotFoundError(
-        f"DAVIS sequence {sequence!r} has no frames in {folder}"
-        + (" (it has annotations only)" if has_masks else ""))
+      f"DAVIS sequence {sequence!r} has no frames in {folder}"
+      + (" (it has annotations only)" if has_masks else "")
+    )
   return paths
 
 
-def load_sequence(root, sequence: str, resolution: Sequence[int] | None = None,
-                  quality: str = "480p") -> dict:
+def load_sequence(
+  root, sequence: str, resolution: Sequence[int] | None = None, quality: str = "480p"
+) -> dict:
   """Frames and masks of one sequence.
 
   Args:
@@ -138,14 +145,19 @@ def load_sequence(root, sequence: str, resolution: Sequence[int] | None = None,
       continue
     mask = _read_annotation(mask_path)
     if resolution is None and mask.shape != (height, width):
-      raise ValueError(f"{mask_path}: size {mask.shape[::-1]} differs from its frame "
-                       f"{(width, height)}")
+      raise ValueError(
+        f"{mask_path}: size {mask.shape[::-1]} differs from its frame {(width, height)}"
+      )
     if mask.shape != (height, width):
       mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
     segmentations[t] = mask
     annotated[t] = True
-  return {"video": video, "segmentations": segmentations, "annotated": annotated,
-          "names": [p.stem for p in paths]}
+  return {
+    "video": video,
+    "segmentations": segmentations,
+    "annotated": annotated,
+    "names": [p.stem for p in paths],
+  }
 
 
 def _cache_key(root, sequence: str, quality: str) -> str:
@@ -161,9 +173,17 @@ def _gray_frames(paths: list[Path]) -> np.ndarray:
   return np.stack(frames)
 
 
-def sequence_flows(root, sequence: str, gaps: Sequence[int], resolution: Sequence[int],
-                   flow_cache_dir, raft_flow_root=None, raft_res: str | None = None,
-                   quality: str = "480p", preset: str = "medium") -> dict[int, np.ndarray]:
+def sequence_flows(
+  root,
+  sequence: str,
+  gaps: Sequence[int],
+  resolution: Sequence[int],
+  flow_cache_dir,
+  raft_flow_root=None,
+  raft_res: str | None = None,
+  quality: str = "480p",
+  preset: str = "medium",
+) -> dict[int, np.ndarray]:
   """Flows [T, h, w, 2] (dy, dx) per gap, cached on disk (zeros where t + gap is outside).
 
   DIS flow is computed at the frames' own resolution, then resized to `resolution` with the
@@ -174,8 +194,9 @@ def sequence_flows(root, sequence: str, gaps: Sequence[int], resolution: Sequenc
   names = [p.stem for p in paths]
   key = _cache_key(root, sequence, quality)
   if raft_flow_root is not None:
-    compute = lambda gap: optical_flow.read_raft_flows(raft_flow_root, sequence, gap, names,
-                                                       resolution, raft_res)
+    compute = lambda gap: optical_flow.read_raft_flows(
+      raft_flow_root, sequence, gap, names, resolution, raft_res
+    )
     method = "raft"
   else:
     gray = []  # Decoded once, and only if some gap is missing from the cache.
@@ -184,15 +205,25 @@ def sequence_flows(root, sequence: str, gaps: Sequence[int], resolution: Sequenc
       if not gray:
         gray.append(_gray_frames(paths))
       return optical_flow.resize_flow(optical_flow.video_flow(gray[0], gap, preset), resolution)
+
     method = f"dis-{preset}"
   return optical_flow.cached_flows(flow_cache_dir, key, gaps, resolution, compute, method)
 
 
-def make_flow_pair_iterator(root, sequences: Sequence[str], resolution: Sequence[int],
-                            batch_size: int, seed: int, start_step: int = 0,
-                            flow_cache_dir=None, gaps: Sequence[int] = (1, 2, -1, -2),
-                            raft_flow_root=None, raft_res: str | None = None,
-                            quality: str = "480p", preset: str = "medium") -> Iterator[dict]:
+def make_flow_pair_iterator(
+  root,
+  sequences: Sequence[str],
+  resolution: Sequence[int],
+  batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  flow_cache_dir=None,
+  gaps: Sequence[int] = (1, 2, -1, -2),
+  raft_flow_root=None,
+  raft_res: str | None = None,
+  quality: str = "480p",
+  preset: str = "medium",
+) -> Iterator[dict]:
   """Endless Motion Grouping training batches from DAVIS folders.
 
   Batch `step` depends only on (seed, step), so resuming at `start_step` reproduces the run.
@@ -215,13 +246,23 @@ def make_flow_pair_iterator(root, sequences: Sequence[str], resolution: Sequence
     raise ValueError("no sequences to train on")
   if len(set(gaps)) < 2:
     raise ValueError(f"need at least two different gaps, got {gaps}")
-  flows = [sequence_flows(root, s, gaps, resolution, flow_cache_dir, raft_flow_root, raft_res,
-                          quality, preset) for s in sequences]
+  flows = [
+    sequence_flows(
+      root, s, gaps, resolution, flow_cache_dir, raft_flow_root, raft_res, quality, preset
+    )
+    for s in sequences
+  ]
   gap_pairs = list(itertools.combinations(gaps, 2))
   # frames[p][s]: frames of sequence s that have both flows of gap pair p.
-  frames = [[np.flatnonzero(optical_flow.valid_gap_frames(len(f[a]), a)
-                            & optical_flow.valid_gap_frames(len(f[b]), b)) for f in flows]
-            for a, b in gap_pairs]
+  frames = [
+    [
+      np.flatnonzero(
+        optical_flow.valid_gap_frames(len(f[a]), a) & optical_flow.valid_gap_frames(len(f[b]), b)
+      )
+      for f in flows
+    ]
+    for a, b in gap_pairs
+  ]
   for p, per_sequence in enumerate(frames):
     for s, available in enumerate(per_sequence):
       if not len(available):
@@ -238,17 +279,26 @@ def make_flow_pair_iterator(root, sequences: Sequence[str], resolution: Sequence
       batch["flow_b"].append(flows[s][gap_b][t])
       batch["gaps"].append((gap_a, gap_b))
       batch["frame_index"].append(t)
-    yield {"flow_a": np.stack(batch["flow_a"]).astype(np.float32),
-           "flow_b": np.stack(batch["flow_b"]).astype(np.float32),
-           "gaps": np.asarray(batch["gaps"], np.int32),
-           "sequence_index": sequence_index.astype(np.int32),
-           "frame_index": np.asarray(batch["frame_index"], np.int32)}
+    yield {
+      "flow_a": np.stack(batch["flow_a"]).astype(np.float32),
+      "flow_b": np.stack(batch["flow_b"]).astype(np.float32),
+      "gaps": np.asarray(batch["gaps"], np.int32),
+      "sequence_index": sequence_index.astype(np.int32),
+      "frame_index": np.asarray(batch["frame_index"], np.int32),
+    }
 
 
-def evaluation_flows(root, sequence: str, resolution: Sequence[int], flow_cache_dir,
-                     gaps: Sequence[int] = (1, 2, -1, -2), raft_flow_root=None,
-                     raft_res: str | None = None, quality: str = "480p",
-                     preset: str = "medium") -> dict:
+def evaluation_flows(
+  root,
+  sequence: str,
+  resolution: Sequence[int],
+  flow_cache_dir,
+  gaps: Sequence[int] = (1, 2, -1, -2),
+  raft_flow_root=None,
+  raft_res: str | None = None,
+  quality: str = "480p",
+  preset: str = "medium",
+) -> dict:
   """Per frame, one flow per gap, with Motion Grouping's fallback to the opposite gap.
 
   Returns:
@@ -256,8 +306,9 @@ def evaluation_flows(root, sequence: str, resolution: Sequence[int], flow_cache_
     [T, h, w, 3], segmentations int32 [T, h, w], annotated bool [T], names list[str]).
   """
   all_gaps = sorted(set(gaps) | {-g for g in gaps})
-  flows = sequence_flows(root, sequence, all_gaps, resolution, flow_cache_dir, raft_flow_root,
-                         raft_res, quality, preset)
+  flows = sequence_flows(
+    root, sequence, all_gaps, resolution, flow_cache_dir, raft_flow_root, raft_res, quality, preset
+  )
   num_frames = len(next(iter(flows.values())))
   out = np.zeros((num_frames, len(gaps)) + tuple(resolution) + (2,), np.float32)
   used = np.zeros((num_frames, len(gaps)), np.int32)
@@ -268,8 +319,10 @@ def evaluation_flows(root, sequence: str, resolution: Sequence[int], flow_cache_
           out[t, i], used[t, i] = flows[candidate][t], candidate
           break
       else:
-        raise ValueError(f"sequence {sequence!r} ({num_frames} frames) has no flow of gap "
-                         f"{gap} or {-gap} at frame {t}")
+        raise ValueError(
+          f"sequence {sequence!r} ({num_frames} frames) has no flow of gap "
+          f"{gap} or {-gap} at frame {t}"
+        )
   return {"flows": out, "gaps_used": used, **load_sequence(root, sequence, resolution, quality)}
 
 
@@ -293,8 +346,10 @@ def clip_stride(num_frames: int, clip_length: int, gap: int, rule: str = "until_
   exists, down to 0 (a one-frame video repeats its frame).
   """
   if rule not in GAP_SHRINK_RULES:
-    raise ValueError(f"unknown frame-gap shrink rule {rule!r} (config.data.gap_shrink); use one of "
-                     f"{GAP_SHRINK_RULES}")
+    raise ValueError(
+      f"unknown frame-gap shrink rule {rule!r} (config.data.gap_shrink); use one of "
+      f"{GAP_SHRINK_RULES}"
+    )
   half = clip_length // 2
   if rule == "once":
     if _no_room(num_frames, half, gap):
@@ -307,13 +362,14 @@ def clip_stride(num_frames: int, clip_length: int, gap: int, rule: str = "until_
   return gap
 
 
-def clip_frame_indices(num_frames: int, clip_length: int, gap: int,
-                       rng: np.random.Generator, rule: str = "until_fits") -> np.ndarray:
+def clip_frame_indices(
+  num_frames: int, clip_length: int, gap: int, rng: np.random.Generator, rule: str = "until_fits"
+) -> np.ndarray:
   """Frames of one training clip as the official loaders pick them.
 
-  `clip_length` frames at stride s = `clip_stride(num_frames, clip_length, gap, rule)` around a centre
-  c drawn uniformly from [s * (L // 2), num_frames - s * (L // 2) - 1]: frames c + s * (i - L // 2),
-  i = 0 .. L - 1 (L = 4, gap 4: c - 8, c - 4, c, c + 4).
+  `clip_length` frames at stride s = `clip_stride(num_frames, clip_length, gap, rule)` around a
+  centre c drawn uniformly from [s * (L // 2), num_frames - s * (L // 2) - 1]: frames c + s * (i - L
+  // 2), i = 0 .. L - 1 (L = 4, gap 4: c - 8, c - 4, c, c + 4).
   """
   half = clip_length // 2
   stride = clip_stride(num_frames, clip_length, gap, rule)
@@ -321,10 +377,18 @@ def clip_frame_indices(num_frames: int, clip_length: int, gap: int,
   return centre + stride * (np.arange(clip_length) - half)
 
 
-def make_clip_iterator(root, sequences: Sequence[str], resolution: Sequence[int],
-                       batch_size: int, seed: int, start_step: int = 0, clip_length: int = 3,
-                       frame_gap: int = 4, quality: str = "480p",
-                       gap_shrink: str = "until_fits") -> Iterator[dict]:
+def make_clip_iterator(
+  root,
+  sequences: Sequence[str],
+  resolution: Sequence[int],
+  batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  clip_length: int = 3,
+  frame_gap: int = 4,
+  quality: str = "480p",
+  gap_shrink: str = "until_fits",
+) -> Iterator[dict]:
   """Endless RGB training clips from frame folders (YouTube-VIS / YouTube-VOS / DAVIS layout).
 
   Each sample: a video uniformly, then `clip_frame_indices`; each frame read as RGB in [0, 1] and
@@ -347,20 +411,26 @@ def make_clip_iterator(root, sequences: Sequence[str], resolution: Sequence[int]
     raise ValueError(f"no videos with frames under {frames_dir(root, quality)}")
   paths = [_frame_paths(root, s, quality) for s in sequences]
   if gap_shrink == "once":
-    short = [f"{s} ({len(p)} frames)" for s, p in zip(sequences, paths)
-             if clip_stride(len(p), clip_length, frame_gap, "once") < frame_gap - 1]
+    short = [
+      f"{s} ({len(p)} frames)"
+      for s, p in zip(sequences, paths)
+      if clip_stride(len(p), clip_length, frame_gap, "once") < frame_gap - 1
+    ]
     if short:
-      warnings.warn(f"{len(short)} video(s) too short for {clip_length} frames at stride "
-                    f"{frame_gap} or {frame_gap - 1} (the official SMTC loader fails on them); "
-                    f"their clips use a smaller stride: {', '.join(short[:10])}", stacklevel=2)
+      warnings.warn(
+        f"{len(short)} video(s) too short for {clip_length} frames at stride "
+        f"{frame_gap} or {frame_gap - 1} (the official SMTC loader fails on them); "
+        f"their clips use a smaller stride: {', '.join(short[:10])}",
+        stacklevel=2,
+      )
   height, width = resolution
   for step in itertools.count(start_step):
     rng = np.random.default_rng([seed, step])
     clips = []
     for s in rng.integers(len(sequences), size=batch_size):
-      frames = [video_io.read_image(paths[s][t]).astype(np.float32) / 255.0
-                for t in clip_frame_indices(len(paths[s]), clip_length, frame_gap, rng,
-                                            gap_shrink)]
-      clips.append([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
-                    for f in frames])
+      frames = [
+        video_io.read_image(paths[s][t]).astype(np.float32) / 255.0
+        for t in clip_frame_indices(len(paths[s]), clip_length, frame_gap, rng, gap_shrink)
+      ]
+      clips.append([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in frames])
     yield {"video": np.asarray(clips, np.float32)}

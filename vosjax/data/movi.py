@@ -49,6 +49,7 @@ process_count, data config), and resuming at step s skips whole epochs and
 shards arithmetically and reads fewer than `shuffle_buffer` records (plus at
 most one shard's prefix) without decoding them.
 """
+
 from __future__ import annotations
 
 import math
@@ -79,7 +80,8 @@ _NAME_KEY = "--config.data.tfds_name"
 
 def default_data_config() -> ml_collections.ConfigDict:
   """Defaults for the offline synthetic demo (see the module docstring)."""
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "source": "tfds",  # vosjax.data.pipeline.SOURCES
       "tfds_name": "vosjax_synthetic/64x64",
       "data_dir": "~/tensorflow_datasets",
@@ -93,7 +95,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       "max_instances": 23,
       # Training-stream shards (vosjax.data.pipeline); None: one per process.
       "num_shards": ml_collections.FieldReference(None, field_type=int),
-  })
+    }
+  )
 
 
 # ------------------------------------------------------------------ builder --
@@ -103,8 +106,7 @@ def _check_gcs_reachable(data_dir: str, tfds_name: str) -> None:
 
   def probe():
     try:
-      socket.create_connection((_GCS_HOST, 443),
-                               timeout=_GCS_PROBE_TIMEOUT_S).close()
+      socket.create_connection((_GCS_HOST, 443), timeout=_GCS_PROBE_TIMEOUT_S).close()
     except OSError as e:
       error.append(e)
 
@@ -116,11 +118,12 @@ def _check_gcs_reachable(data_dir: str, tfds_name: str) -> None:
     name, _, version = tfds_name.partition(":")
     version = version or "1.0.0"
     raise ConnectionError(
-        f"Cannot reach {data_dir!r} for dataset {tfds_name!r} ({_GCS_HOST}: "
-        f"{reason}). Copy it locally (mkdir -p DIR/{name} && gsutil -m cp -r "
-        f"{data_dir.rstrip('/')}/{name}/{version} DIR/{name}/) and set "
-        f"{_DATA_DIR_KEY}=DIR, or use the offline synthetic set with "
-        f"{_NAME_KEY}={SYNTHETIC_NAME}/64x64.")
+      f"Cannot reach {data_dir!r} for dataset {tfds_name!r} ({_GCS_HOST}: "
+      f"{reason}). Copy it locally (mkdir -p DIR/{name} && gsutil -m cp -r "
+      f"{data_dir.rstrip('/')}/{name}/{version} DIR/{name}/) and set "
+      f"{_DATA_DIR_KEY}=DIR, or use the offline synthetic set with "
+      f"{_NAME_KEY}={SYNTHETIC_NAME}/64x64."
+    )
 
 
 def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -138,19 +141,21 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
   if not data_dir.startswith(("gs://", "s3://")):
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
   if not re.fullmatch(r"[a-z0-9_]+(/[A-Za-z0-9_.\-]+)?(:[0-9.*]+)?", tfds_name):
-    raise ValueError(f"{_NAME_KEY}={tfds_name!r} is not a TFDS name like "
-                     "'movi_e/128x128:1.0.0' or 'vosjax_synthetic/64x64'")
+    raise ValueError(
+      f"{_NAME_KEY}={tfds_name!r} is not a TFDS name like "
+      "'movi_e/128x128:1.0.0' or 'vosjax_synthetic/64x64'"
+    )
   dataset = tfds_name.split("/")[0].split(":")[0]
   if dataset == SYNTHETIC_NAME:
     # Registers the builder; imported here so MOVi users never need it.
     from vosjax.data import synthetic  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
+
     try:
       builder = tfds.builder(tfds_name, data_dir=data_dir)
     except ValueError as e:
       raise ValueError(f"{_NAME_KEY}={tfds_name!r}: {e}") from e
     if not builder.is_prepared():
-      logging.info("Generating %s into %s (offline, one-time)", tfds_name,
-                   builder.data_path)
+      logging.info("Generating %s into %s (offline, one-time)", tfds_name, builder.data_path)
       builder.download_and_prepare()
       logging.info("Generated %s: %s", tfds_name, builder.info.splits)
     return builder
@@ -160,15 +165,17 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
     builder = tfds.builder(tfds_name, data_dir=data_dir)
   except Exception as e:  # TFDS raises several types for a missing dataset.
     raise FileNotFoundError(
-        f"Dataset {tfds_name!r} not found in data_dir {data_dir!r} (expected "
-        f"{data_dir}/{tfds_name.split(':')[0]}/VERSION/dataset_info.json): "
-        f"{type(e).__name__}: {e}. Set {_DATA_DIR_KEY} to the folder that "
-        f"holds it or {_NAME_KEY} to an available dataset (offline: "
-        f"{SYNTHETIC_NAME}/64x64).") from e
+      f"Dataset {tfds_name!r} not found in data_dir {data_dir!r} (expected "
+      f"{data_dir}/{tfds_name.split(':')[0]}/VERSION/dataset_info.json): "
+      f"{type(e).__name__}: {e}. Set {_DATA_DIR_KEY} to the folder that "
+      f"holds it or {_NAME_KEY} to an available dataset (offline: "
+      f"{SYNTHETIC_NAME}/64x64)."
+    ) from e
   if not builder.is_prepared():
     raise FileNotFoundError(
-        f"Dataset {tfds_name!r} is not prepared in {builder.data_path}. Set "
-        f"{_DATA_DIR_KEY} to the folder holding the MOVi TFRecords.")
+      f"Dataset {tfds_name!r} is not prepared in {builder.data_path}. Set "
+      f"{_DATA_DIR_KEY} to the folder holding the MOVi TFRecords."
+    )
   return builder
 
 
@@ -177,13 +184,13 @@ def _split_info(builder: tfds.core.DatasetBuilder, split: str, key: str):
     return builder.info.splits[split]
   except (KeyError, ValueError, AssertionError) as e:
     raise ValueError(
-        f"Split {split!r} not found for dataset {builder.info.full_name!r} in "
-        f"{builder.data_dir}: available {sorted(builder.info.splits)}. Set "
-        f"--config.data.{key}.") from e
+      f"Split {split!r} not found for dataset {builder.info.full_name!r} in "
+      f"{builder.data_dir}: available {sorted(builder.info.splits)}. Set "
+      f"--config.data.{key}."
+    ) from e
 
 
-def _host_split(builder, split: str, key: str, process_index: int,
-                process_count: int):
+def _host_split(builder, split: str, key: str, process_index: int, process_count: int):
   """This host's part of `split`: (file instructions, number of records)."""
   _split_info(builder, split, key)  # clear error for a missing split
   host = tfds.even_splits(split, n=process_count)[process_index]
@@ -194,13 +201,16 @@ def _host_split(builder, split: str, key: str, process_index: int,
   missing = sorted({os.path.basename(os.fspath(i.filename)) for i in instructions} - present)
   if missing:
     raise FileNotFoundError(
-        f"Split {split!r} of dataset {builder.info.full_name!r} is incomplete in "
-        f"{builder.data_dir}: {len(missing)} file(s) missing, e.g. {missing[0]!r}. Copy the "
-        f"dataset again, or set {_DATA_DIR_KEY} or --config.data.{key}.")
+      f"Split {split!r} of dataset {builder.info.full_name!r} is incomplete in "
+      f"{builder.data_dir}: {len(missing)} file(s) missing, e.g. {missing[0]!r}. Copy the "
+      f"dataset again, or set {_DATA_DIR_KEY} or --config.data.{key}."
+    )
   num_records = sum(i.take for i in instructions)
   if num_records == 0:
-    raise ValueError(f"Split {split!r} of {builder.info.full_name!r} gives no "
-                     f"examples to process {process_index} of {process_count}.")
+    raise ValueError(
+      f"Split {split!r} of {builder.info.full_name!r} gives no "
+      f"examples to process {process_index} of {process_count}."
+    )
   return instructions, num_records
 
 
@@ -215,25 +225,26 @@ def check_split(data_config: ml_collections.ConfigDict, key: str) -> None:
 class _Decoder:
   """Parses raw MOVi records and decodes a frame window into float tensors."""
 
-  def __init__(self, builder: tfds.core.DatasetBuilder,
-               data_config: ml_collections.ConfigDict):
+  def __init__(self, builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict):
     features = builder.info.features
     for required in ("video", "segmentations"):
       if required not in features:
-        raise ValueError(f"Dataset {builder.info.full_name!r} has no "
-                         f"{required!r} feature; MOVi-format data required.")
+        raise ValueError(
+          f"Dataset {builder.info.full_name!r} has no "
+          f"{required!r} feature; MOVi-format data required."
+        )
     self.num_frames, self.height, self.width, _ = features["video"].shape
     if self.num_frames is None or self.height is None:
-      raise ValueError(f"{builder.info.full_name!r}: video shape "
-                       f"{features['video'].shape} must be static.")
+      raise ValueError(
+        f"{builder.info.full_name!r}: video shape {features['video'].shape} must be static."
+      )
     resolution = data_config.resolution
     if isinstance(resolution, int):
       resolution = (resolution, resolution)
     self.resolution = tuple(int(r) for r in resolution)
     self.max_instances = int(data_config.max_instances)
     spec: dict[str, Any] = {"video": True, "segmentations": True}
-    skip = {"video": tfds.decode.SkipDecoding(),
-            "segmentations": tfds.decode.SkipDecoding()}
+    skip = {"video": tfds.decode.SkipDecoding(), "segmentations": tfds.decode.SkipDecoding()}
     metadata = set(features["metadata"].keys()) if "metadata" in features else set()
     self.available = {"video", "segmentations"}
     for name in ("forward_flow", "backward_flow", "depth"):
@@ -245,21 +256,22 @@ class _Decoder:
         if f"{name}_range" in metadata:
           spec.setdefault("metadata", {})[f"{name}_range"] = True
       else:
-        logging.warning("%s has no %r; it will be zeros.",
-                        builder.info.full_name, name)
+        logging.warning("%s has no %r; it will be zeros.", builder.info.full_name, name)
     self._features = tfds.decode.PartialDecoding(spec).extract_features(features)
     self._skip = skip
 
   def parse(self, record: tf.Tensor) -> dict[str, tf.Tensor]:
     return self._features.deserialize_example(record, decoders=self._skip)
 
-  def _images(self, encoded: tf.Tensor, frames: tf.Tensor, channels: int,
-              dtype: tf.DType) -> tf.Tensor:
+  def _images(
+    self, encoded: tf.Tensor, frames: tf.Tensor, channels: int, dtype: tf.DType
+  ) -> tf.Tensor:
     encoded = tf.gather(encoded, frames)
     images = tf.map_fn(
-        lambda x: tf.io.decode_image(x, channels=channels, dtype=dtype,
-                                     expand_animations=False),
-        encoded, fn_output_signature=tf.TensorSpec(None, dtype))
+      lambda x: tf.io.decode_image(x, channels=channels, dtype=dtype, expand_animations=False),
+      encoded,
+      fn_output_signature=tf.TensorSpec(None, dtype),
+    )
     return tf.ensure_shape(images, (None, self.height, self.width, channels))
 
   def _range(self, example, name: str, default) -> tuple[tf.Tensor, tf.Tensor]:
@@ -268,8 +280,9 @@ class _Decoder:
       value_range = tf.constant(default, tf.float32)
     return value_range[0], value_range[1]
 
-  def decode(self, example: dict[str, tf.Tensor], start: tf.Tensor,
-             length: int) -> dict[str, tf.Tensor]:
+  def decode(
+    self, example: dict[str, tf.Tensor], start: tf.Tensor, length: int
+  ) -> dict[str, tf.Tensor]:
     """Frames [start, start + length) at `resolution` (see module docstring)."""
     frames = tf.range(start, start + length)
     out_h, out_w = self.resolution
@@ -286,8 +299,7 @@ class _Decoder:
     video = smooth(tf.image.convert_image_dtype(video, tf.float32))
     segmentations = self._images(example["segmentations"], frames, 1, tf.uint8)
     if resize:
-      segmentations = tf.image.resize(segmentations, (out_h, out_w),
-                                      method="nearest")
+      segmentations = tf.image.resize(segmentations, (out_h, out_w), method="nearest")
     segmentations = tf.cast(segmentations[..., 0], tf.int32)
     segmentations = tf.where(segmentations > self.max_instances, 0, segmentations)
     out = {"video": video, "segmentations": segmentations}
@@ -303,28 +315,28 @@ class _Decoder:
       out["depth"] = smooth(as_float(depth, "depth", (0.0, 65535.0)))
     else:
       out["depth"] = tf.zeros((length, out_h, out_w, 1), tf.float32)
-    for name, channels in (("video", 3), ("forward_flow", 2),
-                           ("backward_flow", 2), ("depth", 1)):
+    for name, channels in (("video", 3), ("forward_flow", 2), ("backward_flow", 2), ("depth", 1)):
       out[name] = tf.ensure_shape(out[name], (length, out_h, out_w, channels))
-    out["segmentations"] = tf.ensure_shape(out["segmentations"],
-                                           (length, out_h, out_w))
+    out["segmentations"] = tf.ensure_shape(out["segmentations"], (length, out_h, out_w))
     return out
 
 
 def _instruction_tensors(instructions) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """File paths, records to skip and to take of TFDS file instructions."""
-  return (tf.constant([os.fspath(i.filename) for i in instructions]),
-          tf.constant([i.skip for i in instructions], tf.int64),
-          tf.constant([i.take for i in instructions], tf.int64))
+  return (
+    tf.constant([os.fspath(i.filename) for i in instructions]),
+    tf.constant([i.skip for i in instructions], tf.int64),
+    tf.constant([i.take for i in instructions], tf.int64),
+  )
 
 
-def _read_records(paths: tf.Tensor, skips: tf.Tensor,
-                  takes: tf.Tensor) -> tf.data.Dataset:
+def _read_records(paths: tf.Tensor, skips: tf.Tensor, takes: tf.Tensor) -> tf.data.Dataset:
   """Raw serialized records of the given file slices, in order."""
   files = tf.data.Dataset.from_tensor_slices((paths, skips, takes))
   files = files.filter(lambda path, skip, take: take > 0)
   return files.flat_map(
-      lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take))
+    lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take)
+  )
 
 
 def _options() -> tf.data.Options:
@@ -337,6 +349,7 @@ def _options() -> tf.data.Options:
 def _process(process_index, process_count) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -346,8 +359,10 @@ def _process(process_index, process_count) -> tuple[int, int]:
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f"global batch size {global_batch_size} must be a positive "
-                     f"multiple of the process count {process_count}")
+    raise ValueError(
+      f"global batch size {global_batch_size} must be a positive "
+      f"multiple of the process count {process_count}"
+    )
   return global_batch_size // process_count
 
 
@@ -358,10 +373,15 @@ def _seed_pair(*words: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ training --
-def make_train_iterator(data_config: ml_collections.ConfigDict,
-                        global_batch_size: int, *, seed: int, start_step: int = 0,
-                        process_index: int | None = None,
-                        process_count: int | None = None) -> Iterator[dict]:
+def make_train_iterator(
+  data_config: ml_collections.ConfigDict,
+  global_batch_size: int,
+  *,
+  seed: int,
+  start_step: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[dict]:
   """Infinite host-local batches of random clips (see the module docstring).
 
   Args:
@@ -385,12 +405,13 @@ def make_train_iterator(data_config: ml_collections.ConfigDict,
   last_start = decoder.num_frames - length - margin
   if length < 1 or margin < 0 or last_start < margin:
     raise ValueError(
-        f"clip_length={length} with clip_margin={margin} does not fit videos of "
-        f"{decoder.num_frames} frames; change --config.data.clip_length or "
-        "--config.data.clip_margin")
+      f"clip_length={length} with clip_margin={margin} does not fit videos of "
+      f"{decoder.num_frames} frames; change --config.data.clip_length or "
+      "--config.data.clip_margin"
+    )
   instructions, num_records = _host_split(
-      builder, data_config.train_split, "train_split", process_index,
-      process_count)
+    builder, data_config.train_split, "train_split", process_index, process_count
+  )
   block = max(1, min(int(data_config.shuffle_buffer), num_records))
   order_key = _seed_pair(seed, process_index, process_count, 1)
   window_key = _seed_pair(seed, process_index, process_count, 2)
@@ -402,15 +423,16 @@ def make_train_iterator(data_config: ml_collections.ConfigDict,
     epoch_key = tf.random.experimental.stateless_fold_in(order_key, epoch)
     order = tf.argsort(tf.random.stateless_uniform([len(instructions)], epoch_key))
     ordered_takes = tf.gather(takes, order)
-    cut = tf.clip_by_value(first_record - tf.cumsum(ordered_takes, exclusive=True),
-                           0, ordered_takes)
-    records = _read_records(tf.gather(paths, order),
-                            tf.gather(skips, order) + cut, ordered_takes - cut)
+    cut = tf.clip_by_value(
+      first_record - tf.cumsum(ordered_takes, exclusive=True), 0, ordered_takes
+    )
+    records = _read_records(
+      tf.gather(paths, order), tf.gather(skips, order) + cut, ordered_takes - cut
+    )
 
     def permute(index, records):
       key = tf.random.experimental.stateless_fold_in(epoch_key, index)
-      return tf.gather(records, tf.argsort(
-          tf.random.stateless_uniform(tf.shape(records)[:1], key)))
+      return tf.gather(records, tf.argsort(tf.random.stateless_uniform(tf.shape(records)[:1], key)))
 
     blocks = records.batch(block).enumerate(start=first_record // block)
     return blocks.map(permute).unbatch()
@@ -418,21 +440,22 @@ def make_train_iterator(data_config: ml_collections.ConfigDict,
   position = start_step * local_batch  # records this host consumed before
   epoch, offset = divmod(position, num_records)
   first_block_start = offset - offset % block
-  stream = epoch_records(tf.constant(epoch, tf.int64),
-                         tf.constant(first_block_start, tf.int64))
+  stream = epoch_records(tf.constant(epoch, tf.int64), tf.constant(first_block_start, tf.int64))
   stream = stream.concatenate(
-      tf.data.Dataset.range(epoch + 1, np.iinfo(np.int64).max).flat_map(
-          lambda e: epoch_records(e, tf.constant(0, tf.int64))))
+    tf.data.Dataset.range(epoch + 1, np.iinfo(np.int64).max).flat_map(
+      lambda e: epoch_records(e, tf.constant(0, tf.int64))
+    )
+  )
   stream = stream.skip(offset - first_block_start).enumerate(start=position)
 
   def decode(index, record):
     key = tf.random.experimental.stateless_fold_in(window_key, index)
-    start = tf.random.stateless_uniform([], key, minval=margin,
-                                        maxval=last_start + 1, dtype=tf.int32)
+    start = tf.random.stateless_uniform(
+      [], key, minval=margin, maxval=last_start + 1, dtype=tf.int32
+    )
     return decoder.decode(decoder.parse(record), start, length)
 
-  stream = stream.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=True)
+  stream = stream.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   stream = stream.batch(local_batch, drop_remainder=True).prefetch(2)
   valid = np.ones((local_batch,), bool)
   for batch in stream.with_options(_options()).as_numpy_iterator():
@@ -440,8 +463,9 @@ def make_train_iterator(data_config: ml_collections.ConfigDict,
 
 
 # ---------------------------------------------------------------- evaluation --
-def num_eval_batches(data_config: ml_collections.ConfigDict,
-                     global_batch_size: int, process_count: int) -> int:
+def num_eval_batches(
+  data_config: ml_collections.ConfigDict, global_batch_size: int, process_count: int
+) -> int:
   """Batches every host yields in `make_eval_iterator`."""
   local_batch = _local_batch_size(global_batch_size, process_count)
   builder = get_builder(data_config)
@@ -449,10 +473,13 @@ def num_eval_batches(data_config: ml_collections.ConfigDict,
   return math.ceil(math.ceil(total / process_count) / local_batch)
 
 
-def make_eval_iterator(data_config: ml_collections.ConfigDict,
-                       global_batch_size: int, *,
-                       process_index: int | None = None,
-                       process_count: int | None = None) -> Iterator[dict]:
+def make_eval_iterator(
+  data_config: ml_collections.ConfigDict,
+  global_batch_size: int,
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[dict]:
   """One pass over `eval_split` with full videos, padded to whole batches.
 
   Every host yields `num_eval_batches(...)` batches; padding examples are
@@ -468,16 +495,19 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict,
   frames = data_config.eval_frames
   frames = decoder.num_frames if frames is None else int(frames)
   if not 1 <= frames <= decoder.num_frames:
-    raise ValueError(f"eval_frames={frames} not in [1, {decoder.num_frames}]; "
-                     "change --config.data.eval_frames")
+    raise ValueError(
+      f"eval_frames={frames} not in [1, {decoder.num_frames}]; change --config.data.eval_frames"
+    )
   instructions, _ = _host_split(
-      builder, data_config.eval_split, "eval_split", process_index, process_count)
+    builder, data_config.eval_split, "eval_split", process_index, process_count
+  )
   num_batches = num_eval_batches(data_config, global_batch_size, process_count)
   examples = _read_records(*_instruction_tensors(instructions)).map(
-      lambda r: dict(decoder.decode(decoder.parse(r), 0, frames), valid=True),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  zeros = {name: tf.zeros(spec.shape, spec.dtype)
-           for name, spec in examples.element_spec.items()}
+    lambda r: dict(decoder.decode(decoder.parse(r), 0, frames), valid=True),
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
+  zeros = {name: tf.zeros(spec.shape, spec.dtype) for name, spec in examples.element_spec.items()}
   zeros["valid"] = tf.constant(False)
   padded = examples.concatenate(tf.data.Dataset.from_tensors(zeros).repeat())
   padded = padded.take(num_batches * local_batch).batch(local_batch).prefetch(2)

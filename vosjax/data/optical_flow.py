@@ -8,6 +8,7 @@ Motion Grouping (docs/algorithms.md §2.1) stores RAFT flows as `Flows_gap{g}/<s
 (optionally `Flows_gap{g}/<res>/<seq>/...`), named after the source frame t, for the flow
 t -> t + g; it resizes them bilinearly and rescales the vectors (`resize_flow`).
 """
+
 from __future__ import annotations
 
 import os
@@ -101,8 +102,9 @@ def resize_flow(flow, resolution: Sequence[int]) -> np.ndarray:
   if (height, width) == (new_height, new_width):
     return flow
   frames = flow.reshape((-1, height, width, 2))
-  out = np.stack([cv2.resize(f, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
-                  for f in frames])
+  out = np.stack(
+    [cv2.resize(f, (new_width, new_height), interpolation=cv2.INTER_LINEAR) for f in frames]
+  )
   out *= np.array([new_height / height, new_width / width], np.float32)
   return out.reshape(flow.shape[:-3] + (new_height, new_width, 2))
 
@@ -149,9 +151,14 @@ def raft_flow_dir(flow_root, sequence: str, gap: int, res: str | None = None) ->
   return (base / res / sequence) if res else base / sequence
 
 
-def read_raft_flows(flow_root, sequence: str, gap: int, frame_names: Sequence[str],
-                    resolution: Sequence[int] | None = None,
-                    res: str | None = None) -> np.ndarray:
+def read_raft_flows(
+  flow_root,
+  sequence: str,
+  gap: int,
+  frame_names: Sequence[str],
+  resolution: Sequence[int] | None = None,
+  res: str | None = None,
+) -> np.ndarray:
   """Precomputed .flo files of one sequence and gap -> float32 [T, h, w, 2] (dy, dx).
 
   Frames whose target t + gap is outside the sequence have no file and get zeros; any other
@@ -185,15 +192,20 @@ def read_raft_flows(flow_root, sequence: str, gap: int, frame_names: Sequence[st
 # ---------------------------------------------------------------- disk cache
 
 
-def flow_cache_path(cache_dir, key: str, gap: int, resolution: Sequence[int],
-                    method: str) -> Path:
+def flow_cache_path(cache_dir, key: str, gap: int, resolution: Sequence[int], method: str) -> Path:
   height, width = resolution
   return Path(cache_dir) / key / f"{method}_gap{gap}_{height}x{width}.npy"
 
 
-def cached_flows(cache_dir, key: str, gaps: Sequence[int], resolution: Sequence[int],
-                 compute: Callable[[int], np.ndarray], method: str = "dis-medium",
-                 mmap: bool = True) -> dict[int, np.ndarray]:
+def cached_flows(
+  cache_dir,
+  key: str,
+  gaps: Sequence[int],
+  resolution: Sequence[int],
+  compute: Callable[[int], np.ndarray],
+  method: str = "dis-medium",
+  mmap: bool = True,
+) -> dict[int, np.ndarray]:
   """Flows [T, h, w, 2] per gap, computed once per (key, gap, resolution, method) and kept on disk.
 
   Args:
@@ -211,8 +223,10 @@ def cached_flows(cache_dir, key: str, gaps: Sequence[int], resolution: Sequence[
     if not path.exists():
       flows = np.asarray(compute(gap), np.float32)
       if flows.ndim != 4 or flows.shape[1:] != (*resolution, 2):
-        raise ValueError(f"computed flow for {key} gap {gap} has shape {flows.shape}, expected "
-                         f"[T, {resolution[0]}, {resolution[1]}, 2]")
+        raise ValueError(
+          f"computed flow for {key} gap {gap} has shape {flows.shape}, expected "
+          f"[T, {resolution[0]}, {resolution[1]}, 2]"
+        )
       path.parent.mkdir(parents=True, exist_ok=True)
       tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
       with open(tmp, "wb") as f:
@@ -225,8 +239,9 @@ def cached_flows(cache_dir, key: str, gaps: Sequence[int], resolution: Sequence[
   return out
 
 
-def dis_video_flows(video, gaps: Sequence[int], resolution: Sequence[int] | None = None,
-                    preset: str = "medium") -> dict[int, np.ndarray]:
+def dis_video_flows(
+  video, gaps: Sequence[int], resolution: Sequence[int] | None = None, preset: str = "medium"
+) -> dict[int, np.ndarray]:
   """DIS flows of a video [T, H, W, 3] at its resolution, resized to `resolution` if given."""
   out = {}
   for gap in gaps:
@@ -235,12 +250,22 @@ def dis_video_flows(video, gaps: Sequence[int], resolution: Sequence[int] | None
   return out
 
 
-def cached_video_dis_flows(video, resolution: Sequence[int], cache_dir, key: str,
-                           preset: str = "medium", gaps: Sequence[int] = (1, -1),
-                           progress: bool = True) -> dict[int, np.ndarray]:
+def cached_video_dis_flows(
+  video,
+  resolution: Sequence[int],
+  cache_dir,
+  key: str,
+  preset: str = "medium",
+  gaps: Sequence[int] = (1, -1),
+  progress: bool = True,
+) -> dict[int, np.ndarray]:
   """DIS flows [T, h, w, 2] per gap of a video [T, H, W, 3], computed at its own size and resized
   to `resolution` with the vectors rescaled (as on DAVIS), cached under `cache_dir/key`."""
   return cached_flows(
-      cache_dir, key, gaps, resolution,
-      lambda gap: resize_flow(video_flow(video, gap, preset, progress), resolution),
-      method=f"dis-{preset}")
+    cache_dir,
+    key,
+    gaps,
+    resolution,
+    lambda gap: resize_flow(video_flow(video, gap, preset, progress), resolution),
+    method=f"dis-{preset}",
+  )

@@ -4,11 +4,12 @@ Both yield host-local numpy batches of `config.batch_size // jax.process_count()
 training loop turns them into global arrays. `config.data.source` picks the reader.
 
 Data shards: the training stream of a TFDS dataset is split into `config.data.num_shards` shards
-(default: one per process). Each shard yields `batch_size // num_shards` examples per step and process
-p reads the contiguous shards p*k .. p*k+k-1 (k = num_shards // process_count), so the global batch of
-a step is the same whatever the number of processes: fix `num_shards` and a run can move between
-1 and many hosts (or be compared across them) and see the same data.
+(default: one per process). Each shard yields `batch_size // num_shards` examples per step and
+process p reads the contiguous shards p*k .. p*k+k-1 (k = num_shards // process_count), so the
+global batch of a step is the same whatever the number of processes: fix `num_shards` and a run can
+move between 1 and many hosts (or be compared across them) and see the same data.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -32,56 +33,85 @@ def source(config: ml_collections.ConfigDict) -> str:
   return config.data.source
 
 
-def make_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0) -> Iterator[dict]:
+def make_train_iterator(
+  config: ml_collections.ConfigDict, *, start_step: int = 0
+) -> Iterator[dict]:
   """Infinite, deterministic training batches; `start_step` resumes the exact sequence."""
   if source(config) == "frame_clips":
     from vosjax.data import davis  # pylint: disable=g-import-not-at-top
+
     return davis.make_clip_iterator(
-        config.data.root, config.data.sequences, config.data.resolution,
-        config.batch_size // jax.process_count(), seed=config.seed + jax.process_index(),
-        start_step=start_step, clip_length=config.data.clip_length,
-        frame_gap=config.data.frame_gap, quality=config.data.quality,
-        gap_shrink=config.data.gap_shrink)
+      config.data.root,
+      config.data.sequences,
+      config.data.resolution,
+      config.batch_size // jax.process_count(),
+      seed=config.seed + jax.process_index(),
+      start_step=start_step,
+      clip_length=config.data.clip_length,
+      frame_gap=config.data.frame_gap,
+      quality=config.data.quality,
+      gap_shrink=config.data.gap_shrink,
+    )
   if source(config) == "davis":
     from vosjax.data import davis  # pylint: disable=g-import-not-at-top
+
     return davis.make_flow_pair_iterator(
-        config.data.root, config.data.sequences or davis.list_sequences(config.data.root),
-        config.data.resolution,
-        config.batch_size // jax.process_count(), seed=config.seed + jax.process_index(),
-        start_step=start_step, flow_cache_dir=config.data.flow_cache_dir,
-        gaps=tuple(config.data.gaps), raft_flow_root=config.data.raft_flow_root,
-        raft_res=config.data.raft_res)
+      config.data.root,
+      config.data.sequences or davis.list_sequences(config.data.root),
+      config.data.resolution,
+      config.batch_size // jax.process_count(),
+      seed=config.seed + jax.process_index(),
+      start_step=start_step,
+      flow_cache_dir=config.data.flow_cache_dir,
+      gaps=tuple(config.data.gaps),
+      raft_flow_root=config.data.raft_flow_root,
+      raft_res=config.data.raft_res,
+    )
   from vosjax.data import movi  # pylint: disable=g-import-not-at-top
+
   num_shards = config.data.num_shards or jax.process_count()
   if num_shards % jax.process_count() or config.batch_size % num_shards:
     raise ValueError(
-        f"config.data.num_shards={num_shards} must be a multiple of the process count "
-        f"({jax.process_count()}) and divide config.batch_size={config.batch_size}.")
+      f"config.data.num_shards={num_shards} must be a multiple of the process count "
+      f"({jax.process_count()}) and divide config.batch_size={config.batch_size}."
+    )
   per_process = num_shards // jax.process_count()
-  shards = [movi.make_train_iterator(
-      config.data, config.batch_size, seed=config.seed, start_step=start_step,
-      process_index=shard, process_count=num_shards)
-            for shard in range(jax.process_index() * per_process,
-                               (jax.process_index() + 1) * per_process)]
+  shards = [
+    movi.make_train_iterator(
+      config.data,
+      config.batch_size,
+      seed=config.seed,
+      start_step=start_step,
+      process_index=shard,
+      process_count=num_shards,
+    )
+    for shard in range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+  ]
   if len(shards) == 1:
     return shards[0]
-  return (jax.tree.map(lambda *parts: np.concatenate(parts), *batches)
-          for batches in zip(*shards))
+  return (jax.tree.map(lambda *parts: np.concatenate(parts), *batches) for batches in zip(*shards))
 
 
 def check_eval_data(config: ml_collections.ConfigDict) -> None:
   """Fails now (before any training) if the evaluation split cannot be read (TFDS source only)."""
   if source(config) == "tfds":
     from vosjax.data import movi  # pylint: disable=g-import-not-at-top
+
     movi.check_split(config.data, "eval_split")
 
 
 def make_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict]:
   """One finite pass over the evaluation split, full videos, last batch padded (`valid`)."""
   if source(config) != "tfds":
-    raise ValueError("Frame-folder evaluation runs through `vosjax.evaluate` / the segment command, "
-                     "not the in-training evaluation; set --config.eval_every_steps=0.")
+    raise ValueError(
+      "Frame-folder evaluation runs through `vosjax.evaluate` / the segment command, "
+      "not the in-training evaluation; set --config.eval_every_steps=0."
+    )
   from vosjax.data import movi  # pylint: disable=g-import-not-at-top
+
   return movi.make_eval_iterator(
-      config.data, config.eval_batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
+    config.data,
+    config.eval_batch_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )

@@ -42,6 +42,7 @@ of the exact motion), and such names are
 accepted by `tfds.builder("vosjax_synthetic/<name>")` too, so caches of
 different data never collide.
 """
+
 from __future__ import annotations
 
 import collections
@@ -62,23 +63,40 @@ from vosjax.data import synthetic_render
 
 _SPLITS = {"train": 0, "validation": 1}
 _NAME_PATTERN = re.compile(
-    r"^(?P<height>\d+)x(?P<width>\d+)(?:_f(?P<num_frames>\d+))?"
-    r"(?:_o(?P<min_objects>\d+)-(?P<max_objects>\d+))?"
-    r"(?:_n(?P<train_videos>\d+)-(?P<validation_videos>\d+))?(?:_s(?P<seed>\d+))?"
-    r"(?:_(?P<flow>dis))?$")
+  r"^(?P<height>\d+)x(?P<width>\d+)(?:_f(?P<num_frames>\d+))?"
+  r"(?:_o(?P<min_objects>\d+)-(?P<max_objects>\d+))?"
+  r"(?:_n(?P<train_videos>\d+)-(?P<validation_videos>\d+))?(?:_s(?P<seed>\d+))?"
+  r"(?:_(?P<flow>dis))?$"
+)
 # Where the flow features come from: "exact" (the renderer's motion, exact by construction) or
 # "dis" (OpenCV DIS estimated from the rendered frames, as `vosjax.segment` does for users' videos).
 FLOW_SOURCES = ("exact", "dis")
 # MOVi-E's instance categories (the synthetic set only uses "None").
 MOVI_E_CATEGORIES = (
-    "Action Figures", "Bag", "Board Games", "Bottles and Cans and Cups",
-    "Camera", "Car Seat", "Consumer Goods", "Hat", "Headphones", "Keyboard",
-    "Legos", "Media Cases", "Mouse", "None", "Shoe", "Stuffed Toys", "Toys")
+  "Action Figures",
+  "Bag",
+  "Board Games",
+  "Bottles and Cans and Cups",
+  "Camera",
+  "Car Seat",
+  "Consumer Goods",
+  "Hat",
+  "Headphones",
+  "Keyboard",
+  "Legos",
+  "Media Cases",
+  "Mouse",
+  "None",
+  "Shoe",
+  "Stuffed Toys",
+  "Toys",
+)
 
 
 @dataclasses.dataclass(eq=False)
 class VosjaxSyntheticConfig(tfds.core.BuilderConfig):
   """Generation parameters. Leave `name` empty: it is derived from the fields."""
+
   name: str = ""
   height: int = 64
   width: int = 64
@@ -97,26 +115,28 @@ class VosjaxSyntheticConfig(tfds.core.BuilderConfig):
       raise ValueError(f"num_frames must be >= 2, got {self.num_frames}")
     if not 1 <= self.min_objects <= self.max_objects <= synthetic_render.MAX_OBJECTS:
       raise ValueError(
-          f"need 1 <= min_objects ({self.min_objects}) <= max_objects "
-          f"({self.max_objects}) <= {synthetic_render.MAX_OBJECTS}")
+        f"need 1 <= min_objects ({self.min_objects}) <= max_objects "
+        f"({self.max_objects}) <= {synthetic_render.MAX_OBJECTS}"
+      )
     if self.flow not in FLOW_SOURCES:
       raise ValueError(f"flow must be one of {FLOW_SOURCES}, got {self.flow!r}")
     if self.train_videos < 1 or self.validation_videos < 1 or self.seed < 0:
-      raise ValueError("train_videos and validation_videos must be >= 1 and "
-                       f"seed >= 0, got {self}")
+      raise ValueError(f"train_videos and validation_videos must be >= 1 and seed >= 0, got {self}")
     canonical = self.canonical_name()
     if not self.name:
       self.name = canonical
     elif self.name != canonical:
       raise ValueError(
-          f"config name {self.name!r} does not match its parameters "
-          f"({canonical!r}); leave name empty to derive it")
+        f"config name {self.name!r} does not match its parameters "
+        f"({canonical!r}); leave name empty to derive it"
+      )
     if not self.description:
       self.description = (
-          f"{self.height}x{self.width}, {self.num_frames} frames, "
-          f"{self.min_objects}..{self.max_objects} objects, "
-          f"{self.train_videos} train / {self.validation_videos} validation "
-          f"videos, seed {self.seed}, {self.flow} flow")
+        f"{self.height}x{self.width}, {self.num_frames} frames, "
+        f"{self.min_objects}..{self.max_objects} objects, "
+        f"{self.train_videos} train / {self.validation_videos} validation "
+        f"videos, seed {self.seed}, {self.flow} flow"
+      )
 
   def canonical_name(self) -> str:
     """`HxW` plus a tag for each field that differs from its default."""
@@ -141,19 +161,20 @@ class VosjaxSyntheticConfig(tfds.core.BuilderConfig):
     match = _NAME_PATTERN.match(name)
     if match is None:
       raise ValueError(
-          f"{name!r} is not a vosjax_synthetic config name; expected "
-          "'HxW[_fFRAMES][_oMIN-MAX][_nTRAIN-VALIDATION][_sSEED][_dis]', e.g. "
-          "'64x64', '32x32_f8_o2-4_n8-4' or '64x64_o1-1_dis'")
-    fields = {k: v if k == "flow" else int(v) for k, v in match.groupdict().items()
-              if v is not None}
+        f"{name!r} is not a vosjax_synthetic config name; expected "
+        "'HxW[_fFRAMES][_oMIN-MAX][_nTRAIN-VALIDATION][_sSEED][_dis]', e.g. "
+        "'64x64', '32x32_f8_o2-4_n8-4' or '64x64_o1-1_dis'"
+      )
+    fields = {
+      k: v if k == "flow" else int(v) for k, v in match.groupdict().items() if v is not None
+    }
     config = cls(**fields)
     if config.name != name:  # e.g. a default value spelled out explicitly
       raise ValueError(f"{name!r} is not canonical; use {config.name!r}")
     return config
 
 
-def _bounding_boxes(segmentation: np.ndarray,
-                    instance_id: int) -> tuple[np.ndarray, np.ndarray]:
+def _bounding_boxes(segmentation: np.ndarray, instance_id: int) -> tuple[np.ndarray, np.ndarray]:
   """Kubric's `compute_bboxes` for one id: boxes [n, 4] (ymin, xmin, ymax, xmax)
   normalized, with max + 1 pixel, and the n frames where the id is visible."""
   mask = segmentation == instance_id  # [T, H, W]
@@ -169,40 +190,49 @@ def _bounding_boxes(segmentation: np.ndarray,
   return boxes.astype(np.float32), frames.astype(np.int32)
 
 
-def _instance_features_of(obj: synthetic_render.SceneObject, boxes: np.ndarray,
-                          frames: np.ndarray, visibility: np.ndarray,
-                          image_position: np.ndarray) -> dict:
+def _instance_features_of(
+  obj: synthetic_render.SceneObject,
+  boxes: np.ndarray,
+  frames: np.ndarray,
+  visibility: np.ndarray,
+  image_position: np.ndarray,
+) -> dict:
   """MOVi-E instance features of one card (stand-ins where 3-D is missing)."""
   fps = synthetic_render.FRAMES_PER_SECOND
   zeros = np.zeros_like(obj.angle)
   half = obj.angle / 2.0
   # The card's 3-D box has no thickness: its top and bottom corners coincide.
-  corners = np.array([(x, y * obj.aspect) for x in (-1, 1) for y in (-1, 1)
-                      for _ in (0, 1)])  # [8, 2]
+  corners = np.array(
+    [(x, y * obj.aspect) for x in (-1, 1) for y in (-1, 1) for _ in (0, 1)]
+  )  # [8, 2]
   cos, sin = np.cos(obj.angle)[:, None], np.sin(obj.angle)[:, None]
-  rotated = np.stack([cos * corners[:, 0] - sin * corners[:, 1],
-                      sin * corners[:, 0] + cos * corners[:, 1],
-                      np.zeros((len(cos), 8))], -1)  # [T, 8, 3]
+  rotated = np.stack(
+    [
+      cos * corners[:, 0] - sin * corners[:, 1],
+      sin * corners[:, 0] + cos * corners[:, 1],
+      np.zeros((len(cos), 8)),
+    ],
+    -1,
+  )  # [T, 8, 3]
   return {
-      "mass": np.float32(np.pi * obj.aspect * obj.scale[0] ** 2),
-      "friction": np.float32(0.5),
-      "restitution": np.float32(0.5),
-      "positions": obj.position.astype(np.float32),
-      "quaternions": np.stack([np.cos(half), zeros, zeros, np.sin(half)],
-                              -1).astype(np.float32),
-      "velocities": (np.gradient(obj.position, axis=0) * fps).astype(np.float32),
-      "angular_velocities": np.stack(
-          [zeros, zeros, np.gradient(obj.angle) * fps], -1).astype(np.float32),
-      "bboxes_3d": (obj.scale[:, None, None] * rotated +
-                    obj.position[:, None, :]).astype(np.float32),
-      "image_positions": image_position.astype(np.float32),
-      "bboxes": boxes,
-      "bbox_frames": frames,
-      "visibility": visibility.astype(np.uint16),
-      "asset_id": obj.asset_id,
-      "category": "None",
-      "scale": np.float32(obj.scale[0]),
-      "is_dynamic": obj.is_dynamic,
+    "mass": np.float32(np.pi * obj.aspect * obj.scale[0] ** 2),
+    "friction": np.float32(0.5),
+    "restitution": np.float32(0.5),
+    "positions": obj.position.astype(np.float32),
+    "quaternions": np.stack([np.cos(half), zeros, zeros, np.sin(half)], -1).astype(np.float32),
+    "velocities": (np.gradient(obj.position, axis=0) * fps).astype(np.float32),
+    "angular_velocities": np.stack([zeros, zeros, np.gradient(obj.angle) * fps], -1).astype(
+      np.float32
+    ),
+    "bboxes_3d": (obj.scale[:, None, None] * rotated + obj.position[:, None, :]).astype(np.float32),
+    "image_positions": image_position.astype(np.float32),
+    "bboxes": boxes,
+    "bbox_frames": frames,
+    "visibility": visibility.astype(np.uint16),
+    "asset_id": obj.asset_id,
+    "category": "None",
+    "scale": np.float32(obj.scale[0]),
+    "is_dynamic": obj.is_dynamic,
   }
 
 
@@ -210,17 +240,17 @@ def _camera_features_of(scene: synthetic_render.Scene) -> dict:
   """MOVi camera features: MOVi's lens, looking along +z without rotation."""
   focal, sensor = synthetic_render.FOCAL_LENGTH_MM, synthetic_render.SENSOR_WIDTH_MM
   return {
-      "focal_length": np.float32(focal),
-      "sensor_width": np.float32(sensor),
-      "field_of_view": np.float32(2 * math.atan(sensor / (2 * focal))),
-      "positions": scene.camera_position.astype(np.float32),
-      "quaternions": np.tile(np.array([1, 0, 0, 0], np.float32),
-                             (scene.num_frames, 1)),
+    "focal_length": np.float32(focal),
+    "sensor_width": np.float32(sensor),
+    "field_of_view": np.float32(2 * math.atan(sensor / (2 * focal))),
+    "positions": scene.camera_position.astype(np.float32),
+    "quaternions": np.tile(np.array([1, 0, 0, 0], np.float32), (scene.num_frames, 1)),
   }
 
 
-def render_movi_arrays(scene: synthetic_render.Scene, height: int,
-                       width: int, flow: str = "exact") -> dict:
+def render_movi_arrays(
+  scene: synthetic_render.Scene, height: int, width: int, flow: str = "exact"
+) -> dict:
   """Renders a scene into MOVi-E's layout (numpy; no image encoding).
 
   Instances are sorted by total visibility, descending, and segmentation ids
@@ -241,8 +271,9 @@ def render_movi_arrays(scene: synthetic_render.Scene, height: int,
   render = synthetic_render.render_scene(scene, height, width)
   layer = render["layer"]
   num_frames, num_objects = scene.num_frames, len(scene.objects)
-  counts = np.stack([np.bincount(layer[t].ravel(), minlength=num_objects + 1)
-                     for t in range(num_frames)], 1)[:num_objects]  # [K, T]
+  counts = np.stack(
+    [np.bincount(layer[t].ravel(), minlength=num_objects + 1) for t in range(num_frames)], 1
+  )[:num_objects]  # [K, T]
   order = np.argsort(-counts.sum(1), kind="stable")
   new_id = np.zeros(num_objects + 1, np.uint8)  # background -> 0
   new_id[order] = np.arange(1, num_objects + 1)
@@ -259,27 +290,32 @@ def render_movi_arrays(scene: synthetic_render.Scene, height: int,
   backward, backward_range = quantize(backward_flow)
   depth, depth_range = quantize(render["depth"])
   is_object = (layer < num_objects)[..., None]
-  coords = np.concatenate([(render["object_uv"] + 1.0) / 2.0,
-                           np.full(layer.shape + (1,), 0.5)], -1)
+  coords = np.concatenate([(render["object_uv"] + 1.0) / 2.0, np.full(layer.shape + (1,), 0.5)], -1)
   coords = np.where(is_object, np.clip(coords, 0.0, 1.0), 0.0)
   object_coordinates = np.round(coords * 65535.0).astype(np.uint16)
 
   instances = []
   for rank, k in enumerate(order):
     boxes, frames = _bounding_boxes(segmentation, rank + 1)
-    instances.append(_instance_features_of(
-        scene.objects[k], boxes, frames, counts[k],
-        render["offset"][k] / [width, height]))
+    instances.append(
+      _instance_features_of(
+        scene.objects[k], boxes, frames, counts[k], render["offset"][k] / [width, height]
+      )
+    )
   return {
-      "video": images.to_uint8(render["rgb"]),
-      "segmentations": segmentation[..., None],
-      "forward_flow": forward, "forward_flow_range": forward_range,
-      "backward_flow": backward, "backward_flow_range": backward_range,
-      "depth": depth, "depth_range": depth_range,
-      "object_coordinates": object_coordinates,
-      "instances": instances, "camera": _camera_features_of(scene),
-      "order": order,
-      "render": render,
+    "video": images.to_uint8(render["rgb"]),
+    "segmentations": segmentation[..., None],
+    "forward_flow": forward,
+    "forward_flow_range": forward_range,
+    "backward_flow": backward,
+    "backward_flow_range": backward_range,
+    "depth": depth,
+    "depth_range": depth_range,
+    "object_coordinates": object_coordinates,
+    "instances": instances,
+    "camera": _camera_features_of(scene),
+    "order": order,
+    "render": render,
   }
 
 
@@ -287,8 +323,7 @@ def _png(frame: np.ndarray) -> bytes:
   """Lossless PNG bytes of one frame [H, W, C] (uint8 or uint16, RGB order)."""
   if frame.shape[-1] == 3:
     frame = frame[..., ::-1]  # OpenCV writes BGR
-  ok, data = cv2.imencode(".png", np.ascontiguousarray(frame),
-                          [cv2.IMWRITE_PNG_COMPRESSION, 1])
+  ok, data = cv2.imencode(".png", np.ascontiguousarray(frame), [cv2.IMWRITE_PNG_COMPRESSION, 1])
   if not ok:
     raise RuntimeError(f"PNG encoding failed for a frame of shape {frame.shape}")
   return data.tobytes()
@@ -299,63 +334,60 @@ def video_name(split: str, index: int) -> str:
   return f"{split}_{index:06d}"
 
 
-def render_example(config: VosjaxSyntheticConfig, split: str,
-                   index: int) -> dict:
+def render_example(config: VosjaxSyntheticConfig, split: str, index: int) -> dict:
   """The TFDS example (features of `VosjaxSynthetic.info`) of one video."""
   rng = synthetic_render.scene_rng(config.seed, _SPLITS[split], index)
-  scene = synthetic_render.sample_scene(rng, config.num_frames,
-                                        config.min_objects, config.max_objects)
+  scene = synthetic_render.sample_scene(
+    rng, config.num_frames, config.min_objects, config.max_objects
+  )
   arrays = render_movi_arrays(scene, config.height, config.width, config.flow)
   normal = np.zeros((config.height, config.width, 3), np.uint16)
   normal[..., :2] = 32768  # (0, 0, -1) encoded as (n + 1) / 2 * 65535
   normal_png = _png(normal)
   return {
-      "metadata": {
-          "video_name": video_name(split, index),
-          "width": config.width,
-          "height": config.height,
-          "num_frames": config.num_frames,
-          "num_instances": len(scene.objects),
-          "depth_range": arrays["depth_range"],
-          "forward_flow_range": arrays["forward_flow_range"],
-          "backward_flow_range": arrays["backward_flow_range"],
-      },
-      "background": scene.background.kind,
-      "instances": arrays["instances"],
-      "camera": arrays["camera"],
-      "events": {"collisions": []},
-      "video": [_png(f) for f in arrays["video"]],
-      "segmentations": [_png(f) for f in arrays["segmentations"]],
-      "forward_flow": list(arrays["forward_flow"]),
-      "backward_flow": list(arrays["backward_flow"]),
-      "depth": [_png(f) for f in arrays["depth"]],
-      "normal": [normal_png] * config.num_frames,
-      "object_coordinates": [_png(f) for f in arrays["object_coordinates"]],
+    "metadata": {
+      "video_name": video_name(split, index),
+      "width": config.width,
+      "height": config.height,
+      "num_frames": config.num_frames,
+      "num_instances": len(scene.objects),
+      "depth_range": arrays["depth_range"],
+      "forward_flow_range": arrays["forward_flow_range"],
+      "backward_flow_range": arrays["backward_flow_range"],
+    },
+    "background": scene.background.kind,
+    "instances": arrays["instances"],
+    "camera": arrays["camera"],
+    "events": {"collisions": []},
+    "video": [_png(f) for f in arrays["video"]],
+    "segmentations": [_png(f) for f in arrays["segmentations"]],
+    "forward_flow": list(arrays["forward_flow"]),
+    "backward_flow": list(arrays["backward_flow"]),
+    "depth": [_png(f) for f in arrays["depth"]],
+    "normal": [normal_png] * config.num_frames,
+    "object_coordinates": [_png(f) for f in arrays["object_coordinates"]],
   }
 
 
 def _instance_features(num_frames: int) -> dict:
   """MOVi-E's `instances` features (kubric challenges/movi/movi_e.py)."""
   return {
-      "mass": np.float32,
-      "friction": np.float32,
-      "restitution": np.float32,
-      "positions": tfds.features.Tensor(shape=(num_frames, 3), dtype=np.float32),
-      "quaternions": tfds.features.Tensor(shape=(num_frames, 4), dtype=np.float32),
-      "velocities": tfds.features.Tensor(shape=(num_frames, 3), dtype=np.float32),
-      "angular_velocities": tfds.features.Tensor(shape=(num_frames, 3),
-                                                 dtype=np.float32),
-      "bboxes_3d": tfds.features.Tensor(shape=(num_frames, 8, 3), dtype=np.float32),
-      "image_positions": tfds.features.Tensor(shape=(num_frames, 2),
-                                              dtype=np.float32),
-      "bboxes": tfds.features.Sequence(tfds.features.BBoxFeature()),
-      "bbox_frames": tfds.features.Sequence(
-          tfds.features.Tensor(shape=(), dtype=np.int32)),
-      "visibility": tfds.features.Tensor(shape=(num_frames,), dtype=np.uint16),
-      "asset_id": tfds.features.Text(),
-      "category": tfds.features.ClassLabel(names=list(MOVI_E_CATEGORIES)),
-      "scale": np.float32,
-      "is_dynamic": np.bool_,
+    "mass": np.float32,
+    "friction": np.float32,
+    "restitution": np.float32,
+    "positions": tfds.features.Tensor(shape=(num_frames, 3), dtype=np.float32),
+    "quaternions": tfds.features.Tensor(shape=(num_frames, 4), dtype=np.float32),
+    "velocities": tfds.features.Tensor(shape=(num_frames, 3), dtype=np.float32),
+    "angular_velocities": tfds.features.Tensor(shape=(num_frames, 3), dtype=np.float32),
+    "bboxes_3d": tfds.features.Tensor(shape=(num_frames, 8, 3), dtype=np.float32),
+    "image_positions": tfds.features.Tensor(shape=(num_frames, 2), dtype=np.float32),
+    "bboxes": tfds.features.Sequence(tfds.features.BBoxFeature()),
+    "bbox_frames": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.int32)),
+    "visibility": tfds.features.Tensor(shape=(num_frames,), dtype=np.uint16),
+    "asset_id": tfds.features.Text(),
+    "category": tfds.features.ClassLabel(names=list(MOVI_E_CATEGORIES)),
+    "scale": np.float32,
+    "is_dynamic": np.bool_,
   }
 
 
@@ -365,8 +397,8 @@ class VosjaxSynthetic(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
-      VosjaxSyntheticConfig(height=64, width=64),
-      VosjaxSyntheticConfig(height=128, width=128),
+    VosjaxSyntheticConfig(height=64, width=64),
+    VosjaxSyntheticConfig(height=128, width=128),
   ]
 
   def _create_builder_config(self, builder_config, version):
@@ -382,67 +414,61 @@ class VosjaxSynthetic(tfds.core.GeneratorBasedBuilder):
     s, h, w = config.num_frames, config.height, config.width
     frames = lambda feature: tfds.features.Sequence(feature, length=s)
     return self.dataset_info_from_configs(
-        description=__doc__.split("\n\n")[0],
-        features=tfds.features.FeaturesDict({
-            "metadata": {
-                "video_name": tfds.features.Text(),
-                "width": np.int32,
-                "height": np.int32,
-                "num_frames": np.int32,
-                "num_instances": np.uint16,
-                "depth_range": tfds.features.Tensor(shape=(2,), dtype=np.float32),
-                "forward_flow_range": tfds.features.Tensor(shape=(2,),
-                                                           dtype=np.float32),
-                "backward_flow_range": tfds.features.Tensor(shape=(2,),
-                                                            dtype=np.float32),
-            },
-            "background": tfds.features.Text(),
-            "instances": tfds.features.Sequence(_instance_features(s)),
-            "camera": {
-                "focal_length": np.float32,
-                "sensor_width": np.float32,
-                "field_of_view": np.float32,
-                "positions": tfds.features.Tensor(shape=(s, 3), dtype=np.float32),
-                "quaternions": tfds.features.Tensor(shape=(s, 4), dtype=np.float32),
-            },
-            "events": {
-                "collisions": tfds.features.Sequence({
-                    "instances": tfds.features.Tensor(shape=(2,), dtype=np.uint16),
-                    "frame": np.int32,
-                    "force": np.float32,
-                    "position": tfds.features.Tensor(shape=(3,), dtype=np.float32),
-                    "image_position": tfds.features.Tensor(shape=(2,),
-                                                           dtype=np.float32),
-                    "contact_normal": tfds.features.Tensor(shape=(3,),
-                                                           dtype=np.float32),
-                }),
-            },
-            "video": tfds.features.Video(shape=(s, h, w, 3)),
-            "segmentations": frames(tfds.features.Image(shape=(h, w, 1),
-                                                        dtype=np.uint8)),
-            "forward_flow": frames(tfds.features.Tensor(shape=(h, w, 2),
-                                                        dtype=np.uint16)),
-            "backward_flow": frames(tfds.features.Tensor(shape=(h, w, 2),
-                                                         dtype=np.uint16)),
-            "depth": frames(tfds.features.Image(shape=(h, w, 1), dtype=np.uint16)),
-            "normal": tfds.features.Video(shape=(s, h, w, 3), dtype=np.uint16),
-            "object_coordinates": tfds.features.Video(shape=(s, h, w, 3),
-                                                      dtype=np.uint16),
-        }),
-        homepage="https://github.com/google-research/kubric (format)",
+      description=__doc__.split("\n\n")[0],
+      features=tfds.features.FeaturesDict(
+        {
+          "metadata": {
+            "video_name": tfds.features.Text(),
+            "width": np.int32,
+            "height": np.int32,
+            "num_frames": np.int32,
+            "num_instances": np.uint16,
+            "depth_range": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+            "forward_flow_range": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+            "backward_flow_range": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+          },
+          "background": tfds.features.Text(),
+          "instances": tfds.features.Sequence(_instance_features(s)),
+          "camera": {
+            "focal_length": np.float32,
+            "sensor_width": np.float32,
+            "field_of_view": np.float32,
+            "positions": tfds.features.Tensor(shape=(s, 3), dtype=np.float32),
+            "quaternions": tfds.features.Tensor(shape=(s, 4), dtype=np.float32),
+          },
+          "events": {
+            "collisions": tfds.features.Sequence(
+              {
+                "instances": tfds.features.Tensor(shape=(2,), dtype=np.uint16),
+                "frame": np.int32,
+                "force": np.float32,
+                "position": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+                "image_position": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+                "contact_normal": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+              }
+            ),
+          },
+          "video": tfds.features.Video(shape=(s, h, w, 3)),
+          "segmentations": frames(tfds.features.Image(shape=(h, w, 1), dtype=np.uint8)),
+          "forward_flow": frames(tfds.features.Tensor(shape=(h, w, 2), dtype=np.uint16)),
+          "backward_flow": frames(tfds.features.Tensor(shape=(h, w, 2), dtype=np.uint16)),
+          "depth": frames(tfds.features.Image(shape=(h, w, 1), dtype=np.uint16)),
+          "normal": tfds.features.Video(shape=(s, h, w, 3), dtype=np.uint16),
+          "object_coordinates": tfds.features.Video(shape=(s, h, w, 3), dtype=np.uint16),
+        }
+      ),
+      homepage="https://github.com/google-research/kubric (format)",
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # nothing to download
     config = self.builder_config
     return {
-        "train": self._generate_examples("train", config.train_videos),
-        "validation": self._generate_examples("validation",
-                                              config.validation_videos),
+      "train": self._generate_examples("train", config.train_videos),
+      "validation": self._generate_examples("validation", config.validation_videos),
     }
 
-  def _generate_examples(self, split: str,
-                         num_videos: int) -> Iterator[tuple[str, dict]]:
+  def _generate_examples(self, split: str, num_videos: int) -> Iterator[tuple[str, dict]]:
     # Each video depends only on (seed, split, index), so rendering in threads
     # (numpy and OpenCV release the GIL) cannot change the data.
     config = self.builder_config

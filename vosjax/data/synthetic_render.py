@@ -27,6 +27,7 @@ The TFDS builder (`synthetic.py`) uses `sample_scene`, `render_scene` and
 `quantize_to_uint16`; everything is deterministic given the numpy Generator
 passed to `sample_scene` (`scene_rng`).
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -39,8 +40,7 @@ SENSOR_WIDTH_MM = 32.0
 FRAMES_PER_SECOND = 12
 MAX_OBJECTS = 23
 
-SHAPES = ("ellipse", "rectangle", "triangle", "pentagon", "hexagon", "star",
-          "ring", "cross")
+SHAPES = ("ellipse", "rectangle", "triangle", "pentagon", "hexagon", "star", "ring", "cross")
 TEXTURES = ("solid", "stripes", "rings", "checker", "gradient")
 
 _STAR_INNER_RADIUS = 0.45
@@ -55,6 +55,7 @@ class Texture:
   `frequency` is in radians per layer unit, `direction` the grating angle.
   Background textures add a second grating (`frequency2`, `direction2`).
   """
+
   kind: str
   colors: np.ndarray  # [2, 3] float in [0, 1]
   frequency: float
@@ -68,6 +69,7 @@ class Texture:
 @dataclasses.dataclass(frozen=True)
 class SceneObject:
   """A textured card; per-frame arrays have leading dimension T."""
+
   shape: str
   num_points: int  # polygon sides / star points (0 for other shapes)
   aspect: float  # layer y half-extent / x half-extent
@@ -85,6 +87,7 @@ class SceneObject:
 @dataclasses.dataclass(frozen=True)
 class Scene:
   """Objects in front of a background plane seen by a moving camera."""
+
   camera_position: np.ndarray  # [T, 3] world (x, y, z); looks along +z
   background: Texture  # evaluated in world (x, y) on the plane
   background_depth: float  # world z of the background plane
@@ -108,30 +111,39 @@ def _sample_object_texture(rng: np.random.Generator) -> Texture:
   hue = rng.uniform()
   sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.55, 1.0)
   first = _hsv_to_rgb(hue, sat, val)
-  second = _hsv_to_rgb((hue + rng.uniform(-0.2, 0.2)) % 1.0,
-                       rng.uniform(0.3, 1.0), val * rng.uniform(0.35, 0.75))
-  return Texture(kind=str(rng.choice(TEXTURES)), colors=np.stack([first, second]),
-                 frequency=rng.uniform(2.0, 5.0),
-                 direction=rng.uniform(0, 2 * np.pi),
-                 phase=rng.uniform(0, 2 * np.pi))
+  second = _hsv_to_rgb(
+    (hue + rng.uniform(-0.2, 0.2)) % 1.0, rng.uniform(0.3, 1.0), val * rng.uniform(0.35, 0.75)
+  )
+  return Texture(
+    kind=str(rng.choice(TEXTURES)),
+    colors=np.stack([first, second]),
+    frequency=rng.uniform(2.0, 5.0),
+    direction=rng.uniform(0, 2 * np.pi),
+    phase=rng.uniform(0, 2 * np.pi),
+  )
 
 
 def _sample_background_texture(rng: np.random.Generator) -> Texture:
   hue = rng.uniform()
   first = _hsv_to_rgb(hue, rng.uniform(0.05, 0.5), rng.uniform(0.25, 0.75))
-  second = _hsv_to_rgb((hue + rng.uniform(-0.3, 0.3)) % 1.0,
-                       rng.uniform(0.05, 0.5), rng.uniform(0.25, 0.75))
-  return Texture(kind="gratings", colors=np.stack([first, second]),
-                 frequency=rng.uniform(0.6, 1.6),
-                 direction=rng.uniform(0, 2 * np.pi),
-                 phase=rng.uniform(0, 2 * np.pi),
-                 frequency2=rng.uniform(0.6, 1.6),
-                 direction2=rng.uniform(0, 2 * np.pi),
-                 phase2=rng.uniform(0, 2 * np.pi))
+  second = _hsv_to_rgb(
+    (hue + rng.uniform(-0.3, 0.3)) % 1.0, rng.uniform(0.05, 0.5), rng.uniform(0.25, 0.75)
+  )
+  return Texture(
+    kind="gratings",
+    colors=np.stack([first, second]),
+    frequency=rng.uniform(0.6, 1.6),
+    direction=rng.uniform(0, 2 * np.pi),
+    phase=rng.uniform(0, 2 * np.pi),
+    frequency2=rng.uniform(0.6, 1.6),
+    direction2=rng.uniform(0, 2 * np.pi),
+    phase2=rng.uniform(0, 2 * np.pi),
+  )
 
 
-def sample_scene(rng: np.random.Generator, num_frames: int, min_objects: int,
-                 max_objects: int) -> Scene:
+def sample_scene(
+  rng: np.random.Generator, num_frames: int, min_objects: int, max_objects: int
+) -> Scene:
   """Samples a MOVi-E-like scene: static and dynamic objects, moving camera.
 
   Args:
@@ -144,8 +156,9 @@ def sample_scene(rng: np.random.Generator, num_frames: int, min_objects: int,
     The scene; render it with `render_scene`.
   """
   if not 1 <= min_objects <= max_objects <= MAX_OBJECTS:
-    raise ValueError(f"need 1 <= min_objects ({min_objects}) <= max_objects "
-                     f"({max_objects}) <= {MAX_OBJECTS}")
+    raise ValueError(
+      f"need 1 <= min_objects ({min_objects}) <= max_objects ({max_objects}) <= {MAX_OBJECTS}"
+    )
   if num_frames < 2:
     raise ValueError(f"num_frames must be >= 2, got {num_frames}")
   frames = np.arange(num_frames, dtype=np.float64)
@@ -153,9 +166,9 @@ def sample_scene(rng: np.random.Generator, num_frames: int, min_objects: int,
   # Camera: linear motion (MOVi-E), pan plus a dolly along the viewing axis.
   pan_dir = rng.uniform(0, 2 * np.pi)
   pan_speed = rng.uniform(0.0, 0.06)
-  camera_velocity = np.array([pan_speed * np.cos(pan_dir),
-                              pan_speed * np.sin(pan_dir),
-                              rng.uniform(-0.04, 0.04)])
+  camera_velocity = np.array(
+    [pan_speed * np.cos(pan_dir), pan_speed * np.sin(pan_dir), rng.uniform(-0.04, 0.04)]
+  )
   camera_position = rel * camera_velocity
   background_depth = rng.uniform(20.0, 30.0)
   # Half-width of the view in world units per unit depth (square images).
@@ -170,8 +183,7 @@ def sample_scene(rng: np.random.Generator, num_frames: int, min_objects: int,
   for k in range(num_objects):
     shape = str(rng.choice(SHAPES))
     star_points = int(rng.integers(4, 7))  # drawn for every shape, used by stars
-    num_points = {"triangle": 3, "pentagon": 5, "hexagon": 6,
-                  "star": star_points}.get(shape, 0)
+    num_points = {"triangle": 3, "pentagon": 5, "hexagon": 6, "star": star_points}.get(shape, 0)
     depth = rng.uniform(6.0, 14.0)
     size = rng.uniform(0.7, 1.8)
     centre = rng.uniform(-0.85, 0.85, size=2) * view * depth
@@ -179,33 +191,41 @@ def sample_scene(rng: np.random.Generator, num_frames: int, min_objects: int,
     if dynamic[k]:
       direction = rng.uniform(0, 2 * np.pi)
       speed = rng.uniform(0.05, 0.25)
-      velocity = np.array([speed * np.cos(direction), speed * np.sin(direction),
-                           rng.uniform(-0.1, 0.1)])
+      velocity = np.array(
+        [speed * np.cos(direction), speed * np.sin(direction), rng.uniform(-0.1, 0.1)]
+      )
       depth_t = depth + rel[:, 0] * velocity[2]
       # Keep the card in front of the camera and of the background.
-      if (np.min(depth_t - camera_z) < 3.0 or
-          np.max(depth_t) > background_depth - 3.0):
+      if np.min(depth_t - camera_z) < 3.0 or np.max(depth_t) > background_depth - 3.0:
         velocity[2] = 0.0
       spin = rng.uniform(-0.12, 0.12)
       growth = rng.uniform(-0.015, 0.015) if rng.uniform() < 0.5 else 0.0
     else:
       velocity, spin, growth = np.zeros(3), 0.0, 0.0
     position = np.array([centre[0], centre[1], depth]) + rel * velocity
-    objects.append(SceneObject(
-        shape=shape, num_points=num_points,
+    objects.append(
+      SceneObject(
+        shape=shape,
+        num_points=num_points,
         aspect=float(rng.uniform(0.6, 1.0)),
         texture=_sample_object_texture(rng),
         position=position,
         angle=angle0 + spin * rel[:, 0],
         scale=size * np.exp(growth * rel[:, 0]),
-        is_dynamic=bool(dynamic[k])))
-  return Scene(camera_position=camera_position,
-               background=_sample_background_texture(rng),
-               background_depth=float(background_depth), objects=tuple(objects))
+        is_dynamic=bool(dynamic[k]),
+      )
+    )
+  return Scene(
+    camera_position=camera_position,
+    background=_sample_background_texture(rng),
+    background_depth=float(background_depth),
+    objects=tuple(objects),
+  )
 
 
-def layer_affines(scene: Scene, height: int,
-                  width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def layer_affines(
+  scene: Scene, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Per-frame affine maps from layer coordinates to image (x=col, y=row).
 
   Layers are the K objects followed by the background (index K), whose layer
@@ -244,7 +264,7 @@ def shape_mask(obj: SceneObject, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (np.abs(a) <= 1.0) & (np.abs(b) <= 1.0)
   if obj.shape == "ring":
     r2 = a * a + b * b
-    return (r2 <= 1.0) & (r2 >= _RING_INNER_RADIUS ** 2)
+    return (r2 <= 1.0) & (r2 >= _RING_INNER_RADIUS**2)
   if obj.shape == "cross":
     aa, bb, w = np.abs(a), np.abs(b), _CROSS_HALF_WIDTH
     return ((aa <= w) & (bb <= 1.0)) | ((aa <= 1.0) & (bb <= w))
@@ -274,23 +294,28 @@ def texture_colour(texture: Texture, a: np.ndarray, b: np.ndarray) -> np.ndarray
   elif texture.kind == "rings":
     value = 0.5 + 0.5 * np.sin(texture.frequency * np.hypot(a, b) + texture.phase)
   elif texture.kind == "checker":
-    value = 0.5 + 0.5 * (np.sin(texture.frequency * a + texture.phase) *
-                         np.sin(texture.frequency * b + texture.direction))
+    value = 0.5 + 0.5 * (
+      np.sin(texture.frequency * a + texture.phase)
+      * np.sin(texture.frequency * b + texture.direction)
+    )
   elif texture.kind == "gradient":
     value = np.clip(0.5 + 0.5 * along, 0.0, 1.0)
   elif texture.kind == "gratings":
     across = a * np.cos(texture.direction2) + b * np.sin(texture.direction2)
-    value = (0.5 + 0.25 * np.sin(texture.frequency * along + texture.phase) +
-             0.25 * np.sin(texture.frequency2 * across + texture.phase2))
+    value = (
+      0.5
+      + 0.25 * np.sin(texture.frequency * along + texture.phase)
+      + 0.25 * np.sin(texture.frequency2 * across + texture.phase2)
+    )
   else:
     raise ValueError(f"unknown texture kind {texture.kind!r}")
   first, second = texture.colors
   return first + value[:, None] * (second - first)
 
 
-def _trace(scene: Scene, matrix: np.ndarray, offset: np.ndarray,
-           plane_depth: np.ndarray,
-           points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _trace(
+  scene: Scene, matrix: np.ndarray, offset: np.ndarray, plane_depth: np.ndarray, points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
   """Visible layer and its layer coordinates at image points.
 
   Args:
@@ -310,8 +335,7 @@ def _trace(scene: Scene, matrix: np.ndarray, offset: np.ndarray,
   u = (points - offset[background][:, None]) @ np.swapaxes(inverse[background], -1, -2)
   for k, obj in enumerate(scene.objects):
     u_k = (points - offset[k][:, None]) @ np.swapaxes(inverse[k], -1, -2)
-    closer = (shape_mask(obj, u_k[..., 0], u_k[..., 1]) &
-              (plane_depth[k][:, None] < nearest))
+    closer = shape_mask(obj, u_k[..., 0], u_k[..., 1]) & (plane_depth[k][:, None] < nearest)
     nearest = np.where(closer, plane_depth[k][:, None], nearest)
     layer[closer] = k
     u[closer] = u_k[closer]
@@ -329,8 +353,9 @@ def _shade(scene: Scene, layer: np.ndarray, u: np.ndarray) -> np.ndarray:
   return rgb
 
 
-def sample_frame(scene: Scene, frame: int, points: np.ndarray, height: int,
-                 width: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_frame(
+  scene: Scene, frame: int, points: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Evaluates frame `frame` at arbitrary image points.
 
   Args:
@@ -348,8 +373,9 @@ def sample_frame(scene: Scene, frame: int, points: np.ndarray, height: int,
   return _shade(scene, layer, u)[0], layer[0]
 
 
-def _window(matrix: np.ndarray, offset: np.ndarray, height: int,
-            width: int) -> tuple[slice, slice] | None:
+def _window(
+  matrix: np.ndarray, offset: np.ndarray, height: int, width: int
+) -> tuple[slice, slice] | None:
   """Pixel rows/cols that a layer's unit square [-1, 1]^2 covers in any frame."""
   reach = np.abs(matrix).sum(-1)  # [T, 2] half-extent along x, y
   low = np.floor(np.min(offset - reach, 0) - 0.5).astype(int)
@@ -360,14 +386,14 @@ def _window(matrix: np.ndarray, offset: np.ndarray, height: int,
   return slice(low[1], high[1]), slice(low[0], high[0])
 
 
-def _apply_affine(matrix: np.ndarray, offset: np.ndarray, px: np.ndarray,
-                  py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _apply_affine(
+  matrix: np.ndarray, offset: np.ndarray, px: np.ndarray, py: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
   """Per-frame affine maps matrix [T, 2, 2], offset [T, 2] applied to pixel
   positions px [1, 1, w], py [1, h, 1] -> (x, y), each [T, h, w]."""
   m = matrix[:, :, :, None, None]
   o = offset[:, :, None, None]
-  return (m[:, 0, 0] * px + m[:, 0, 1] * py + o[:, 0],
-          m[:, 1, 0] * px + m[:, 1, 1] * py + o[:, 1])
+  return (m[:, 0, 0] * px + m[:, 0, 1] * py + o[:, 0], m[:, 1, 0] * px + m[:, 1, 1] * py + o[:, 1])
 
 
 def render_scene(scene: Scene, height: int, width: int) -> dict[str, np.ndarray]:
@@ -398,8 +424,7 @@ def render_scene(scene: Scene, height: int, width: int) -> dict[str, np.ndarray]
   px = (np.arange(width) + 0.5)[None, None, :]
   py = (np.arange(height) + 0.5)[None, :, None]
   full = (slice(None), slice(None))
-  windows = [_window(matrix[k], offset[k], height, width)
-             for k in range(num_objects)] + [full]
+  windows = [_window(matrix[k], offset[k], height, width) for k in range(num_objects)] + [full]
 
   # Visibility by z-buffer over each object's pixel window.
   layer = np.full((num_frames, height, width), num_objects, np.int64)
@@ -409,12 +434,11 @@ def render_scene(scene: Scene, height: int, width: int) -> dict[str, np.ndarray]
     if windows[k] is None:
       continue
     rows, cols = windows[k]
-    local[k] = _apply_affine(inverse[k], inverse_offset[k], px[..., cols],
-                             py[:, rows])
-    closer = (shape_mask(obj, *local[k]) &
-              (plane_depth[k][:, None, None] < nearest[:, rows, cols]))
-    nearest[:, rows, cols][closer] = np.broadcast_to(
-        plane_depth[k][:, None, None], closer.shape)[closer]
+    local[k] = _apply_affine(inverse[k], inverse_offset[k], px[..., cols], py[:, rows])
+    closer = shape_mask(obj, *local[k]) & (plane_depth[k][:, None, None] < nearest[:, rows, cols])
+    nearest[:, rows, cols][closer] = np.broadcast_to(plane_depth[k][:, None, None], closer.shape)[
+      closer
+    ]
     layer[:, rows, cols][closer] = k
 
   # Per-pixel quantities of the visible layer: the background on all pixels
@@ -427,8 +451,10 @@ def render_scene(scene: Scene, height: int, width: int) -> dict[str, np.ndarray]
   depth = np.broadcast_to(plane_depth[background][:, None, None], shape).copy()
   forward = np.zeros(shape + (2,))
   backward = np.zeros(shape + (2,))
-  flows = ((forward, slice(0, -1), forward_matrix, forward_offset),
-           (backward, slice(1, None), backward_matrix, backward_offset))
+  flows = (
+    (forward, slice(0, -1), forward_matrix, forward_offset),
+    (backward, slice(1, None), backward_matrix, backward_offset),
+  )
   for flow, frames, to_matrix, to_offset in flows:
     qx, qy = _apply_affine(to_matrix[background], to_offset[background], px, py)
     flow[frames] = np.stack([qy - py, qx - px], -1)  # (delta_row, delta_col)
@@ -437,23 +463,26 @@ def render_scene(scene: Scene, height: int, width: int) -> dict[str, np.ndarray]
     wx, wy = px[..., cols], py[:, rows]
     mask = layer[:, rows, cols] == k
     u[:, rows, cols][mask] = np.stack([ua[mask], ub[mask]], -1)
-    rgb[:, rows, cols][mask] = texture_colour(scene.objects[k].texture,
-                                              ua[mask], ub[mask])
-    depth[:, rows, cols][mask] = np.broadcast_to(
-        plane_depth[k][:, None, None], mask.shape)[mask]
+    rgb[:, rows, cols][mask] = texture_colour(scene.objects[k].texture, ua[mask], ub[mask])
+    depth[:, rows, cols][mask] = np.broadcast_to(plane_depth[k][:, None, None], mask.shape)[mask]
     for flow, frames, to_matrix, to_offset in flows:
       qx, qy = _apply_affine(to_matrix[k], to_offset[k], wx, wy)
       moved = mask[frames]
-      flow[frames, rows, cols][moved] = np.stack(
-          [(qy - wy)[moved], (qx - wx)[moved]], -1)
+      flow[frames, rows, cols][moved] = np.stack([(qy - wy)[moved], (qx - wx)[moved]], -1)
 
-  radial = np.sqrt(1.0 + ((px - width / 2.0) ** 2 + (py - height / 2.0) ** 2) /
-                   focal_length_px(width) ** 2)
+  radial = np.sqrt(
+    1.0 + ((px - width / 2.0) ** 2 + (py - height / 2.0) ** 2) / focal_length_px(width) ** 2
+  )
   return {
-      "rgb": rgb, "layer": layer, "object_uv": u,
-      "forward_flow": forward, "backward_flow": backward,
-      "depth": (depth * radial)[..., None],
-      "matrix": matrix, "offset": offset, "plane_depth": plane_depth,
+    "rgb": rgb,
+    "layer": layer,
+    "object_uv": u,
+    "forward_flow": forward,
+    "backward_flow": backward,
+    "depth": (depth * radial)[..., None],
+    "matrix": matrix,
+    "offset": offset,
+    "plane_depth": plane_depth,
   }
 
 

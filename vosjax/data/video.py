@@ -4,6 +4,7 @@ Frames are float32 [T, H, W, 3] in [0, 1] when read, uint8 [T, H, W, 3] when wri
 Video files are decoded with OpenCV (FFmpeg backend: mp4, avi, mov, mkv, webm, ...); GIFs
 with Pillow.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,9 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def list_frame_files(folder: Path) -> list[Path]:
-  return sorted(p for p in Path(folder).iterdir()
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+  return sorted(
+    p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+  )
 
 
 def read_frame_folder(folder, resolution=None, max_frames: int | None = None) -> np.ndarray:
@@ -80,8 +82,10 @@ def read_frame_folder(folder, resolution=None, max_frames: int | None = None) ->
   for path in files:
     frame = read_image(path)
     if resolution is None and frames and frame.shape != frames[0].shape:
-      raise ValueError(f"{path}: size {frame.shape[1]}x{frame.shape[0]} differs from the first "
-                       f"frame's {frames[0].shape[1]}x{frames[0].shape[0]}; pass a resolution")
+      raise ValueError(
+        f"{path}: size {frame.shape[1]}x{frame.shape[0]} differs from the first "
+        f"frame's {frames[0].shape[1]}x{frames[0].shape[0]}; pass a resolution"
+      )
     frames.append(_resize_frame(frame, resolution))
   return _to_float(frames)
 
@@ -148,8 +152,14 @@ def write_gif(path, frames, fps: float = 10.0) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   pictures = [Image.fromarray(frame) for frame in frames]
   tmp = _temporary_sibling(path)
-  pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:],
-                     duration=max(int(round(1000 / fps)), 10), loop=0)
+  pictures[0].save(
+    tmp,
+    format="GIF",
+    save_all=True,
+    append_images=pictures[1:],
+    duration=max(int(round(1000 / fps)), 10),
+    loop=0,
+  )
   os.replace(tmp, path)
   return path
 
@@ -201,8 +211,9 @@ def write_indexed_png(path, ids, palette: np.ndarray = DAVIS_PALETTE) -> Path:
   return path
 
 
-def overlay_masks(frames, ids, alpha: float = 0.5, palette: np.ndarray = DAVIS_PALETTE,
-                  contours: bool = True) -> np.ndarray:
+def overlay_masks(
+  frames, ids, alpha: float = 0.5, palette: np.ndarray = DAVIS_PALETTE, contours: bool = True
+) -> np.ndarray:
   """Colours each object over the frames (as the DAVIS toolkit's overlay), with outlines.
 
   Args:
@@ -240,5 +251,9 @@ def overlay_masks(frames, ids, alpha: float = 0.5, palette: np.ndarray = DAVIS_P
 def resize_frames(frames: np.ndarray, resolution) -> np.ndarray:
   """uint8 `[T, H, W, 3]` -> float32 `[T, h, w, 3]` in [0, 1], bilinear (as the frame readers)."""
   height, width = resolution
-  return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)
-                   for f in frames]).astype(np.float32) / 255.0
+  return (
+    np.stack(
+      [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in frames]
+    ).astype(np.float32)
+    / 255.0
+  )

@@ -6,6 +6,7 @@ is scored on; frames whose residual motion is below `min_motion` everywhere are 
 default `min_motion` scales with the image (0.2% of its diagonal: 0.5 px at 128x224, 0.09 px at
 32x32), so the baseline is equally strong at every evaluation resolution.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,9 @@ def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
   return float(edges[1:][np.argmax(between)])
 
 
-def median_flow_foreground(forward_flow: np.ndarray, backward_flow: np.ndarray | None = None,
-                           min_motion: float | None = None) -> np.ndarray:
+def median_flow_foreground(
+  forward_flow: np.ndarray, backward_flow: np.ndarray | None = None, min_motion: float | None = None
+) -> np.ndarray:
   """Foreground = pixels whose flow differs from the frame's median flow by an Otsu threshold.
 
   Args:

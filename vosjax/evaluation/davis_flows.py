@@ -1,4 +1,5 @@
-"""Motion Grouping on DAVIS-layout folders: masks for every frame, scored with the davis2016 protocol.
+"""Motion Grouping on DAVIS-layout folders: masks for every frame, scored with the davis2016
+protocol.
 
 Called by `vosjax.evaluation.evaluate` when `config.data.source == "davis"` (the end of training and
 `--mode eval`). The sequences are `config.data.sequences`, else those of
@@ -16,10 +17,12 @@ For each sequence:
      frame's flows, averaged, upsampled and thresholded like the model's, in
      `WORKDIR/davis_baseline/<seq>/` (on the 18 shared sequences the 4-flow vote scores J 0.482 /
      F 0.416; the first gap's flow alone J 0.457 / F 0.378).
-Both folders are scored in-process with `vosjax.evaluation.davis_protocol` (davis2016 protocol, its default frames);
-the official-layout CSVs go to `WORKDIR/davis_eval/{model,baseline}/`, the metrics (J, F, J&F, per
-sequence) to `WORKDIR/eval_metrics.json`, overlays to `WORKDIR/eval_outputs/<seq>.gif`.
+Both folders are scored in-process with `vosjax.evaluation.davis_protocol` (davis2016 protocol, its
+default frames); the official-layout CSVs go to `WORKDIR/davis_eval/{model,baseline}/`, the metrics
+(J, F, J&F, per sequence) to `WORKDIR/eval_metrics.json`, overlays to
+`WORKDIR/eval_outputs/<seq>.gif`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,17 +54,24 @@ def _soft_foreground(foreground_fn, params, flows: np.ndarray) -> np.ndarray:
   """
   out = []
   for start in range(0, len(flows), _CHUNK):
-    chunk = flows[start:start + _CHUNK]
-    padded = np.concatenate([chunk, np.zeros((_CHUNK - len(chunk),) + chunk.shape[1:],
-                                              chunk.dtype)]) if len(chunk) < _CHUNK else chunk
-    out.append(np.asarray(foreground_fn(params, jnp.asarray(padded)))[:len(chunk)])
+    chunk = flows[start : start + _CHUNK]
+    padded = (
+      np.concatenate([chunk, np.zeros((_CHUNK - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+      if len(chunk) < _CHUNK
+      else chunk
+    )
+    out.append(np.asarray(foreground_fn(params, jnp.asarray(padded)))[: len(chunk)])
   return np.concatenate(out)
 
 
 def _upsample(values: np.ndarray, size: tuple[int, int], interpolation) -> np.ndarray:
   """`[T, h, w]` -> `[T, H, W]` with OpenCV (size = (H, W))."""
-  return np.stack([cv2.resize(v, (size[1], size[0]), interpolation=interpolation)
-                   for v in values.astype(np.float32)])
+  return np.stack(
+    [
+      cv2.resize(v, (size[1], size[0]), interpolation=interpolation)
+      for v in values.astype(np.float32)
+    ]
+  )
 
 
 def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
@@ -77,8 +87,11 @@ def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
   with_frames = davis.list_sequences(data.root)
   if not val_list.is_file():
     return with_frames
-  val = {Path(line.split()[0]).parent.name if "/" in line else line.split()[0]
-         for line in val_list.read_text().splitlines() if line.strip()}
+  val = {
+    Path(line.split()[0]).parent.name if "/" in line else line.split()[0]
+    for line in val_list.read_text().splitlines()
+    if line.strip()
+  }
   sequences = [s for s in with_frames if s in val]
   if not sequences:
     raise ValueError(f"none of the sequences listed in {val_list} has frames under {data.root}")
@@ -93,29 +106,50 @@ def _annotation_size(root, sequence: str) -> tuple[int, int]:
   return davis.read_label_png(first[0]).shape[:2]
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, *,
-             step: int, writer=None, write_outputs: bool = True) -> dict:
+def evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  method,
+  model,
+  params,
+  *,
+  step: int,
+  writer=None,
+  write_outputs: bool = True,
+) -> dict:
   """Writes and scores the masks of every `config.data.sequences` video; returns the metrics."""
   if not isinstance(method, interface.PredictsFromFlow):
-    raise ValueError(f"DAVIS flow evaluation needs a flow method (motion_grouping), got "
-                     f"config.method={config.method!r}.")
+    raise ValueError(
+      f"DAVIS flow evaluation needs a flow method (motion_grouping), got "
+      f"config.method={config.method!r}."
+    )
   data = config.data
   sequences = evaluation_sequences(data)
   foreground_fn = jax.jit(lambda p, f: method.foreground_probability(p, model, f, config))
   workdir = Path(workdir)
   folders = {"model": workdir / "davis_results", "baseline": workdir / "davis_baseline"}
   for index, sequence in enumerate(sequences):
-    flows = davis.evaluation_flows(data.root, sequence, data.resolution, data.flow_cache_dir,
-                                   gaps=tuple(data.gaps), raft_flow_root=data.raft_flow_root, raft_res=data.raft_res)
+    flows = davis.evaluation_flows(
+      data.root,
+      sequence,
+      data.resolution,
+      data.flow_cache_dir,
+      gaps=tuple(data.gaps),
+      raft_flow_root=data.raft_flow_root,
+      raft_res=data.raft_res,
+    )
     num_frames, num_gaps = flows["flows"].shape[:2]
-    soft = _soft_foreground(foreground_fn, params,
-                            flows["flows"].reshape((-1,) + flows["flows"].shape[2:]))
+    soft = _soft_foreground(
+      foreground_fn, params, flows["flows"].reshape((-1,) + flows["flows"].shape[2:])
+    )
     mean = soft.reshape((num_frames, num_gaps) + soft.shape[1:]).mean(axis=1)  # [T, h, w]
     size = _annotation_size(data.root, sequence)
     # The baseline sees the same 4 flows per frame as the model: [G, T, h, w] masks -> vote.
     baseline_vote = baselines.median_flow_foreground(np.moveaxis(flows["flows"], 1, 0)).mean(axis=0)
-    masks = {"model": _upsample(mean, size, cv2.INTER_LINEAR) > 0.5,
-             "baseline": _upsample(baseline_vote, size, cv2.INTER_LINEAR) > 0.5}
+    masks = {
+      "model": _upsample(mean, size, cv2.INTER_LINEAR) > 0.5,
+      "baseline": _upsample(baseline_vote, size, cv2.INTER_LINEAR) > 0.5,
+    }
     if jax.process_index() != 0:
       continue
     for kind, folder in folders.items():
@@ -124,8 +158,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
     if write_outputs and index < config.num_eval_videos_to_write:
       ids = (mean > 0.5).astype(np.int32)
       frames = images.to_uint8(flows["video"])
-      video_io.write_gif(workdir / "eval_outputs" / f"{sequence}.gif",
-                         video_io.overlay_masks(frames, ids))
+      video_io.write_gif(
+        workdir / "eval_outputs" / f"{sequence}.gif", video_io.overlay_masks(frames, ids)
+      )
     logging.info("DAVIS masks written for %s (%d frames).", sequence, num_frames)
 
   result = {"step": step, "num_videos": len(sequences)}
@@ -138,7 +173,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
         result[prefix + key] = value
       # davis2016 scores one object (the union) per sequence: rows are named "<sequence>_1".
       result[prefix + "per_sequence"] = {
-          row["Sequence"].rsplit("_", 1)[0]: {"J": row["J-Mean"], "F": row["F-Mean"]}
-          for row in scored.object_rows()}
+        row["Sequence"].rsplit("_", 1)[0]: {"J": row["J-Mean"], "F": row["F-Mean"]}
+        for row in scored.object_rows()
+      }
     report.report(str(workdir), result, step, writer)
   return result

@@ -20,6 +20,7 @@ objects; every global number is the same.)
 
 Writes `global_results.csv` and `per-sequence_results.csv` in the official column layout.
 """
+
 from __future__ import annotations
 
 from concurrent import futures
@@ -38,10 +39,10 @@ from vosjax.evaluation.proposal_scores import MaskStackScores
 from vosjax.evaluation.proposal_scores import score_mask_stack
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Protocol:
   """How a protocol reads masks and matches proposals to GT objects."""
+
   name: str
   single_object: bool  # Foreground = union of all ids, no void.
   per_frame_matching: bool
@@ -49,17 +50,21 @@ class Protocol:
   default_frames: str
 
 
-PROTOCOLS = {p.name: p for p in (
+PROTOCOLS = {
+  p.name: p
+  for p in (
     Protocol("davis2016", True, False, 1, "1:-1"),
     Protocol("davis2017-unsupervised", False, False, 20, "all"),
     Protocol("davis2017-unsupervised-perframe", False, True, 300, "all"),
-)}
+  )
+}
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 
 
 @dataclasses.dataclass
 class SequenceResult:
   """Scores of one sequence. j, f: float64 [num_objects, num_frames]; rows in GT object order."""
+
   name: str
   frame_names: list[str]
   j: np.ndarray
@@ -70,9 +75,17 @@ class SequenceResult:
     rows = []
     for k in range(self.j.shape[0]):
       j_stats, f_stats = metrics.davis_statistics(self.j[k]), metrics.davis_statistics(self.f[k])
-      rows.append({"Sequence": f"{self.name}_{k + 1}",
-                   "J-Mean": j_stats[0], "J-Recall": j_stats[1], "J-Decay": j_stats[2],
-                   "F-Mean": f_stats[0], "F-Recall": f_stats[1], "F-Decay": f_stats[2]})
+      rows.append(
+        {
+          "Sequence": f"{self.name}_{k + 1}",
+          "J-Mean": j_stats[0],
+          "J-Recall": j_stats[1],
+          "J-Decay": j_stats[2],
+          "F-Mean": f_stats[0],
+          "F-Recall": f_stats[1],
+          "F-Decay": f_stats[2],
+        }
+      )
     return rows
 
 
@@ -100,11 +113,14 @@ class EvaluationResults:
     fmt = lambda v: "" if np.isnan(v) else f"{v:.{decimals}f}"
     global_path = output_dir / "global_results.csv"
     values = self.global_results()
-    _atomic_write(global_path, ",".join(GLOBAL_COLUMNS) + "\n"
-                  + ",".join(fmt(values[c]) for c in GLOBAL_COLUMNS) + "\n")
+    _atomic_write(
+      global_path,
+      ",".join(GLOBAL_COLUMNS) + "\n" + ",".join(fmt(values[c]) for c in GLOBAL_COLUMNS) + "\n",
+    )
     sequence_path = output_dir / "per-sequence_results.csv"
     lines = ["Sequence,J-Mean,F-Mean"] + [
-        f"{r['Sequence']},{fmt(r['J-Mean'])},{fmt(r['F-Mean'])}" for r in self.object_rows()]
+      f"{r['Sequence']},{fmt(r['J-Mean'])},{fmt(r['F-Mean'])}" for r in self.object_rows()
+    ]
     _atomic_write(sequence_path, "\n".join(lines) + "\n")
     return global_path, sequence_path
 
@@ -134,13 +150,24 @@ def _match(j: np.ndarray, f: np.ndarray, per_frame: bool):
   matches = np.zeros((num_objects, num_frames), np.int64)
   for t in range(num_frames):
     proposal, gt = optimize.linear_sum_assignment(-(j[:, :, t] + f[:, :, t]))
-    out_j[gt, t], out_f[gt, t], matches[gt, t] = j[proposal, gt, t], f[proposal, gt, t], proposal + 1
+    out_j[gt, t], out_f[gt, t], matches[gt, t] = (
+      j[proposal, gt, t],
+      f[proposal, gt, t],
+      proposal + 1,
+    )
   return out_j, out_f, matches
 
 
-def evaluate_sequence(true_ids, pred_ids, protocol: str = "davis2017-unsupervised",
-                      void=None, num_objects: int | None = None, name: str = "sequence",
-                      frame_names=None, bound_th: float = 0.008) -> SequenceResult:
+def evaluate_sequence(
+  true_ids,
+  pred_ids,
+  protocol: str = "davis2017-unsupervised",
+  void=None,
+  num_objects: int | None = None,
+  name: str = "sequence",
+  frame_names=None,
+  bound_th: float = 0.008,
+) -> SequenceResult:
   """Scores one sequence held in memory (the core of `evaluate_folders`).
 
   Args:
@@ -159,8 +186,10 @@ def evaluate_sequence(true_ids, pred_ids, protocol: str = "davis2017-unsupervise
   spec = PROTOCOLS[protocol]
   true_ids, pred_ids = np.asarray(true_ids), np.asarray(pred_ids)
   if true_ids.ndim != 3 or true_ids.shape != pred_ids.shape:
-    raise ValueError(f"{name}: GT {true_ids.shape} and prediction {pred_ids.shape} must both be "
-                     "[T, H, W] of the same size")
+    raise ValueError(
+      f"{name}: GT {true_ids.shape} and prediction {pred_ids.shape} must both be "
+      "[T, H, W] of the same size"
+    )
   frame_names = list(frame_names or [f"{t:05d}" for t in range(true_ids.shape[0])])
   if spec.single_object:
     j, f = metrics.pairwise_region_and_boundary(true_ids > 0, pred_ids > 0, 1, 1, None, bound_th)
@@ -172,10 +201,13 @@ def evaluate_sequence(true_ids, pred_ids, protocol: str = "davis2017-unsupervise
     num_objects = int(true_ids[0].max())
   num_proposals = int(pred_ids.max(initial=0))
   if num_proposals > spec.max_proposals:
-    raise ValueError(f"{name}: the prediction holds id {num_proposals}, more than the "
-                     f"{spec.max_proposals} proposals that {protocol} allows")
+    raise ValueError(
+      f"{name}: the prediction holds id {num_proposals}, more than the "
+      f"{spec.max_proposals} proposals that {protocol} allows"
+    )
   j, f = metrics.pairwise_region_and_boundary(
-      true_ids, pred_ids, num_objects, max(num_proposals, num_objects), void, bound_th)
+    true_ids, pred_ids, num_objects, max(num_proposals, num_objects), void, bound_th
+  )
   j, f, matches = _match(j, f, spec.per_frame_matching)
   return SequenceResult(name, frame_names, j, f, matches)
 
@@ -183,10 +215,18 @@ def evaluate_sequence(true_ids, pred_ids, protocol: str = "davis2017-unsupervise
 # ---------------------------------------------------------------- overlapping mask stacks
 
 
-def evaluate_sequence_masks(true_ids, proposals, protocol: str = "davis2017-unsupervised",
-                            present=None, void=None, num_objects: int | None = None,
-                            name: str = "sequence", frame_names=None, bound_th: float = 0.008,
-                            scores: MaskStackScores | None = None) -> SequenceResult:
+def evaluate_sequence_masks(
+  true_ids,
+  proposals,
+  protocol: str = "davis2017-unsupervised",
+  present=None,
+  void=None,
+  num_objects: int | None = None,
+  name: str = "sequence",
+  frame_names=None,
+  bound_th: float = 0.008,
+  scores: MaskStackScores | None = None,
+) -> SequenceResult:
   """Scores proposals that may overlap, each on its own (the SMTC evaluator), one sequence.
 
   Proposal k is the masks `proposals[k]` over the frames; `present[k, t]` says whether it is
@@ -219,14 +259,19 @@ def evaluate_sequence_masks(true_ids, proposals, protocol: str = "davis2017-unsu
   if scores is None:
     scores = score_mask_stack(true_ids, proposals, void, num_objects, name, bound_th)
   (num_proposals, num_objects, num_frames), j, f = (
-      (scores.j.shape[0] - 1,) + scores.j.shape[1:]), scores.j, scores.f
+    ((scores.j.shape[0] - 1,) + scores.j.shape[1:]),
+    scores.j,
+    scores.f,
+  )
   frame_names = list(frame_names or [f"{t:05d}" for t in range(num_frames)])
-  present = (np.ones((num_proposals, num_frames), bool) if present is None
-             else np.asarray(present, bool))
+  present = (
+    np.ones((num_proposals, num_frames), bool) if present is None else np.asarray(present, bool)
+  )
   if present.shape != (num_proposals, num_frames):
-    raise ValueError(f"{name}: present must be [P, T] = {(num_proposals, num_frames)}, got "
-                     f"{present.shape}")
-  keep = np.sort(np.argsort(-scores.area, kind="stable")[:spec.max_proposals])
+    raise ValueError(
+      f"{name}: present must be [P, T] = {(num_proposals, num_frames)}, got {present.shape}"
+    )
+  keep = np.sort(np.argsort(-scores.area, kind="stable")[: spec.max_proposals])
   empty_j, empty_f = j[num_proposals], f[num_proposals]  # [G, T]
   j, f, present = j[keep], f[keep], present[keep]
   if spec.per_frame_matching:
@@ -271,8 +316,7 @@ def resolve_annotation_dir(gt: Path, protocol: str) -> Path:
 
 
 def list_mask_sequences(folder: Path) -> list[str]:
-  return sorted(p.name for p in Path(folder).iterdir()
-                if p.is_dir() and any(p.glob("*.png")))
+  return sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and any(p.glob("*.png")))
 
 
 def _frame_slice(frames: str) -> slice:
@@ -283,8 +327,7 @@ def _frame_slice(frames: str) -> slice:
   raise ValueError(f"frames must be 'all' or '1:-1', got {frames!r}")
 
 
-def read_annotations(annotation_dir, seq: str, protocol: str
-                     ) -> tuple[np.ndarray, int, list[Path]]:
+def read_annotations(annotation_dir, seq: str, protocol: str) -> tuple[np.ndarray, int, list[Path]]:
   """(GT ids int [T, H, W], object count by the official rule, the PNG paths) of one sequence."""
   gt_paths = sorted((Path(annotation_dir) / seq).glob("*.png"))
   true_ids = np.stack([read_label_png(p) for p in gt_paths])
@@ -292,9 +335,11 @@ def read_annotations(annotation_dir, seq: str, protocol: str
   first_frame = np.where(true_ids[0] == VOID_LABEL, 0, true_ids[0])
   num_objects = int(first_frame.max())
   if num_objects == 0 and not PROTOCOLS[protocol].single_object and (true_ids[0] > 0).any():
-    raise ValueError(f"{gt_paths[0]}: the first GT frame holds only void (255) pixels, so "
-                     f"{protocol} finds no object; DAVIS-2016 style 0/255 masks need "
-                     "--protocol davis2016")
+    raise ValueError(
+      f"{gt_paths[0]}: the first GT frame holds only void (255) pixels, so "
+      f"{protocol} finds no object; DAVIS-2016 style 0/255 masks need "
+      "--protocol davis2016"
+    )
   return true_ids, num_objects, gt_paths
 
 
@@ -309,16 +354,31 @@ def _evaluate_folder_sequence(args) -> SequenceResult:
   for p in selected:
     pred = read_label_png(results_dir / seq / p.name)
     if pred.shape != true_ids.shape[1:]:
-      raise ValueError(f"{results_dir / seq / p.name}: size {pred.shape[::-1]} (WxH) differs from "
-                       f"the GT {true_ids.shape[1:][::-1]}")
+      raise ValueError(
+        f"{results_dir / seq / p.name}: size {pred.shape[::-1]} (WxH) differs from "
+        f"the GT {true_ids.shape[1:][::-1]}"
+      )
     preds.append(pred)
-  return evaluate_sequence(true_ids, np.stack(preds), protocol, num_objects=num_objects, name=seq,
-                           frame_names=[p.stem for p in selected], bound_th=bound_th)
+  return evaluate_sequence(
+    true_ids,
+    np.stack(preds),
+    protocol,
+    num_objects=num_objects,
+    name=seq,
+    frame_names=[p.stem for p in selected],
+    bound_th=bound_th,
+  )
 
 
-def evaluate_folders(gt, results, protocol: str = "davis2016", sequences=None,
-                     frames: str | None = None, workers: int = 1,
-                     bound_th: float = 0.008) -> EvaluationResults:
+def evaluate_folders(
+  gt,
+  results,
+  protocol: str = "davis2016",
+  sequences=None,
+  frames: str | None = None,
+  workers: int = 1,
+  bound_th: float = 0.008,
+) -> EvaluationResults:
   """Evaluates a results folder (one sub-folder of PNGs per sequence) against DAVIS GT.
 
   Args:
@@ -349,15 +409,16 @@ def evaluate_folders(gt, results, protocol: str = "davis2016", sequences=None,
     if seq not in available:
       raise FileNotFoundError(f"GT sequence {annotation_dir / seq} not found (or has no PNG)")
     if not (results / seq).is_dir():
-      raise FileNotFoundError(f"results folder lacks sequence {results / seq} (use --sequences "
-                              "to evaluate a subset)")
+      raise FileNotFoundError(
+        f"results folder lacks sequence {results / seq} (use --sequences to evaluate a subset)"
+      )
   jobs = [(annotation_dir, results, seq, protocol, frames, bound_th) for seq in sequences]
   if workers > 1 and len(jobs) > 1:
     # spawn, not fork: the caller may be a multithreaded JAX program.
-    with futures.ProcessPoolExecutor(min(workers, len(jobs)),
-                                     mp_context=multiprocessing.get_context("spawn")) as pool:
+    with futures.ProcessPoolExecutor(
+      min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
       scored = list(pool.map(_evaluate_folder_sequence, jobs))
   else:
     scored = [_evaluate_folder_sequence(job) for job in jobs]
   return EvaluationResults(protocol, frames, scored)
-

@@ -28,6 +28,7 @@ scores; the papers evaluate on DAVIS-2017 val. So:
     (`scoring_annotations`).
 Multi-host: each process segments its share of the sequences on one local device; process 0 scores.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,9 +60,11 @@ def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
     return list(data.eval_sequences)
   sequences = davis.list_sequences(data.eval_root, data.eval_quality)
   if not sequences:
-    raise FileNotFoundError(f"no sequence with frames under "
-                            f"{davis.frames_dir(data.eval_root, data.eval_quality)} "
-                            "(config.data.eval_root)")
+    raise FileNotFoundError(
+      f"no sequence with frames under "
+      f"{davis.frames_dir(data.eval_root, data.eval_quality)} "
+      "(config.data.eval_root)"
+    )
   return sequences
 
 
@@ -86,31 +89,51 @@ def scoring_annotations(annotations: Path, sequences: list[str], workdir: Path) 
   binarised = workdir / "frame_eval" / "annotations"
   for sequence in sequences:
     for path in sorted((annotations / sequence).glob("*.png")):
-      video_io.write_indexed_png(binarised / sequence / path.name,
-                                 (davis.read_label_png(path) > 0).astype(np.uint8))
-  logging.info("%s holds DAVIS-2016-style 0/255 masks: scored as one object each (binarised copy "
-               "in %s).", annotations, binarised)
+      video_io.write_indexed_png(
+        binarised / sequence / path.name, (davis.read_label_png(path) > 0).astype(np.uint8)
+      )
+  logging.info(
+    "%s holds DAVIS-2016-style 0/255 masks: scored as one object each (binarised copy in %s).",
+    annotations,
+    binarised,
+  )
   return binarised
 
 
-def _segment_sequence(method, predict, config, root: Path, quality: str, sequence: str,
-                      out_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _segment_sequence(
+  method, predict, config, root: Path, quality: str, sequence: str, out_dir: Path
+) -> tuple[np.ndarray, np.ndarray]:
   """Writes the PNG masks (and candidates, if any) of one sequence; returns its uint8 frames and
   ids at the frame size."""
   paths = video_io.list_frame_files(davis.frames_dir(root, quality) / sequence)
   frames = np.stack([images.to_uint8(video_io.read_image(p)) for p in paths])
-  inputs = method.segment_inputs(frames, config, cache_dir=out_dir.parent / "flow_cache",
-                                 cache_key=f"{root.name}-{quality}-{sequence}", flow_preset="medium")
-  ids, candidates = windows.segment_frames(method, predict, inputs, config,
-                                           config.data.eval_chunk_frames, frames.shape[1:3],
-                                           progress=False)
+  inputs = method.segment_inputs(
+    frames,
+    config,
+    cache_dir=out_dir.parent / "flow_cache",
+    cache_key=f"{root.name}-{quality}-{sequence}",
+    flow_preset="medium",
+  )
+  ids, candidates = windows.segment_frames(
+    method,
+    predict,
+    inputs,
+    config,
+    config.data.eval_chunk_frames,
+    frames.shape[1:3],
+    progress=False,
+  )
   for path, frame_ids in zip(paths, ids):
     video_io.write_indexed_png(out_dir / sequence / f"{path.stem}.png", frame_ids)
   if candidates is not None:
     candidates_dir = out_dir.parent / CANDIDATES_FOLDER
     candidates_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(candidates_dir / f"{sequence}.npz", masks=candidates[0],
-                        valid=candidates[1], frame_names=np.array([p.stem for p in paths]))
+    np.savez_compressed(
+      candidates_dir / f"{sequence}.npz",
+      masks=candidates[0],
+      valid=candidates[1],
+      frame_names=np.array([p.stem for p in paths]),
+    )
   return frames, ids
 
 
@@ -127,15 +150,17 @@ class _UpsampledFrames:
     return windows.upsample_nearest_floor(self.masks[t], self.size)
 
 
-def score_candidates(annotations: Path, candidates_dir: Path, sequences: list[str],
-                     protocols=PROTOCOLS) -> dict[str, davis_protocol.EvaluationResults]:
+def score_candidates(
+  annotations: Path, candidates_dir: Path, sequences: list[str], protocols=PROTOCOLS
+) -> dict[str, davis_protocol.EvaluationResults]:
   """Scores the candidates saved by `_segment_sequence` against the annotation folder with each
   protocol (J and F computed once; frames matched by name, the candidates of frames without
   annotation left out). Returns protocol -> results."""
   scored = {protocol: [] for protocol in protocols}
   for sequence in sequences:
-    true_ids, num_objects, gt_paths = davis_protocol.read_annotations(annotations, sequence,
-                                                                      protocols[0])
+    true_ids, num_objects, gt_paths = davis_protocol.read_annotations(
+      annotations, sequence, protocols[0]
+    )
     path = candidates_dir / f"{sequence}.npz"
     with np.load(path) as saved:
       masks, valid, names = saved["masks"], saved["valid"], list(saved["frame_names"])
@@ -144,30 +169,56 @@ def score_candidates(annotations: Path, candidates_dir: Path, sequences: list[st
       raise ValueError(f"{path}: no candidates for the annotated frames {missing[:5]}")
     index = np.array([names.index(p.stem) for p in gt_paths])
     proposals = _UpsampledFrames(masks[index], true_ids.shape[1:])
-    scores = proposal_scores.score_mask_stack(true_ids, proposals, num_objects=num_objects,
-                                              name=sequence)
+    scores = proposal_scores.score_mask_stack(
+      true_ids, proposals, num_objects=num_objects, name=sequence
+    )
     for protocol in protocols:
-      scored[protocol].append(davis_protocol.evaluate_sequence_masks(
-          true_ids, proposals, protocol, present=valid[index].T, num_objects=num_objects,
-          name=sequence, frame_names=[p.stem for p in gt_paths], scores=scores))
-  return {protocol: davis_protocol.EvaluationResults(protocol, "all", results)
-          for protocol, results in scored.items()}
+      scored[protocol].append(
+        davis_protocol.evaluate_sequence_masks(
+          true_ids,
+          proposals,
+          protocol,
+          present=valid[index].T,
+          num_objects=num_objects,
+          name=sequence,
+          frame_names=[p.stem for p in gt_paths],
+          scores=scores,
+        )
+      )
+  return {
+    protocol: davis_protocol.EvaluationResults(protocol, "all", results)
+    for protocol, results in scored.items()
+  }
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, mesh, *,
-             step: int, writer=None, write_outputs: bool = True) -> dict:
+def evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  method,
+  model,
+  params,
+  mesh,
+  *,
+  step: int,
+  writer=None,
+  write_outputs: bool = True,
+) -> dict:
   """Segments and scores `config.data.eval_root`; returns the metrics (see the module docstring)."""
   del mesh  # one local device per process: a video is one example
   data = config.data
   result = {"step": step, "num_videos": 0}
   if not data.eval_root:
-    logging.warning("No frame-folder evaluation: config.data.eval_root is not set (a DAVIS-layout "
-                    "folder, e.g. DAVIS-2017 val); checkpoints are saved, nothing was scored.")
+    logging.warning(
+      "No frame-folder evaluation: config.data.eval_root is not set (a DAVIS-layout "
+      "folder, e.g. DAVIS-2017 val); checkpoints are saved, nothing was scored."
+    )
     report.report(workdir, result, step, writer)
     return result
   if not isinstance(method, interface.SegmentsVideos):
-    raise ValueError(f"frame-folder evaluation needs a method that segments videos; "
-                     f"config.method={config.method!r} does not (see vosjax.methods.interface).")
+    raise ValueError(
+      f"frame-folder evaluation needs a method that segments videos; "
+      f"config.method={config.method!r} does not (see vosjax.methods.interface)."
+    )
   root, quality = Path(data.eval_root), data.eval_quality
   sequences = evaluation_sequences(data)
   workdir = Path(workdir)
@@ -175,15 +226,24 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   local_mesh = sharding.make_mesh(jax.local_devices()[:1])
   # Replicated global arrays -> this process's copy on its first local device.
   local_params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
-  predict = sharding.jit_predict(method, model, config, local_mesh,
-                                 grown_config=interface.capacity_growth(method))
+  predict = sharding.jit_predict(
+    method, model, config, local_mesh, grown_config=interface.capacity_growth(method)
+  )
   for index in range(jax.process_index(), len(sequences), jax.process_count()):
     sequence = sequences[index]
-    frames, ids = _segment_sequence(method, lambda batch: jax.device_get(
-        predict(local_params, batch)), config, root, quality, sequence, out_dir)
+    frames, ids = _segment_sequence(
+      method,
+      lambda batch: jax.device_get(predict(local_params, batch)),
+      config,
+      root,
+      quality,
+      sequence,
+      out_dir,
+    )
     if write_outputs and index < config.num_eval_videos_to_write:
-      video_io.write_gif(workdir / "eval_outputs" / f"{sequence}.gif",
-                         video_io.overlay_masks(frames, ids))
+      video_io.write_gif(
+        workdir / "eval_outputs" / f"{sequence}.gif", video_io.overlay_masks(frames, ids)
+      )
     logging.info("Frame-folder masks written for %s (%d frames).", sequence, len(frames))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("frame_folders.evaluate")
@@ -193,22 +253,27 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   scored_sequences = [s for s in sequences if (annotations / s).is_dir()]
   if jax.process_index() == 0 and scored_sequences:
     annotations = scoring_annotations(annotations, scored_sequences, workdir)
-    candidates = (score_candidates(annotations, workdir / CANDIDATES_FOLDER, scored_sequences)
-                  if isinstance(method, interface.ProposesCandidates) else None)
+    candidates = (
+      score_candidates(annotations, workdir / CANDIDATES_FOLDER, scored_sequences)
+      if isinstance(method, interface.ProposesCandidates)
+      else None
+    )
     for protocol in PROTOCOLS:
       # The annotation folder itself (the masks are at the size of the `quality` frames; given
       # the root, the protocol would read Annotations[_unsupervised]/480p whatever the quality).
       if candidates is not None:
         scored = candidates[protocol]
       else:
-        scored = davis_protocol.evaluate_folders(annotations, out_dir, protocol,
-                                                 sequences=scored_sequences)
+        scored = davis_protocol.evaluate_folders(
+          annotations, out_dir, protocol, sequences=scored_sequences
+        )
       scored.write_csv(workdir / "frame_eval" / protocol)
       prefix = "" if protocol == "davis2017-unsupervised" else "perframe_"
       for key, value in scored.global_results().items():
         result[prefix + key] = value
   elif not scored_sequences:
-    logging.warning("No annotations under %s: masks written to %s, nothing scored.", annotations,
-                    out_dir)
+    logging.warning(
+      "No annotations under %s: masks written to %s, nothing scored.", annotations, out_dir
+    )
   report.report(str(workdir), result, step, writer)
   return result

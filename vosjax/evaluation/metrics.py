@@ -11,6 +11,7 @@ All functions take integer label maps (0 = background, object id = index + 1).
   gives the same numbers as the toolkit's `seg2bmap` + `cv2.dilate(disk(r))`, but dilates each
   boundary only over its bounding box and works on whole label maps instead of object pairs.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,8 @@ def _check_pair(true_ids, pred_ids, valid) -> tuple[np.ndarray, np.ndarray, np.n
 def _ari_from_counts(pair_counts, true_counts, pred_counts) -> float:
   """SAVi's ARI formula from the non-zero contingency cells and its marginals."""
   pair_counts, true_counts, pred_counts = (
-      np.asarray(c, np.float64) for c in (pair_counts, true_counts, pred_counts))
+    np.asarray(c, np.float64) for c in (pair_counts, true_counts, pred_counts)
+  )
   num_points = true_counts.sum()
   rindex = np.sum(pair_counts * (pair_counts - 1))
   aindex = np.sum(true_counts * (true_counts - 1))
@@ -72,8 +74,9 @@ def fg_ari(true_ids, pred_ids, valid=None, pixel_mask=None) -> np.ndarray:
   """
   true_ids, pred_ids, valid = _check_pair(true_ids, pred_ids, valid)
   if pixel_mask is not None:
-    pixel_mask = np.broadcast_to(np.asarray(pixel_mask, bool).reshape(
-        (-1,) + true_ids.shape[1:]), true_ids.shape)
+    pixel_mask = np.broadcast_to(
+      np.asarray(pixel_mask, bool).reshape((-1,) + true_ids.shape[1:]), true_ids.shape
+    )
   scores = np.full(true_ids.shape[0], np.nan)
   for b in np.flatnonzero(valid):
     selected = true_ids[b] > 0
@@ -82,9 +85,11 @@ def fg_ari(true_ids, pred_ids, valid=None, pixel_mask=None) -> np.ndarray:
     true_b = true_ids[b][selected].astype(np.int64)
     pred_b = pred_ids[b][selected].astype(np.int64)
     pair_keys = true_b * (int(pred_b.max(initial=0)) + 1) + pred_b
-    scores[b] = _ari_from_counts(np.unique(pair_keys, return_counts=True)[1],
-                                 np.unique(true_b, return_counts=True)[1],
-                                 np.unique(pred_b, return_counts=True)[1])
+    scores[b] = _ari_from_counts(
+      np.unique(pair_keys, return_counts=True)[1],
+      np.unique(true_b, return_counts=True)[1],
+      np.unique(pred_b, return_counts=True)[1],
+    )
   return scores
 
 
@@ -140,8 +145,10 @@ def video_miou(true_ids, pred_ids, valid=None) -> np.ndarray:
   for b in np.flatnonzero(valid):
     true_labels, true_index = np.unique(true_ids[b], return_inverse=True)
     pred_labels, pred_index = np.unique(pred_ids[b], return_inverse=True)
-    counts = np.bincount(true_index.ravel() * len(pred_labels) + pred_index.ravel(),
-                         minlength=len(true_labels) * len(pred_labels))
+    counts = np.bincount(
+      true_index.ravel() * len(pred_labels) + pred_index.ravel(),
+      minlength=len(true_labels) * len(pred_labels),
+    )
     counts = counts.reshape(len(true_labels), len(pred_labels)).astype(np.float64)
     foreground = true_labels > 0
     if not foreground.any():
@@ -216,13 +223,13 @@ def _group_boundaries(ids: np.ndarray, num_labels: int) -> list[np.ndarray]:
   labels, rows, cols = _label_boundaries(ids)
   starts = np.searchsorted(labels, np.arange(1, num_labels + 2))
   points = np.stack([rows, cols], 1)
-  return [points[starts[k]:starts[k + 1]] for k in range(num_labels)]
+  return [points[starts[k] : starts[k + 1]] for k in range(num_labels)]
 
 
 def _disk(radius: int) -> np.ndarray:
   """skimage.morphology.disk(radius): x^2 + y^2 <= radius^2, uint8 [2r+1, 2r+1]."""
   grid = np.arange(-radius, radius + 1)
-  return (grid[:, None] ** 2 + grid[None, :] ** 2 <= radius ** 2).astype(np.uint8)
+  return (grid[:, None] ** 2 + grid[None, :] ** 2 <= radius**2).astype(np.uint8)
 
 
 def _near_counts(targets: list[np.ndarray], queries: list[np.ndarray], radius: int) -> np.ndarray:
@@ -305,8 +312,9 @@ def _contingency(true_ids, pred_ids, num_true: int, num_pred: int, void) -> np.n
   return counts.reshape(num_true + 1, num_pred + 1)
 
 
-def pairwise_region_and_boundary(true_ids, pred_ids, num_true: int, num_pred: int, void=None,
-                                 bound_th: float = 0.008) -> tuple[np.ndarray, np.ndarray]:
+def pairwise_region_and_boundary(
+  true_ids, pred_ids, num_true: int, num_pred: int, void=None, bound_th: float = 0.008
+) -> tuple[np.ndarray, np.ndarray]:
   """Official J (`db_eval_iou`) and F (`db_eval_boundary`) for every (prediction, GT) pair.
 
   Args:
@@ -322,8 +330,9 @@ def pairwise_region_and_boundary(true_ids, pred_ids, num_true: int, num_pred: in
   """
   true_ids, pred_ids = np.asarray(true_ids), np.asarray(pred_ids)
   if true_ids.ndim != 3 or true_ids.shape != pred_ids.shape:
-    raise ValueError(f"true_ids {true_ids.shape} and pred_ids {pred_ids.shape} must both be "
-                     "[T, H, W]")
+    raise ValueError(
+      f"true_ids {true_ids.shape} and pred_ids {pred_ids.shape} must both be [T, H, W]"
+    )
   if void is not None:
     void = np.asarray(void, bool)
     if void.shape != true_ids.shape:
@@ -342,8 +351,9 @@ def pairwise_region_and_boundary(true_ids, pred_ids, num_true: int, num_pred: in
     with np.errstate(divide="ignore", invalid="ignore"):
       j[:, :, t] = np.where(union == 0, 1.0, inter / union).T
     # F: boundary pixels matched within the disk radius.
-    f[:, :, t] = _f_measure(_group_boundaries(pred_t, num_pred),
-                            _group_boundaries(true_t, num_true), radius)
+    f[:, :, t] = _f_measure(
+      _group_boundaries(pred_t, num_pred), _group_boundaries(true_t, num_true), radius
+    )
   return j, f
 
 
@@ -367,8 +377,9 @@ def _binary_pair(true_masks, pred_masks, void, bound_th, squeeze):
   if squeeze:
     true_masks, pred_masks = true_masks[None], pred_masks[None]
     void = None if void is None else np.asarray(void)[None]
-  j, f = pairwise_region_and_boundary(true_masks.astype(np.int64), pred_masks.astype(np.int64),
-                                      1, 1, void, bound_th)
+  j, f = pairwise_region_and_boundary(
+    true_masks.astype(np.int64), pred_masks.astype(np.int64), 1, 1, void, bound_th
+  )
   return j[0, 0], f[0, 0]
 
 
@@ -385,7 +396,7 @@ def davis_statistics(per_frame_values) -> tuple[float, float, float]:
   mean = float(np.nanmean(values)) if not np.isnan(values).all() else math.nan
   recall = float(np.mean(values > 0.5))
   edges = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(np.int64)
-  bins = [values[edges[i]:edges[i + 1] + 1] for i in range(4)]
+  bins = [values[edges[i] : edges[i + 1] + 1] for i in range(4)]
   with np.errstate(invalid="ignore"):
     decay = float(np.nanmean(bins[0]) - np.nanmean(bins[3]))
   return mean, recall, decay

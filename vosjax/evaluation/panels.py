@@ -4,6 +4,7 @@ Each panel (e.g. frame | flow | predicted mask | ground truth) is enlarged by an
 (nearest neighbour, so masks keep hard edges) until its short side is at least `min_side` pixels,
 and gets a title bar with its label.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,16 @@ TITLE_HEIGHT = 18
 def _title_bar(label: str, width: int) -> np.ndarray:
   """uint8 `[TITLE_HEIGHT, width, 3]`: white text on dark grey."""
   bar = np.full((TITLE_HEIGHT, width, 3), 40, np.uint8)
-  cv2.putText(bar, label, (4, TITLE_HEIGHT - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255),
-              1, cv2.LINE_AA)
+  cv2.putText(
+    bar,
+    label,
+    (4, TITLE_HEIGHT - 5),
+    cv2.FONT_HERSHEY_SIMPLEX,
+    0.45,
+    (255, 255, 255),
+    1,
+    cv2.LINE_AA,
+  )
   return bar
 
 
@@ -44,19 +53,28 @@ def labelled_panels(panels: list[tuple[str, np.ndarray]], min_side: int = 128) -
   for label, video in panels:
     video = images.to_uint8(video)
     big = np.repeat(np.repeat(video, scale, axis=1), scale, axis=2)
-    bar = np.broadcast_to(_title_bar(label, width * scale), (num_frames, TITLE_HEIGHT,
-                                                              width * scale, 3))
+    bar = np.broadcast_to(
+      _title_bar(label, width * scale), (num_frames, TITLE_HEIGHT, width * scale, 3)
+    )
     columns.append(np.concatenate([bar, big], axis=1))
   return np.concatenate(columns, axis=2)
 
 
-def write_panels(out_dir, name: str, panels: list[tuple[str, np.ndarray]],
-                 strip_frames: int = 6, fps: float = 8.0, min_side: int = 128) -> None:
+def write_panels(
+  out_dir,
+  name: str,
+  panels: list[tuple[str, np.ndarray]],
+  strip_frames: int = 6,
+  fps: float = 8.0,
+  min_side: int = 128,
+) -> None:
   """`out_dir/name.gif` (every frame) and `out_dir/name.png` (`strip_frames` evenly spaced frames,
   one row each) of `labelled_panels(panels, min_side)`."""
   video = labelled_panels(panels, min_side)
   os.makedirs(out_dir, exist_ok=True)
   video_io.write_gif(os.path.join(out_dir, f"{name}.gif"), video, fps=fps)
-  rows = np.unique(np.linspace(0, len(video) - 1, min(strip_frames, len(video))).round().astype(int))
+  rows = np.unique(
+    np.linspace(0, len(video) - 1, min(strip_frames, len(video))).round().astype(int)
+  )
   strip = np.concatenate([video[t] for t in rows], axis=0)
   cv2.imwrite(os.path.join(out_dir, f"{name}.png"), strip[..., ::-1])

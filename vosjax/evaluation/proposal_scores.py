@@ -1,10 +1,11 @@
 """J and F of proposal masks that may overlap (SMTC's candidates), each proposal on its own.
 
-The official `db_eval_iou` / `db_eval_boundary` of every (proposal, GT object) pair, computed frame by
-frame from a stack of binary masks instead of an id map (`metrics.pairwise_region_and_boundary`),
+The official `db_eval_iou` / `db_eval_boundary` of every (proposal, GT object) pair, computed frame
+by frame from a stack of binary masks instead of an id map (`metrics.pairwise_region_and_boundary`),
 with the id-map path's boundary helpers. The matching (per frame or per sequence) is
 `davis_protocol.evaluate_sequence_masks`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,9 @@ from vosjax.data.davis import VOID_LABEL
 from vosjax.evaluation import metrics
 
 
-def _mask_scores(true_t: np.ndarray, num_objects: int, masks: np.ndarray, void_t, radius: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _mask_scores(
+  true_t: np.ndarray, num_objects: int, masks: np.ndarray, void_t, radius: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Official J and F of every (mask, GT object) pair of one frame -> float64 [P, G] each.
 
   `true_t` int [H, W] with void already 0; masks bool [P, H, W] (may overlap). As `db_eval_iou`
@@ -34,10 +36,12 @@ def _mask_scores(true_t: np.ndarray, num_objects: int, masks: np.ndarray, void_t
   # F with the boundary helpers of the id-map path, one binary map per (overlapping) mask.
   # pylint: disable=protected-access
   no_points = np.zeros((0, 2), np.int64)
-  pred_points = [metrics._group_boundaries(m.view(np.uint8), 1)[0] if m.any() else no_points
-                 for m in masks]
-  true_points = metrics._group_boundaries(metrics._small_ids(true_t, num_objects, None),
-                                          num_objects)
+  pred_points = [
+    metrics._group_boundaries(m.view(np.uint8), 1)[0] if m.any() else no_points for m in masks
+  ]
+  true_points = metrics._group_boundaries(
+    metrics._small_ids(true_t, num_objects, None), num_objects
+  )
   return j, metrics._f_measure(pred_points, true_points, radius)
   # pylint: enable=protected-access
 
@@ -46,13 +50,20 @@ def _mask_scores(true_t: np.ndarray, num_objects: int, masks: np.ndarray, void_t
 class MaskStackScores:
   """J, f: float64 [P + 1, G, T] of every proposal (row P: an empty mask) and GT object;
   area: int [P] pixels of each proposal summed over the frames."""
+
   j: np.ndarray
   f: np.ndarray
   area: np.ndarray
 
 
-def score_mask_stack(true_ids, proposals, void=None, num_objects: int | None = None,
-                     name: str = "sequence", bound_th: float = 0.008) -> MaskStackScores:
+def score_mask_stack(
+  true_ids,
+  proposals,
+  void=None,
+  num_objects: int | None = None,
+  name: str = "sequence",
+  bound_th: float = 0.008,
+) -> MaskStackScores:
   """J and F of proposals that may overlap, each on its own, for every GT object and frame.
 
   Args (as `davis_protocol.evaluate_sequence_masks`, which matches these scores):
@@ -79,8 +90,10 @@ def score_mask_stack(true_ids, proposals, void=None, num_objects: int | None = N
   for t, masks in enumerate(proposals):
     masks = np.asarray(masks, bool)
     if masks.ndim != 3 or masks.shape[1:] != true_ids.shape[1:]:
-      raise ValueError(f"{name}: proposals of frame {t} are {masks.shape}, expected [P, "
-                       f"{true_ids.shape[1]}, {true_ids.shape[2]}]")
+      raise ValueError(
+        f"{name}: proposals of frame {t} are {masks.shape}, expected [P, "
+        f"{true_ids.shape[1]}, {true_ids.shape[2]}]"
+      )
     if j is None:
       shape = (len(masks) + 1, num_objects, num_frames)
       j, f, area = np.zeros(shape), np.zeros(shape), np.zeros(len(masks), np.int64)

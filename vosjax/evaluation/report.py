@@ -1,4 +1,5 @@
 """The one place evaluation results are reported: JSON, the `EVAL ...` line and TensorBoard."""
+
 from __future__ import annotations
 
 import json
@@ -15,5 +16,10 @@ def report(workdir: str, result: dict, step: int, writer=None) -> None:
     writer.scalars(step, scalars, prefix="eval")
   if jax.process_index() == 0:
     (epath.Path(workdir) / "eval_metrics.json").write_text(json.dumps(result, indent=2))
-    print("EVAL " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in scalars.items()), flush=True)
+    print(
+      "EVAL "
+      + " ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars.items()
+      ),
+      flush=True,
+    )

@@ -11,6 +11,7 @@ Writes `WORKDIR/eval_metrics.json`, and for the first videos labelled panels (fr
 predicted | ground truth, >= 128 px each) as `videoNNN.gif` and a `videoNNN.png` strip, plus the
 predicted indexed PNGs in `videoNNN/`, in `WORKDIR/eval_outputs/`; then prints one `EVAL ...` line.
 """
+
 from __future__ import annotations
 
 import collections
@@ -54,9 +55,19 @@ def foreground_j(true_ids: np.ndarray, foreground: np.ndarray) -> np.ndarray:
   return iou.mean(axis=1)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, params, mesh, *,
-             step: int, writer=None, write_outputs: bool = True,
-             max_videos: int | None = None) -> dict:
+def evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  method,
+  model,
+  params,
+  mesh,
+  *,
+  step: int,
+  writer=None,
+  write_outputs: bool = True,
+  max_videos: int | None = None,
+) -> dict:
   """Evaluates `params` on `config.data.eval_split`; returns the averaged metrics.
 
   `max_videos`: score only the first ceil(max_videos / eval_batch_size) batches (a fixed handful
@@ -64,8 +75,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
   """
   sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
   data_sharding = NamedSharding(mesh, P("data"))
-  predict = sharding.jit_predict(method, model, config, mesh,
-                                 grown_config=interface.capacity_growth(method))
+  predict = sharding.jit_predict(
+    method, model, config, mesh, grown_config=interface.capacity_growth(method)
+  )
   sums = collections.defaultdict(float)
   count = 0
   outputs_written = 0
@@ -80,11 +92,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
     # The prediction must not see the ground truth.
     inputs = {k: v for k, v in batch.items() if k not in ("segmentations", "valid")}
     prediction = sharding.to_host_local(
-        predict(params, sharding.to_global(inputs, data_sharding)), mesh)
+      predict(params, sharding.to_global(inputs, data_sharding)), mesh
+    )
     true_ids = np.asarray(batch["segmentations"])
     per_video = {
-        "fg_ari": metrics_lib.fg_ari(true_ids, prediction["ids"]),
-        "miou": metrics_lib.video_miou(true_ids, prediction["ids"]),
+      "fg_ari": metrics_lib.fg_ari(true_ids, prediction["ids"]),
+      "miou": metrics_lib.video_miou(true_ids, prediction["ids"]),
     }
     if "foreground" in prediction:
       per_video["fg_j"] = foreground_j(true_ids, prediction["foreground"])
@@ -92,7 +105,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
       per_video["all_foreground_fg_j"] = foreground_j(true_ids, np.ones(true_ids.shape, bool))
     if "forward_flow" in batch:
       per_video["baseline_fg_j"] = foreground_j(
-          true_ids, baselines.median_flow_foreground(batch["forward_flow"], batch["backward_flow"]))
+        true_ids, baselines.median_flow_foreground(batch["forward_flow"], batch["backward_flow"])
+      )
     for key, values in per_video.items():
       sums[key] += float(np.sum(np.asarray(values)[valid]))
     count += int(valid.sum())
@@ -100,8 +114,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, method, model, par
       for i in np.flatnonzero(valid):
         if outputs_written >= config.num_eval_videos_to_write:
           break
-        _write_video_outputs(out_dir, f"video{outputs_written:03d}", batch, i,
-                             prediction["ids"][i], true_ids[i])
+        _write_video_outputs(
+          out_dir, f"video{outputs_written:03d}", batch, i, prediction["ids"][i], true_ids[i]
+        )
         outputs_written += 1
 
   if remote and outputs_written:
@@ -129,8 +144,9 @@ def _copy_tree(local_dir: str, target: epath.Path) -> None:
       epath.Path(source).copy(destination, overwrite=True)
 
 
-def _write_video_outputs(out_dir: str, name: str, batch: dict, index: int, pred_ids: np.ndarray,
-                         true_ids: np.ndarray) -> None:
+def _write_video_outputs(
+  out_dir: str, name: str, batch: dict, index: int, pred_ids: np.ndarray, true_ids: np.ndarray
+) -> None:
   """Labelled panels (frame | flow | predicted mask | ground truth) as `name.gif` and a `name.png`
   strip, and one indexed PNG per frame of the prediction in `name/`."""
   frames = images.to_uint8(batch["video"][index])
@@ -139,8 +155,10 @@ def _write_video_outputs(out_dir: str, name: str, batch: dict, index: int, pred_
     # Forward flow; the last frame has none (zeros in MOVi), so it shows its backward flow.
     flow = np.concatenate([batch["forward_flow"][index][:-1], batch["backward_flow"][index][-1:]])
     panels.append(("flow", np.asarray(flow_encoding.flow_to_rgb(flow))))
-  panels += [("predicted", video_io.overlay_masks(frames, pred_ids)),
-             ("ground truth", video_io.overlay_masks(frames, true_ids))]
+  panels += [
+    ("predicted", video_io.overlay_masks(frames, pred_ids)),
+    ("ground truth", video_io.overlay_masks(frames, true_ids)),
+  ]
   panels_lib.write_panels(out_dir, name, panels)
   for t, ids in enumerate(pred_ids):
     video_io.write_indexed_png(os.path.join(out_dir, name, f"{t:05d}.png"), ids)

@@ -9,6 +9,7 @@ the backward flow of a window's first frame and the forward flow of its last. Cl
 per window) are linked to the previous window's by IoU on the frames both label (Hungarian
 matching), so ids stay the same over time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,9 @@ def kept_end(start: int, window: int, num_frames: int) -> int:
   return start + window if start + window >= num_frames else start + window - 1
 
 
-def link_ids(previous: np.ndarray, current: np.ndarray, num_ids: int, next_id: int
-             ) -> tuple[np.ndarray, int]:
+def link_ids(
+  previous: np.ndarray, current: np.ndarray, num_ids: int, next_id: int
+) -> tuple[np.ndarray, int]:
   """Maps a window's cluster ids to video ids by IoU with the previous window's on shared frames.
 
   Args:
@@ -60,8 +62,10 @@ def link_ids(previous: np.ndarray, current: np.ndarray, num_ids: int, next_id: i
     matched (IoU >= LINK_MIN_IOU, Hungarian) keep the previous id; the others get new ids.
   """
   num_previous, num_current = int(previous.max()) + 1, num_ids
-  intersection = np.bincount((previous.astype(np.int64) * num_current + current).ravel(),
-                             minlength=num_previous * num_current).reshape(num_previous, num_current)
+  intersection = np.bincount(
+    (previous.astype(np.int64) * num_current + current).ravel(),
+    minlength=num_previous * num_current,
+  ).reshape(num_previous, num_current)
   union = intersection.sum(1, keepdims=True) + intersection.sum(0, keepdims=True) - intersection
   iou = intersection / np.maximum(union, 1)
   rows, cols = optimize.linear_sum_assignment(-iou)
@@ -81,14 +85,22 @@ def rank_by_area(ids: np.ndarray) -> np.ndarray:
   rank = np.empty_like(order)
   rank[order] = np.arange(len(order))
   if np.count_nonzero(counts) > 256:
-    logging.warning("%d segments: the smallest %d share id 255 (PNG ids are 0..255).",
-                    np.count_nonzero(counts), np.count_nonzero(counts) - 255)
+    logging.warning(
+      "%d segments: the smallest %d share id 255 (PNG ids are 0..255).",
+      np.count_nonzero(counts),
+      np.count_nonzero(counts) - 255,
+    )
   return np.minimum(rank, 255).astype(np.uint8)[ids]
 
 
-def predict_in_windows(predict: Callable[[dict], dict], inputs: dict[str, np.ndarray],
-                       chunk_frames: int, *, link_clusters: bool, progress: bool = True
-                       ) -> np.ndarray:
+def predict_in_windows(
+  predict: Callable[[dict], dict],
+  inputs: dict[str, np.ndarray],
+  chunk_frames: int,
+  *,
+  link_clusters: bool,
+  progress: bool = True,
+) -> np.ndarray:
   """Runs `predict` over windows of a video and joins the ids.
 
   Args:
@@ -107,32 +119,45 @@ def predict_in_windows(predict: Callable[[dict], dict], inputs: dict[str, np.nda
   out = None
   filled = next_id = 0  # frames [0, filled) are labelled; video ids [0, next_id) are used
   for start in tqdm.tqdm(starts, desc="segment", unit="window", disable=not progress):
-    prediction = predict({k: np.asarray(v[start:start + window])[None] for k, v in inputs.items()})
+    prediction = predict(
+      {k: np.asarray(v[start : start + window])[None] for k, v in inputs.items()}
+    )
     ids = np.asarray(prediction["ids"])[0].astype(np.int64)
     if np.any(prediction.get("overflow", False)):
-      logging.warning("Frames %d-%d: clustering capacity exceeded (config.model.max_clusters / "
-                      "max_window_clusters): some clusters were dropped and their pixels went to "
-                      "the nearest kept one.", start, start + window - 1)
+      logging.warning(
+        "Frames %d-%d: clustering capacity exceeded (config.model.max_clusters / "
+        "max_window_clusters): some clusters were dropped and their pixels went to "
+        "the nearest kept one.",
+        start,
+        start + window - 1,
+      )
     if out is None:
       out = np.zeros((num_frames,) + ids.shape[1:], np.int32)
     if link_clusters:
       if start == 0:
         mapping, next_id = np.arange(ids.max() + 1), int(ids.max()) + 1
       else:
-        mapping, next_id = link_ids(out[start:filled], ids[:filled - start], int(ids.max()) + 1,
-                                    next_id)
+        mapping, next_id = link_ids(
+          out[start:filled], ids[: filled - start], int(ids.max()) + 1, next_id
+        )
       ids = mapping[ids]
     # Frames before `filled` keep the previous window's result: there the first frame of this
     # window lacks its backward flow, and cluster ids were linked on them.
     end = kept_end(start, window, num_frames)
-    out[filled:end] = ids[filled - start:end - start]
+    out[filled:end] = ids[filled - start : end - start]
     filled = end
   return out
 
 
-def predict_in_chunks(predict: Callable[[dict], dict], inputs: dict[str, np.ndarray],
-                      chunks: np.ndarray, positions: np.ndarray, chunks_per_call: int, *,
-                      progress: bool = True) -> dict[str, np.ndarray]:
+def predict_in_chunks(
+  predict: Callable[[dict], dict],
+  inputs: dict[str, np.ndarray],
+  chunks: np.ndarray,
+  positions: np.ndarray,
+  chunks_per_call: int,
+  *,
+  progress: bool = True,
+) -> dict[str, np.ndarray]:
   """Runs a chunked `predict` (`interface.PredictsInChunks`) over a video, whole chunks per call.
 
   Each call gets `chunks_per_call` chunks of the layout back to back (the last call filled with
@@ -154,9 +179,10 @@ def predict_in_chunks(predict: Callable[[dict], dict], inputs: dict[str, np.ndar
   per_call = max(1, min(int(chunks_per_call), len(chunks)))
   length = per_call * chunks.shape[1]
   outputs: dict[str, list[np.ndarray]] = {}
-  for first in tqdm.tqdm(range(0, len(chunks), per_call), desc="segment", unit="call",
-                         disable=not progress):
-    group = chunks[first:first + per_call]
+  for first in tqdm.tqdm(
+    range(0, len(chunks), per_call), desc="segment", unit="call", disable=not progress
+  ):
+    group = chunks[first : first + per_call]
     kept = len(group) * chunks.shape[1]  # frames of real chunks; the rest is padding
     group = np.concatenate([group, np.repeat(group[-1:], per_call - len(group), 0)])
     frames = group.reshape(-1)
@@ -168,9 +194,16 @@ def predict_in_chunks(predict: Callable[[dict], dict], inputs: dict[str, np.ndar
   return {name: np.concatenate(parts)[positions] for name, parts in outputs.items()}
 
 
-def segment_frames(method, predict: Callable[[dict], dict], inputs: dict[str, np.ndarray], config,
-                   chunk_frames: int, frame_size: tuple[int, int], *, progress: bool = True
-                   ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+def segment_frames(
+  method,
+  predict: Callable[[dict], dict],
+  inputs: dict[str, np.ndarray],
+  config,
+  chunk_frames: int,
+  frame_size: tuple[int, int],
+  *,
+  progress: bool = True,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
   """A video's id map at the frame size, and its candidate masks where the method proposes them.
 
   Chunked methods (`interface.PredictsInChunks`) run in calls of whole chunks (about
@@ -190,18 +223,23 @@ def segment_frames(method, predict: Callable[[dict], dict], inputs: dict[str, np
   num_frames = len(next(iter(inputs.values())))
   if isinstance(method, interface.PredictsInChunks):
     chunks, positions = method.chunk_layout(num_frames, config)
-    outputs = predict_in_chunks(predict, inputs, chunks, positions,
-                                max(1, chunk_frames // chunks.shape[1]), progress=progress)
+    outputs = predict_in_chunks(
+      predict, inputs, chunks, positions, max(1, chunk_frames // chunks.shape[1]), progress=progress
+    )
   else:
     clusters = method.SEGMENT_IDS == "clusters"
-    ids = predict_in_windows(predict, inputs, chunk_frames, link_clusters=clusters,
-                             progress=progress)
+    ids = predict_in_windows(
+      predict, inputs, chunk_frames, link_clusters=clusters, progress=progress
+    )
     outputs = {"ids": rank_by_area(ids) if clusters else ids}
   if isinstance(method, interface.ProposesCandidates):
-    masks, ids = method.candidate_masks(outputs["candidates"], outputs["candidate_valid"],
-                                        tuple(frame_size), config)
-    return (upsample_nearest_floor(ids, frame_size),
-            (masks, np.asarray(outputs["candidate_valid"], bool)))
+    masks, ids = method.candidate_masks(
+      outputs["candidates"], outputs["candidate_valid"], tuple(frame_size), config
+    )
+    return (
+      upsample_nearest_floor(ids, frame_size),
+      (masks, np.asarray(outputs["candidate_valid"], bool)),
+    )
   return upsample_nearest(np.asarray(outputs["ids"]).astype(np.uint8), frame_size), None
 
 

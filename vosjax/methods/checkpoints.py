@@ -1,8 +1,8 @@
 """`config.init.checkpoint`: the parameters a fresh run starts from, for every method.
 
-The loop (`vosjax.train.create_train_state`) starts from them instead of the method's initialisation;
-a run that resumes from its own workdir keeps its own checkpoint, and `--mode eval` and
-`vosjax.segment` use them when the workdir has none. `config.init.checkpoint` is one of:
+The loop (`vosjax.train.create_train_state`) starts from them instead of the method's
+initialisation; a run that resumes from its own workdir keeps its own checkpoint, and `--mode eval`
+and `vosjax.segment` use them when the workdir has none. `config.init.checkpoint` is one of:
 
   * a directory: a vosjax workdir or its `checkpoints/` folder. The params of its newest readable
     step (a run of the same method and model, e.g. to fine-tune it); its optimizer state and step
@@ -14,6 +14,7 @@ a run that resumes from its own workdir keeps its own checkpoint, and `--mode ev
 Both are strict: a missing, unexpected or wrongly shaped tensor is a `CheckpointError` listing them
 all (the official SSL-UVOS training code loads with `strict=False` and ignores mismatches silently).
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,9 +45,11 @@ def read_vosjax_params(path: str, template: Any) -> Any:
   checkpoints/), checked leaf by leaf against `template` (arrays or `jax.ShapeDtypeStruct`)."""
   workdir = _vosjax_workdir(epath.Path(path))
   if workdir is None:
-    raise CheckpointError(f"{path}: a directory, but not a vosjax workdir (no checkpoints/ in it); "
-                          "config.init.checkpoint takes a workdir, its checkpoints/ folder or a "
-                          "checkpoint file.")
+    raise CheckpointError(
+      f"{path}: a directory, but not a vosjax workdir (no checkpoints/ in it); "
+      "config.init.checkpoint takes a workdir, its checkpoints/ folder or a "
+      "checkpoint file."
+    )
   manager = checkpoint_lib.CheckpointManager(str(workdir))
   try:
     restored = manager.restore_latest_saved()
@@ -58,18 +61,26 @@ def read_vosjax_params(path: str, template: Any) -> Any:
   expected = flax.traverse_util.flatten_dict(template)
   missing = ["/".join(k) for k in expected if k not in saved]
   unexpected = ["/".join(k) for k in saved if k not in expected]
-  wrong_shapes = {"/".join(k): (tuple(np.shape(saved[k])), tuple(v.shape))
-                  for k, v in expected.items() if k in saved and np.shape(saved[k]) != v.shape}
+  wrong_shapes = {
+    "/".join(k): (tuple(np.shape(saved[k])), tuple(v.shape))
+    for k, v in expected.items()
+    if k in saved and np.shape(saved[k]) != v.shape
+  }
   if missing or unexpected or wrong_shapes:
-    raise CheckpointError(state_dicts.mismatch_report(
-        f"{path} (step {restored.meta.get('step')})", missing, unexpected, wrong_shapes))
+    raise CheckpointError(
+      state_dicts.mismatch_report(
+        f"{path} (step {restored.meta.get('step')})", missing, unexpected, wrong_shapes
+      )
+    )
   logging.info("Imported the params of %s step %s.", manager.directory, restored.meta.get("step"))
   return flax.traverse_util.unflatten_dict(
-      {k: np.asarray(saved[k], expected[k].dtype) for k in expected})
+    {k: np.asarray(saved[k], expected[k].dtype) for k in expected}
+  )
 
 
-def import_checkpoint(method, config: ml_collections.ConfigDict, template: Any,
-                      path: str | None = None) -> Any:
+def import_checkpoint(
+  method, config: ml_collections.ConfigDict, template: Any, path: str | None = None
+) -> Any:
   """The params in `path` (default `config.init.checkpoint`), with the structure and shapes of
   `template`; see the module docstring."""
   path = str(path or config.init.checkpoint)
@@ -77,8 +88,9 @@ def import_checkpoint(method, config: ml_collections.ConfigDict, template: Any,
     return read_vosjax_params(path, template)
   if not isinstance(method, interface.ImportsCheckpoints):
     raise CheckpointError(
-        f"config.init.checkpoint={path}: config.method={config.method!r} imports no PyTorch "
-        "checkpoints (no interface.ImportsCheckpoints); pass a vosjax workdir instead.")
+      f"config.init.checkpoint={path}: config.method={config.method!r} imports no PyTorch "
+      "checkpoints (no interface.ImportsCheckpoints); pass a vosjax workdir instead."
+    )
   state = state_dicts.read_state_dict(path)
   try:
     params = method.import_params(state, template, config)

@@ -1,11 +1,13 @@
 """The method interface: what `vosjax.train`, the evaluation and `vosjax.segment` call.
 
-A method is a package `vosjax.methods.<name>` (named by `config.method`) whose module-level functions
-satisfy `Method`, and optionally one or more capability protocols below. Code outside `methods/`
-asks for a capability by its protocol (`isinstance(method, PredictsFromFlow)`), never by name.
+A method is a package `vosjax.methods.<name>` (named by `config.method`) whose module-level
+functions satisfy `Method`, and optionally one or more capability protocols below. Code outside
+`methods/` asks for a capability by its protocol (`isinstance(method, PredictsFromFlow)`), never by
+name.
 
 Shapes: B batch, T frames, H x W pixels; params, extra are pytrees.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
@@ -36,8 +38,9 @@ class Method(Protocol):
   def init_params(self, model: Any, config: ConfigDict, rng, batch: dict) -> Any:
     """The trained and checkpointed parameters."""
 
-  def loss_fn(self, params: Any, model: Any, batch: dict, rng, step, config: ConfigDict,
-              extra: Any) -> tuple[Any, dict]:
+  def loss_fn(
+    self, params: Any, model: Any, batch: dict, rng, step, config: ConfigDict, extra: Any
+  ) -> tuple[Any, dict]:
     """(scalar loss, dict of scalar metrics); `extra` is the method-owned state ({} if none)."""
 
   def predict(self, params: Any, model: Any, batch: dict, config: ConfigDict) -> dict:
@@ -76,10 +79,12 @@ class SegmentsVideos(Protocol):
   1 foreground: windows are joined as they are) or "clusters" (arbitrary per window: linked between
   windows by IoU and ranked by area).
   """
+
   SEGMENT_IDS: str
 
-  def segment_inputs(self, frames: np.ndarray, config: ConfigDict, *, cache_dir, cache_key: str,
-                     flow_preset: str) -> dict[str, np.ndarray]:
+  def segment_inputs(
+    self, frames: np.ndarray, config: ConfigDict, *, cache_dir, cache_key: str, flow_preset: str
+  ) -> dict[str, np.ndarray]:
     """uint8 frames `[T, H, W, 3]` -> the per-frame arrays `[T, ...]` that `predict` reads, at
     `config.data.resolution` (e.g. optical flow, cached under `cache_dir/cache_key`)."""
 
@@ -105,9 +110,9 @@ class ProposesCandidates(Protocol):
   them as `candidates` float `[B, T, K, h, w]` (soft masks on its grid; K fixed by the config) and
   `candidate_valid` bool `[B, T, K]` (the candidates proposed in that frame)."""
 
-  def candidate_masks(self, candidates: np.ndarray, valid: np.ndarray,
-                      frame_size: tuple[int, int], config: ConfigDict
-                      ) -> tuple[np.ndarray, np.ndarray]:
+  def candidate_masks(
+    self, candidates: np.ndarray, valid: np.ndarray, frame_size: tuple[int, int], config: ConfigDict
+  ) -> tuple[np.ndarray, np.ndarray]:
     """One video's `candidates` `[T, K, h, w]` and `valid` `[T, K]` (NumPy) -> (binary masks bool
     `[T, K, h, w]`, empty where not valid, and an id map uint8 `[T, h, w]` resolving the overlaps
     for PNGs: 0 or 1 + a candidate). The frames' masks and ids are their nearest upsampling to
@@ -123,8 +128,9 @@ class ImportsCheckpoints(Protocol):
   npz; unwrapping `model_state_dict` and `module.`) is shared (`vosjax.models.state_dicts`).
   """
 
-  def import_params(self, state_dict: dict[str, np.ndarray], params: Any,
-                    config: ConfigDict) -> Any:
+  def import_params(
+    self, state_dict: dict[str, np.ndarray], params: Any, config: ConfigDict
+  ) -> Any:
     """The trained params from the official {name: array} `state_dict`, with the structure and
     shapes of `params` (arrays or `jax.ShapeDtypeStruct`). Every missing, unexpected or wrongly
     shaped tensor raises `state_dicts.CheckpointError` listing them all. Tensors the method takes
@@ -138,8 +144,9 @@ class GrowsCapacity(Protocol):
   `core.sharding.jit_predict` then re-runs it with grown ones (recompiling) until none is exceeded,
   so a capacity never changes the result."""
 
-  def grown_config(self, config: ConfigDict, prediction: dict[str, np.ndarray]
-                   ) -> ConfigDict | None:
+  def grown_config(
+    self, config: ConfigDict, prediction: dict[str, np.ndarray]
+  ) -> ConfigDict | None:
     """None when `prediction` exceeded no capacity, else `config` with larger capacities (logged).
 
     `prediction`: the per-example fields of `predict`'s output (arrays `[B]`) as NumPy."""

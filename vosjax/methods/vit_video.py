@@ -6,6 +6,7 @@ frame-folder reader `data.source = "frame_clips"` yield it) and a DINO ViT named
 `config.backbone` (`vosjax.models.pretrained`), which `backbone.arch_overrides` (tests and
 benchmarks only, with `backbone.random_init`) shrinks to a random ViT of a few blocks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,11 @@ from vosjax.models import vit
 
 def example_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """One zero clip `[1, clip_length, H, W, 3]` at `config.data.resolution`."""
-  return {"video": np.zeros((1, config.data.clip_length) + tuple(config.data.resolution) + (3,),
-                            np.float32)}
+  return {
+    "video": np.zeros(
+      (1, config.data.clip_length) + tuple(config.data.resolution) + (3,), np.float32
+    )
+  }
 
 
 def check_video(batch: dict, what: str, method: str) -> jax.Array:
@@ -32,10 +36,12 @@ def check_video(batch: dict, what: str, method: str) -> jax.Array:
     what: the step, for the message. method: the method's name, for the message.
   """
   if "video" not in batch:
-    raise KeyError(f"{method} {what} needs batch['video'] [B, T, H, W, 3]; got keys "
-                   f"{sorted(batch)}. config.data must select a reader of RGB clips (MOVi-format "
-                   "TFDS and data.source='frame_clips' do; data.source='davis' yields Motion "
-                   "Grouping flow pairs).")
+    raise KeyError(
+      f"{method} {what} needs batch['video'] [B, T, H, W, 3]; got keys "
+      f"{sorted(batch)}. config.data must select a reader of RGB clips (MOVi-format "
+      "TFDS and data.source='frame_clips' do; data.source='davis' yields Motion "
+      "Grouping flow pairs)."
+    )
   video = batch["video"]
   if video.ndim != 5 or video.shape[-1] != 3:
     raise ValueError(f"batch['video'] must be [B, T, H, W, 3], got {video.shape}.")
@@ -48,8 +54,9 @@ def arch_overrides(backbone_config: ml_collections.ConfigDict) -> dict:
   return dict(overrides.items()) if overrides else {}
 
 
-def load_backbone(backbone_config: ml_collections.ConfigDict
-                  ) -> tuple[vit.VisionTransformer, pretrained.Params]:
+def load_backbone(
+  backbone_config: ml_collections.ConfigDict,
+) -> tuple[vit.VisionTransformer, pretrained.Params]:
   """`pretrained.load_backbone(backbone_config)`, or a shrunken RANDOM ViT when
   `backbone.arch_overrides` is set (tests and benchmarks only; needs `backbone.random_init`).
 
@@ -60,11 +67,17 @@ def load_backbone(backbone_config: ml_collections.ConfigDict
   if not overrides:
     return pretrained.load_backbone(backbone_config)
   if not backbone_config.random_init:
-    raise ValueError("backbone.arch_overrides changes the architecture, so no pretrained checkpoint "
-                     "fits it; set backbone.random_init=True (tests only) or clear arch_overrides.")
+    raise ValueError(
+      "backbone.arch_overrides changes the architecture, so no pretrained checkpoint "
+      "fits it; set backbone.random_init=True (tests only) or clear arch_overrides."
+    )
   arch = pretrained.resolve_architecture(backbone_config.name).replace(**overrides)
   banner = "!" * 78
-  logging.warning("\n%s\n!!! backbone.random_init=True with arch_overrides=%s: the backbone has "
-                  "RANDOM weights and its features are meaningless; tests and benchmarks only.\n%s",
-                  banner, overrides, banner)
+  logging.warning(
+    "\n%s\n!!! backbone.random_init=True with arch_overrides=%s: the backbone has "
+    "RANDOM weights and its features are meaningless; tests and benchmarks only.\n%s",
+    banner,
+    overrides,
+    banner,
+  )
   return pretrained.backbone_module(backbone_config, arch), pretrained.random_params(arch, seed=0)

@@ -57,6 +57,7 @@ class SlotAttentionAutoEncoder(nn.Module):
     layer_norm_epsilon: Epsilon of every LayerNorm (Keras default 1e-3).
     gradient_mode: Slot-attention gradient mode.
   """
+
   num_slots: int = 7
   num_iterations: int = 3
   encoder_widths: Sequence[int] = (64, 64, 64, 64)
@@ -67,11 +68,12 @@ class SlotAttentionAutoEncoder(nn.Module):
   learned_slot_init: bool = False
   epsilon: float = 1e-8
   layer_norm_epsilon: float = 1e-3
-  gradient_mode: slot_attention.GradientMode = 'full'
+  gradient_mode: slot_attention.GradientMode = "full"
 
   @nn.compact
-  def __call__(self, image: jnp.ndarray,
-               slot_noise: jnp.ndarray | None = None) -> dict[str, jnp.ndarray]:
+  def __call__(
+    self, image: jnp.ndarray, slot_noise: jnp.ndarray | None = None
+  ) -> dict[str, jnp.ndarray]:
     """Decomposes and reconstructs images.
 
     Args:
@@ -85,52 +87,68 @@ class SlotAttentionAutoEncoder(nn.Module):
       slots) and slots `[B, K, slot_dim]`.
     """
     if image.ndim != 4:
-      raise ValueError(f'SlotAttentionAutoEncoder expects image [B, H, W, C], '
-                       f'got shape {image.shape}.')
+      raise ValueError(
+        f"SlotAttentionAutoEncoder expects image [B, H, W, C], got shape {image.shape}."
+      )
     batch, height, width, channels = image.shape
     init_h, init_w = self.decoder_initial_size
     doublings_h = _num_doublings(height, init_h)
     doublings_w = _num_doublings(width, init_w)
     if doublings_h is None or doublings_h != doublings_w:
       raise ValueError(
-          f'SlotAttentionAutoEncoder: input size ({height}, {width}) must be '
-          f'decoder_initial_size {tuple(self.decoder_initial_size)} times the same power '
-          f'of 2 on both axes.')
+        f"SlotAttentionAutoEncoder: input size ({height}, {width}) must be "
+        f"decoder_initial_size {tuple(self.decoder_initial_size)} times the same power "
+        f"of 2 on both axes."
+      )
 
     x = image
     for i, features in enumerate(self.encoder_widths):
-      x = nn.relu(convolution.Conv2d(features, 5, 2, name=f'encoder_conv{i}')(x))
-    x = layers.SoftPositionEmbed(name='encoder_pos')(x)
+      x = nn.relu(convolution.Conv2d(features, 5, 2, name=f"encoder_conv{i}")(x))
+    x = layers.SoftPositionEmbed(name="encoder_pos")(x)
     x = x.reshape((batch, -1, x.shape[-1]))
-    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm')(x)
-    x = layers.FeatureMLP(self.slot_dim, self.slot_dim, name='encoder_mlp')(x)
+    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name="encoder_norm")(x)
+    x = layers.FeatureMLP(self.slot_dim, self.slot_dim, name="encoder_mlp")(x)
 
     if self.learned_slot_init:
-      init_slots = slot_attention.LearnedSlotInit(self.num_slots, self.slot_dim,
-                                                  name='slot_init')(batch)
+      init_slots = slot_attention.LearnedSlotInit(self.num_slots, self.slot_dim, name="slot_init")(
+        batch
+      )
     else:
-      init_slots = slot_attention.GaussianSlotInit(self.num_slots, self.slot_dim,
-                                                   name='slot_init')(batch, slot_noise)
+      init_slots = slot_attention.GaussianSlotInit(self.num_slots, self.slot_dim, name="slot_init")(
+        batch, slot_noise
+      )
     slots, attn = slot_attention.SlotAttention(
-        num_iterations=self.num_iterations, mlp_hidden_size=self.slot_mlp_hidden_size,
-        epsilon=self.epsilon, use_qkv_bias=False, use_gru=True,
-        gradient_mode=self.gradient_mode, layer_norm_epsilon=self.layer_norm_epsilon,
-        name='slot_attention')(init_slots, x)
+      num_iterations=self.num_iterations,
+      mlp_hidden_size=self.slot_mlp_hidden_size,
+      epsilon=self.epsilon,
+      use_qkv_bias=False,
+      use_gru=True,
+      gradient_mode=self.gradient_mode,
+      layer_norm_epsilon=self.layer_norm_epsilon,
+      name="slot_attention",
+    )(init_slots, x)
 
     y = layers.spatial_broadcast(slots, (init_h, init_w))
     y = y.reshape((batch * self.num_slots,) + y.shape[2:])
-    y = layers.SoftPositionEmbed(name='decoder_pos')(y)
+    y = layers.SoftPositionEmbed(name="decoder_pos")(y)
     for i in range(doublings_h):
-      y = nn.relu(layers.TorchConvTranspose(self.decoder_width, 5, stride=2, padding=2,
-                                            output_padding=1,
-                                            name=f'decoder_upsample{i}')(y))
+      y = nn.relu(
+        layers.TorchConvTranspose(
+          self.decoder_width, 5, stride=2, padding=2, output_padding=1, name=f"decoder_upsample{i}"
+        )(y)
+      )
     # A stride-1 'SAME' transposed convolution is a 'SAME' convolution (flipped kernel).
-    y = nn.relu(convolution.Conv2d(self.decoder_width, 5, 2, name='decoder_conv')(y))
-    y = convolution.Conv2d(channels + 1, 3, 1, name='decoder_output')(y)
+    y = nn.relu(convolution.Conv2d(self.decoder_width, 5, 2, name="decoder_conv")(y))
+    y = convolution.Conv2d(channels + 1, 3, 1, name="decoder_output")(y)
     y = y.reshape((batch, self.num_slots) + y.shape[1:])
 
     slot_recons, alpha_logits = y[..., :channels], y[..., channels]
     masks = jax.nn.softmax(alpha_logits, axis=1)
     recon = jnp.sum(slot_recons * masks[..., None], axis=1)
-    return {'recon': recon, 'masks': masks, 'slot_recons': slot_recons, 'attn': attn,
-            'slots': slots}
+    return {
+      "recon": recon,
+      "masks": masks,
+      "slot_recons": slot_recons,
+      "attn": attn,
+      "slots": slots,
+    }

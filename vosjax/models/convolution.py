@@ -20,6 +20,7 @@ The input gradient is XLA's convolution of the output gradient with the flipped 
 On accelerators the library convolutions are fast for both gradients, so `conv2d` uses the plain
 XLA convolution everywhere but on CPU (`jax.default_backend()` when the function is traced).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,17 +31,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-_DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # Floats in one block of patches (4 MiB): small enough to stay in a CPU core's cache share.
 _PATCH_FLOATS_PER_BLOCK = 1 << 20
 
 
 def _conv_valid(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-  return lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=_DIMENSIONS)
+  return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DIMENSIONS)
 
 
-def kernel_gradient(x: jnp.ndarray, output_gradient: jnp.ndarray, kernel_shape: Sequence[int],
-                    block: int | None = None) -> jnp.ndarray:
+def kernel_gradient(
+  x: jnp.ndarray,
+  output_gradient: jnp.ndarray,
+  kernel_shape: Sequence[int],
+  block: int | None = None,
+) -> jnp.ndarray:
   """Gradient of a stride-1 'VALID' convolution with respect to its kernel, blocked im2col.
 
   Args:
@@ -56,8 +61,10 @@ def kernel_gradient(x: jnp.ndarray, output_gradient: jnp.ndarray, kernel_shape: 
   batch, height, width, _ = x.shape
   out_h, out_w = height - kh + 1, width - kw + 1
   if output_gradient.shape != (batch, out_h, out_w, features):
-    raise ValueError(f'kernel_gradient: output gradient {output_gradient.shape} does not match '
-                     f'input {x.shape} and kernel {tuple(kernel_shape)}.')
+    raise ValueError(
+      f"kernel_gradient: output gradient {output_gradient.shape} does not match "
+      f"input {x.shape} and kernel {tuple(kernel_shape)}."
+    )
   taps = kh * kw
   # Patches from the side with fewer channels: the GEMM is [O, block] x [block, taps*C] (input
   # patches) or [C, block] x [block, taps*O] (output-gradient patches, shifted the other way),
@@ -88,18 +95,21 @@ def kernel_gradient(x: jnp.ndarray, output_gradient: jnp.ndarray, kernel_shape: 
   def accumulate(total, index):
     start = index * block
     window = lax.dynamic_slice_in_dim(windowed, start, block + halo, 0)
-    patches = jnp.concatenate([lax.slice_in_dim(window, o, o + block, axis=0) for o in starts],
-                              axis=-1)  # [block, taps * patch_channels], (ky, kx, channel) order
+    patches = jnp.concatenate(
+      [lax.slice_in_dim(window, o, o + block, axis=0) for o in starts], axis=-1
+    )  # [block, taps * patch_channels], (ky, kx, channel) order
     other = lax.dynamic_slice_in_dim(blocked, start, block, 0)
     # other^T patches: [C, taps * O] (output-gradient patches) or [O, taps * C] (input patches).
     # This orientation (the narrow side first) ran 20% faster than patches^T other for the 5x5,
     # 64 -> 64 layer at 128x224 (307 -> 247 ms for 4 images).
-    return total + lax.dot_general(other, patches, (((0,), (0,)), ((), ())),
-                                   preferred_element_type=jnp.float32), None
+    return total + lax.dot_general(
+      other, patches, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+    ), None
 
   other_channels = channels if patch_output else features
-  total, _ = lax.scan(accumulate, jnp.zeros((other_channels, taps * patch_channels), jnp.float32),
-                      jnp.arange(blocks))
+  total, _ = lax.scan(
+    accumulate, jnp.zeros((other_channels, taps * patch_channels), jnp.float32), jnp.arange(blocks)
+  )
   total = total.reshape(other_channels, kh, kw, patch_channels)
   return total.transpose(1, 2, 0, 3) if patch_output else total.transpose(1, 2, 3, 0)
 
@@ -120,9 +130,13 @@ def _backward(residuals, output_gradient):
   # written with an HWIO kernel: the transpose JAX derives has an [kh, kw, O, C] kernel, which
   # XLA:CPU runs 8x slower inside a loop body (a `lax.scan` over decoder chunks).
   flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-  input_gradient = lax.conv_general_dilated(output_gradient, flipped, (1, 1),
-                                            ((kh - 1, kh - 1), (kw - 1, kw - 1)),
-                                            dimension_numbers=_DIMENSIONS)
+  input_gradient = lax.conv_general_dilated(
+    output_gradient,
+    flipped,
+    (1, 1),
+    ((kh - 1, kh - 1), (kw - 1, kw - 1)),
+    dimension_numbers=_DIMENSIONS,
+  )
   kernel_grad = kernel_gradient(x, output_gradient, kernel.shape).astype(kernel.dtype)
   return input_gradient, kernel_grad
 
@@ -130,8 +144,9 @@ def _backward(residuals, output_gradient):
 _conv_valid_blocked.defvjp(_forward, _backward)
 
 
-def conv2d(x: jnp.ndarray, kernel: jnp.ndarray,
-           padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> jnp.ndarray:
+def conv2d(
+  x: jnp.ndarray, kernel: jnp.ndarray, padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0))
+) -> jnp.ndarray:
   """Stride-1 cross-correlation (PyTorch/flax convention), no bias.
 
   Args:
@@ -143,14 +158,16 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray,
     `[B, H + top + bottom - kh + 1, W + left + right - kw + 1, O]`.
   """
   if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
-    raise ValueError(f'conv2d expects x [B, H, W, C] and kernel [kh, kw, C, O], got {x.shape} '
-                     f'and {kernel.shape}.')
+    raise ValueError(
+      f"conv2d expects x [B, H, W, C] and kernel [kh, kw, C, O], got {x.shape} and {kernel.shape}."
+    )
   (top, bottom), (left, right) = padding
   if any((top, bottom, left, right)):
-    x = lax.pad(x, jnp.array(0, x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0),
-                                           (0, 0, 0)))
+    x = lax.pad(
+      x, jnp.array(0, x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))
+    )
   kernel = kernel.astype(x.dtype)
-  if jax.default_backend() == 'cpu':
+  if jax.default_backend() == "cpu":
     return _conv_valid_blocked(x, kernel)
   return _conv_valid(x, kernel)
 
@@ -167,6 +184,7 @@ class Conv2d(nn.Module):
     padding: Zeros on each side of H and W (PyTorch `padding`).
     use_bias: Whether to add a bias.
   """
+
   features: int
   kernel_size: int = 5
   padding: int = 2
@@ -176,11 +194,12 @@ class Conv2d(nn.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """`[B, H, W, C]` -> `[B, H + 2p - k + 1, W + 2p - k + 1, features]`."""
     if x.ndim != 4:
-      raise ValueError(f'Conv2d expects [B, H, W, C] inputs, got shape {x.shape}.')
+      raise ValueError(f"Conv2d expects [B, H, W, C] inputs, got shape {x.shape}.")
     k, p = self.kernel_size, self.padding
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (k, k, x.shape[-1], self.features))
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features)
+    )
     y = conv2d(x, kernel, ((p, p), (p, p)))
     if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros_init(), (self.features,)).astype(y.dtype)
+      y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,)).astype(y.dtype)
     return y

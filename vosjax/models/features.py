@@ -1,4 +1,5 @@
 """Frozen ViT feature extraction over video batches, chunked over frames to bound memory."""
+
 from typing import Any, Callable, Sequence
 
 import jax
@@ -29,11 +30,11 @@ def resolve_frame_chunk(frame_chunk: int) -> int:
 
 
 def make_feature_extractor(
-    module: vit.VisionTransformer,
-    frame_chunk: int,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    output_dtype: Any = jnp.float32,
+  module: vit.VisionTransformer,
+  frame_chunk: int,
+  mean: Sequence[float] = IMAGENET_MEAN,
+  std: Sequence[float] = IMAGENET_STD,
+  output_dtype: Any = jnp.float32,
 ) -> FeatureFn:
   """Builds a jitted `extract(params, video) -> features` function for a frozen backbone.
 
@@ -63,9 +64,11 @@ def make_feature_extractor(
 
   def forward(params: Any, frames: jax.Array) -> dict[str, jax.Array]:
     output = module.apply({"params": params}, frames.astype(module.dtype))
-    return {"keys": output.keys.astype(output_dtype),
-            "tokens": output.tokens.astype(output_dtype),
-            "cls": output.cls.astype(output_dtype)}
+    return {
+      "keys": output.keys.astype(output_dtype),
+      "tokens": output.tokens.astype(output_dtype),
+      "cls": output.cls.astype(output_dtype),
+    }
 
   @jax.jit
   def extract(params: Any, video: jax.Array) -> dict[str, jax.Array]:
@@ -82,7 +85,10 @@ def make_feature_extractor(
     params = jax.lax.stop_gradient(params)
     chunked = jax.lax.map(lambda chunk_frames: forward(params, chunk_frames), frames)
     return jax.tree.map(
-        lambda x: x.reshape((num_chunks * chunk,) + x.shape[2:])[:num_frames].reshape(
-            (batch, time) + x.shape[2:]), chunked)
+      lambda x: x.reshape((num_chunks * chunk,) + x.shape[2:])[:num_frames].reshape(
+        (batch, time) + x.shape[2:]
+      ),
+      chunked,
+    )
 
   return extract

@@ -41,7 +41,7 @@ def make_color_wheel(bins: Sequence[int] = MIDDLEBURY_BINS) -> np.ndarray:
     float32 `[sum(bins), 3]` RGB colours in [0, 1].
   """
   if len(bins) != 6:
-    raise ValueError(f'make_color_wheel needs 6 bin counts, got {bins}.')
+    raise ValueError(f"make_color_wheel needs 6 bin counts, got {bins}.")
   ramps = []
   # Each ramp: (start colour, end colour); the colour moves linearly, end excluded.
   corners = [(1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 1, 1), (0, 0, 1), (1, 0, 1), (1, 0, 0)]
@@ -53,12 +53,14 @@ def make_color_wheel(bins: Sequence[int] = MIDDLEBURY_BINS) -> np.ndarray:
 
 def _check_flow(flow: jnp.ndarray, name: str) -> None:
   if flow.ndim < 3 or flow.shape[-1] != 2:
-    raise ValueError(f'{name} expects flow [..., H, W, 2] in (delta_row, delta_col), '
-                     f'got shape {flow.shape}.')
+    raise ValueError(
+      f"{name} expects flow [..., H, W, 2] in (delta_row, delta_col), got shape {flow.shape}."
+    )
 
 
-def flow_to_rgb(flow: jnp.ndarray,
-                unknown_threshold: float = UNKNOWN_FLOW_THRESHOLD) -> jnp.ndarray:
+def flow_to_rgb(
+  flow: jnp.ndarray, unknown_threshold: float = UNKNOWN_FLOW_THRESHOLD
+) -> jnp.ndarray:
   """cvbase `flow2rgb` on vosjax flow, batched and jittable.
 
   Args:
@@ -69,11 +71,15 @@ def flow_to_rgb(flow: jnp.ndarray,
   Returns:
     float32 `[..., H, W, 3]` RGB in [0, 1].
   """
-  _check_flow(flow, 'flow_to_rgb')
+  _check_flow(flow, "flow_to_rgb")
   flow = jnp.asarray(flow, jnp.float32)
   dy, dx = flow[..., 0], flow[..., 1]
-  unknown = (jnp.isnan(dx) | jnp.isnan(dy) | (jnp.abs(dx) > unknown_threshold)
-             | (jnp.abs(dy) > unknown_threshold))
+  unknown = (
+    jnp.isnan(dx)
+    | jnp.isnan(dy)
+    | (jnp.abs(dx) > unknown_threshold)
+    | (jnp.abs(dy) > unknown_threshold)
+  )
   dx = jnp.where(unknown, 0.0, dx)
   dy = jnp.where(unknown, 0.0, dy)
 
@@ -127,8 +133,8 @@ def encode_flow_raw(flow: jnp.ndarray, scale: float = 1.0) -> jnp.ndarray:
     float32 `[..., H, W, 2]` with channels (u, v) = (delta_col, delta_row) / scale, the
     channel order of `.flo` files and of the official code.
   """
-  _check_flow(flow, 'encode_flow_raw')
+  _check_flow(flow, "encode_flow_raw")
   if scale <= 0:
-    raise ValueError(f'encode_flow_raw: scale must be positive, got {scale}.')
+    raise ValueError(f"encode_flow_raw: scale must be positive, got {scale}.")
   flow = jnp.asarray(flow, jnp.float32)
   return flow[..., ::-1] / scale

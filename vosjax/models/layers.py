@@ -11,7 +11,6 @@ running statistics; `flax.linen.InstanceNorm` does the same with the settings be
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,7 +33,7 @@ def build_grid(height: int, width: int) -> np.ndarray:
   """
   ys = np.linspace(0.0, 1.0, num=height, dtype=np.float64)
   xs = np.linspace(0.0, 1.0, num=width, dtype=np.float64)
-  grid = np.stack(np.meshgrid(ys, xs, indexing='ij'), axis=-1)
+  grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1)
   return np.concatenate([grid, 1.0 - grid], axis=-1).astype(np.float32)
 
 
@@ -53,10 +52,11 @@ class SoftPositionEmbed(nn.Module):
     """
     if inputs.ndim < 3:
       raise ValueError(
-          f'SoftPositionEmbed expects [..., H, W, D] inputs, got shape {inputs.shape}.')
+        f"SoftPositionEmbed expects [..., H, W, D] inputs, got shape {inputs.shape}."
+      )
     height, width, features = inputs.shape[-3:]
     grid = jnp.asarray(build_grid(height, width))
-    return inputs + nn.Dense(features, name='proj')(grid)
+    return inputs + nn.Dense(features, name="proj")(grid)
 
 
 def spatial_broadcast(slots: jnp.ndarray, resolution: Sequence[int]) -> jnp.ndarray:
@@ -70,12 +70,18 @@ def spatial_broadcast(slots: jnp.ndarray, resolution: Sequence[int]) -> jnp.ndar
     `[..., h, w, D]`.
   """
   height, width = resolution
-  return jnp.broadcast_to(slots[..., None, None, :],
-                          slots.shape[:-1] + (height, width) + slots.shape[-1:])
+  return jnp.broadcast_to(
+    slots[..., None, None, :], slots.shape[:-1] + (height, width) + slots.shape[-1:]
+  )
 
 
-def apply_in_chunks(module: nn.Module, function: Callable[[nn.Module, jnp.ndarray], jnp.ndarray],
-                    inputs: jnp.ndarray, chunk_size: int, remat: bool = False) -> jnp.ndarray:
+def apply_in_chunks(
+  module: nn.Module,
+  function: Callable[[nn.Module, jnp.ndarray], jnp.ndarray],
+  inputs: jnp.ndarray,
+  chunk_size: int,
+  remat: bool = False,
+) -> jnp.ndarray:
   """`function(module, inputs)`, computed `chunk_size` rows of the leading axis at a time.
 
   A `scan` over the chunks with the parameters broadcast: the parameters keep the names they
@@ -92,8 +98,9 @@ def apply_in_chunks(module: nn.Module, function: Callable[[nn.Module, jnp.ndarra
     remat: recompute each chunk's activations in the backward pass instead of storing them.
   """
   if chunk_size < 0:
-    raise ValueError(f'apply_in_chunks: chunk_size must be >= 0 (0: all at once), got '
-                     f'{chunk_size}.')
+    raise ValueError(
+      f"apply_in_chunks: chunk_size must be >= 0 (0: all at once), got {chunk_size}."
+    )
   total = inputs.shape[0]
   if not 0 < chunk_size < total:
     return function(module, inputs)
@@ -103,14 +110,19 @@ def apply_in_chunks(module: nn.Module, function: Callable[[nn.Module, jnp.ndarra
   def chunk_step(scoped_module, carry, chunk):
     return carry, function(scoped_module, chunk)
 
-  scan = nn.scan(nn.remat(chunk_step) if remat else chunk_step, variable_broadcast='params',
-                 split_rngs={'params': False}, length=count)
+  scan = nn.scan(
+    nn.remat(chunk_step) if remat else chunk_step,
+    variable_broadcast="params",
+    split_rngs={"params": False},
+    length=count,
+  )
   _, outputs = scan(module, None, padded.reshape((count, chunk_size) + inputs.shape[1:]))
   return outputs.reshape((count * chunk_size,) + outputs.shape[2:])[:total]
 
 
-def torch_conv_transpose_padding(kernel_size: int, stride: int, padding: int,
-                                 output_padding: int) -> tuple[int, int]:
+def torch_conv_transpose_padding(
+  kernel_size: int, stride: int, padding: int, output_padding: int
+) -> tuple[int, int]:
   """Flax `ConvTranspose` padding that reproduces a PyTorch `ConvTranspose2d`.
 
   PyTorch's transposed convolution equals a stride-1 convolution of the stride-dilated
@@ -136,7 +148,7 @@ def torch_conv_transpose_padding(kernel_size: int, stride: int, padding: int,
 def _norm_relu(x: jnp.ndarray, use_norm: bool, use_relu: bool) -> jnp.ndarray:
   """InstanceNorm (affine, PyTorch eps, submodule 'norm' of the calling module) then ReLU."""
   if use_norm:
-    x = nn.InstanceNorm(epsilon=TORCH_INSTANCE_NORM_EPS, use_fast_variance=False, name='norm')(x)
+    x = nn.InstanceNorm(epsilon=TORCH_INSTANCE_NORM_EPS, use_fast_variance=False, name="norm")(x)
   return nn.relu(x) if use_relu else x
 
 
@@ -149,6 +161,7 @@ class ConvNormReLU(nn.Module):
     use_norm: Whether to apply InstanceNorm (affine) between conv and ReLU.
     use_relu: Whether to apply the ReLU.
   """
+
   features: int
   kernel_size: int = 5
   use_norm: bool = True
@@ -157,8 +170,7 @@ class ConvNormReLU(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """`[B, H, W, C]` -> `[B, H, W, features]`."""
-    x = convolution.Conv2d(self.features, self.kernel_size, self.kernel_size // 2,
-                           name='conv')(x)
+    x = convolution.Conv2d(self.features, self.kernel_size, self.kernel_size // 2, name="conv")(x)
     return _norm_relu(x, self.use_norm, self.use_relu)
 
 
@@ -180,6 +192,7 @@ class TorchConvTranspose(nn.Module):
     padding: PyTorch `padding` p (0 <= p <= k - 1).
     output_padding: PyTorch `output_padding`.
   """
+
   features: int
   kernel_size: int = 5
   stride: int = 2
@@ -191,13 +204,13 @@ class TorchConvTranspose(nn.Module):
     """`[B, H, W, C]` -> `[B, H', W', features]`, H' = (H-1)s - 2p + k + output_padding."""
     k, s = self.kernel_size, self.stride
     if x.ndim != 4:
-      raise ValueError(f'TorchConvTranspose expects [B, H, W, C] inputs, got {x.shape}.')
+      raise ValueError(f"TorchConvTranspose expects [B, H, W, C] inputs, got {x.shape}.")
     if not 0 <= self.padding <= k - 1:
-      raise ValueError(f'TorchConvTranspose: padding must be in [0, {k - 1}], '
-                       f'got {self.padding}.')
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (k, k, x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+      raise ValueError(f"TorchConvTranspose: padding must be in [0, {k - 1}], got {self.padding}.")
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features)
+    )
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
     pad_low = k - 1 - self.padding
     in_h, in_w = x.shape[-3:-1]
     out_h = (in_h - 1) * s - 2 * self.padding + k + self.output_padding
@@ -228,8 +241,10 @@ class TorchConvTranspose(nn.Module):
       # The strided `.at[].set` below is a scatter (its gradient a gather): Motion Grouping's
       # last upsampling of 4 slot images went 56-59 -> 48-51 ms forward, 128-130 -> 122-124 ms
       # backward (PyTorch: 48 and 80 ms).
-      rows = [jnp.stack([phases[phase_y, phase_x] for phase_x in range(s)], axis=3)
-              for phase_y in range(s)]
+      rows = [
+        jnp.stack([phases[phase_y, phase_x] for phase_x in range(s)], axis=3)
+        for phase_y in range(s)
+      ]
       out = jnp.stack(rows, axis=2).reshape(x.shape[0], out_h, out_w, self.features)
     else:
       out = jnp.zeros((x.shape[0], out_h, out_w, self.features), x.dtype)
@@ -252,6 +267,7 @@ class ConvTransposeNormReLU(nn.Module):
     use_norm: Whether to apply InstanceNorm (affine).
     use_relu: Whether to apply the ReLU.
   """
+
   features: int
   kernel_size: int = 5
   stride: int = 2
@@ -263,8 +279,14 @@ class ConvTransposeNormReLU(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """`[B, H, W, C]` -> `[B, H', W', features]`, H' = (H-1)s - 2p + k + output_padding."""
-    x = TorchConvTranspose(self.features, self.kernel_size, self.stride, self.padding,
-                           self.output_padding, name='conv_transpose')(x)
+    x = TorchConvTranspose(
+      self.features,
+      self.kernel_size,
+      self.stride,
+      self.padding,
+      self.output_padding,
+      name="conv_transpose",
+    )(x)
     return _norm_relu(x, self.use_norm, self.use_relu)
 
 
@@ -287,9 +309,13 @@ def max_pool_2x2_ceil(x: jnp.ndarray) -> jnp.ndarray:
   bottom_left, bottom_right = x[:, 1::2, 0::2], x[:, 1::2, 1::2]
   maximum = jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
   # Nested selects pass the gradient to the first phase equal to the maximum.
-  return jnp.where(top_left == maximum, top_left,
-                   jnp.where(top_right == maximum, top_right,
-                             jnp.where(bottom_left == maximum, bottom_left, bottom_right)))
+  return jnp.where(
+    top_left == maximum,
+    top_left,
+    jnp.where(
+      top_right == maximum, top_right, jnp.where(bottom_left == maximum, bottom_left, bottom_right)
+    ),
+  )
 
 
 class FeatureMLP(nn.Module):
@@ -299,11 +325,12 @@ class FeatureMLP(nn.Module):
     hidden_size: Hidden width.
     output_size: Output width.
   """
+
   hidden_size: int
   output_size: int
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """`[..., D_in]` -> `[..., output_size]`."""
-    x = nn.relu(nn.Dense(self.hidden_size, name='dense_1')(x))
-    return nn.Dense(self.output_size, name='dense_2')(x)
+    x = nn.relu(nn.Dense(self.hidden_size, name="dense_1")(x))
+    return nn.Dense(self.output_size, name="dense_2")(x)

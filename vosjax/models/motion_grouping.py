@@ -33,6 +33,7 @@ class MotionGroupingEncoder(nn.Module):
     widths: Channel width of each stage; a 2x2 ceil-mode max-pool separates stages.
     chunk_size: Images encoded at a time (`layers.apply_in_chunks`); 0: all at once.
   """
+
   widths: Sequence[int] = (64, 128, 256)
   chunk_size: int = 0
 
@@ -47,8 +48,8 @@ def _encode(encoder: MotionGroupingEncoder, x: jnp.ndarray) -> jnp.ndarray:
   for stage, width in enumerate(encoder.widths):
     if stage > 0:
       x = layers.max_pool_2x2_ceil(x)
-    x = layers.ConvNormReLU(width, 5, parent=encoder, name=f'stage{stage}_conv1')(x)
-    x = layers.ConvNormReLU(width, 5, parent=encoder, name=f'stage{stage}_conv2')(x)
+    x = layers.ConvNormReLU(width, 5, parent=encoder, name=f"stage{stage}_conv1")(x)
+    x = layers.ConvNormReLU(width, 5, parent=encoder, name=f"stage{stage}_conv2")(x)
   return x
 
 
@@ -65,6 +66,7 @@ class MotionGroupingDecoder(nn.Module):
       backward pass recomputes a chunk's activations instead of keeping all of them); 0 (or
       >= B * K) decodes every slot at once. Same parameters and values either way.
   """
+
   transpose_widths: Sequence[int] = (64, 64, 64)
   conv_width: int = 64
   output_channels: int = 3
@@ -82,28 +84,33 @@ class MotionGroupingDecoder(nn.Module):
     Returns:
       `[B, K, H, W, C + 1]` per-slot reconstructions and alpha logits.
     """
-    factor = 2**len(self.transpose_widths)
+    factor = 2 ** len(self.transpose_widths)
     height, width = output_size
     batch, num_slots = slots.shape[:2]
     grid = (height // factor, width // factor)
     vectors = slots.reshape((batch * num_slots, slots.shape[-1]))
-    x = layers.apply_in_chunks(self, functools.partial(_decode, grid=grid), vectors,
-                               self.chunk_size, remat=True)
+    x = layers.apply_in_chunks(
+      self, functools.partial(_decode, grid=grid), vectors, self.chunk_size, remat=True
+    )
     return x.reshape((batch, num_slots) + x.shape[1:])
 
 
-def _decode(decoder: MotionGroupingDecoder, vectors: jnp.ndarray, grid: tuple[int, int]
-            ) -> jnp.ndarray:
+def _decode(
+  decoder: MotionGroupingDecoder, vectors: jnp.ndarray, grid: tuple[int, int]
+) -> jnp.ndarray:
   """`[N, D]` slot vectors -> `[N, H, W, C + 1]`, in the scope of `decoder`."""
   x = layers.spatial_broadcast(vectors, grid)
-  x = layers.SoftPositionEmbed(parent=decoder, name='pos_embed')(x)
+  x = layers.SoftPositionEmbed(parent=decoder, name="pos_embed")(x)
   for i, features in enumerate(decoder.transpose_widths):
-    x = layers.ConvTransposeNormReLU(features, use_norm=decoder.instance_norm, parent=decoder,
-                                     name=f'upsample{i}')(x)
-  x = layers.ConvNormReLU(decoder.conv_width, 5, use_norm=decoder.instance_norm, parent=decoder,
-                          name='conv')(x)
-  return layers.ConvNormReLU(decoder.output_channels + 1, 5, use_norm=False, use_relu=False,
-                             parent=decoder, name='output')(x)
+    x = layers.ConvTransposeNormReLU(
+      features, use_norm=decoder.instance_norm, parent=decoder, name=f"upsample{i}"
+    )(x)
+  x = layers.ConvNormReLU(
+    decoder.conv_width, 5, use_norm=decoder.instance_norm, parent=decoder, name="conv"
+  )(x)
+  return layers.ConvNormReLU(
+    decoder.output_channels + 1, 5, use_norm=False, use_relu=False, parent=decoder, name="output"
+  )(x)
 
 
 class MotionGrouping(nn.Module):
@@ -134,6 +141,7 @@ class MotionGrouping(nn.Module):
     gradient_mode: Slot-attention gradient mode ('full', 'last_iteration',
       'last_iteration_to_init').
   """
+
   num_slots: int = 2
   num_iterations: int = 5
   encoder_widths: Sequence[int] = (64, 128, 256)
@@ -145,7 +153,7 @@ class MotionGrouping(nn.Module):
   decoder_instance_norm: bool = True
   decoder_chunk_size: int = 0
   epsilon: float = 1e-8
-  gradient_mode: slot_attention.GradientMode = 'full'
+  gradient_mode: slot_attention.GradientMode = "full"
 
   @nn.compact
   def __call__(self, flow: jnp.ndarray) -> dict[str, jnp.ndarray]:
@@ -165,32 +173,49 @@ class MotionGrouping(nn.Module):
         slots: `[B, K, slot_dim]`.
     """
     if flow.ndim != 4:
-      raise ValueError(f'MotionGrouping expects flow [B, H, W, C], got shape {flow.shape}.')
+      raise ValueError(f"MotionGrouping expects flow [B, H, W, C], got shape {flow.shape}.")
     batch, height, width, channels = flow.shape
-    factor = 2**len(self.decoder_transpose_widths)
+    factor = 2 ** len(self.decoder_transpose_widths)
     if height % factor or width % factor:
       raise ValueError(
-          f'MotionGrouping needs H and W divisible by {factor} (the decoder upsamples '
-          f'{len(self.decoder_transpose_widths)} times by 2), got H={height}, W={width}.')
+        f"MotionGrouping needs H and W divisible by {factor} (the decoder upsamples "
+        f"{len(self.decoder_transpose_widths)} times by 2), got H={height}, W={width}."
+      )
 
-    x = MotionGroupingEncoder(self.encoder_widths, self.encoder_chunk_size, name='encoder')(flow)
-    x = layers.SoftPositionEmbed(name='encoder_pos')(x)
+    x = MotionGroupingEncoder(self.encoder_widths, self.encoder_chunk_size, name="encoder")(flow)
+    x = layers.SoftPositionEmbed(name="encoder_pos")(x)
     x = x.reshape((batch, -1, x.shape[-1]))
-    x = nn.LayerNorm(epsilon=1e-5, name='encoder_norm')(x)
-    x = layers.FeatureMLP(self.slot_dim, self.slot_dim, name='encoder_mlp')(x)
+    x = nn.LayerNorm(epsilon=1e-5, name="encoder_norm")(x)
+    x = layers.FeatureMLP(self.slot_dim, self.slot_dim, name="encoder_mlp")(x)
 
-    init_slots = slot_attention.LearnedSlotInit(self.num_slots, self.slot_dim,
-                                                name='slot_init')(batch)
+    init_slots = slot_attention.LearnedSlotInit(self.num_slots, self.slot_dim, name="slot_init")(
+      batch
+    )
     slots, attn = slot_attention.SlotAttention(
-        num_iterations=self.num_iterations, mlp_hidden_size=self.slot_mlp_hidden_size,
-        epsilon=self.epsilon, use_qkv_bias=True, use_gru=True,
-        gradient_mode=self.gradient_mode, name='slot_attention')(init_slots, x)
+      num_iterations=self.num_iterations,
+      mlp_hidden_size=self.slot_mlp_hidden_size,
+      epsilon=self.epsilon,
+      use_qkv_bias=True,
+      use_gru=True,
+      gradient_mode=self.gradient_mode,
+      name="slot_attention",
+    )(init_slots, x)
 
-    decoded = MotionGroupingDecoder(self.decoder_transpose_widths, self.decoder_conv_width,
-                                    channels, self.decoder_instance_norm,
-                                    self.decoder_chunk_size, name='decoder')(slots, (height, width))
+    decoded = MotionGroupingDecoder(
+      self.decoder_transpose_widths,
+      self.decoder_conv_width,
+      channels,
+      self.decoder_instance_norm,
+      self.decoder_chunk_size,
+      name="decoder",
+    )(slots, (height, width))
     slot_recons, alpha_logits = decoded[..., :channels], decoded[..., channels]
     masks = jax.nn.softmax(alpha_logits, axis=1)
     recon = jnp.sum(slot_recons * masks[..., None], axis=1)
-    return {'recon': recon, 'masks': masks, 'slot_recons': slot_recons, 'attn': attn,
-            'slots': slots}
+    return {
+      "recon": recon,
+      "masks": masks,
+      "slot_recons": slot_recons,
+      "attn": attn,
+      "slots": slots,
+    }

@@ -13,6 +13,7 @@ tensors inference does not use are dropped by name (the DINO projection head, DI
 `mask_token`, a Hugging Face pooler), any missing, unexpected or wrongly shaped tensor is an error
 listing them all.
 """
+
 import argparse
 import dataclasses
 import hashlib
@@ -43,6 +44,7 @@ Params = dict[str, Any]
 @dataclasses.dataclass(frozen=True)
 class PretrainedCheckpoint:
   """One official checkpoint. sha256 is None where the authors publish no hash."""
+
   name: str
   arch: str
   url: str
@@ -57,29 +59,52 @@ _DINO = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
 # URLs from facebookresearch/dino hubconf.py + README and dinov2/hub/backbones.py. Neither project
 # publishes checksums (torch.hub loads them without check_hash), so sha256 is None throughout.
-PRETRAINED_CHECKPOINTS: dict[str, PretrainedCheckpoint] = {c.name: c for c in (
-    PretrainedCheckpoint("dino_vits16", "dino_vits16",
-                         f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
-    PretrainedCheckpoint("dino_vits8", "dino_vits8",
-                         f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"),
-    PretrainedCheckpoint("dino_vitb16", "dino_vitb16",
-                         f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
-    PretrainedCheckpoint("dino_vitb8", "dino_vitb8",
-                         f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
+PRETRAINED_CHECKPOINTS: dict[str, PretrainedCheckpoint] = {
+  c.name: c
+  for c in (
+    PretrainedCheckpoint(
+      "dino_vits16",
+      "dino_vits16",
+      f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+    ),
+    PretrainedCheckpoint(
+      "dino_vits8", "dino_vits8", f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"
+    ),
+    PretrainedCheckpoint(
+      "dino_vitb16", "dino_vitb16", f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"
+    ),
+    PretrainedCheckpoint(
+      "dino_vitb8", "dino_vitb8", f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"
+    ),
     # Full training checkpoints (student, teacher, head, optimizer); the teacher backbone is used.
-    PretrainedCheckpoint("dino_vits16_full", "dino_vits16", f"{_DINO}/dino_deitsmall16_pretrain/"
-                         "dino_deitsmall16_pretrain_full_checkpoint.pth"),
-    PretrainedCheckpoint("dino_vits8_full", "dino_vits8", f"{_DINO}/dino_deitsmall8_pretrain/"
-                         "dino_deitsmall8_pretrain_full_checkpoint.pth"),
-    PretrainedCheckpoint("dinov2_vits14", "dinov2_vits14",
-                         f"{_DINOV2}/dinov2_vits14/dinov2_vits14_pretrain.pth"),
-    PretrainedCheckpoint("dinov2_vitb14", "dinov2_vitb14",
-                         f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_pretrain.pth"),
-    PretrainedCheckpoint("dinov2_vits14_reg", "dinov2_vits14_reg",
-                         f"{_DINOV2}/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth"),
-    PretrainedCheckpoint("dinov2_vitb14_reg", "dinov2_vitb14_reg",
-                         f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth"),
-)}
+    PretrainedCheckpoint(
+      "dino_vits16_full",
+      "dino_vits16",
+      f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain_full_checkpoint.pth",
+    ),
+    PretrainedCheckpoint(
+      "dino_vits8_full",
+      "dino_vits8",
+      f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain_full_checkpoint.pth",
+    ),
+    PretrainedCheckpoint(
+      "dinov2_vits14", "dinov2_vits14", f"{_DINOV2}/dinov2_vits14/dinov2_vits14_pretrain.pth"
+    ),
+    PretrainedCheckpoint(
+      "dinov2_vitb14", "dinov2_vitb14", f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_pretrain.pth"
+    ),
+    PretrainedCheckpoint(
+      "dinov2_vits14_reg",
+      "dinov2_vits14_reg",
+      f"{_DINOV2}/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth",
+    ),
+    PretrainedCheckpoint(
+      "dinov2_vitb14_reg",
+      "dinov2_vitb14_reg",
+      f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
+    ),
+  )
+}
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -100,7 +125,8 @@ def default_backbone_config() -> ml_collections.ConfigDict:
   config.cache_dir = os.path.join(os.path.expanduser("~"), ".cache", "vosjax", "checkpoints")
   config.random_init = False  # For tests and benchmarks only: features are meaningless.
   config.dtype = "float32"  # Compute dtype: "float32" or "bfloat16".
-  # Frames per forward pass in frozen feature extraction; 0: automatic (2 on CPU, 8 on accelerators).
+  # Frames per forward pass in frozen feature extraction; 0: automatic (2 on CPU, 8 on
+  # accelerators).
   config.frame_chunk = 0
   config.allow_download = True
   config.download_timeout_s = 10.0
@@ -146,6 +172,7 @@ def _resolve_host(host: str, timeout_s: float) -> None:
       socket.getaddrinfo(host, 443)
     except OSError as error:
       result["error"] = error
+
   worker = threading.Thread(target=resolve, daemon=True)
   worker.start()
   worker.join(timeout_s)
@@ -155,8 +182,9 @@ def _resolve_host(host: str, timeout_s: float) -> None:
     raise result["error"]
 
 
-def download(url: str, destination: os.PathLike, sha256: Optional[str] = None,
-             timeout_s: float = 10.0) -> pathlib.Path:
+def download(
+  url: str, destination: os.PathLike, sha256: Optional[str] = None, timeout_s: float = 10.0
+) -> pathlib.Path:
   """Downloads `url` to `destination`, resuming a previous `.part` with an HTTP Range request.
 
   The file only appears at `destination` (by atomic rename) once complete and, when `sha256` is
@@ -188,8 +216,10 @@ def download(url: str, destination: os.PathLike, sha256: Optional[str] = None,
       raise
   size = partial.stat().st_size
   if expected_size is not None and size != expected_size:
-    raise OSError(f"download of {url} stopped at {size} of {expected_size} bytes; "
-                  f"rerun to resume from {partial}")
+    raise OSError(
+      f"download of {url} stopped at {size} of {expected_size} bytes; "
+      f"rerun to resume from {partial}"
+    )
   try:
     verify_sha256(partial, sha256)
   except ChecksumMismatchError:
@@ -201,9 +231,10 @@ def download(url: str, destination: os.PathLike, sha256: Optional[str] = None,
 
 def _unavailable(spec: PretrainedCheckpoint, cached: pathlib.Path, reason: str) -> Exception:
   return PretrainedWeightsUnavailableError(
-      f"Pretrained weights {spec.name!r} are not available locally ({reason}). Download\n  "
-      f"{spec.url}\non a machine with internet access, then pass "
-      f"--config.backbone.checkpoint=PATH (or place the file at {cached}).")
+    f"Pretrained weights {spec.name!r} are not available locally ({reason}). Download\n  "
+    f"{spec.url}\non a machine with internet access, then pass "
+    f"--config.backbone.checkpoint=PATH (or place the file at {cached})."
+  )
 
 
 def resolve_checkpoint_file(config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -214,8 +245,10 @@ def resolve_checkpoint_file(config: ml_collections.ConfigDict) -> pathlib.Path:
       raise FileNotFoundError(f"backbone.checkpoint={config.checkpoint}: no such file")
     return path
   if config.name not in PRETRAINED_CHECKPOINTS:
-    raise ValueError(f"no official checkpoint named {config.name!r} (known: "
-                     f"{', '.join(PRETRAINED_CHECKPOINTS)}); set --config.backbone.checkpoint=PATH")
+    raise ValueError(
+      f"no official checkpoint named {config.name!r} (known: "
+      f"{', '.join(PRETRAINED_CHECKPOINTS)}); set --config.backbone.checkpoint=PATH"
+    )
   spec = PRETRAINED_CHECKPOINTS[config.name]
   cache_dir = pathlib.Path(config.cache_dir).expanduser()
   converted = cache_dir / f"{spec.name}.npz"
@@ -251,30 +284,35 @@ def read_state_dict(path: os.PathLike, prefer: str = "teacher") -> dict[str, np.
     stray = [n for n in state if not n.startswith(("backbone.", "head."))]
     if stray:
       raise CheckpointError(f"{path}: tensors outside backbone./head.: {', '.join(sorted(stray))}")
-    state = {n[len("backbone."):]: v for n, v in state.items() if n.startswith("backbone.")}
+    state = {n[len("backbone.") :]: v for n, v in state.items() if n.startswith("backbone.")}
   return state
 
 
 # Hugging Face transformers names (ViTModel for DINO, Dinov2[WithRegisters]Model) -> DINO names.
 _HF_RENAMES = [
-    (r"embeddings\.cls_token", "cls_token"),
-    (r"embeddings\.mask_token", "mask_token"),
-    (r"embeddings\.position_embeddings", "pos_embed"),
-    (r"embeddings\.register_tokens", "register_tokens"),
-    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
-    (r"encoder\.layer\.(\d+)\.(?:norm1|layernorm_before)\.(weight|bias)", r"blocks.\1.norm1.\2"),
-    (r"encoder\.layer\.(\d+)\.(?:norm2|layernorm_after)\.(weight|bias)", r"blocks.\1.norm2.\2"),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
-    (r"encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1", r"blocks.\1.ls\2.gamma"),
-    (r"encoder\.layer\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
-    (r"layernorm\.(weight|bias)", r"norm.\1"),
+  (r"embeddings\.cls_token", "cls_token"),
+  (r"embeddings\.mask_token", "mask_token"),
+  (r"embeddings\.position_embeddings", "pos_embed"),
+  (r"embeddings\.register_tokens", "register_tokens"),
+  (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+  (r"encoder\.layer\.(\d+)\.(?:norm1|layernorm_before)\.(weight|bias)", r"blocks.\1.norm1.\2"),
+  (r"encoder\.layer\.(\d+)\.(?:norm2|layernorm_after)\.(weight|bias)", r"blocks.\1.norm2.\2"),
+  (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+  (r"encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1", r"blocks.\1.ls\2.gamma"),
+  (r"encoder\.layer\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
+  (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+  (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+  (r"layernorm\.(weight|bias)", r"norm.\1"),
 ]
-_HF_QKV = re.compile(r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)")
+_HF_QKV = re.compile(
+  r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)"
+)
 # Tensors that inference does not use, dropped by exact name.
-_UNUSED = {"mask_token": "DINOv2 iBOT mask token (masked training only)",
-           "pooler.dense.weight": "HF ViT pooler", "pooler.dense.bias": "HF ViT pooler"}
+_UNUSED = {
+  "mask_token": "DINOv2 iBOT mask token (masked training only)",
+  "pooler.dense.weight": "HF ViT pooler",
+  "pooler.dense.bias": "HF ViT pooler",
+}
 
 
 def to_dino_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -282,7 +320,7 @@ def to_dino_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   state = dict(state)
   for prefix in ("vit.", "dinov2.", "model."):
     if state and all(n.startswith(prefix) for n in state):
-      state = {n[len(prefix):]: v for n, v in state.items()}
+      state = {n[len(prefix) :]: v for n, v in state.items()}
   if any(n.startswith(("embeddings.", "encoder.layer.")) for n in state):
     renamed, qkv_parts = {}, {}
     for name, value in state.items():
@@ -299,7 +337,8 @@ def to_dino_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
       if set(parts) != {"query", "key", "value"}:
         raise CheckpointError(f"block {block}: incomplete query/key/value {kind}: {sorted(parts)}")
       renamed[f"blocks.{block}.attn.qkv.{kind}"] = np.concatenate(
-          [parts["query"], parts["key"], parts["value"]], axis=0)
+        [parts["query"], parts["key"], parts["value"]], axis=0
+      )
     state = renamed
   if "reg_token" in state:
     # timm's DINOv2-with-registers layout: CLS position folded into cls_token, none in pos_embed.
@@ -318,23 +357,31 @@ def _expected_tensors(arch: vit.ViTArch) -> dict[str, tuple[tuple[str, ...], tup
   """DINO tensor name -> (Flax param path, PyTorch shape)."""
   c, p, hidden = arch.embed_dim, arch.patch_size, arch.mlp_dim
   expected = {
-      "cls_token": (("cls_token",), (1, 1, c)),
-      "pos_embed": (("pos_embed",), (1, 1 + arch.pos_embed_grid**2, c)),
-      "patch_embed.proj.weight": (("patch_embed", "kernel"), (c, 3, p, p)),
-      "patch_embed.proj.bias": (("patch_embed", "bias"), (c,)),
-      "norm.weight": (("norm", "scale"), (c,)),
-      "norm.bias": (("norm", "bias"), (c,)),
+    "cls_token": (("cls_token",), (1, 1, c)),
+    "pos_embed": (("pos_embed",), (1, 1 + arch.pos_embed_grid**2, c)),
+    "patch_embed.proj.weight": (("patch_embed", "kernel"), (c, 3, p, p)),
+    "patch_embed.proj.bias": (("patch_embed", "bias"), (c,)),
+    "norm.weight": (("norm", "scale"), (c,)),
+    "norm.bias": (("norm", "bias"), (c,)),
   }
   if arch.num_register_tokens:
     expected["register_tokens"] = (("register_tokens",), (1, arch.num_register_tokens, c))
-  layers = {"norm1": (c, c), "attn.qkv": (3 * c, c), "attn.proj": (c, c), "norm2": (c, c),
-            "mlp.fc1": (hidden, c), "mlp.fc2": (c, hidden)}
+  layers = {
+    "norm1": (c, c),
+    "attn.qkv": (3 * c, c),
+    "attn.proj": (c, c),
+    "norm2": (c, c),
+    "mlp.fc1": (hidden, c),
+    "mlp.fc2": (c, hidden),
+  }
   for i in range(arch.depth):
     for layer, (out_dim, in_dim) in layers.items():
       path = (f"blocks_{i}",) + tuple(layer.split("."))
       is_norm = layer.startswith("norm")
       expected[f"blocks.{i}.{layer}.weight"] = (
-          path + ("scale" if is_norm else "kernel",), (c,) if is_norm else (out_dim, in_dim))
+        path + ("scale" if is_norm else "kernel",),
+        (c,) if is_norm else (out_dim, in_dim),
+      )
       expected[f"blocks.{i}.{layer}.bias"] = (path + ("bias",), (out_dim,))
     if arch.layer_scale:
       for scale in ("ls1", "ls2"):
@@ -342,15 +389,19 @@ def _expected_tensors(arch: vit.ViTArch) -> dict[str, tuple[tuple[str, ...], tup
   return expected
 
 
-def convert_state_dict(state: Mapping[str, np.ndarray], arch: vit.ViTArch,
-                       source: str = "checkpoint") -> Params:
+def convert_state_dict(
+  state: Mapping[str, np.ndarray], arch: vit.ViTArch, source: str = "checkpoint"
+) -> Params:
   """Converts a state dict (DINO, timm or Hugging Face names) into Flax params for `arch`."""
   state = {n: v for n, v in to_dino_names(state).items() if n not in _UNUSED}
   expected = _expected_tensors(arch)
   missing = [n for n in expected if n not in state]
   unexpected = [n for n in state if n not in expected]
-  wrong_shapes = {n: (tuple(state[n].shape), shape) for n, (_, shape) in expected.items()
-                  if n in state and tuple(state[n].shape) != shape}
+  wrong_shapes = {
+    n: (tuple(state[n].shape), shape)
+    for n, (_, shape) in expected.items()
+    if n in state and tuple(state[n].shape) != shape
+  }
   if missing or unexpected or wrong_shapes:
     raise CheckpointError(state_dicts.mismatch_report(source, missing, unexpected, wrong_shapes))
   flat = {}
@@ -365,8 +416,11 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: vit.ViTArch,
 
 def _param_shapes(arch: vit.ViTArch) -> Any:
   """Param tree of jax.ShapeDtypeStruct (traced only, nothing computed)."""
-  return jax.eval_shape(vit.VisionTransformer(arch).init, jax.random.PRNGKey(0),
-                        jnp.zeros((1, arch.patch_size, arch.patch_size, 3)))["params"]
+  return jax.eval_shape(
+    vit.VisionTransformer(arch).init,
+    jax.random.PRNGKey(0),
+    jnp.zeros((1, arch.patch_size, arch.patch_size, 3)),
+  )["params"]
 
 
 def save_params(path: os.PathLike, params: Params, arch_name: str) -> None:
@@ -386,15 +440,19 @@ def load_params(path: os.PathLike, arch: vit.ViTArch) -> Params:
       flat = {tuple(k.split("/")): archive[k] for k in archive.files if k != "__arch__"}
   except Exception as error:  # zipfile.BadZipFile, EOFError, ValueError, ...
     raise CheckpointError(f"{path}: cannot read converted params: {error}") from error
-  expected = {k: tuple(v.shape) for k, v in
-              flax.traverse_util.flatten_dict(_param_shapes(arch)).items()}
+  expected = {
+    k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(_param_shapes(arch)).items()
+  }
   missing = ["/".join(k) for k in expected if k not in flat]
   unexpected = ["/".join(k) for k in flat if k not in expected]
-  wrong_shapes = {"/".join(k): (flat[k].shape, s) for k, s in expected.items()
-                  if k in flat and flat[k].shape != s}
+  wrong_shapes = {
+    "/".join(k): (flat[k].shape, s) for k, s in expected.items() if k in flat and flat[k].shape != s
+  }
   if missing or unexpected or wrong_shapes:
     raise CheckpointError(state_dicts.mismatch_report(str(path), missing, unexpected, wrong_shapes))
-  return flax.traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
+  return flax.traverse_util.unflatten_dict(
+    {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}
+  )
 
 
 def load_params_file(path: os.PathLike, arch: vit.ViTArch, prefer: str = "teacher") -> Params:
@@ -423,9 +481,13 @@ def random_params(arch: vit.ViTArch, seed: int = 0) -> Params:
 
 def _warn_random_features(name: str) -> None:
   banner = "!" * 78
-  logging.warning("\n%s\n!!! backbone.random_init=True: %s has RANDOM weights. Its features are "
-                  "meaningless;\n!!! use this only for tests and benchmarks.\n%s", banner, name,
-                  banner)
+  logging.warning(
+    "\n%s\n!!! backbone.random_init=True: %s has RANDOM weights. Its features are "
+    "meaningless;\n!!! use this only for tests and benchmarks.\n%s",
+    banner,
+    name,
+    banner,
+  )
 
 
 def backbone_module(config: ml_collections.ConfigDict, arch: vit.ViTArch) -> vit.VisionTransformer:
@@ -450,8 +512,11 @@ def load_backbone(config: ml_collections.ConfigDict) -> tuple[vit.VisionTransfor
   params = load_params_file(path, arch)
   if not config.checkpoint and path.suffix != ".npz":
     # Cache the conversion so later runs read plain arrays and need no torch.
-    save_params(pathlib.Path(config.cache_dir).expanduser() / f"{config.name}.npz", params,
-                PRETRAINED_CHECKPOINTS[config.name].arch)
+    save_params(
+      pathlib.Path(config.cache_dir).expanduser() / f"{config.name}.npz",
+      params,
+      PRETRAINED_CHECKPOINTS[config.name].arch,
+    )
   return module, params
 
 

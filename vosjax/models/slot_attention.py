@@ -37,8 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-GradientMode = Literal['full', 'last_iteration', 'last_iteration_to_init']
-_GRADIENT_MODES = ('full', 'last_iteration', 'last_iteration_to_init')
+GradientMode = Literal["full", "last_iteration", "last_iteration_to_init"]
+_GRADIENT_MODES = ("full", "last_iteration", "last_iteration_to_init")
 
 
 class GRUCell(nn.Module):
@@ -47,15 +47,18 @@ class GRUCell(nn.Module):
   Attributes:
     features: Hidden size D.
   """
+
   features: int
 
   @nn.compact
   def __call__(self, inputs: jnp.ndarray, hidden: jnp.ndarray) -> jnp.ndarray:
     """`inputs` `[..., D_in]`, `hidden` `[..., D]` -> new hidden `[..., D]`."""
-    gates_input = nn.Dense(3 * self.features, kernel_init=nn.initializers.glorot_uniform(),
-                           name='input')(inputs)
-    gates_hidden = nn.Dense(3 * self.features, kernel_init=nn.initializers.orthogonal(),
-                            name='hidden')(hidden)
+    gates_input = nn.Dense(
+      3 * self.features, kernel_init=nn.initializers.glorot_uniform(), name="input"
+    )(inputs)
+    gates_hidden = nn.Dense(
+      3 * self.features, kernel_init=nn.initializers.orthogonal(), name="hidden"
+    )(hidden)
     input_r, input_z, input_n = jnp.split(gates_input, 3, axis=-1)
     hidden_r, hidden_z, hidden_n = jnp.split(gates_hidden, 3, axis=-1)
     reset = nn.sigmoid(input_r + hidden_r)
@@ -75,6 +78,7 @@ class GaussianSlotInit(nn.Module):
     num_slots: K.
     slot_dim: D.
   """
+
   num_slots: int
   slot_dim: int
 
@@ -91,13 +95,12 @@ class GaussianSlotInit(nn.Module):
       `[B, K, D]` initial slots.
     """
     shape = (batch_size, self.num_slots, self.slot_dim)
-    mu = self.param('mu', nn.initializers.glorot_uniform(), (1, 1, self.slot_dim))
-    log_sigma = self.param('log_sigma', nn.initializers.glorot_uniform(),
-                           (1, 1, self.slot_dim))
+    mu = self.param("mu", nn.initializers.glorot_uniform(), (1, 1, self.slot_dim))
+    log_sigma = self.param("log_sigma", nn.initializers.glorot_uniform(), (1, 1, self.slot_dim))
     if noise is None:
-      noise = jax.random.normal(self.make_rng('slots'), shape)
+      noise = jax.random.normal(self.make_rng("slots"), shape)
     elif noise.shape != shape:
-      raise ValueError(f'GaussianSlotInit: noise must have shape {shape}, got {noise.shape}.')
+      raise ValueError(f"GaussianSlotInit: noise must have shape {shape}, got {noise.shape}.")
     return mu + jnp.exp(log_sigma) * noise
 
 
@@ -108,14 +111,16 @@ class LearnedSlotInit(nn.Module):
     num_slots: K.
     slot_dim: D.
   """
+
   num_slots: int
   slot_dim: int
 
   @nn.compact
   def __call__(self, batch_size: int) -> jnp.ndarray:
     """Returns `[B, K, D]` copies of the learned queries (init N(0, 1) like nn.Embedding)."""
-    queries = self.param('queries', nn.initializers.normal(stddev=1.0),
-                         (self.num_slots, self.slot_dim))
+    queries = self.param(
+      "queries", nn.initializers.normal(stddev=1.0), (self.num_slots, self.slot_dim)
+    )
     return jnp.broadcast_to(queries[None], (batch_size, self.num_slots, self.slot_dim))
 
 
@@ -133,18 +138,18 @@ class SlotAttention(nn.Module):
       the last one `[B, K, N]`.
     layer_norm_epsilon: LayerNorm epsilon (PyTorch 1e-5; the Keras original used 1e-3).
   """
+
   num_iterations: int = 3
   mlp_hidden_size: int | None = 128
   epsilon: float = 1e-8
   use_qkv_bias: bool = False
   use_gru: bool = True
-  gradient_mode: GradientMode = 'full'
+  gradient_mode: GradientMode = "full"
   return_all_attention: bool = False
   layer_norm_epsilon: float = 1e-5
 
   @nn.compact
-  def __call__(self, slots: jnp.ndarray,
-               inputs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def __call__(self, slots: jnp.ndarray, inputs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Runs the iterations.
 
     Args:
@@ -158,45 +163,46 @@ class SlotAttention(nn.Module):
         `[iters, B, K, N]` when `return_all_attention`.
     """
     if self.gradient_mode not in _GRADIENT_MODES:
-      raise ValueError(f'SlotAttention.gradient_mode must be one of {_GRADIENT_MODES}, '
-                       f'got {self.gradient_mode!r}.')
+      raise ValueError(
+        f"SlotAttention.gradient_mode must be one of {_GRADIENT_MODES}, got {self.gradient_mode!r}."
+      )
     if self.num_iterations < 1:
-      raise ValueError(f'SlotAttention.num_iterations must be >= 1, '
-                       f'got {self.num_iterations}.')
+      raise ValueError(f"SlotAttention.num_iterations must be >= 1, got {self.num_iterations}.")
     if slots.ndim != 3 or inputs.ndim != 3 or slots.shape[0] != inputs.shape[0]:
-      raise ValueError(f'SlotAttention expects slots [B, K, D] and inputs [B, N, D_in] '
-                       f'with the same B, got {slots.shape} and {inputs.shape}.')
+      raise ValueError(
+        f"SlotAttention expects slots [B, K, D] and inputs [B, N, D_in] "
+        f"with the same B, got {slots.shape} and {inputs.shape}."
+      )
     slot_dim = slots.shape[-1]
 
-    inputs = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='norm_inputs')(inputs)
-    keys = nn.Dense(slot_dim, use_bias=self.use_qkv_bias, name='project_k')(inputs)
-    values = nn.Dense(slot_dim, use_bias=self.use_qkv_bias, name='project_v')(inputs)
+    inputs = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name="norm_inputs")(inputs)
+    keys = nn.Dense(slot_dim, use_bias=self.use_qkv_bias, name="project_k")(inputs)
+    values = nn.Dense(slot_dim, use_bias=self.use_qkv_bias, name="project_v")(inputs)
 
-    norm_slots = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='norm_slots')
-    project_q = nn.Dense(slot_dim, use_bias=self.use_qkv_bias, name='project_q')
-    gru = GRUCell(slot_dim, name='gru') if self.use_gru else None
+    norm_slots = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name="norm_slots")
+    project_q = nn.Dense(slot_dim, use_bias=self.use_qkv_bias, name="project_q")
+    gru = GRUCell(slot_dim, name="gru") if self.use_gru else None
     if self.mlp_hidden_size is not None:
-      norm_mlp = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='norm_mlp')
-      mlp_hidden = nn.Dense(self.mlp_hidden_size, name='mlp_hidden')
-      mlp_out = nn.Dense(slot_dim, name='mlp_out')
+      norm_mlp = nn.LayerNorm(epsilon=self.layer_norm_epsilon, name="norm_mlp")
+      mlp_hidden = nn.Dense(self.mlp_hidden_size, name="mlp_hidden")
+      mlp_out = nn.Dense(slot_dim, name="mlp_out")
 
     init_slots = slots
     attentions = []
     for iteration in range(self.num_iterations):
       if iteration == self.num_iterations - 1:
-        if self.gradient_mode == 'last_iteration':
+        if self.gradient_mode == "last_iteration":
           slots = jax.lax.stop_gradient(slots)
-        elif self.gradient_mode == 'last_iteration_to_init':
-          slots = (jax.lax.stop_gradient(slots) - jax.lax.stop_gradient(init_slots)
-                   + init_slots)
+        elif self.gradient_mode == "last_iteration_to_init":
+          slots = jax.lax.stop_gradient(slots) - jax.lax.stop_gradient(init_slots) + init_slots
       slots_prev = slots
       queries = project_q(norm_slots(slots)) * slot_dim**-0.5
-      logits = jnp.einsum('bkd,bnd->bkn', queries, keys)
+      logits = jnp.einsum("bkd,bnd->bkn", queries, keys)
       attention = jax.nn.softmax(logits, axis=1)
       attentions.append(attention)
       weights = attention + self.epsilon
       weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-      updates = jnp.einsum('bkn,bnd->bkd', weights, values)
+      updates = jnp.einsum("bkn,bnd->bkd", weights, values)
       slots = gru(updates, slots_prev) if gru is not None else slots_prev + updates
       if self.mlp_hidden_size is not None:
         slots = slots + mlp_out(nn.relu(mlp_hidden(norm_mlp(slots))))

@@ -14,6 +14,7 @@ backbone (DINO ViT-S/16, fine-tuned) is `vosjax.models.vit`; this module takes i
      semantic mask x softmax over P of the instance logits; similarity = cos(semantic slot,
      instance slot), the score the official inference keeps a mask by (>= 0.5).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -51,6 +52,7 @@ class TemporalCorrelationFusion(nn.Module):
   Attributes:
     correlation_size: (h', w') the previous frame's keys are resized to.
   """
+
   correlation_size: Sequence[int] = (16, 16)
 
   @nn.compact
@@ -60,8 +62,9 @@ class TemporalCorrelationFusion(nn.Module):
       raise ValueError(f"keys must be [B, T, h, w, C], got shape {keys.shape}.")
     batch, time, height, width, channels = keys.shape
     grid = tuple(self.correlation_size)
-    resized = jax.image.resize(keys, (batch, time) + grid + (channels,), "bilinear",
-                               antialias=False)
+    resized = jax.image.resize(
+      keys, (batch, time) + grid + (channels,), "bilinear", antialias=False
+    )
     resized = previous_frame(resized).reshape(batch, time, grid[0] * grid[1], channels)
     correlation = jnp.einsum("btnc,bthwc->bthwn", resized, keys)
     fan_in = grid[0] * grid[1]
@@ -95,6 +98,7 @@ class SMTCOutput:
     instance_masks: `[B, T, S, P, N]` semantic mask x softmax over P of `instance_logits`.
     similarity: `[B, T, S, P]` cosine of each instance slot with its semantic slot.
   """
+
   keys: jax.Array
   semantic_slots: jax.Array
   semantic_logits: jax.Array
@@ -116,6 +120,7 @@ class SMTC(nn.Module):
       parameters do not depend on it).
     correlation_size: grid of the previous-frame keys in the fusion (official (16, 16)).
   """
+
   num_semantic_slots: int = 16
   num_instances: int = 4
   num_iterations: int = 3
@@ -139,21 +144,33 @@ class SMTC(nn.Module):
     if instance_noise is not None:
       instance_noise = instance_noise.reshape((frames,) + instance_noise.shape[2:])
     slots = smtc_slot_attention.SemanticInstanceSlotAttention(
-        num_semantic_slots=self.num_semantic_slots, num_instances=self.num_instances,
-        num_iterations=self.num_iterations, name="slot_attention")(
-            fused.reshape(frames, tokens, channels), instance_noise)
+      num_semantic_slots=self.num_semantic_slots,
+      num_instances=self.num_instances,
+      num_iterations=self.num_iterations,
+      name="slot_attention",
+    )(fused.reshape(frames, tokens, channels), instance_noise)
     per_clip = lambda x: x.reshape((batch, time) + x.shape[1:])
-    semantic_slots, semantic_logits = per_clip(slots.semantic_slots), per_clip(slots.semantic_logits)
+    semantic_slots, semantic_logits = (
+      per_clip(slots.semantic_slots),
+      per_clip(slots.semantic_logits),
+    )
     instance_slots = per_clip(slots.instance_slots)
     instance_logits = per_clip(slots.instance_logits)
     embeddings = InstanceProjection(name="mlp_slot")(instance_slots)
 
     semantic_masks = jax.nn.softmax(semantic_logits, axis=2)
     instance_masks = semantic_masks[:, :, :, None] * jax.nn.softmax(instance_logits, axis=3)
-    similarity = jnp.einsum("btsc,btspc->btsp", l2_normalize(semantic_slots),
-                            l2_normalize(instance_slots))
+    similarity = jnp.einsum(
+      "btsc,btspc->btsp", l2_normalize(semantic_slots), l2_normalize(instance_slots)
+    )
     return SMTCOutput(
-        keys=keys.reshape(batch, time, tokens, channels), semantic_slots=semantic_slots,
-        semantic_logits=semantic_logits, instance_slots=instance_slots,
-        instance_logits=instance_logits, instance_embeddings=embeddings,
-        semantic_masks=semantic_masks, instance_masks=instance_masks, similarity=similarity)
+      keys=keys.reshape(batch, time, tokens, channels),
+      semantic_slots=semantic_slots,
+      semantic_logits=semantic_logits,
+      instance_slots=instance_slots,
+      instance_logits=instance_logits,
+      instance_embeddings=embeddings,
+      semantic_masks=semantic_masks,
+      instance_masks=instance_masks,
+      similarity=similarity,
+    )

@@ -29,6 +29,7 @@ Quirks of the official code, kept:
   * `slots_sigma` is a log standard deviation initialised with PyTorch's `xavier_uniform_` on its
     `[1, S, 1, D]` shape (fan_in = S * D, fan_out = D).
 """
+
 from __future__ import annotations
 
 import flax
@@ -60,6 +61,7 @@ class TwoStageSlots:
     instance_slots: `[B, S, P, D]` after the last stage-2 iteration.
     instance_logits: `[B, S, P, N]` scaled dot products of the last stage-2 iteration.
   """
+
   semantic_slots: jax.Array
   semantic_logits: jax.Array
   instance_slots: jax.Array
@@ -79,6 +81,7 @@ class SemanticInstanceSlotAttention(nn.Module):
     mask_threshold: stage-2 mask on the raw stage-1 logits (official 0.3).
     layer_norm_epsilon: LayerNorm epsilon (PyTorch default 1e-5).
   """
+
   num_semantic_slots: int = 16
   num_instances: int = 4
   num_iterations: int = 3
@@ -156,5 +159,9 @@ class SemanticInstanceSlotAttention(nn.Module):
       return weights / (jnp.sum(weights, axis=-1, keepdims=True) + self.epsilon)
 
     instance_slots, instance_logits = refine(instance_init, instance_weights)
-    return TwoStageSlots(semantic_slots=semantic_slots, semantic_logits=semantic_logits,
-                         instance_slots=instance_slots, instance_logits=instance_logits)
+    return TwoStageSlots(
+      semantic_slots=semantic_slots,
+      semantic_logits=semantic_logits,
+      instance_slots=instance_slots,
+      instance_logits=instance_logits,
+    )

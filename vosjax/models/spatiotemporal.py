@@ -2,29 +2,31 @@
 
 One pre-LN Transformer block over the tokens of all frames of a clip. Training input per clip
 (`src/model/model_cluster.py::AttEncoder.forward`): for every frame t the sequence
-`[cls_t ; k_t(1..N)]` of the frozen DINO ViT's last-block CLS output token and last-block patch keys,
-frames concatenated to T * (N + 1) tokens of C = 384 channels. There is no positional or temporal
-embedding (the official `encoder_pos` lines are commented out).
+`[cls_t ; k_t(1..N)]` of the frozen DINO ViT's last-block CLS output token and last-block patch
+keys, frames concatenated to T * (N + 1) tokens of C = 384 channels. There is no positional or
+temporal embedding (the official `encoder_pos` lines are commented out).
 
     h, attn = Attention(LN1(x));  x = x + h;  x = x + MLP(LN2(x))
 
 Attention: 8 heads of 48, scale 48 ** -0.5, qkv Linear without bias, proj Linear with bias, dropout
-(p = 0.1) after proj. MLP: Linear(C, 4C), exact (erf) GELU, Dropout(0.1), Linear(4C, C), Dropout(0.1).
-LayerNorm eps 1e-5 (PyTorch default).
+(p = 0.1) after proj. MLP: Linear(C, 4C), exact (erf) GELU, Dropout(0.1), Linear(4C, C),
+Dropout(0.1). LayerNorm eps 1e-5 (PyTorch default).
 
 Quirks kept from the official code:
-  * The attention map passes through attention dropout (p = 0.4) BEFORE it is returned, so the maps the
-    training losses see are dropout-perturbed (40 % of the entries zeroed, the rest scaled by 1 / 0.6),
-    and the same dropped map multiplies the values.
+  * The attention map passes through attention dropout (p = 0.4) BEFORE it is returned, so the maps
+    the training losses see are dropout-perturbed (40 % of the entries zeroed, the rest scaled by 1
+    / 0.6), and the same dropped map multiplies the values.
   * The returned head-averaged map drops the CLS rows and columns without renormalizing the rows.
-  * The official constructor argument is named `path_drop`, but the block's drop-path lines are commented
-    out: the 0.1 is plain dropout (proj and MLP), not stochastic depth. We follow the code.
+  * The official constructor argument is named `path_drop`, but the block's drop-path lines are
+    commented out: the 0.1 is plain dropout (proj and MLP), not stochastic depth. We follow the
+    code.
 
 Initialization follows PyTorch's `nn.Linear` default (weights and biases U(-1/sqrt(fan_in),
 1/sqrt(fan_in))), since the official block applies no custom init; LayerNorm starts at (1, 0).
 
 Parameter count for dim 384: 768 + 442,368 + 147,840 + 768 + 591,360 + 590,208 = 1,773,312.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -56,8 +58,13 @@ def torch_linear_bias_init(fan_in: int):
 
 def torch_dense(features: int, fan_in: int, use_bias: bool = True, name: str | None = None):
   """A flax Dense initialized like PyTorch's nn.Linear(fan_in, features)."""
-  return nn.Dense(features, use_bias=use_bias, kernel_init=torch_linear_kernel_init(),
-                  bias_init=torch_linear_bias_init(fan_in), name=name)
+  return nn.Dense(
+    features,
+    use_bias=use_bias,
+    kernel_init=torch_linear_kernel_init(),
+    bias_init=torch_linear_bias_init(fan_in),
+    name=name,
+  )
 
 
 class SpatioTemporalBlock(nn.Module):
@@ -68,9 +75,10 @@ class SpatioTemporalBlock(nn.Module):
     num_heads: attention heads (official 8, head dim 48).
     mlp_ratio: hidden width of the MLP relative to `dim`.
     dropout_rate: dropout after the attention projection and inside the MLP (official 0.1).
-    attention_dropout_rate: dropout on the attention map, which is also the returned map (official 0.4).
-    layer_norm_eps: LayerNorm epsilon (PyTorch default 1e-5).
+    attention_dropout_rate: dropout on the attention map, which is also the returned map (official
+    0.4). layer_norm_eps: LayerNorm epsilon (PyTorch default 1e-5).
   """
+
   dim: int = 384
   num_heads: int = 8
   mlp_ratio: float = 4.0
@@ -111,9 +119,11 @@ class SpatioTemporalBlock(nn.Module):
       (output tokens `[B, L, C]`, per-head attention `[B, heads, L, L]` after attention dropout).
     """
     if tokens.ndim != 3 or tokens.shape[-1] != self.dim:
-      raise ValueError(f"SpatioTemporalBlock expects tokens [B, L, {self.dim}], got {tokens.shape}.")
+      raise ValueError(
+        f"SpatioTemporalBlock expects tokens [B, L, {self.dim}], got {tokens.shape}."
+      )
     q, k, v = self._split_qkv(self.norm1(tokens))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.head_dim ** -0.5
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.head_dim**-0.5
     attention = jax.nn.softmax(logits, axis=-1)
     # Quirk (official): the dropped-out map is both used for the values and returned.
     attention = self.attention_dropout(attention, deterministic=deterministic)
@@ -124,8 +134,9 @@ class SpatioTemporalBlock(nn.Module):
     x = x + self.dropout(self.fc2(hidden), deterministic=deterministic)
     return x, attention
 
-  def __call__(self, cls_tokens: jax.Array, patch_keys: jax.Array,
-               deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, cls_tokens: jax.Array, patch_keys: jax.Array, deterministic: bool = True
+  ) -> tuple[jax.Array, jax.Array]:
     """Training forward pass on a clip.
 
     Args:
@@ -139,14 +150,17 @@ class SpatioTemporalBlock(nn.Module):
         rows and columns, rows (frame, token), not renormalized.
     """
     if patch_keys.ndim != 4 or cls_tokens.shape != patch_keys.shape[:2] + patch_keys.shape[3:]:
-      raise ValueError("SpatioTemporalBlock expects cls_tokens [B, T, C] and patch_keys "
-                       f"[B, T, N, C]; got {cls_tokens.shape} and {patch_keys.shape}.")
+      raise ValueError(
+        "SpatioTemporalBlock expects cls_tokens [B, T, C] and patch_keys "
+        f"[B, T, N, C]; got {cls_tokens.shape} and {patch_keys.shape}."
+      )
     batch, frames, num_tokens, channels = patch_keys.shape
     sequence = jnp.concatenate([cls_tokens[:, :, None], patch_keys], axis=2)
     out, attention = self.attend(sequence.reshape(batch, -1, channels), deterministic)
     tokens = out.reshape(batch, frames, num_tokens + 1, channels)[:, :, 1:]
     attention = attention.mean(axis=1).reshape(
-        batch, frames, num_tokens + 1, frames, num_tokens + 1)[:, :, 1:, :, 1:]
+      batch, frames, num_tokens + 1, frames, num_tokens + 1
+    )[:, :, 1:, :, 1:]
     return tokens, attention.reshape(batch, frames * num_tokens, frames * num_tokens)
 
   def query_key(self, patch_keys: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -159,6 +173,8 @@ class SpatioTemporalBlock(nn.Module):
       q, k: `[..., N, heads, head_dim]` each, `split(qkv(norm1(keys)))`; values are not computed.
     """
     if patch_keys.shape[-1] != self.dim:
-      raise ValueError(f"query_key expects patch keys [..., N, {self.dim}], got {patch_keys.shape}.")
+      raise ValueError(
+        f"query_key expects patch keys [..., N, {self.dim}], got {patch_keys.shape}."
+      )
     q, k, _ = self._split_qkv(self.norm1(patch_keys))
     return q, k

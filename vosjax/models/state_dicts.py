@@ -1,7 +1,7 @@
 """PyTorch state dicts: read them (.pth/.pt, .safetensors, .npz) and import them into Flax params.
 
-One reader for every checkpoint vosjax loads (the DINO backbones of `vosjax.models.pretrained` and the
-official method checkpoints of `config.init.checkpoint`):
+One reader for every checkpoint vosjax loads (the DINO backbones of `vosjax.models.pretrained` and
+the official method checkpoints of `config.init.checkpoint`):
 
   * `.safetensors` and `.npz` (a flat {name: array} archive, as `python -m vosjax.convert` writes)
     are read with NumPy alone; other files with `torch.load(weights_only=True)`.
@@ -14,6 +14,7 @@ official method checkpoints of `config.init.checkpoint`):
 name -> Flax path and layout). It is strict, unlike `load_state_dict(strict=False)`: every missing,
 unexpected or wrongly shaped tensor is an error that lists them all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,8 @@ import numpy as np
 COPY = "copy"  # same layout (norm scales, biases, embeddings, tokens)
 LINEAR = "linear"  # nn.Linear weight [out, in] -> Dense kernel [in, out]
 CONV = "conv"  # nn.Conv2d weight [out, in, kh, kw] -> Conv kernel [kh, kw, in, out]
-# nn.ConvTranspose2d weight [in, out, kh, kw] -> `layers.TorchConvTranspose` kernel [kh, kw, in, out],
-# spatially flipped (flax correlates the dilated input where PyTorch convolves it).
+# nn.ConvTranspose2d weight [in, out, kh, kw] -> `layers.TorchConvTranspose` kernel [kh, kw, in,
+# out], spatially flipped (flax correlates the dilated input where PyTorch convolves it).
 CONV_TRANSPOSE = "conv_transpose"
 # nn.Conv1d weight [out, in, 1] of kernel size 1 -> the Dense kernel [in, out] it equals.
 CONV1D_1X1 = "conv1d_1x1"
@@ -60,12 +61,14 @@ def read_state_dict(path: os.PathLike, prefer: Optional[str] = None) -> dict[str
 
 
 @functools.lru_cache(maxsize=1)
-def _read_cached(path: str, size: int, mtime_ns: int, prefer: Optional[str]
-                 ) -> dict[str, np.ndarray]:
+def _read_cached(
+  path: str, size: int, mtime_ns: int, prefer: Optional[str]
+) -> dict[str, np.ndarray]:
   del size, mtime_ns  # part of the cache key only
   path = pathlib.Path(path)
   if path.suffix == ".safetensors":
     import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
     try:
       raw = dict(safetensors.numpy.load_file(str(path)))
     except Exception as error:  # safetensors raises its own SafetensorError type.
@@ -80,7 +83,7 @@ def _read_cached(path: str, size: int, mtime_ns: int, prefer: Optional[str]
     raw = _read_torch_file(path, prefer)
   state = {}
   for name, value in raw.items():
-    name = name[len("module."):] if name.startswith("module.") else name
+    name = name[len("module.") :] if name.startswith("module.") else name
     state[name] = np.asarray(value, np.float32)
   return state
 
@@ -90,17 +93,19 @@ def _read_torch_file(path: pathlib.Path, prefer: Optional[str]) -> dict[str, Any
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     raise ImportError(
-        f"Reading the PyTorch checkpoint {path} needs torch (pip install torch, CPU build is "
-        "enough). Alternatively convert it once where torch exists and pass the result: `python -m "
-        "vosjax.convert IN.pth OUT.safetensors --config CONFIG` (method checkpoints) or `python -m "
-        "vosjax.models.pretrained IN.pth OUT.npz --name NAME` (backbones).") from error
+      f"Reading the PyTorch checkpoint {path} needs torch (pip install torch, CPU build is "
+      "enough). Alternatively convert it once where torch exists and pass the result: `python -m "
+      "vosjax.convert IN.pth OUT.safetensors --config CONFIG` (method checkpoints) or `python -m "
+      "vosjax.models.pretrained IN.pth OUT.npz --name NAME` (backbones)."
+    ) from error
   try:
     # Full DINO checkpoints pickle their argparse.Namespace of training arguments.
     with torch.serialization.safe_globals([argparse.Namespace]):
       checkpoint = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as error:  # torch raises RuntimeError/UnpicklingError/EOFError variously.
-    raise CheckpointError(f"{path}: cannot read PyTorch checkpoint (truncated or corrupt?): "
-                          f"{error}") from error
+    raise CheckpointError(
+      f"{path}: cannot read PyTorch checkpoint (truncated or corrupt?): {error}"
+    ) from error
   if not isinstance(checkpoint, Mapping):
     raise CheckpointError(f"{path}: expected a dict of tensors, got {type(checkpoint).__name__}")
   if not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
@@ -110,8 +115,10 @@ def _read_torch_file(path: pathlib.Path, prefer: Optional[str]) -> dict[str, Any
         checkpoint = checkpoint[key]
         break
     else:
-      raise CheckpointError(f"{path}: no state dict found (looked for {list(keys)}); top-level "
-                            f"keys: {sorted(map(str, checkpoint))}")
+      raise CheckpointError(
+        f"{path}: no state dict found (looked for {list(keys)}); top-level "
+        f"keys: {sorted(map(str, checkpoint))}"
+      )
   not_tensors = sorted(n for n, v in checkpoint.items() if not isinstance(v, torch.Tensor))
   if not_tensors:
     raise CheckpointError(f"{path}: the state dict holds non-tensor entries: {not_tensors}")
@@ -129,6 +136,7 @@ def write_state_dict(path: os.PathLike, state: Mapping[str, np.ndarray]) -> path
   arrays = {name: np.ascontiguousarray(value, np.float32) for name, value in state.items()}
   if path.suffix == ".safetensors":
     import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
     safetensors.numpy.save_file(arrays, str(partial))
   else:
     np.savez(partial, **arrays)
@@ -140,8 +148,12 @@ def write_state_dict(path: os.PathLike, state: Mapping[str, np.ndarray]) -> path
 # Import into Flax params.
 
 
-def mismatch_report(source: str, missing: Iterable[str], unexpected: Iterable[str],
-                    wrong_shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> str:
+def mismatch_report(
+  source: str,
+  missing: Iterable[str],
+  unexpected: Iterable[str],
+  wrong_shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
+) -> str:
   """The lines of a strict-loading error: what is missing, unexpected, or of the wrong shape."""
   missing, unexpected = sorted(missing), sorted(unexpected)
   lines = [f"{source} does not fit the architecture:"]
@@ -184,9 +196,14 @@ def torch_shape(flax_shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
   return tuple(flax_shape)
 
 
-def import_tensors(state: Mapping[str, np.ndarray],
-                   names: Mapping[str, tuple[tuple[str, ...], str]], template: Any, *,
-                   source: str = "the checkpoint", used_elsewhere: tuple[str, ...] = ()) -> Any:
+def import_tensors(
+  state: Mapping[str, np.ndarray],
+  names: Mapping[str, tuple[tuple[str, ...], str]],
+  template: Any,
+  *,
+  source: str = "the checkpoint",
+  used_elsewhere: tuple[str, ...] = (),
+) -> Any:
   """Fills the params `template` from `state` by the name map `names`, strictly.
 
   Args:
@@ -208,11 +225,13 @@ def import_tensors(state: Mapping[str, np.ndarray],
   needed = {name: entry for name, entry in names.items() if entry[0] in flat_template}
   unfilled = set(flat_template) - {path for path, _ in needed.values()}
   if unfilled:  # the name map and the module disagree: a bug in the caller, not in the file
-    raise CheckpointError(f"{source}: no PyTorch name maps to the params "
-                          f"{sorted('/'.join(p) for p in unfilled)}")
+    raise CheckpointError(
+      f"{source}: no PyTorch name maps to the params {sorted('/'.join(p) for p in unfilled)}"
+    )
   missing = [name for name in needed if name not in state]
-  unexpected = [name for name in state
-                if name not in needed and not name.startswith(tuple(used_elsewhere))]
+  unexpected = [
+    name for name in state if name not in needed and not name.startswith(tuple(used_elsewhere))
+  ]
   wrong_shapes = {}
   flat = {}
   for name, (path, layout) in needed.items():

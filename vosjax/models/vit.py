@@ -14,16 +14,17 @@ Position embeddings are resampled to any input grid exactly as the originals cal
 Each axis is resampled by a small [out, in] matrix computed in NumPy at trace time (shapes are
 static), so the whole resize is two exact matmuls.
 
-Stochastic depth (drop-path, `VisionTransformer.drop_path_rate`, default 0: off) as DINO's and timm's
-`drop_path`: per sample and per residual branch, the branch is dropped with probability p or kept and
-scaled by 1 / (1 - p); the rate rises linearly from 0 at the first block to `drop_path_rate` at the
-last (`torch.linspace(0, rate, depth)`). Active only with `deterministic=False` and an rng named
-"drop_path"; an inference forward is deterministic.
+Stochastic depth (drop-path, `VisionTransformer.drop_path_rate`, default 0: off) as DINO's and
+timm's `drop_path`: per sample and per residual branch, the branch is dropped with probability p or
+kept and scaled by 1 / (1 - p); the rate rises linearly from 0 at the first block to
+`drop_path_rate` at the last (`torch.linspace(0, rate, depth)`). Active only with
+`deterministic=False` and an rng named "drop_path"; an inference forward is deterministic.
 
 One deliberate choice: when the patch grid equals the pretrained grid on both axes the embedding
 is used unchanged, as PyTorch's CUDA bicubic kernel does (it copies same-size inputs); PyTorch's
 current CPU kernel would instead resample with the +0.1 scale. The originals ran on CUDA.
 """
+
 import dataclasses
 import math
 from typing import Any, Optional
@@ -46,8 +47,8 @@ class ViTArch:
     embed_dim: token width C.
     depth: number of transformer blocks.
     num_heads: attention heads; head width is embed_dim // num_heads.
-    pos_embed_grid: side of the square grid of learned position embeddings (pretraining res / patch).
-    mlp_ratio: hidden width of the MLP relative to embed_dim.
+    pos_embed_grid: side of the square grid of learned position embeddings (pretraining res /
+    patch). mlp_ratio: hidden width of the MLP relative to embed_dim.
     layer_scale: DINOv2's per-channel residual scaling (`ls1`, `ls2`).
     num_register_tokens: DINOv2 registers, inserted after CLS, without position embedding.
     interpolate_offset: offset added to the target grid in the interpolation scale factor; 0 means
@@ -55,6 +56,7 @@ class ViTArch:
     interpolate_antialias: use PyTorch's antialiased bicubic resampling.
     norm_eps: LayerNorm epsilon.
   """
+
   patch_size: int
   embed_dim: int
   depth: int
@@ -83,27 +85,46 @@ _DINOV2_REG = dict(num_register_tokens=4, interpolate_offset=0.0, interpolate_an
 
 # Official configurations (dino `vit_small`/`vit_base`, dinov2 hub `dinov2_vit{s,b}14[_reg]`).
 VIT_ARCHITECTURES: dict[str, ViTArch] = {
-    "dino_vits16": ViTArch(patch_size=16, embed_dim=384, depth=12, num_heads=6, pos_embed_grid=14),
-    "dino_vits8": ViTArch(patch_size=8, embed_dim=384, depth=12, num_heads=6, pos_embed_grid=28),
-    "dino_vitb16": ViTArch(patch_size=16, embed_dim=768, depth=12, num_heads=12, pos_embed_grid=14),
-    "dino_vitb8": ViTArch(patch_size=8, embed_dim=768, depth=12, num_heads=12, pos_embed_grid=28),
-    "dinov2_vits14": ViTArch(patch_size=14, embed_dim=384, depth=12, num_heads=6,
-                             pos_embed_grid=37, layer_scale=True),
-    "dinov2_vitb14": ViTArch(patch_size=14, embed_dim=768, depth=12, num_heads=12,
-                             pos_embed_grid=37, layer_scale=True),
-    "dinov2_vits14_reg": ViTArch(patch_size=14, embed_dim=384, depth=12, num_heads=6,
-                                 pos_embed_grid=37, layer_scale=True, **_DINOV2_REG),
-    "dinov2_vitb14_reg": ViTArch(patch_size=14, embed_dim=768, depth=12, num_heads=12,
-                                 pos_embed_grid=37, layer_scale=True, **_DINOV2_REG),
+  "dino_vits16": ViTArch(patch_size=16, embed_dim=384, depth=12, num_heads=6, pos_embed_grid=14),
+  "dino_vits8": ViTArch(patch_size=8, embed_dim=384, depth=12, num_heads=6, pos_embed_grid=28),
+  "dino_vitb16": ViTArch(patch_size=16, embed_dim=768, depth=12, num_heads=12, pos_embed_grid=14),
+  "dino_vitb8": ViTArch(patch_size=8, embed_dim=768, depth=12, num_heads=12, pos_embed_grid=28),
+  "dinov2_vits14": ViTArch(
+    patch_size=14, embed_dim=384, depth=12, num_heads=6, pos_embed_grid=37, layer_scale=True
+  ),
+  "dinov2_vitb14": ViTArch(
+    patch_size=14, embed_dim=768, depth=12, num_heads=12, pos_embed_grid=37, layer_scale=True
+  ),
+  "dinov2_vits14_reg": ViTArch(
+    patch_size=14,
+    embed_dim=384,
+    depth=12,
+    num_heads=6,
+    pos_embed_grid=37,
+    layer_scale=True,
+    **_DINOV2_REG,
+  ),
+  "dinov2_vitb14_reg": ViTArch(
+    patch_size=14,
+    embed_dim=768,
+    depth=12,
+    num_heads=12,
+    pos_embed_grid=37,
+    layer_scale=True,
+    **_DINOV2_REG,
+  ),
 }
 
 
 def _cubic_clamped_weights(t: float, a: float = -0.75) -> tuple[float, float, float, float]:
   """PyTorch `upsample_bicubic2d` weights for taps at offsets -1, 0, 1, 2 of fractional pos t."""
+
   def near(x):  # |x| <= 1
     return ((a + 2) * x - (a + 3)) * x * x + 1
+
   def far(x):  # 1 < |x| < 2
     return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
   return far(t + 1), near(t), near(1 - t), far(2 - t)
 
 
@@ -117,8 +138,9 @@ def _cubic_filter(x: float, a: float = -0.5) -> float:
   return 0.0
 
 
-def bicubic_resize_matrix(in_size: int, out_size: int, inverse_scale: float,
-                          antialias: bool) -> np.ndarray:
+def bicubic_resize_matrix(
+  in_size: int, out_size: int, inverse_scale: float, antialias: bool
+) -> np.ndarray:
   """Row-stochastic matrix [out_size, in_size] reproducing torch bicubic interpolation on one axis.
 
   Args:
@@ -142,8 +164,9 @@ def bicubic_resize_matrix(in_size: int, out_size: int, inverse_scale: float,
     center = inverse_scale * (i + 0.5)
     first = max(int(center - support + 0.5), 0)
     last = min(int(center + support + 0.5), in_size)
-    weights = np.array([_cubic_filter((j - center + 0.5) * filter_scale)
-                        for j in range(first, last)])
+    weights = np.array(
+      [_cubic_filter((j - center + 0.5) * filter_scale) for j in range(first, last)]
+    )
     if weights.sum() != 0.0:
       weights = weights / weights.sum()
     matrix[i, first:last] = weights
@@ -173,11 +196,16 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid: tuple[int, int], arch: ViT
       inverse_scale = 1.0 / (float(out_size + arch.interpolate_offset) / side)
     else:
       inverse_scale = side / out_size
-    matrices.append(jnp.asarray(bicubic_resize_matrix(
-        side, out_size, inverse_scale, arch.interpolate_antialias), jnp.float32))
+    matrices.append(
+      jnp.asarray(
+        bicubic_resize_matrix(side, out_size, inverse_scale, arch.interpolate_antialias),
+        jnp.float32,
+      )
+    )
   patch_grid = pos_embed[0, 1:].reshape(side, side, -1)
-  resized = jnp.einsum("hi,wj,ijc->hwc", matrices[0], matrices[1], patch_grid,
-                       precision=jax.lax.Precision.HIGHEST)
+  resized = jnp.einsum(
+    "hi,wj,ijc->hwc", matrices[0], matrices[1], patch_grid, precision=jax.lax.Precision.HIGHEST
+  )
   return jnp.concatenate([pos_embed[:, :1], resized.reshape(1, grid[0] * grid[1], -1)], axis=1)
 
 
@@ -215,6 +243,7 @@ class ViTOutput:
       (head-major channels), CLS and registers dropped.
     attention: [B, heads, S, S] softmax attention of the last block, or None when not requested.
   """
+
   tokens: jax.Array
   tokens_normed: jax.Array
   cls: jax.Array
@@ -229,12 +258,14 @@ class Attention(nn.Module):
   With `return_attention=False` the maps are None and, on CPU for sequences longer than two
   chunks, the attention runs in query chunks (`attend_in_query_chunks`).
   """
+
   num_heads: int
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, return_attention: bool = True
-               ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  def __call__(
+    self, x: jax.Array, return_attention: bool = True
+  ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """x: [B, S, C] -> (output [B, S, C], keys [B, S, C], attention [B, heads, S, S] float32)."""
     batch, length, width = x.shape
     head_dim = width // self.num_heads
@@ -245,9 +276,11 @@ class Attention(nn.Module):
     # On CPU without maps: query chunks past two chunks (the images' maps would not fit in
     # cache), else one image at a time with recomputing backward (`attend_per_image`).
     if not return_attention and jax.default_backend() == "cpu":
-      attend = (transformer_layers.attend_in_query_chunks
-                if length > 2 * transformer_layers.QUERY_CHUNK
-                else transformer_layers.attend_per_image)
+      attend = (
+        transformer_layers.attend_in_query_chunks
+        if length > 2 * transformer_layers.QUERY_CHUNK
+        else transformer_layers.attend_per_image
+      )
       mixed, attention = attend(qkv, scale), None
     else:
       logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) * scale
@@ -262,6 +295,7 @@ class Attention(nn.Module):
 
 class LayerScale(nn.Module):
   """DINOv2 per-channel scaling of a residual branch (param `gamma`)."""
+
   init_value: float = 1.0  # DINOv2 hub models are built with init_values=1.0.
   dtype: Any = jnp.float32
 
@@ -273,6 +307,7 @@ class LayerScale(nn.Module):
 
 class Mlp(nn.Module):
   """fc1 -> exact GELU -> fc2."""
+
   hidden_dim: int
   dtype: Any = jnp.float32
 
@@ -289,13 +324,15 @@ class Block(nn.Module):
   `drop_path_rate` > 0 with `deterministic=False`: each branch goes through `drop_path` with its
   own per-sample draws from the rng "drop_path" (DINO's `x + drop_path(y)` on both branches).
   """
+
   arch: ViTArch
   dtype: Any = jnp.float32
   drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True, return_attention: bool = True
-               ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  def __call__(
+    self, x: jax.Array, deterministic: bool = True, return_attention: bool = True
+  ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """x: [B, S, C] -> (x [B, S, C], keys [B, S, C], attention [B, heads, S, S] or None)."""
     arch = self.arch
     stochastic = self.drop_path_rate > 0.0 and not deterministic
@@ -303,7 +340,8 @@ class Block(nn.Module):
       uniform = jax.random.uniform(self.make_rng("drop_path"), (2, x.shape[0]))
     normed = nn.LayerNorm(epsilon=arch.norm_eps, dtype=self.dtype, name="norm1")(x)
     branch, keys, attention = Attention(arch.num_heads, self.dtype, name="attn")(
-        normed, return_attention)
+      normed, return_attention
+    )
     if arch.layer_scale:
       branch = LayerScale(dtype=self.dtype, name="ls1")(branch)
     if stochastic:
@@ -327,13 +365,15 @@ class VisionTransformer(nn.Module):
     drop_path_rate: stochastic depth of the last block (0 at the first, linear in between); 0: off.
       A training regulariser, not part of the architecture (the parameters are the same).
   """
+
   arch: ViTArch
   dtype: Any = jnp.float32
   drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, images: jax.Array, return_attention: bool = False,
-               deterministic: bool = True) -> ViTOutput:
+  def __call__(
+    self, images: jax.Array, return_attention: bool = False, deterministic: bool = True
+  ) -> ViTOutput:
     """Runs the backbone.
 
     Args:
@@ -353,36 +393,41 @@ class VisionTransformer(nn.Module):
     grid = arch.grid_shape(height, width)
     if min(grid) < 1:
       raise ValueError(f"image {height}x{width} is smaller than one {arch.patch_size}px patch")
-    patches = transformer_layers.PatchEmbedding(arch.embed_dim, arch.patch_size, self.dtype,
-                                                name="patch_embed")(images)
+    patches = transformer_layers.PatchEmbedding(
+      arch.embed_dim, arch.patch_size, self.dtype, name="patch_embed"
+    )(images)
     x = patches.reshape(batch, grid[0] * grid[1], arch.embed_dim)
     init = nn.initializers.truncated_normal(0.02)
     cls_token = self.param("cls_token", init, (1, 1, arch.embed_dim))
     pos_embed = self.param("pos_embed", init, (1, 1 + arch.pos_embed_grid**2, arch.embed_dim))
-    x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, arch.embed_dim)).astype(x.dtype),
-                         x], axis=1)
+    x = jnp.concatenate(
+      [jnp.broadcast_to(cls_token, (batch, 1, arch.embed_dim)).astype(x.dtype), x], axis=1
+    )
     x = x + interpolate_pos_embed(pos_embed, grid, arch).astype(x.dtype)
     if arch.num_register_tokens:
-      registers = self.param("register_tokens", nn.initializers.normal(1e-6),
-                             (1, arch.num_register_tokens, arch.embed_dim))
+      registers = self.param(
+        "register_tokens",
+        nn.initializers.normal(1e-6),
+        (1, arch.num_register_tokens, arch.embed_dim),
+      )
       registers = jnp.broadcast_to(registers, (batch,) + registers.shape[1:]).astype(x.dtype)
       x = jnp.concatenate([x[:, :1], registers, x[:, 1:]], axis=1)
     rates = drop_path_rates(arch.depth, self.drop_path_rate)
     for index in range(arch.depth):
       last = index == arch.depth - 1
-      x, keys, attention = Block(arch, self.dtype, float(rates[index]),
-                                 name=f"blocks_{index}")(x, deterministic,
-                                                         return_attention and last)
+      x, keys, attention = Block(arch, self.dtype, float(rates[index]), name=f"blocks_{index}")(
+        x, deterministic, return_attention and last
+      )
     normed = nn.LayerNorm(epsilon=arch.norm_eps, dtype=self.dtype, name="norm")(x)
     first_patch = 1 + arch.num_register_tokens
     spatial = (batch, grid[0], grid[1], arch.embed_dim)
     return ViTOutput(
-        tokens=x[:, first_patch:].reshape(spatial),
-        tokens_normed=normed[:, first_patch:].reshape(spatial),
-        cls=x[:, 0],
-        cls_normed=normed[:, 0],
-        keys=keys[:, first_patch:].reshape(spatial),
-        attention=attention,  # None unless return_attention (the last block's maps)
+      tokens=x[:, first_patch:].reshape(spatial),
+      tokens_normed=normed[:, first_patch:].reshape(spatial),
+      cls=x[:, 0],
+      cls_normed=normed[:, 0],
+      keys=keys[:, first_patch:].reshape(spatial),
+      attention=attention,  # None unless return_attention (the last block's maps)
     )
 
 

@@ -2,22 +2,23 @@
 
 Training (`src/train_RGB_cluster.py`): a clip of T = 3 frames is augmented (`vosjax.data.augment`),
 ImageNet-normalized and passed through the frozen DINO ViT; the per-frame CLS token and last-block
-patch keys enter one spatio-temporal Transformer block (`vosjax.models.spatiotemporal`), whose output
-tokens and dropout-perturbed attention feed the semantic and motion consistency losses
-(`vosjax.methods.betrayed.losses`), weighted 1 : 1. Only the block is trained (AdamW, cosine learning rate
-lr -> final_learning_rate without warmup, weight decay on >= 2-D weights only).
+patch keys enter one spatio-temporal Transformer block (`vosjax.models.spatiotemporal`), whose
+output tokens and dropout-perturbed attention feed the semantic and motion consistency losses
+(`vosjax.methods.betrayed.losses`), weighted 1 : 1. Only the block is trained (AdamW, cosine
+learning rate lr -> final_learning_rate without warmup, weight decay on >= 2-D weights only).
 
 Inference (`src/eval_oneshot.py`): per-frame backbone keys -> the block's q, k projection of
-norm1(keys) -> sparse key-frame attention and hierarchical clustering (`vosjax.methods.betrayed.clustering`) -> token
-labels, upsampled (nearest) to the input resolution. Every cluster, background included, is a segment.
+norm1(keys) -> sparse key-frame attention and hierarchical clustering
+(`vosjax.methods.betrayed.clustering`) -> token labels, upsampled (nearest) to the input resolution.
+Every cluster, background included, is a segment.
 
 Frozen backbone: `make_model` loads the backbone once (`vosjax.models.pretrained.load_backbone`, or
 the `encoder.*` tensors of the official checkpoint given as `config.init.checkpoint`, see
 `official_checkpoint`) and returns a `BetrayedModel`, a pytree whose leaves are the frozen backbone
-parameters and whose static fields are the modules. The trained parameters (`init_params`, what the optimizer updates and the
-checkpoints store) are the block's only. A caller that closes over the model in `jax.jit` embeds the
-backbone weights as constants (works, but makes compilation slower); passing the model as a jit
-argument avoids that.
+parameters and whose static fields are the modules. The trained parameters (`init_params`, what the
+optimizer updates and the checkpoints store) are the block's only. A caller that closes over the
+model in `jax.jit` embeds the backbone weights as constants (works, but makes compilation slower);
+passing the model as a jit argument avoids that.
 
 Clustering capacities (`model.max_window_clusters`, `max_clusters`, `max_levels`) are static buffer
 sizes; a video that exceeds one is clustered again with grown ones (`grown_config`, called by
@@ -32,6 +33,7 @@ Differences from the official code: blur sigma drawn per clip and one normalizat
 training and inference (see `vosjax.data.augment`); optional resizing of the frames before the
 backbone (`model.train_resolution`, `model.inference_resolution`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,9 +68,12 @@ NAME = "Betrayed by Attention"  # in error messages
 def default_config() -> ml_collections.ConfigDict:
   """Method settings shared by the Betrayed-by-Attention configs (official values); no `data`."""
   config = config_lib.base_config(
-      "betrayed", seed=0,
-      batch_size=8,  # 8 GPUs x 1 clip in the official run
-      num_train_steps=60_000, num_eval_videos_to_write=8)
+    "betrayed",
+    seed=0,
+    batch_size=8,  # 8 GPUs x 1 clip in the official run
+    num_train_steps=60_000,
+    num_eval_videos_to_write=8,
+  )
 
   config.backbone = pretrained.default_backbone_config()  # DINO ViT-S/8
   config.backbone.arch_overrides = ml_collections.ConfigDict()  # tests only (random_init)
@@ -111,13 +116,16 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-8
-  config.optimizer.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)  # official
+  config.optimizer.grad_clip_norm = ml_collections.FieldReference(
+    None, field_type=float
+  )  # official
   return config
 
 
 @flax.struct.dataclass
 class BetrayedModel:
   """The frozen backbone (modules static, parameters as leaves) and the trainable block module."""
+
   backbone: vit.VisionTransformer = flax.struct.field(pytree_node=False)
   block: spatiotemporal.SpatioTemporalBlock = flax.struct.field(pytree_node=False)
   frame_chunk: int = flax.struct.field(pytree_node=False)
@@ -130,9 +138,11 @@ class BetrayedModel:
       keys `[B, T, h, w, C]`, tokens `[B, T, h, w, C]`, cls `[B, T, C]`, without gradient.
     """
     extract = features_lib.make_feature_extractor(
-        self.backbone, self.frame_chunk, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD)
-    return jax.tree.map(jax.lax.stop_gradient,
-                        extract(jax.lax.stop_gradient(self.backbone_params), video))
+      self.backbone, self.frame_chunk, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD
+    )
+    return jax.tree.map(
+      jax.lax.stop_gradient, extract(jax.lax.stop_gradient(self.backbone_params), video)
+    )
 
 
 def _load_backbone(config: ml_collections.ConfigDict):
@@ -142,10 +152,15 @@ def _load_backbone(config: ml_collections.ConfigDict):
   checkpoint = config.init.checkpoint
   if checkpoint and not epath.Path(checkpoint).is_dir():  # a vosjax workdir holds no backbone
     arch = pretrained.resolve_architecture(backbone_config.name).replace(
-        **vit_video.arch_overrides(backbone_config))
+      **vit_video.arch_overrides(backbone_config)
+    )
     params = official_checkpoint.backbone_params(checkpoint, arch)
-    logging.info("Backbone: the %s* tensors of %s (not config.backbone.name=%s).",
-                 official_checkpoint.BACKBONE_PREFIX, checkpoint, backbone_config.name)
+    logging.info(
+      "Backbone: the %s* tensors of %s (not config.backbone.name=%s).",
+      official_checkpoint.BACKBONE_PREFIX,
+      checkpoint,
+      backbone_config.name,
+    )
     return pretrained.backbone_module(backbone_config, arch), params
   return vit_video.load_backbone(backbone_config)
 
@@ -154,37 +169,56 @@ def make_model(config: ml_collections.ConfigDict) -> BetrayedModel:
   """Loads the frozen backbone and builds the spatio-temporal block matching its width."""
   backbone, backbone_params = _load_backbone(config)
   block = spatiotemporal.SpatioTemporalBlock(
-      dim=backbone.arch.embed_dim, num_heads=config.model.num_heads,
-      mlp_ratio=config.model.mlp_ratio, dropout_rate=config.model.dropout_rate,
-      attention_dropout_rate=config.model.attention_dropout_rate)
-  return BetrayedModel(backbone=backbone, block=block, frame_chunk=config.backbone.frame_chunk,
-                       backbone_params=jax.device_put(backbone_params))
+    dim=backbone.arch.embed_dim,
+    num_heads=config.model.num_heads,
+    mlp_ratio=config.model.mlp_ratio,
+    dropout_rate=config.model.dropout_rate,
+    attention_dropout_rate=config.model.attention_dropout_rate,
+  )
+  return BetrayedModel(
+    backbone=backbone,
+    block=block,
+    frame_chunk=config.backbone.frame_chunk,
+    backbone_params=jax.device_put(backbone_params),
+  )
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW with the official DINO-style cosine schedule and decay on >= 2-D parameters only."""
   opt = config.optimizer
   schedule = optax.cosine_decay_schedule(
-      init_value=opt.learning_rate, decay_steps=max(config.num_train_steps, 1),
-      alpha=opt.final_learning_rate / opt.learning_rate)
-  adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
-                      mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+    init_value=opt.learning_rate,
+    decay_steps=max(config.num_train_steps, 1),
+    alpha=opt.final_learning_rate / opt.learning_rate,
+  )
+  adamw = optax.adamw(
+    schedule,
+    b1=opt.b1,
+    b2=opt.b2,
+    eps=opt.eps,
+    weight_decay=opt.weight_decay,
+    mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
+  )
   return optax.chain(*optimizers.gradient_clipping(opt.grad_clip_norm), adamw)
 
 
 example_batch = vit_video.example_batch
 
 
-def init_params(model: BetrayedModel, config: ml_collections.ConfigDict, rng: jax.Array,
-                batch: dict) -> Any:
+def init_params(
+  model: BetrayedModel, config: ml_collections.ConfigDict, rng: jax.Array, batch: dict
+) -> Any:
   """The block's parameters only (their shapes do not depend on the token count)."""
   del batch
   frames, dim = config.data.clip_length, model.block.dim
-  return model.block.init(rng, jnp.zeros((1, frames, dim)), jnp.zeros((1, frames, 1, dim)))["params"]
+  return model.block.init(rng, jnp.zeros((1, frames, dim)), jnp.zeros((1, frames, 1, dim)))[
+    "params"
+  ]
 
 
-def import_params(state_dict: dict[str, np.ndarray], params: Any,
-                  config: ml_collections.ConfigDict) -> Any:
+def import_params(
+  state_dict: dict[str, np.ndarray], params: Any, config: ml_collections.ConfigDict
+) -> Any:
   """The block's params from the official checkpoint (see `official_checkpoint`)."""
   return official_checkpoint.import_params(state_dict, params, config)
 
@@ -202,48 +236,71 @@ def _flatten_grid(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[:2] + (-1,) + x.shape[4:])
 
 
-def loss_fn(params: Any, model: BetrayedModel, batch: dict, rng: jax.Array, step: jax.Array,
-            config: ml_collections.ConfigDict, extra: Any) -> tuple[jax.Array, dict]:
+def loss_fn(
+  params: Any,
+  model: BetrayedModel,
+  batch: dict,
+  rng: jax.Array,
+  step: jax.Array,
+  config: ml_collections.ConfigDict,
+  extra: Any,
+) -> tuple[jax.Array, dict]:
   """Semantic + motion consistency on one augmented clip batch (official weights 1 : 1)."""
   del step, extra
   video = vit_video.check_video(batch, "training", NAME)
   if video.shape[1] < 2:
-    raise ValueError(f"Training clips need >= 2 frames, got T={video.shape[1]} "
-                     "(config.data.clip_length; official 3).")
+    raise ValueError(
+      f"Training clips need >= 2 frames, got T={video.shape[1]} "
+      "(config.data.clip_length; official 3)."
+    )
   augment_rng, query_rng, dropout_rng = jax.random.split(rng, 3)
   video = _resize(video, config.model.train_resolution)
   video = augment.augment_video(
-      augment_rng, video, augment.AugmentationConfig.from_config(config.augment))
+    augment_rng, video, augment.AugmentationConfig.from_config(config.augment)
+  )
   feats = model.features(video)
   keys = _flatten_grid(feats["keys"])
-  tokens, attention = model.block.apply({"params": params}, feats["cls"], keys,
-                                        deterministic=False, rngs={"dropout": dropout_rng})
+  tokens, attention = model.block.apply(
+    {"params": params}, feats["cls"], keys, deterministic=False, rngs={"dropout": dropout_rng}
+  )
   loss_config = config.loss
   queries = attention_losses.sample_query_indices(query_rng, keys.shape[2], loss_config.num_queries)
   semantic = attention_losses.semantic_consistency_loss(
-      tokens, attention, queries, num_positives=loss_config.semantic_positives,
-      num_negatives=loss_config.semantic_negatives,
-      positive_margin=loss_config.semantic_positive_margin,
-      negative_margin=loss_config.semantic_negative_margin)
+    tokens,
+    attention,
+    queries,
+    num_positives=loss_config.semantic_positives,
+    num_negatives=loss_config.semantic_negatives,
+    positive_margin=loss_config.semantic_positive_margin,
+    negative_margin=loss_config.semantic_negative_margin,
+  )
   motion = attention_losses.motion_consistency_loss(
-      attention, queries, num_frames=video.shape[1], num_positives=loss_config.motion_positives,
-      num_negatives=loss_config.motion_negatives, margin=loss_config.motion_margin)
+    attention,
+    queries,
+    num_frames=video.shape[1],
+    num_positives=loss_config.motion_positives,
+    num_negatives=loss_config.motion_negatives,
+    margin=loss_config.motion_margin,
+  )
   loss = loss_config.semantic_weight * semantic + loss_config.motion_weight * motion
   return loss, {"semantic_loss": semantic, "motion_loss": motion}
 
 
-def query_key(params: Any, model: BetrayedModel, video: jax.Array,
-              config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, tuple[int, int]]:
+def query_key(
+  params: Any, model: BetrayedModel, video: jax.Array, config: ml_collections.ConfigDict
+) -> tuple[jax.Array, jax.Array, tuple[int, int]]:
   """Per-frame q, k `[B, T, N, heads, head_dim]` of the block for `video` `[B, T, H, W, 3]`."""
   keys = model.features(_resize(video, config.model.inference_resolution))["keys"]
   grid = tuple(keys.shape[2:4])
-  q, k = model.block.apply({"params": params}, _flatten_grid(keys),
-                           method=spatiotemporal.SpatioTemporalBlock.query_key)
+  q, k = model.block.apply(
+    {"params": params}, _flatten_grid(keys), method=spatiotemporal.SpatioTemporalBlock.query_key
+  )
   return q, k, grid
 
 
-def predict(params: Any, model: BetrayedModel, batch: dict,
-            config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+def predict(
+  params: Any, model: BetrayedModel, batch: dict, config: ml_collections.ConfigDict
+) -> dict[str, jax.Array]:
   """Segments whole videos by key-frame attention clustering.
 
   Returns:
@@ -259,28 +316,41 @@ def predict(params: Any, model: BetrayedModel, batch: dict,
 
   def cluster(q_video, k_video):
     return clustering.hierarchical_cluster(
-        q_video, k_video, grid_shape=grid, tau=model_config.tau, ratio=model_config.key_frame_ratio,
-        max_window_clusters=model_config.max_window_clusters,
-        max_clusters=model_config.max_clusters, max_levels=model_config.max_levels)
+      q_video,
+      k_video,
+      grid_shape=grid,
+      tau=model_config.tau,
+      ratio=model_config.key_frame_ratio,
+      max_window_clusters=model_config.max_window_clusters,
+      max_clusters=model_config.max_clusters,
+      max_levels=model_config.max_levels,
+    )
 
   # One video at a time (lax.map, not vmap): the clustering's data-dependent loops would run every
   # video's longest trip count with a select over the whole carry per step under vmap.
   result = jax.lax.map(lambda q_k: cluster(*q_k), (q, k))
   ids = clustering.upsample_labels(result.labels, tuple(video.shape[2:4])).astype(jnp.int32)
   num_tokens = jnp.full(ids.shape[:1], q.shape[1] * q.shape[2], jnp.int32)
-  return {"ids": ids, "num_clusters": result.num_clusters[:, -1], "overflow": result.overflow,
-          "window_overflow": result.window_overflow, "cluster_overflow": result.cluster_overflow,
-          "level_overflow": result.level_overflow,
-          "window_clusters_needed": result.window_clusters_needed,
-          "clusters_needed": result.clusters_needed, "num_tokens": num_tokens}
+  return {
+    "ids": ids,
+    "num_clusters": result.num_clusters[:, -1],
+    "overflow": result.overflow,
+    "window_overflow": result.window_overflow,
+    "cluster_overflow": result.cluster_overflow,
+    "level_overflow": result.level_overflow,
+    "window_clusters_needed": result.window_clusters_needed,
+    "clusters_needed": result.clusters_needed,
+    "num_tokens": num_tokens,
+  }
 
 
 def _next_power_of_two(n: int) -> int:
   return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def grown_config(config: ml_collections.ConfigDict, prediction: dict[str, np.ndarray]
-                 ) -> ml_collections.ConfigDict | None:
+def grown_config(
+  config: ml_collections.ConfigDict, prediction: dict[str, np.ndarray]
+) -> ml_collections.ConfigDict | None:
   """`interface.GrowsCapacity`: the clustering capacities that `prediction` (NumPy per-example
   fields of `predict`) shows to suffice, or None when none was exceeded.
 
@@ -293,24 +363,37 @@ def grown_config(config: ml_collections.ConfigDict, prediction: dict[str, np.nda
     return None
   model = config.model
   tokens = int(np.max(prediction["num_tokens"]))
-  capacities = {"max_window_clusters": model.max_window_clusters,
-                "max_clusters": model.max_clusters, "max_levels": model.max_levels}
+  capacities = {
+    "max_window_clusters": model.max_window_clusters,
+    "max_clusters": model.max_clusters,
+    "max_levels": model.max_levels,
+  }
   grown = dict(capacities)
   if np.any(prediction["window_overflow"]):
     grown["max_window_clusters"] = min(
-        _next_power_of_two(np.max(prediction["window_clusters_needed"])), tokens)
+      _next_power_of_two(np.max(prediction["window_clusters_needed"])), tokens
+    )
   if np.any(prediction["window_overflow"] | prediction["cluster_overflow"]):
-    grown["max_clusters"] = max(model.max_clusters, min(
-        _next_power_of_two(np.max(prediction["clusters_needed"])), tokens))
+    grown["max_clusters"] = max(
+      model.max_clusters, min(_next_power_of_two(np.max(prediction["clusters_needed"])), tokens)
+    )
   if np.any(prediction["level_overflow"]):
     grown["max_levels"] = min(2 * model.max_levels, tokens + 1)
   if grown == capacities:
-    logging.error("Clustering capacities %s cannot grow further (%d tokens); the result is "
-                  "approximate.", capacities, tokens)
+    logging.error(
+      "Clustering capacities %s cannot grow further (%d tokens); the result is approximate.",
+      capacities,
+      tokens,
+    )
     return None
-  logging.warning("Clustering capacities exceeded (%s): re-clustering with %s (was %s).",
-                  ", ".join(k for k in ("window_overflow", "cluster_overflow", "level_overflow")
-                            if np.any(prediction[k])), grown, capacities)
+  logging.warning(
+    "Clustering capacities exceeded (%s): re-clustering with %s (was %s).",
+    ", ".join(
+      k for k in ("window_overflow", "cluster_overflow", "level_overflow") if np.any(prediction[k])
+    ),
+    grown,
+    capacities,
+  )
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.update(grown)
@@ -324,8 +407,9 @@ def _palette(count: int) -> np.ndarray:
   return images.to_uint8(augment.hsv_to_rgb(jnp.asarray(hsv)))
 
 
-def summary_images(params: Any, model: BetrayedModel, batch: dict,
-                   config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+def summary_images(
+  params: Any, model: BetrayedModel, batch: dict, config: ml_collections.ConfigDict
+) -> dict[str, np.ndarray]:
   """For the first clip: frames | cluster labels, and the attention of the centre token of frame 0.
 
   Returns:
@@ -333,8 +417,9 @@ def summary_images(params: Any, model: BetrayedModel, batch: dict,
     from the query, shared color scale, upsampled nearest).
   """
   video = jnp.asarray(vit_video.check_video(batch, "summary", NAME)[:1])
-  ids = np.asarray(jax.jit(lambda p, v: predict(p, model, {"video": v}, config)["ids"])(
-      params, video))[0]
+  ids = np.asarray(
+    jax.jit(lambda p, v: predict(p, model, {"video": v}, config)["ids"])(params, video)
+  )[0]
   frames = np.asarray(video[0])
   colors = _palette(int(ids.max()) + 1)[ids]
   frames_u8 = images.to_uint8(frames)
@@ -349,8 +434,11 @@ def summary_images(params: Any, model: BetrayedModel, batch: dict,
 
   maps = np.asarray(jax.jit(centre_attention)(params, video))
   maps = maps / max(float(maps.max()), 1e-12)
-  maps = np.asarray(clustering.upsample_labels(
-      jnp.asarray((maps * 255.0).astype(np.int32)), tuple(frames.shape[1:3])))
+  maps = np.asarray(
+    clustering.upsample_labels(
+      jnp.asarray((maps * 255.0).astype(np.int32)), tuple(frames.shape[1:3])
+    )
+  )
   heat = np.stack([maps, maps // 4, 255 - maps], axis=-1).astype(np.uint8)
   return {"segmentation": segmentation, "attention": heat}
 
@@ -359,8 +447,14 @@ def summary_images(params: Any, model: BetrayedModel, batch: dict,
 SEGMENT_IDS = "clusters"
 
 
-def segment_inputs(frames: np.ndarray, config: ml_collections.ConfigDict, *, cache_dir,
-                   cache_key: str, flow_preset: str) -> dict[str, np.ndarray]:
+def segment_inputs(
+  frames: np.ndarray,
+  config: ml_collections.ConfigDict,
+  *,
+  cache_dir,
+  cache_key: str,
+  flow_preset: str,
+) -> dict[str, np.ndarray]:
   """uint8 frames `[T, H, W, 3]` -> video float32 `[T, h, w, 3]` in [0, 1] at
   `config.data.resolution` (bilinear, as the frame readers); no flow, nothing cached."""
   del cache_dir, cache_key, flow_preset

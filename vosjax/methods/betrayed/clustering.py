@@ -1,36 +1,39 @@
-"""Hierarchical clustering of sparse key-frame attention (Betrayed by Attention inference), jit-compiled.
+"""Hierarchical clustering of sparse key-frame attention (Betrayed by Attention inference),
+jit-compiled.
 
 A faithful, fixed-shape version of `src/eval_oneshot.py::mem_efficient_hierarchical_cluster`
 (shvdiwnkozbw/SSL-UVOS; see docs/algorithms.md section 1.6):
 
-1. Level 1, per window of 3 query frames with attention rows S (`vosjax.methods.betrayed.keyframe_attention`):
-   D = KLsym(S, S); smooth s~_i = normalize(sum_{j: D_ij <= tau} s_j); D' = KLsym(s~, s~); greedy
-   grouping in index order (each still unassigned row i opens the group {j unassigned: D'_ij <= tau});
-   the group means are the window's centroids. Centroids of all windows are concatenated in order.
+1. Level 1, per window of 3 query frames with attention rows S
+   (`vosjax.methods.betrayed.keyframe_attention`): D = KLsym(S, S); smooth s~_i = normalize(sum_{j:
+   D_ij <= tau} s_j); D' = KLsym(s~, s~); greedy grouping in index order (each still unassigned row
+   i opens the group {j unassigned: D'_ij <= tau}); the group means are the window's centroids.
+   Centroids of all windows are concatenated in order.
 2. Higher levels: greedy grouping of the centroids (same tau, mean of members) until the count stops
    changing.
 3. Assignment: every token goes to the centroid with the smallest KLsym (attention recomputed per
    window). Besides the final level we assign to the centroids of every level (parts -> objects).
 
 Fixed shapes: centroid sets live in [max_clusters, K'] buffers with a count; window groups in
-[max_window_clusters, K']; the hierarchy keeps at most `max_levels` levels. Exceeding a capacity sets
-a flag (`ClusterResult.overflow`; the extra groups are dropped, the extra levels not merged) instead
-of failing silently, and the grouping still counts the groups it could not keep
-(`ClusterResult.window_clusters_needed`, `clusters_needed`), so one re-run with those capacities gives
-the official result (`vosjax.methods.betrayed.grown_config`, used by `core.sharding.jit_predict`).
-Greedy grouping is a `lax.while_loop` that jumps to the first unassigned row, which is the row the
-official loop over i in index order would process next, so it runs once per group rather than per row,
-and it computes only those rows of D' (the official code builds all of D'). D and the smoothing (two
-[M, M, K'] products if dense) are computed only on the tiles of row pairs that a cheap lower bound of
-KLsym (coarse-grained rows, log-sum inequality) cannot rule out (`smoothing.smooth_rows`; about a
-third of the pairs on planted ViT-S/8 inputs); the final assignment compares chunks of 128
-centroids, the rest in chunks of 32, so a level of a few clusters costs little.
+[max_window_clusters, K']; the hierarchy keeps at most `max_levels` levels. Exceeding a capacity
+sets a flag (`ClusterResult.overflow`; the extra groups are dropped, the extra levels not merged)
+instead of failing silently, and the grouping still counts the groups it could not keep
+(`ClusterResult.window_clusters_needed`, `clusters_needed`), so one re-run with those capacities
+gives the official result (`vosjax.methods.betrayed.grown_config`, used by
+`core.sharding.jit_predict`). Greedy grouping is a `lax.while_loop` that jumps to the first
+unassigned row, which is the row the official loop over i in index order would process next, so it
+runs once per group rather than per row, and it computes only those rows of D' (the official code
+builds all of D'). D and the smoothing (two [M, M, K'] products if dense) are computed only on the
+tiles of row pairs that a cheap lower bound of KLsym (coarse-grained rows, log-sum inequality)
+cannot rule out (`smoothing.smooth_rows`; about a third of the pairs on planted ViT-S/8 inputs); the
+final assignment compares chunks of 128 centroids, the rest in chunks of 32, so a level of a few
+clusters costs little.
 
-Numerics: KLsym(p, q) = sum p log p + sum q log q - p.log q - q.log p like the official code (no epsilon).
-log(x) is taken as log(max(x, float32 tiny)), so 0 * log 0 gives 0 instead of NaN; for strictly
-positive inputs of normal magnitude (float32 softmax outputs in practice) this is the official value.
-All products run at `precision` (HIGHEST by default: TPU/GPU defaults round float32 matmuls to
-bf16/tf32, which would move distances across tau).
+Numerics: KLsym(p, q) = sum p log p + sum q log q - p.log q - q.log p like the official code (no
+epsilon). log(x) is taken as log(max(x, float32 tiny)), so 0 * log 0 gives 0 instead of NaN; for
+strictly positive inputs of normal magnitude (float32 softmax outputs in practice) this is the
+official value. All products run at `precision` (HIGHEST by default: TPU/GPU defaults round float32
+matmuls to bf16/tf32, which would move distances across tau).
 """
 
 import functools
@@ -75,6 +78,7 @@ class ClusterResult(NamedTuple):
       (once no window overflows).
     When any flag is set (`overflow`), results are approximate: raise the capacity.
   """
+
   labels: jax.Array
   levels: jax.Array
   num_clusters: jax.Array
@@ -91,8 +95,9 @@ class ClusterResult(NamedTuple):
     return self.window_overflow | self.cluster_overflow | self.level_overflow
 
 
-def greedy_group(distance_row: Callable[[jax.Array], jax.Array], valid: jax.Array,
-                 tau: jax.Array, max_groups: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def greedy_group(
+  distance_row: Callable[[jax.Array], jax.Array], valid: jax.Array, tau: jax.Array, max_groups: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Official greedy grouping in index order, with fixed shapes.
 
   For i = 0, 1, ...: skip i if assigned; else open group G = {j unassigned: distance[i, j] <= tau}
@@ -134,15 +139,17 @@ def greedy_group(distance_row: Callable[[jax.Array], jax.Array], valid: jax.Arra
   return group_ids, count, count > max_groups
 
 
-def _self_symmetric_kl_rows(p: jax.Array,
-                            precision: kfa.Precision) -> Callable[[jax.Array], jax.Array]:
+def _self_symmetric_kl_rows(
+  p: jax.Array, precision: kfa.Precision
+) -> Callable[[jax.Array], jax.Array]:
   """Row function of symmetric_kl(p, p): i -> [n], two matrix-vector products per row."""
   log_p = smoothing.safe_log(p)
   neg_entropy = jnp.sum(p * log_p, axis=-1)
 
   def row(i):
-    cross = (jnp.matmul(p, log_p[i], precision=precision)
-             + jnp.matmul(log_p, p[i], precision=precision))
+    cross = jnp.matmul(p, log_p[i], precision=precision) + jnp.matmul(
+      log_p, p[i], precision=precision
+    )
     return neg_entropy[i] + neg_entropy - cross
 
   return row
@@ -155,9 +162,14 @@ def group_means(x: jax.Array, group_ids: jax.Array, num_groups: int) -> jax.Arra
   return sums / jnp.maximum(sizes, 1.0)[:, None]
 
 
-def _window_centroids(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, max_groups: int,
-                      precision: kfa.Precision, tile: int = smoothing.DEFAULT_TILE
-                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _window_centroids(
+  sample: jax.Array,
+  row_valid: jax.Array,
+  tau: jax.Array,
+  max_groups: int,
+  precision: kfa.Precision,
+  tile: int = smoothing.DEFAULT_TILE,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Level 1 of one window: smoothing then greedy grouping of attention rows.
 
   Args:
@@ -170,7 +182,8 @@ def _window_centroids(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, m
   """
   smoothed = smoothing.smooth_rows(sample, row_valid, tau, precision, tile)
   group_ids, count, overflow = greedy_group(
-      _self_symmetric_kl_rows(smoothed, precision), row_valid, tau, max_groups)
+    _self_symmetric_kl_rows(smoothed, precision), row_valid, tau, max_groups
+  )
   return group_means(smoothed, group_ids, max_groups), count, overflow
 
 
@@ -180,10 +193,15 @@ def row_statistics(sample: jax.Array) -> tuple[jax.Array, jax.Array]:
   return log_sample, jnp.sum(sample * log_sample, axis=-1)
 
 
-def nearest_centroid(sample: jax.Array, centroids: jax.Array, count: jax.Array,
-                     precision: kfa.Precision = jax.lax.Precision.HIGHEST,
-                     chunk: int = _ASSIGN_CHUNK, small_chunk: int = _ASSIGN_SMALL_CHUNK,
-                     statistics: Optional[tuple[jax.Array, jax.Array]] = None) -> jax.Array:
+def nearest_centroid(
+  sample: jax.Array,
+  centroids: jax.Array,
+  count: jax.Array,
+  precision: kfa.Precision = jax.lax.Precision.HIGHEST,
+  chunk: int = _ASSIGN_CHUNK,
+  small_chunk: int = _ASSIGN_SMALL_CHUNK,
+  statistics: Optional[tuple[jax.Array, jax.Array]] = None,
+) -> jax.Array:
   """Index of the centroid with the smallest KLsym for each row, first index on ties (like argmin).
 
   Only the first `count` centroids are valid; they are compared in chunks of `chunk`, the rest in
@@ -214,16 +232,22 @@ def nearest_centroid(sample: jax.Array, centroids: jax.Array, count: jax.Array,
       start = jnp.minimum(first + c * size, capacity - size)
       block = jax.lax.dynamic_slice_in_dim(centroids, start, size)
       log_block = smoothing.safe_log(block)
-      distance = (jnp.sum(block * log_block, axis=-1)[:, None] + neg_entropy_sample[None, :]
-                  - jnp.matmul(block, log_sample.T, precision=precision)
-                  - jnp.matmul(log_block, sample.T, precision=precision))  # [size, M]
+      distance = (
+        jnp.sum(block * log_block, axis=-1)[:, None]
+        + neg_entropy_sample[None, :]
+        - jnp.matmul(block, log_sample.T, precision=precision)
+        - jnp.matmul(log_block, sample.T, precision=precision)
+      )  # [size, M]
       index = start + jnp.arange(size)
       distance = jnp.where((index < count)[:, None], distance, jnp.inf)
       chunk_best = jnp.argmin(distance, axis=0)
       chunk_distance = jnp.min(distance, axis=0)
       better = chunk_distance < best_distance
-      return (jnp.where(better, chunk_distance, best_distance),
-              jnp.where(better, index[chunk_best], best_index))
+      return (
+        jnp.where(better, chunk_distance, best_distance),
+        jnp.where(better, index[chunk_best], best_index),
+      )
+
     return compare_chunk
 
   num_rows = sample.shape[0]
@@ -235,16 +259,35 @@ def nearest_centroid(sample: jax.Array, centroids: jax.Array, count: jax.Array,
   return jax.lax.fori_loop(0, num_small, compare(small_chunk, done), best)[1]
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "grid_shape", "ratio", "window", "scale", "max_window_clusters", "max_clusters", "max_levels",
-    "precision", "tile"))
-def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, int],
-                         tau: float = TAU_MULTI_OBJECT, ratio: int = 10,
-                         window: int = kfa.DEFAULT_WINDOW, scale: Optional[float] = None,
-                         max_window_clusters: int = 128, max_clusters: int = 1024,
-                         max_levels: int = 16,
-                         precision: kfa.Precision = jax.lax.Precision.HIGHEST,
-                         tile: int = smoothing.DEFAULT_TILE) -> ClusterResult:
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    "grid_shape",
+    "ratio",
+    "window",
+    "scale",
+    "max_window_clusters",
+    "max_clusters",
+    "max_levels",
+    "precision",
+    "tile",
+  ),
+)
+def hierarchical_cluster(
+  q: jax.Array,
+  k: jax.Array,
+  *,
+  grid_shape: tuple[int, int],
+  tau: float = TAU_MULTI_OBJECT,
+  ratio: int = 10,
+  window: int = kfa.DEFAULT_WINDOW,
+  scale: Optional[float] = None,
+  max_window_clusters: int = 128,
+  max_clusters: int = 1024,
+  max_levels: int = 16,
+  precision: kfa.Precision = jax.lax.Precision.HIGHEST,
+  tile: int = smoothing.DEFAULT_TILE,
+) -> ClusterResult:
   """Segments a video by hierarchical clustering of its sparse key-frame attention.
 
   One compilation per (T, N, heads, head_dim, static arguments); tau is traced. Works under vmap
@@ -271,12 +314,18 @@ def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, i
   kfa.check_query_key(q, k)
   num_frames, num_tokens, _, head_dim = q.shape
   if len(grid_shape) != 2 or grid_shape[0] * grid_shape[1] != num_tokens:
-    raise ValueError(f"grid_shape {grid_shape} does not match N = {num_tokens} tokens of q {q.shape}")
-  for name, value in (("window", window), ("max_window_clusters", max_window_clusters),
-                      ("max_clusters", max_clusters), ("max_levels", max_levels)):
+    raise ValueError(
+      f"grid_shape {grid_shape} does not match N = {num_tokens} tokens of q {q.shape}"
+    )
+  for name, value in (
+    ("window", window),
+    ("max_window_clusters", max_window_clusters),
+    ("max_clusters", max_clusters),
+    ("max_levels", max_levels),
+  ):
     if value < 1:
       raise ValueError(f"{name} must be >= 1, got {value}")
-  scale = head_dim ** -0.5 if scale is None else scale
+  scale = head_dim**-0.5 if scale is None else scale
   tau = jnp.asarray(tau, jnp.float32)
   key_tokens = kfa.gather_key_tokens(k, ratio)  # [heads, K', head_dim]; validates ratio
   windows, frame_valid = kfa.pad_to_windows(q, window)
@@ -291,46 +340,68 @@ def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, i
     q_window, valid_frames = inputs
     row_valid = jnp.repeat(valid_frames, num_tokens)
     centroids, count, _ = _window_centroids(
-        attention(q_window), row_valid, tau, max_window_clusters, precision, tile)
+      attention(q_window), row_valid, tau, max_window_clusters, precision, tile
+    )
     kept = jnp.minimum(count, max_window_clusters)
     slot = jnp.arange(max_window_clusters)
     slot = jnp.where(slot < kept, kept_total + slot, max_clusters)  # out of range -> dropped
     buffer = buffer.at[slot].set(centroids, mode="drop")
-    return (buffer, kept_total + kept, jnp.maximum(most_in_window, count),
-            all_windows + count), None
+    return (
+      buffer,
+      kept_total + kept,
+      jnp.maximum(most_in_window, count),
+      all_windows + count,
+    ), None
 
   zero = jnp.zeros((), jnp.int32)
   initial = (jnp.zeros((max_clusters, num_keys), jnp.float32), zero, zero, zero)
   (level_one, kept_total, window_clusters_needed, clusters_needed), _ = jax.lax.scan(
-      add_window, initial, (windows, frame_valid))
+    add_window, initial, (windows, frame_valid)
+  )
   window_overflow = window_clusters_needed > max_window_clusters
   cluster_overflow = kept_total > max_clusters
   level_one_count = jnp.minimum(kept_total, max_clusters)
 
   # Higher levels: regroup until the count stops changing. parents[l] maps level-l clusters to
-  # level l+1; level centroids are recomputed from it in the assignment pass instead of being stored.
+  # level l+1; level centroids are recomputed from it in the assignment pass instead of being
+  # stored.
   cluster_index = jnp.arange(max_clusters)
 
   def merge_level(state):
     centroids, level, counts, parents, done, overflow = state
     count = counts[level]
     group_ids, new_count, _ = greedy_group(
-        _self_symmetric_kl_rows(centroids, precision), cluster_index < count, tau, max_clusters)
+      _self_symmetric_kl_rows(centroids, precision), cluster_index < count, tau, max_clusters
+    )
     merged = new_count < count
     has_room = level + 1 < max_levels
     record = merged & has_room
     centroids = jnp.where(record, group_means(centroids, group_ids, max_clusters), centroids)
     counts = counts.at[level + 1].set(new_count, mode="drop")
     parents = jnp.where(record, parents.at[level].set(group_ids), parents)
-    return (centroids, level + record.astype(jnp.int32), counts, parents, ~record,
-            overflow | (merged & ~has_room))
+    return (
+      centroids,
+      level + record.astype(jnp.int32),
+      counts,
+      parents,
+      ~record,
+      overflow | (merged & ~has_room),
+    )
 
   counts = jnp.zeros((max_levels,), jnp.int32).at[0].set(level_one_count)
   parents = jnp.zeros((max_levels, max_clusters), jnp.int32)
   _, last_level, counts, parents, _, level_overflow = jax.lax.while_loop(
-      lambda state: ~state[4], merge_level,
-      (level_one, jnp.zeros((), jnp.int32), counts, parents, jnp.zeros((), bool),
-       jnp.zeros((), bool)))
+    lambda state: ~state[4],
+    merge_level,
+    (
+      level_one,
+      jnp.zeros((), jnp.int32),
+      counts,
+      parents,
+      jnp.zeros((), bool),
+      jnp.zeros((), bool),
+    ),
+  )
   num_levels = last_level + 1
 
   # Assignment of every token at every level, window by window.
@@ -340,8 +411,9 @@ def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, i
 
     def assign_level(level, state):
       centroids, labels = state
-      labels = labels.at[level].set(nearest_centroid(
-          sample, centroids, counts[level], precision, statistics=statistics))
+      labels = labels.at[level].set(
+        nearest_centroid(sample, centroids, counts[level], precision, statistics=statistics)
+      )
       return group_means(centroids, parents[level], max_clusters), labels
 
     labels = jnp.zeros((max_levels, sample.shape[0]), jnp.int32)
@@ -352,11 +424,17 @@ def hierarchical_cluster(q: jax.Array, k: jax.Array, *, grid_shape: tuple[int, i
   last = jnp.minimum(jnp.arange(max_levels), last_level)
   levels = levels[last]
   counts = counts[last]
-  return ClusterResult(labels=levels[-1], levels=levels, num_clusters=counts,
-                       num_levels=num_levels, window_overflow=window_overflow,
-                       cluster_overflow=cluster_overflow, level_overflow=level_overflow,
-                       window_clusters_needed=window_clusters_needed,
-                       clusters_needed=clusters_needed)
+  return ClusterResult(
+    labels=levels[-1],
+    levels=levels,
+    num_clusters=counts,
+    num_levels=num_levels,
+    window_overflow=window_overflow,
+    cluster_overflow=cluster_overflow,
+    level_overflow=level_overflow,
+    window_clusters_needed=window_clusters_needed,
+    clusters_needed=clusters_needed,
+  )
 
 
 def upsample_labels(labels: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -1,22 +1,22 @@
 """Sparse key-frame spatio-temporal attention (Betrayed by Attention, inference).
 
-At inference the official code (`src/eval_oneshot.py::mem_efficient_inference`) attends from every token
-of every frame (queries) to the tokens of every `ratio`-th frame only (key frames), in windows of 3 query
-frames. Each query token gets one distribution over the K' = n_key * N key-frame tokens: the softmax of
-q k^T * scale over K', averaged over heads. Those distributions are what the hierarchical clustering in
-`vosjax.methods.betrayed.clustering` groups.
+At inference the official code (`src/eval_oneshot.py::mem_efficient_inference`) attends from every
+token of every frame (queries) to the tokens of every `ratio`-th frame only (key frames), in windows
+of 3 query frames. Each query token gets one distribution over the K' = n_key * N key-frame tokens:
+the softmax of q k^T * scale over K', averaged over heads. Those distributions are what the
+hierarchical clustering in `vosjax.methods.betrayed.clustering` groups.
 
-Shapes: q, k are [T, N, heads, head_dim] (N = h * w tokens per frame), the per-frame queries and keys of
-the spatio-temporal block's qkv projection of norm1(patch keys).
+Shapes: q, k are [T, N, heads, head_dim] (N = h * w tokens per frame), the per-frame queries and
+keys of the spatio-temporal block's qkv projection of norm1(patch keys).
 
-Key frames: frames arange(T // ratio) * ratio, as in the official code. A video with T < ratio frames has
-no such frame: the official code then attends to no key at all (empty distributions, all distances 0) and
-returns one cluster, every token in it. Here it falls back to frame 0 alone (documented choice), so such
-a video is still segmented.
+Key frames: frames arange(T // ratio) * ratio, as in the official code. A video with T < ratio
+frames has no such frame: the official code then attends to no key at all (empty distributions, all
+distances 0) and returns one cluster, every token in it. Here it falls back to frame 0 alone
+(documented choice), so such a video is still segmented.
 
-Memory: one window of `window` query frames is computed at a time; its attention is [window * N, K'] and
-the per-head logits are reduced one head at a time, so peak memory grows linearly with the number of key
-frames and does not grow with T.
+Memory: one window of `window` query frames is computed at a time; its attention is [window * N, K']
+and the per-head logits are reduced one head at a time, so peak memory grows linearly with the
+number of key frames and does not grow with T.
 """
 
 from typing import Optional
@@ -74,20 +74,25 @@ def gather_key_tokens(k: jax.Array, ratio: int) -> jax.Array:
   return jnp.transpose(keys, (1, 0, 2))
 
 
-def window_attention(q_window: jax.Array, key_tokens: jax.Array, scale: float,
-                     precision: Precision = jax.lax.Precision.HIGHEST) -> jax.Array:
+def window_attention(
+  q_window: jax.Array,
+  key_tokens: jax.Array,
+  scale: float,
+  precision: Precision = jax.lax.Precision.HIGHEST,
+) -> jax.Array:
   """Head-averaged attention of a window of query frames over the key-frame tokens.
 
   Args:
     q_window: [W, N, heads, head_dim] queries of W frames.
     key_tokens: [heads, K', head_dim] from `gather_key_tokens`.
-    scale: logit scale (official head_dim ** -0.5), applied after the product as in the official code.
-    precision: matmul precision (HIGHEST keeps float32 on TPU/GPU; the distances built on these
+    scale: logit scale (official head_dim ** -0.5), applied after the product as in the official
+    code. precision: matmul precision (HIGHEST keeps float32 on TPU/GPU; the distances built on
+    these
       distributions are sensitive to bf16/tf32 rounding).
 
   Returns:
-    [W * N, K'] float32, rows (frame, token); each row is a distribution (softmax per head, mean over
-    heads).
+    [W * N, K'] float32, rows (frame, token); each row is a distribution (softmax per head, mean
+    over heads).
   """
   num_heads = q_window.shape[2]
   queries = q_window.reshape(-1, num_heads, q_window.shape[-1]).astype(jnp.float32)
@@ -123,9 +128,15 @@ def pad_to_windows(q: jax.Array, window: int) -> tuple[jax.Array, jax.Array]:
   return padded.reshape((num_windows, window) + q.shape[1:]), jnp.asarray(frame_valid)
 
 
-def keyframe_attention(q: jax.Array, k: jax.Array, *, ratio: int, window: int = DEFAULT_WINDOW,
-                       scale: Optional[float] = None,
-                       precision: Precision = jax.lax.Precision.HIGHEST) -> jax.Array:
+def keyframe_attention(
+  q: jax.Array,
+  k: jax.Array,
+  *,
+  ratio: int,
+  window: int = DEFAULT_WINDOW,
+  scale: Optional[float] = None,
+  precision: Precision = jax.lax.Precision.HIGHEST,
+) -> jax.Array:
   """Sparse key-frame attention of every query token, computed window by window.
 
   This materializes the whole [T, N, K'] result; the clustering never does (it recomputes each
@@ -144,7 +155,7 @@ def keyframe_attention(q: jax.Array, k: jax.Array, *, ratio: int, window: int = 
   """
   check_query_key(q, k)
   num_frames, num_tokens, _, head_dim = q.shape
-  scale = head_dim ** -0.5 if scale is None else scale
+  scale = head_dim**-0.5 if scale is None else scale
   key_tokens = gather_key_tokens(k, ratio)
   windows, _ = pad_to_windows(q, window)
   attention = jax.lax.map(lambda qw: window_attention(qw, key_tokens, scale, precision), windows)

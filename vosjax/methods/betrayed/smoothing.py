@@ -1,9 +1,9 @@
 """Symmetric KL between attention rows, and the level-1 smoothing of the clustering, pruned.
 
 Used by `vosjax.methods.betrayed.clustering` (see its docstring for the algorithm). KLsym(p, q) =
-sum p log p + sum q log q - p.log q - q.log p like the official code (no epsilon); log(x) is taken as
-log(max(x, float32 tiny)), so 0 * log 0 gives 0 instead of NaN; for strictly positive inputs of normal
-magnitude (float32 softmax outputs in practice) this is the official value.
+sum p log p + sum q log q - p.log q - q.log p like the official code (no epsilon); log(x) is taken
+as log(max(x, float32 tiny)), so 0 * log 0 gives 0 instead of NaN; for strictly positive inputs of
+normal magnitude (float32 softmax outputs in practice) this is the official value.
 """
 
 from typing import NamedTuple
@@ -25,6 +25,7 @@ _PIVOT_STRIDE = 8  # rows are sorted by their first candidate among every 8th ro
 
 class _Tile(NamedTuple):
   """One tile of `smooth_rows`' sorted rows."""
+
   rows: jax.Array  # [tile, K']
   logs: jax.Array  # [tile, K'] safe_log(rows)
   entropy: jax.Array  # [tile] sum p log p
@@ -35,8 +36,9 @@ def safe_log(x: jax.Array) -> jax.Array:
   return jnp.log(jnp.maximum(x, jnp.finfo(jnp.float32).tiny))
 
 
-def symmetric_kl(p: jax.Array, q: jax.Array,
-                 precision: kfa.Precision = jax.lax.Precision.HIGHEST) -> jax.Array:
+def symmetric_kl(
+  p: jax.Array, q: jax.Array, precision: kfa.Precision = jax.lax.Precision.HIGHEST
+) -> jax.Array:
   """Symmetric KL between rows: [n, m] = KL(p_n || q_m) + KL(q_m || p_n).
 
   Args:
@@ -50,16 +52,15 @@ def symmetric_kl(p: jax.Array, q: jax.Array,
   log_p, log_q = safe_log(p), safe_log(q)
   neg_entropy_p = jnp.sum(p * log_p, axis=-1)
   neg_entropy_q = jnp.sum(q * log_q, axis=-1)
-  cross = (jnp.matmul(p, log_q.T, precision=precision)
-           + jnp.matmul(log_p, q.T, precision=precision))
+  cross = jnp.matmul(p, log_q.T, precision=precision) + jnp.matmul(log_p, q.T, precision=precision)
   return neg_entropy_p[:, None] + neg_entropy_q[None, :] - cross
 
 
 def coarse_grain(sample: jax.Array, bins: int) -> jax.Array:
   """Sums of max(sample, tiny) over `bins` contiguous groups of columns: [M, C] -> [M, bins].
 
-  By the log-sum inequality, KLsym of these coarse rows (`symmetric_kl` computes it for positive rows,
-  normalised or not) never exceeds the clamped-log KLsym of the rows themselves, which is what
+  By the log-sum inequality, KLsym of these coarse rows (`symmetric_kl` computes it for positive
+  rows, normalised or not) never exceeds the clamped-log KLsym of the rows themselves, which is what
   `symmetric_kl` computes: a lower bound that costs bins / C of the exact distance. (Padding columns
   hold tiny in both rows of a pair, so they add nothing to the exact distance.)
   """
@@ -67,13 +68,20 @@ def coarse_grain(sample: jax.Array, bins: int) -> jax.Array:
   bins = min(bins, num_columns)
   group = -(-num_columns // bins)
   tiny = jnp.finfo(jnp.float32).tiny
-  clamped = jnp.pad(jnp.maximum(sample, tiny), ((0, 0), (0, bins * group - num_columns)),
-                    constant_values=tiny)
+  clamped = jnp.pad(
+    jnp.maximum(sample, tiny), ((0, 0), (0, bins * group - num_columns)), constant_values=tiny
+  )
   return clamped.reshape(num_rows, bins, group).sum(-1)
 
 
-def smooth_rows(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, precision: kfa.Precision,
-                tile: int = DEFAULT_TILE, bins: int = _COARSE_BINS) -> jax.Array:
+def smooth_rows(
+  sample: jax.Array,
+  row_valid: jax.Array,
+  tau: jax.Array,
+  precision: kfa.Precision,
+  tile: int = DEFAULT_TILE,
+  bins: int = _COARSE_BINS,
+) -> jax.Array:
   """The official smoothing s~_i = normalize(sum_{j valid: KLsym(s_i, s_j) <= tau} s_j), pruned.
 
   The dense version costs two [M, M, K'] products (all distances, then the 0/1 matrix times the
@@ -120,8 +128,14 @@ def smooth_rows(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, precisi
   # rows of one compact group become neighbours ([M, M / stride] bounds for this).
   pivots = np.arange(0, num_rows, _PIVOT_STRIDE)
   pivot_valid = row_valid[pivots]
-  first_pivot = jnp.min(jnp.where(candidates(np.arange(num_rows), pivots) & pivot_valid[None, :],
-                                  jnp.arange(len(pivots)), len(pivots)), axis=-1)
+  first_pivot = jnp.min(
+    jnp.where(
+      candidates(np.arange(num_rows), pivots) & pivot_valid[None, :],
+      jnp.arange(len(pivots)),
+      len(pivots),
+    ),
+    axis=-1,
+  )
   order = jnp.argsort(jnp.where(row_valid, first_pivot, len(pivots) + 1), stable=True)
   # Padding slots (past num_rows) hold copies of the last row, invalid: never summed.
   order = jnp.concatenate([order, jnp.full((padded - num_rows,), num_rows - 1, order.dtype)])
@@ -139,20 +153,28 @@ def smooth_rows(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, precisi
     tile_rows = jax.lax.dynamic_slice_in_dim(rows, start, tile)
     # Materialised: fused into the products below, XLA takes the log again per GEMM block.
     log_rows = jax.lax.optimization_barrier(safe_log(tile_rows))
-    return _Tile(tile_rows, log_rows, jax.lax.dynamic_slice_in_dim(row_entropy, start, tile),
-                 jax.lax.dynamic_slice_in_dim(slot_valid, start, tile))
+    return _Tile(
+      tile_rows,
+      log_rows,
+      jax.lax.dynamic_slice_in_dim(row_entropy, start, tile),
+      jax.lax.dynamic_slice_in_dim(slot_valid, start, tile),
+    )
 
   def close_pairs(a: _Tile, b: _Tile) -> jax.Array:
     """[tile, tile] KLsym(a_i, b_j) <= tau."""
-    distance = (a.entropy[:, None] + b.entropy[None, :]
-                - jnp.matmul(a.rows, b.logs.T, precision=precision)
-                - jnp.matmul(a.logs, b.rows.T, precision=precision))
+    distance = (
+      a.entropy[:, None]
+      + b.entropy[None, :]
+      - jnp.matmul(a.rows, b.logs.T, precision=precision)
+      - jnp.matmul(a.logs, b.rows.T, precision=precision)
+    )
     return distance <= tau
 
   def weighted_sum(close: jax.Array, other: _Tile) -> jax.Array:
     """[tile, K'] sums of the valid rows of `other` that are close."""
-    return jnp.matmul((close & other.valid[None, :]).astype(jnp.float32), other.rows,
-                      precision=precision)
+    return jnp.matmul(
+      (close & other.valid[None, :]).astype(jnp.float32), other.rows, precision=precision
+    )
 
   def add_row_tile(a_index, sums):
     """Sums of row tile a: its diagonal pair, then each needed tile b right of it; the distances
@@ -177,12 +199,14 @@ def smooth_rows(sample: jax.Array, row_valid: jax.Array, tau: jax.Array, precisi
     a_sums, sums = jax.lax.fori_loop(0, jnp.sum(right), add_column_tile, (a_sums, sums))
     start = a_index * tile
     return jax.lax.dynamic_update_slice_in_dim(
-        sums, jax.lax.dynamic_slice_in_dim(sums, start, tile) + a_sums, start, axis=0)
+      sums, jax.lax.dynamic_slice_in_dim(sums, start, tile) + a_sums, start, axis=0
+    )
 
   # Invalid rows are sorted last: tiles holding only them are skipped.
   valid_tiles = (jnp.sum(slot_valid) + tile - 1) // tile
   sums = jax.lax.fori_loop(0, valid_tiles, add_row_tile, jnp.zeros_like(rows))
   sums = sums[jnp.argsort(order[:num_rows])]  # unsorted; order is a permutation there
   # Invalid rows have no sums: uniform rows keep them finite (they are never grouped).
-  return jnp.where(row_valid[:, None], sums / jnp.sum(sums, axis=-1, keepdims=True),
-                   1.0 / sample.shape[1])
+  return jnp.where(
+    row_valid[:, None], sums / jnp.sum(sums, axis=-1, keepdims=True), 1.0 / sample.shape[1]
+  )

@@ -1,13 +1,14 @@
 """Motion Grouping (Yang et al., ICCV 2021): method glue for `vosjax.train`.
 
-Training sample: two optical flows of the same frame (official: two different gaps of the same target
-frame). On MOVi-format data these are the frame's forward (t -> t+1) and backward (t -> t-1) flows, so
-the data config uses `clip_length=1, clip_margin=1` (frames that have both); on DAVIS folders the
-flow-pair reader gives gaps from {1, 2, -1, -2} directly (`flow_a`, `flow_b`). Flows are colour-wheel
-encoded as in the official code (`config.model.flow_encoding="rgb"`) or fed raw ("raw").
+Training sample: two optical flows of the same frame (official: two different gaps of the same
+target frame). On MOVi-format data these are the frame's forward (t -> t+1) and backward (t -> t-1)
+flows, so the data config uses `clip_length=1, clip_margin=1` (frames that have both); on DAVIS
+folders the flow-pair reader gives gaps from {1, 2, -1, -2} directly (`flow_a`, `flow_b`). Flows are
+colour-wheel encoded as in the official code (`config.model.flow_encoding="rgb"`) or fed raw
+("raw").
 
-Evaluation: each frame's forward and backward flow go through the model; in each, the background slot
-is the one with more mass on the image border and the foreground is the rest (no ground truth
+Evaluation: each frame's forward and backward flow go through the model; in each, the background
+slot is the one with more mass on the image border and the foreground is the rest (no ground truth
 involved: the official evaluation picks the slot by IoU with the ground truth, an oracle); the
 foreground masks of the available flows are averaged and thresholded at 0.5, like the official
 "mean" masks.
@@ -15,6 +16,7 @@ foreground masks of the available flows are averaged and thresholded at 0.5, lik
 The authors' released checkpoints import with `--config.init.checkpoint=PATH` (`official_checkpoint`
 gives the names and layouts).
 """
+
 from __future__ import annotations
 
 import jax
@@ -41,8 +43,12 @@ SEGMENT_IDS = "classes"
 def default_config() -> ml_collections.ConfigDict:
   """The official hyper-parameters on MOVi-E (configs/motion_grouping.py documents them)."""
   config = config_lib.base_config(
-      "motion_grouping", num_train_steps=300_000, eval_every_steps=5_000,
-      checkpoint_every_steps=5_000, num_eval_videos_to_write=8)
+    "motion_grouping",
+    num_train_steps=300_000,
+    eval_every_steps=5_000,
+    checkpoint_every_steps=5_000,
+    num_eval_videos_to_write=8,
+  )
 
   config.data = movi.default_data_config()
   config.data.tfds_name = "movi_e/128x128:1.0.0"
@@ -86,22 +92,27 @@ def default_config() -> ml_collections.ConfigDict:
 def make_model(config: ml_collections.ConfigDict) -> mg_model.MotionGrouping:
   m = config.model
   return mg_model.MotionGrouping(
-      num_slots=m.num_slots, num_iterations=m.num_iterations,
-      encoder_widths=tuple(m.encoder_widths), encoder_chunk_size=m.encoder_chunk_size,
-      slot_dim=m.slot_dim,
-      slot_mlp_hidden_size=m.slot_mlp_hidden_size,
-      decoder_transpose_widths=tuple(m.decoder_transpose_widths),
-      decoder_conv_width=m.decoder_conv_width,
-      decoder_instance_norm=m.decoder_instance_norm,
-      decoder_chunk_size=m.decoder_chunk_size, gradient_mode=m.gradient_mode)
+    num_slots=m.num_slots,
+    num_iterations=m.num_iterations,
+    encoder_widths=tuple(m.encoder_widths),
+    encoder_chunk_size=m.encoder_chunk_size,
+    slot_dim=m.slot_dim,
+    slot_mlp_hidden_size=m.slot_mlp_hidden_size,
+    decoder_transpose_widths=tuple(m.decoder_transpose_widths),
+    decoder_conv_width=m.decoder_conv_width,
+    decoder_instance_norm=m.decoder_instance_norm,
+    decoder_chunk_size=m.decoder_chunk_size,
+    gradient_mode=m.gradient_mode,
+  )
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam with the official schedule: linear warm-up, then the lr halves every `decay_steps`."""
   o = config.optimizer
   schedule = losses.motion_grouping_lr_schedule(o.learning_rate, o.warmup_steps, o.decay_steps)
-  return optax.chain(*optimizers.gradient_clipping(o.grad_clip_norm),
-                     optax.adam(schedule, eps=o.eps))
+  return optax.chain(
+    *optimizers.gradient_clipping(o.grad_clip_norm), optax.adam(schedule, eps=o.eps)
+  )
 
 
 def import_params(state_dict: dict[str, np.ndarray], params, config):
@@ -115,8 +126,9 @@ def encode(flow: jnp.ndarray, config: ml_collections.ConfigDict) -> jnp.ndarray:
     return flow_encoding.encode_flow_rgb(flow)
   if config.model.flow_encoding == "raw":
     return flow_encoding.encode_flow_raw(flow, config.model.raw_flow_scale)
-  raise ValueError(f"config.model.flow_encoding must be 'rgb' or 'raw', got "
-                   f"{config.model.flow_encoding!r}.")
+  raise ValueError(
+    f"config.model.flow_encoding must be 'rgb' or 'raw', got {config.model.flow_encoding!r}."
+  )
 
 
 def flow_pair(batch: dict) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -124,9 +136,11 @@ def flow_pair(batch: dict) -> tuple[jnp.ndarray, jnp.ndarray]:
   if "flow_a" in batch:
     return batch["flow_a"], batch["flow_b"]
   if batch["forward_flow"].shape[1] != 1:
-    raise ValueError("Motion Grouping trains on one frame per sample: set "
-                     "--config.data.clip_length=1 --config.data.clip_margin=1, got clips of "
-                     f"{batch['forward_flow'].shape[1]} frames.")
+    raise ValueError(
+      "Motion Grouping trains on one frame per sample: set "
+      "--config.data.clip_length=1 --config.data.clip_margin=1, got clips of "
+      f"{batch['forward_flow'].shape[1]} frames."
+    )
   return batch["forward_flow"][:, 0], batch["backward_flow"][:, 0]
 
 
@@ -151,9 +165,16 @@ def loss_fn(params, model, batch, rng, step, config, extra):
   out_a = jax.tree.map(lambda x: x[:half], out)
   out_b = jax.tree.map(lambda x: x[half:], out)
   total, terms = losses.motion_grouping_losses(
-      out_a, out_b, inputs_a, inputs_b, step, recon_scale=config.loss.recon_scale,
-      ent_scale=config.loss.ent_scale, cons_scale=config.loss.cons_scale,
-      decay_steps=config.optimizer.decay_steps)
+    out_a,
+    out_b,
+    inputs_a,
+    inputs_b,
+    step,
+    recon_scale=config.loss.recon_scale,
+    ent_scale=config.loss.ent_scale,
+    cons_scale=config.loss.cons_scale,
+    decay_steps=config.optimizer.decay_steps,
+  )
   return total, terms
 
 
@@ -198,9 +219,9 @@ def predict(params, model, batch, config) -> dict:
 
 
 def mean_over_directions(prob: jnp.ndarray) -> jnp.ndarray:
-  """`[2, B, T, H, W]` probabilities from the forward and backward flows -> their mean `[B, T, H, W]`
-  over the flows each frame has (MOVi stores zero forward flow on the last frame and zero backward
-  flow on the first)."""
+  """`[2, B, T, H, W]` probabilities from the forward and backward flows -> their mean
+  `[B, T, H, W]` over the flows each frame has (MOVi stores zero forward flow on the last frame and
+  zero backward flow on the first)."""
   t = prob.shape[2]
   has_forward = jnp.arange(t) < t - 1
   has_backward = jnp.arange(t) > 0
@@ -222,10 +243,12 @@ def summary_images(params, model, batch, config) -> dict:
   return summary
 
 
-def segment_inputs(frames: np.ndarray, config, *, cache_dir, cache_key: str,
-                   flow_preset: str) -> dict[str, np.ndarray]:
+def segment_inputs(
+  frames: np.ndarray, config, *, cache_dir, cache_key: str, flow_preset: str
+) -> dict[str, np.ndarray]:
   """OpenCV DIS forward and backward flow `[T, h, w, 2]` of uint8 frames `[T, H, W, 3]`, computed
   at the frame size and resized to `config.data.resolution` (as on DAVIS), cached on disk."""
-  flows = optical_flow.cached_video_dis_flows(frames, tuple(config.data.resolution), cache_dir,
-                                              cache_key, flow_preset)
+  flows = optical_flow.cached_video_dis_flows(
+    frames, tuple(config.data.resolution), cache_dir, cache_key, flow_preset
+  )
   return {"forward_flow": flows[1], "backward_flow": flows[-1]}

@@ -30,9 +30,10 @@ ENTROPY_EPS = 1e-5
 def reconstruction_mse(recon: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
   """Mean squared error over every element (`nn.MSELoss()`); shapes must match."""
   if recon.shape != target.shape:
-    raise ValueError(f'reconstruction_mse: recon shape {recon.shape} differs from target '
-                     f'shape {target.shape}.')
-  return jnp.mean((recon - target)**2)
+    raise ValueError(
+      f"reconstruction_mse: recon shape {recon.shape} differs from target shape {target.shape}."
+    )
+  return jnp.mean((recon - target) ** 2)
 
 
 def mask_entropy(masks: jnp.ndarray, eps: float = ENTROPY_EPS) -> jnp.ndarray:
@@ -59,16 +60,18 @@ def temporal_consistency(masks_a: jnp.ndarray, masks_b: jnp.ndarray) -> jnp.ndar
     Scalar `mean_B min_{i, j} mean_{H,W} (masks_a[:, i] - masks_b[:, j])^2`.
   """
   if masks_a.shape != masks_b.shape or masks_a.ndim != 4:
-    raise ValueError(f'temporal_consistency expects two [B, K, H, W] masks of one shape, '
-                     f'got {masks_a.shape} and {masks_b.shape}.')
+    raise ValueError(
+      f"temporal_consistency expects two [B, K, H, W] masks of one shape, "
+      f"got {masks_a.shape} and {masks_b.shape}."
+    )
   differences = masks_a[:, :, None] - masks_b[:, None, :]  # [B, K_a, K_b, H, W]
   pair_errors = jnp.mean(differences**2, axis=(-2, -1))
   return jnp.mean(jnp.min(pair_errors.reshape(pair_errors.shape[0], -1), axis=-1))
 
 
-def motion_grouping_regularizer_scale(step: Any, decay_steps: int = 80000,
-                                      growth: float = 5.0,
-                                      match_official_step_lag: bool = False) -> jnp.ndarray:
+def motion_grouping_regularizer_scale(
+  step: Any, decay_steps: int = 80000, growth: float = 5.0, match_official_step_lag: bool = False
+) -> jnp.ndarray:
   """Multiplier of the entropy and consistency weights at optimiser step `step` (0-based).
 
   `growth ** (step // decay_steps)`; with `match_official_step_lag`,
@@ -80,12 +83,19 @@ def motion_grouping_regularizer_scale(step: Any, decay_steps: int = 80000,
   return jnp.power(growth, (step // decay_steps).astype(jnp.float32))
 
 
-def motion_grouping_losses(out_a: dict[str, jnp.ndarray], out_b: dict[str, jnp.ndarray],
-                           flow_a: jnp.ndarray, flow_b: jnp.ndarray, step: Any, *,
-                           recon_scale: float = 1e2, ent_scale: float = 1e-2,
-                           cons_scale: float = 1e-2, decay_steps: int = 80000,
-                           match_official_step_lag: bool = False,
-                           ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+def motion_grouping_losses(
+  out_a: dict[str, jnp.ndarray],
+  out_b: dict[str, jnp.ndarray],
+  flow_a: jnp.ndarray,
+  flow_b: jnp.ndarray,
+  step: Any,
+  *,
+  recon_scale: float = 1e2,
+  ent_scale: float = 1e-2,
+  cons_scale: float = 1e-2,
+  decay_steps: int = 80000,
+  match_official_step_lag: bool = False,
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """Motion Grouping's total loss for a batch of flow pairs.
 
   Args:
@@ -106,29 +116,35 @@ def motion_grouping_losses(out_a: dict[str, jnp.ndarray], out_b: dict[str, jnp.n
     'consistency'), the weighted terms ('*_weighted') and the current regulariser
     multiplier ('regularizer_scale').
   """
-  reconstruction = 0.5 * (reconstruction_mse(out_a['recon'], flow_a)
-                          + reconstruction_mse(out_b['recon'], flow_b))
-  entropy = 0.5 * (mask_entropy(out_a['masks']) + mask_entropy(out_b['masks']))
-  consistency = temporal_consistency(out_a['masks'], out_b['masks'])
-  scale = motion_grouping_regularizer_scale(step, decay_steps,
-                                            match_official_step_lag=match_official_step_lag)
+  reconstruction = 0.5 * (
+    reconstruction_mse(out_a["recon"], flow_a) + reconstruction_mse(out_b["recon"], flow_b)
+  )
+  entropy = 0.5 * (mask_entropy(out_a["masks"]) + mask_entropy(out_b["masks"]))
+  consistency = temporal_consistency(out_a["masks"], out_b["masks"])
+  scale = motion_grouping_regularizer_scale(
+    step, decay_steps, match_official_step_lag=match_official_step_lag
+  )
   terms = {
-      'reconstruction': reconstruction,
-      'entropy': entropy,
-      'consistency': consistency,
-      'reconstruction_weighted': recon_scale * reconstruction,
-      'entropy_weighted': ent_scale * scale * entropy,
-      'consistency_weighted': cons_scale * scale * consistency,
-      'regularizer_scale': scale,
+    "reconstruction": reconstruction,
+    "entropy": entropy,
+    "consistency": consistency,
+    "reconstruction_weighted": recon_scale * reconstruction,
+    "entropy_weighted": ent_scale * scale * entropy,
+    "consistency_weighted": cons_scale * scale * consistency,
+    "regularizer_scale": scale,
   }
-  total = (terms['reconstruction_weighted'] + terms['entropy_weighted']
-           + terms['consistency_weighted'])
+  total = (
+    terms["reconstruction_weighted"] + terms["entropy_weighted"] + terms["consistency_weighted"]
+  )
   return total, terms
 
 
-def motion_grouping_lr_schedule(base_lr: float = 5e-4, warmup_steps: int = 200,
-                                decay_steps: int = 80000,
-                                match_official_step_lag: bool = False) -> optax.Schedule:
+def motion_grouping_lr_schedule(
+  base_lr: float = 5e-4,
+  warmup_steps: int = 200,
+  decay_steps: int = 80000,
+  match_official_step_lag: bool = False,
+) -> optax.Schedule:
   """Motion Grouping learning rate as an optax schedule of the 0-based update count.
 
   Intended schedule: `base * s / warmup` for s < warmup, then
@@ -140,8 +156,10 @@ def motion_grouping_lr_schedule(base_lr: float = 5e-4, warmup_steps: int = 200,
   [1, s - 1], or `base * (warmup - 1) / warmup` before the first decay.
   """
   if warmup_steps < 0 or decay_steps <= 0:
-    raise ValueError(f'motion_grouping_lr_schedule: need warmup_steps >= 0 and '
-                     f'decay_steps > 0, got {warmup_steps}, {decay_steps}.')
+    raise ValueError(
+      f"motion_grouping_lr_schedule: need warmup_steps >= 0 and "
+      f"decay_steps > 0, got {warmup_steps}, {decay_steps}."
+    )
 
   def intended(count):
     count = jnp.asarray(count)
@@ -160,11 +178,9 @@ def motion_grouping_lr_schedule(base_lr: float = 5e-4, warmup_steps: int = 200,
       last_warm = jnp.minimum(last, warmup_steps - 1)
       warm_value = base_lr * last_warm.astype(jnp.float32) / warmup_steps
       # Within one iteration the decay update runs after the warm-up one.
-      value = jnp.where((last_decay > 0) & (last_decay >= last_warm), decay_value,
-                        warm_value)
+      value = jnp.where((last_decay > 0) & (last_decay >= last_warm), decay_value, warm_value)
     else:
       value = jnp.where(last_decay > 0, decay_value, base_lr)
     return jnp.where(count == 0, base_lr, value)
 
   return official if match_official_step_lag else intended
-

@@ -1,20 +1,24 @@
 """The official Motion Grouping checkpoints (charigyang/motiongrouping) as vosjax parameters.
 
-The official `src/train.py` saves `{"iteration", "model_state_dict", "optimizer_state_dict", "loss"}`;
-its released `models/ckpt_{davis,fbms,moca,segtrack}.pth` are such files. `model_state_dict` is the
+The official `src/train.py` saves
+`{"iteration", "model_state_dict", "optimizer_state_dict", "loss"}`; its released
+`models/ckpt_{davis,fbms,moca,segtrack}.pth` are such files. `model_state_dict` is the
 `state_dict()` of `src/model.py::SlotAttentionAutoEncoder`; with the module names of that file:
 
-  encoder_cnn                 Sequential over [64, MP, 128, MP, 256]: per width Conv5x5, InstanceNorm2d
-                              (affine), ReLU, Conv5x5, InstanceNorm2d, ReLU; MaxPool2d between widths.
-                              Indices: stage s starts at 7 s (conv 7s, norm 7s+1, conv 7s+3, norm 7s+4).
+  encoder_cnn                 Sequential over [64, MP, 128, MP, 256]: per width Conv5x5,
+  InstanceNorm2d
+                              (affine), ReLU, Conv5x5, InstanceNorm2d, ReLU; MaxPool2d between
+                              widths. Indices: stage s starts at 7 s (conv 7s, norm 7s+1, conv 7s+3,
+                              norm 7s+4).
   encoder_pos.proj            Linear(4, 256) of the position grid   -> encoder_pos/proj
   layer_norm                  LayerNorm(256)                        -> encoder_norm
   mlp.0, mlp.2                Linear(256, 256), ReLU, Linear        -> encoder_mlp/dense_1, dense_2
   slot_attention.             norm_input, norm_slots, norm_pre_ff   -> slot_attention/norm_inputs,
                                                                        norm_slots, norm_mlp
                               slots_embedding (nn.Embedding(K, D))  -> slot_init/queries
-                              project_q, project_k, project_v       -> project_q, project_k, project_v
-                              gru (GRUCell: weight_ih, weight_hh,   -> gru/input, gru/hidden
+                              project_q, project_k, project_v       -> project_q, project_k,
+                              project_v gru (GRUCell: weight_ih, weight_hh,   -> gru/input,
+                              gru/hidden
                                 bias_ih, bias_hh; gates r, z, n)
                               mlp.0, mlp.2                          -> mlp_hidden, mlp_out
   decoder_pos.proj            Linear(4, 256)                        -> decoder/pos_embed/proj
@@ -25,10 +29,11 @@ its released `models/ckpt_{davis,fbms,moca,segtrack}.pth` are such files. `model
 
 The position grids are plain attributes (not in the state dict) and InstanceNorm2d keeps no running
 statistics. The map follows `config.model`'s widths, so a narrower model of the same layout imports
-too; the official ones are 64-128-256, slot dim 256, decoder 64, 2 slots, 5 iterations (the number of
-iterations and the flow encoding, RGB colour wheel for `--flow_to_rgb`, are not in the weights: set
-them in the config; the input channels are, 3 for RGB).
+too; the official ones are 64-128-256, slot dim 256, decoder 64, 2 slots, 5 iterations (the number
+of iterations and the flow encoding, RGB colour wheel for `--flow_to_rgb`, are not in the weights:
+set them in the config; the input channels are, 3 for RGB).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -57,17 +62,22 @@ def _dense(torch_name: str, path: tuple[str, ...], bias: bool = True) -> dict:
 
 
 def _norm(torch_name: str, path: tuple[str, ...]) -> dict:
-  return {f"{torch_name}.weight": (path + ("scale",), COPY),
-          f"{torch_name}.bias": (path + ("bias",), COPY)}
+  return {
+    f"{torch_name}.weight": (path + ("scale",), COPY),
+    f"{torch_name}.bias": (path + ("bias",), COPY),
+  }
 
 
 def _conv(torch_name: str, path: tuple[str, ...], layout: str = CONV) -> dict:
-  return {f"{torch_name}.weight": (path + ("kernel",), layout),
-          f"{torch_name}.bias": (path + ("bias",), COPY)}
+  return {
+    f"{torch_name}.weight": (path + ("kernel",), layout),
+    f"{torch_name}.bias": (path + ("bias",), COPY),
+  }
 
 
-def official_names(model_config: ml_collections.ConfigDict
-                   ) -> dict[str, tuple[tuple[str, ...], str]]:
+def official_names(
+  model_config: ml_collections.ConfigDict,
+) -> dict[str, tuple[tuple[str, ...], str]]:
   """Official tensor name -> (vosjax param path, layout) for `config.model`'s widths."""
   names = {}
   for stage in range(len(model_config.encoder_widths)):
@@ -83,8 +93,11 @@ def official_names(model_config: ml_collections.ConfigDict
 
   slots = ("slot_attention",)
   names["slot_attention.slots_embedding.weight"] = (("slot_init", "queries"), COPY)
-  for official, ours in (("norm_input", "norm_inputs"), ("norm_slots", "norm_slots"),
-                         ("norm_pre_ff", "norm_mlp")):
+  for official, ours in (
+    ("norm_input", "norm_inputs"),
+    ("norm_slots", "norm_slots"),
+    ("norm_pre_ff", "norm_mlp"),
+  ):
     names.update(_norm(f"slot_attention.{official}", slots + (ours,)))
   for projection in ("project_q", "project_k", "project_v"):
     names.update(_dense(f"slot_attention.{projection}", slots + (projection,)))
@@ -98,8 +111,9 @@ def official_names(model_config: ml_collections.ConfigDict
   num_upsample = len(model_config.decoder_transpose_widths)
   for i in range(num_upsample):
     block = ("decoder", f"upsample{i}")
-    names.update(_conv(f"decoder_cnn.{_UPSAMPLE_LAYERS * i}", block + ("conv_transpose",),
-                       CONV_TRANSPOSE))
+    names.update(
+      _conv(f"decoder_cnn.{_UPSAMPLE_LAYERS * i}", block + ("conv_transpose",), CONV_TRANSPOSE)
+    )
     names.update(_norm(f"decoder_cnn.{_UPSAMPLE_LAYERS * i + 1}", block + ("norm",)))
   conv = _UPSAMPLE_LAYERS * num_upsample
   names.update(_conv(f"decoder_cnn.{conv}", ("decoder", "conv", "conv")))
@@ -108,11 +122,15 @@ def official_names(model_config: ml_collections.ConfigDict
   return names
 
 
-def import_params(state_dict: dict[str, np.ndarray], params: Any,
-                  config: ml_collections.ConfigDict) -> Any:
+def import_params(
+  state_dict: dict[str, np.ndarray], params: Any, config: ml_collections.ConfigDict
+) -> Any:
   """`interface.ImportsCheckpoints.import_params` for the official model state dict."""
   if not config.model.decoder_instance_norm:
-    raise CheckpointError("the official decoder has InstanceNorm layers (their indices are part of "
-                          "the names); set config.model.decoder_instance_norm=True.")
-  return state_dicts.import_tensors(state_dict, official_names(config.model), params,
-                                    source="the Motion Grouping model_state_dict")
+    raise CheckpointError(
+      "the official decoder has InstanceNorm layers (their indices are part of "
+      "the names); set config.model.decoder_instance_norm=True."
+    )
+  return state_dicts.import_tensors(
+    state_dict, official_names(config.model), params, source="the Motion Grouping model_state_dict"
+  )

@@ -1,12 +1,15 @@
 """Slot Attention object discovery (Locatello et al. 2020): method glue for `vosjax.train`.
 
-An autoencoder on single RGB frames (scaled to [-1, 1] as the official code): CNN encoder, K slots from
-Gaussian samples, spatial-broadcast decoder, masks by softmax over slots; loss = MSE reconstruction.
-Schedule as the official object-discovery run: linear warm-up, then lr * 0.5 ** (step / decay_steps).
+An autoencoder on single RGB frames (scaled to [-1, 1] as the official code): CNN encoder, K slots
+from Gaussian samples, spatial-broadcast decoder, masks by softmax over slots; loss = MSE
+reconstruction. Schedule as the official object-discovery run: linear warm-up, then lr * 0.5 **
+(step / decay_steps).
 
-Evaluation segments every frame of a validation video; all frames use the same slot noise so that slot
-order tends to stay the same over time (the video-level FG-ARI counts a relabelled object as an error).
+Evaluation segments every frame of a validation video; all frames use the same slot noise so that
+slot order tends to stay the same over time (the video-level FG-ARI counts a relabelled object as an
+error).
 """
+
 from __future__ import annotations
 
 import jax
@@ -26,7 +29,8 @@ from vosjax.models import autoencoder
 def default_config() -> ml_collections.ConfigDict:
   """Object discovery on the synthetic MOVi-format set at 64x64 (configs/slot_attention.py)."""
   config = config_lib.base_config(
-      "slot_attention", num_train_steps=1500, log_every_steps=50, checkpoint_every_steps=500)
+    "slot_attention", num_train_steps=1500, log_every_steps=50, checkpoint_every_steps=500
+  )
 
   config.data = movi.default_data_config()
   config.data.clip_length = 1
@@ -54,11 +58,15 @@ def default_config() -> ml_collections.ConfigDict:
 def make_model(config: ml_collections.ConfigDict) -> autoencoder.SlotAttentionAutoEncoder:
   m = config.model
   return autoencoder.SlotAttentionAutoEncoder(
-      num_slots=m.num_slots, num_iterations=m.num_iterations,
-      encoder_widths=tuple(m.encoder_widths), slot_dim=m.slot_dim,
-      slot_mlp_hidden_size=m.slot_mlp_hidden_size,
-      decoder_initial_size=tuple(m.decoder_initial_size), decoder_width=m.decoder_width,
-      gradient_mode=m.gradient_mode)
+    num_slots=m.num_slots,
+    num_iterations=m.num_iterations,
+    encoder_widths=tuple(m.encoder_widths),
+    slot_dim=m.slot_dim,
+    slot_mlp_hidden_size=m.slot_mlp_hidden_size,
+    decoder_initial_size=tuple(m.decoder_initial_size),
+    decoder_width=m.decoder_width,
+    gradient_mode=m.gradient_mode,
+  )
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -66,8 +74,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   warmup = optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps)
   decay = optax.exponential_decay(o.learning_rate, o.decay_steps, 0.5)
   schedule = optax.join_schedules([warmup, lambda step: decay(step)], [o.warmup_steps])
-  return optax.chain(*optimizers.gradient_clipping(o.grad_clip_norm),
-                     optax.adam(schedule, eps=o.eps))
+  return optax.chain(
+    *optimizers.gradient_clipping(o.grad_clip_norm), optax.adam(schedule, eps=o.eps)
+  )
 
 
 def frames(batch: dict) -> jnp.ndarray:
@@ -89,8 +98,9 @@ def init_params(model, config, rng, batch):
 def autoencoder_loss(recon: jnp.ndarray, image: jnp.ndarray) -> jnp.ndarray:
   """MSE over every element (the original `l2_loss`)."""
   if recon.shape != image.shape:
-    raise ValueError(f"reconstruction shape {recon.shape} differs from the image shape "
-                     f"{image.shape}")
+    raise ValueError(
+      f"reconstruction shape {recon.shape} differs from the image shape {image.shape}"
+    )
   return jnp.mean(jnp.square(recon - image))
 
 
@@ -107,8 +117,11 @@ def predict(params, model, batch, config) -> dict:
   b, t, h, w, _ = batch["video"].shape
   m = config.model
   noise = jax.random.normal(jax.random.key(0), (1, m.num_slots, m.slot_dim))
-  out = model.apply({"params": params}, frames(batch),
-                    slot_noise=jnp.broadcast_to(noise, (b * t, m.num_slots, m.slot_dim)))
+  out = model.apply(
+    {"params": params},
+    frames(batch),
+    slot_noise=jnp.broadcast_to(noise, (b * t, m.num_slots, m.slot_dim)),
+  )
   ids = jnp.argmax(out["masks"], axis=1).astype(jnp.int32)
   return {"ids": ids.reshape(b, t, h, w)}
 
@@ -117,5 +130,8 @@ def summary_images(params, model, batch, config) -> dict:
   inputs = frames(batch)[:4]
   out = model.apply({"params": params}, jnp.asarray(inputs), rngs={"slots": jax.random.key(0)})
   inputs = images.to_uint8(inputs, (-1.0, 1.0))
-  return {"input": inputs, "reconstruction": images.to_uint8(out["recon"], (-1.0, 1.0)),
-          "masks": video_io.overlay_masks(inputs, np.asarray(jnp.argmax(out["masks"], axis=1)))}
+  return {
+    "input": inputs,
+    "reconstruction": images.to_uint8(out["recon"], (-1.0, 1.0)),
+    "masks": video_io.overlay_masks(inputs, np.asarray(jnp.argmax(out["masks"], axis=1))),
+  }

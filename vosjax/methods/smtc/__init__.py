@@ -1,23 +1,24 @@
-"""SMTC, Semantics Meets Temporal Correspondence (Qian et al., ICCV 2023): method glue for `vosjax.train`.
+"""SMTC, Semantics Meets Temporal Correspondence (Qian et al., ICCV 2023): method glue for
+`vosjax.train`.
 
 Training (`src/train.py`, `start_twostage.sh`): a clip of T = 4 frames is augmented twice,
-independently (`vosjax.data.augment`, ImageNet-normalized), for a student and a teacher. Both run the
-DINO ViT-S/16 (`vosjax.models.vit`; the student's is fine-tuned) and the SMTC head
+independently (`vosjax.data.augment`, ImageNet-normalized), for a student and a teacher. Both run
+the DINO ViT-S/16 (`vosjax.models.vit`; the student's is fine-tuned) and the SMTC head
 (`vosjax.models.smtc`: temporal correlation fusion, two-stage slot attention, `mlp_slot`) with 3
 iterations. Loss = dense optimal-transport semantic consistency + differ loss + instance consistency
-(`vosjax.methods.smtc.losses`), every weight 1. The teacher (extra state, `OwnsExtraState`) starts as a
-copy of the initial parameters; after every step its head follows the student's by an EMA of momentum
-0.999, its encoder stays at the initialisation (DINO). AdamW, cosine lr -> 0.1 lr without warm-up,
-weight decay 0.1 on >= 2-D parameters (the official groups); the encoder's lr is x0 before step 3000,
-then x0.01 (its Adam moments update from step 0, as PyTorch's with lr 0).
+(`vosjax.methods.smtc.losses`), every weight 1. The teacher (extra state, `OwnsExtraState`) starts
+as a copy of the initial parameters; after every step its head follows the student's by an EMA of
+momentum 0.999, its encoder stays at the initialisation (DINO). AdamW, cosine lr -> 0.1 lr without
+warm-up, weight decay 0.1 on >= 2-D parameters (the official groups); the encoder's lr is x0 before
+step 3000, then x0.01 (its Adam moments update from step 0, as PyTorch's with lr 0).
 
 Inference (`src/eval_multi.py`, `vosjax.methods.smtc.inference`): frames at
 `model.inference_resolution` (480x800), Kinetics-normalised, 5 iterations over independent chunks of
 `data.clip_length` frames (the tail padded with the video's last frames; `PredictsInChunks`); the
 candidate instance masks are those whose instance slot has cosine >= 0.5 with its semantic slot,
-binarised as the official evaluator does and scored each on its own (`ProposesCandidates`); `predict`
-also resolves their overlaps into an id map. `vosjax.segment` and the frame-folder evaluation
-segment videos with it (`SegmentsVideos`).
+binarised as the official evaluator does and scored each on its own (`ProposesCandidates`);
+`predict` also resolves their overlaps into an id map. `vosjax.segment` and the frame-folder
+evaluation segment videos with it (`SegmentsVideos`).
 
 The authors' checkpoints (`src/train.py`'s `model_state_dict`, the released ViT-S/16 model) import
 with `--config.init.checkpoint=PATH` or `python -m vosjax.convert` (`official_checkpoint`).
@@ -32,11 +33,12 @@ deterministic (the official teacher runs in eval mode).
 
 Differences from the official code: the stochastic-depth draws come from JAX's generator, not
 PyTorch's (same distribution, other numbers); the cosine schedule decays over
-`num_train_steps` (the official over whole 78-iteration epochs, 9984 of the 10000 steps); the instance
-noise of `predict` comes from a fixed key (`model.inference_seed`, the same for every chunk; the
-official resamples at every call); the blur sigma of the augmentation is drawn per clip (see
-`vosjax.data.augment`).
+`num_train_steps` (the official over whole 78-iteration epochs, 9984 of the 10000 steps); the
+instance noise of `predict` comes from a fixed key (`model.inference_seed`, the same for every
+chunk; the official resamples at every call); the blur sigma of the augmentation is drawn per clip
+(see `vosjax.data.augment`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -67,8 +69,12 @@ NAME = "SMTC"  # in error messages
 def default_config() -> ml_collections.ConfigDict:
   """The official shipped recipe (`start_twostage.sh`, `eval_multi.sh`); no `data` section."""
   config = config_lib.base_config(
-      "smtc", seed=0, batch_size=128,  # 4 GPUs x 32 clips
-      num_train_steps=10_000, checkpoint_every_steps=500)
+    "smtc",
+    seed=0,
+    batch_size=128,  # 4 GPUs x 32 clips
+    num_train_steps=10_000,
+    checkpoint_every_steps=500,
+  )
   config.backbone = pretrained.default_backbone_config()
   config.backbone.name = "dino_vits16"
   config.backbone.arch_overrides = ml_collections.ConfigDict()  # tests only (random_init)
@@ -114,30 +120,43 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-8
-  config.optimizer.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)  # official
+  config.optimizer.grad_clip_norm = ml_collections.FieldReference(
+    None, field_type=float
+  )  # official
   return config
 
 
 @flax.struct.dataclass
 class SMTCModel:
   """The modules (static) and the backbone's initial parameters (leaves, the encoder's init)."""
+
   backbone: vit.VisionTransformer = flax.struct.field(pytree_node=False)
   head: smtc.SMTC = flax.struct.field(pytree_node=False)  # training iterations
   inference_head: smtc.SMTC = flax.struct.field(pytree_node=False)
   initial_encoder: Any = None
 
-  def forward(self, params: Any, video: jax.Array, rng: jax.Array, inference: bool = False,
-              drop_path_rng: jax.Array | None = None) -> smtc.SMTCOutput:
+  def forward(
+    self,
+    params: Any,
+    video: jax.Array,
+    rng: jax.Array,
+    inference: bool = False,
+    drop_path_rng: jax.Array | None = None,
+  ) -> smtc.SMTCOutput:
     """`params` {"encoder", "head"} on augmented video `[B, T, H, W, 3]` in [0, 1].
 
     `rng`: the instance-slot noise. `drop_path_rng`: the backbone's stochastic depth (the training
     student, per frame); None: deterministic backbone (the teacher, inference)."""
     batch, time = video.shape[:2]
     frames = augment.normalize(video).reshape((batch * time,) + video.shape[2:])
-    stochastic = {} if drop_path_rng is None else {"deterministic": False,
-                                                   "rngs": {"drop_path": drop_path_rng}}
-    keys = self.backbone.apply({"params": params["encoder"]}, frames, **stochastic
-                               ).keys.astype(jnp.float32)
+    stochastic = (
+      {}
+      if drop_path_rng is None
+      else {"deterministic": False, "rngs": {"drop_path": drop_path_rng}}
+    )
+    keys = self.backbone.apply({"params": params["encoder"]}, frames, **stochastic).keys.astype(
+      jnp.float32
+    )
     keys = keys.reshape((batch, time) + keys.shape[1:])
     head = self.inference_head if inference else self.head
     return head.apply({"params": params["head"]}, keys, rngs={"instances": rng})
@@ -147,16 +166,21 @@ def make_model(config: ml_collections.ConfigDict) -> SMTCModel:
   # DINO's weights, unless config.init.checkpoint supplies the encoder (see official_checkpoint).
   backbone, backbone_params = official_checkpoint.initial_backbone(config)
   model_config = config.model
-  head = smtc.SMTC(num_semantic_slots=model_config.num_semantic_slots,
-                   num_instances=model_config.num_instances,
-                   num_iterations=model_config.train_iterations,
-                   correlation_size=tuple(model_config.correlation_size))
+  head = smtc.SMTC(
+    num_semantic_slots=model_config.num_semantic_slots,
+    num_instances=model_config.num_instances,
+    num_iterations=model_config.train_iterations,
+    correlation_size=tuple(model_config.correlation_size),
+  )
   # Stochastic depth of the fine-tuned student (official ViT: drop_path_rate 0.1, active in
   # training mode; the teacher runs in eval mode): `forward(..., drop_path_rng=...)` only.
   backbone = backbone.clone(drop_path_rate=config.backbone.drop_path_rate)
-  return SMTCModel(backbone=backbone, head=head,
-                   inference_head=head.clone(num_iterations=model_config.inference_iterations),
-                   initial_encoder=jax.device_put(backbone_params))
+  return SMTCModel(
+    backbone=backbone,
+    head=head,
+    inference_head=head.clone(num_iterations=model_config.inference_iterations),
+    initial_encoder=jax.device_put(backbone_params),
+  )
 
 
 def _group_labels(params):
@@ -167,26 +191,36 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   """AdamW per group (encoder x0 then x0.01, head x1); decay on >= 2-D parameters only."""
   opt = config.optimizer
   schedule = optax.cosine_decay_schedule(
-      init_value=opt.learning_rate, decay_steps=max(config.num_train_steps, 1),
-      alpha=opt.final_learning_rate / opt.learning_rate)
+    init_value=opt.learning_rate,
+    decay_steps=max(config.num_train_steps, 1),
+    alpha=opt.final_learning_rate / opt.learning_rate,
+  )
 
   def adamw(learning_rate):
-    return optax.adamw(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                       weight_decay=opt.weight_decay,
-                       mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+    return optax.adamw(
+      learning_rate,
+      b1=opt.b1,
+      b2=opt.b2,
+      eps=opt.eps,
+      weight_decay=opt.weight_decay,
+      mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
+    )
 
-  encoder = optimizers.step_multiplier(opt.encoder_multiplier_before, opt.encoder_multiplier_after,
-                                       opt.encoder_switch_step)
-  grouped = optimizers.grouped_optimizer(adamw, schedule, {"encoder": encoder, "head": 1.0},
-                                         _group_labels)
+  encoder = optimizers.step_multiplier(
+    opt.encoder_multiplier_before, opt.encoder_multiplier_after, opt.encoder_switch_step
+  )
+  grouped = optimizers.grouped_optimizer(
+    adamw, schedule, {"encoder": encoder, "head": 1.0}, _group_labels
+  )
   return optax.chain(*optimizers.gradient_clipping(opt.grad_clip_norm), grouped)
 
 
 example_batch = vit_video.example_batch
 
 
-def init_params(model: SMTCModel, config: ml_collections.ConfigDict, rng: jax.Array,
-                batch: dict) -> Any:
+def init_params(
+  model: SMTCModel, config: ml_collections.ConfigDict, rng: jax.Array, batch: dict
+) -> Any:
   """{"encoder": the loaded backbone, "head": a fresh SMTC head (PyTorch-style init)}."""
   del config
   video = vit_video.check_video(batch, "initialisation", NAME)
@@ -206,48 +240,80 @@ def update_extra_state(extra: Any, params: Any, step, config: ml_collections.Con
   """EMA of the student's head into the teacher's; the teacher's encoder never changes."""
   del step
   momentum = config.ema_momentum
-  head = jax.tree.map(lambda t, p: momentum * t + (1.0 - momentum) * p,
-                      extra["teacher"]["head"], params["head"])
+  head = jax.tree.map(
+    lambda t, p: momentum * t + (1.0 - momentum) * p, extra["teacher"]["head"], params["head"]
+  )
   return {"teacher": {"encoder": extra["teacher"]["encoder"], "head": head}}
 
 
-def import_params(state_dict: dict[str, np.ndarray], params: Any,
-                  config: ml_collections.ConfigDict) -> Any:
+def import_params(
+  state_dict: dict[str, np.ndarray], params: Any, config: ml_collections.ConfigDict
+) -> Any:
   """The official checkpoint's student, encoder included, as params (see `official_checkpoint`)."""
   return official_checkpoint.import_params(state_dict, params, config)
 
 
-def loss_fn(params: Any, model: SMTCModel, batch: dict, rng: jax.Array, step: jax.Array,
-            config: ml_collections.ConfigDict, extra: Any) -> tuple[jax.Array, dict]:
+def loss_fn(
+  params: Any,
+  model: SMTCModel,
+  batch: dict,
+  rng: jax.Array,
+  step: jax.Array,
+  config: ml_collections.ConfigDict,
+  extra: Any,
+) -> tuple[jax.Array, dict]:
   """Transport + differ + instance losses of the student against the EMA teacher."""
   del step
   video = vit_video.check_video(batch, "training", NAME)
   if video.shape[1] < 2:
-    raise ValueError(f"SMTC trains on clips of >= 2 frames, got T={video.shape[1]} "
-                     "(config.data.clip_length; official 4).")
+    raise ValueError(
+      f"SMTC trains on clips of >= 2 frames, got T={video.shape[1]} "
+      "(config.data.clip_length; official 4)."
+    )
   rngs = jax.random.split(rng, 5)
   augment_config = augment.AugmentationConfig.from_config(config.augment)
-  student = model.forward(params, augment.augment_video(rngs[0], video, augment_config), rngs[1],
-                          drop_path_rng=rngs[4])
-  teacher = model.forward(jax.lax.stop_gradient(extra["teacher"]),
-                          augment.augment_video(rngs[2], video, augment_config), rngs[3])
+  student = model.forward(
+    params, augment.augment_video(rngs[0], video, augment_config), rngs[1], drop_path_rng=rngs[4]
+  )
+  teacher = model.forward(
+    jax.lax.stop_gradient(extra["teacher"]),
+    augment.augment_video(rngs[2], video, augment_config),
+    rngs[3],
+  )
   teacher = jax.tree.map(jax.lax.stop_gradient, teacher)
   loss_config = config.loss
   transport = losses.dense_transport_loss(
-      student.semantic_logits, teacher.semantic_logits, teacher.keys,
-      loss_config.sinkhorn_epsilon, loss_config.sinkhorn_iterations)
+    student.semantic_logits,
+    teacher.semantic_logits,
+    teacher.keys,
+    loss_config.sinkhorn_epsilon,
+    loss_config.sinkhorn_iterations,
+  )
   differ = losses.differ_loss(student.semantic_logits)
-  student_valid = losses.valid_instances(student.semantic_logits, student.semantic_slots,
-                                         student.instance_slots)
-  teacher_valid = losses.valid_instances(teacher.semantic_logits, teacher.semantic_slots,
-                                         teacher.instance_slots)
+  student_valid = losses.valid_instances(
+    student.semantic_logits, student.semantic_slots, student.instance_slots
+  )
+  teacher_valid = losses.valid_instances(
+    teacher.semantic_logits, teacher.semantic_slots, teacher.instance_slots
+  )
   instance = losses.instance_consistency_loss(
-      student_valid, teacher_valid, student.instance_embeddings, teacher.instance_embeddings,
-      loss_config.negative_margin)
-  loss = (loss_config.transport_weight * transport + loss_config.differ_weight * differ
-          + loss_config.instance_weight * instance)
-  return loss, {"transport_loss": transport, "differ_loss": differ, "instance_loss": instance,
-                "valid_instances": jnp.mean(student_valid)}
+    student_valid,
+    teacher_valid,
+    student.instance_embeddings,
+    teacher.instance_embeddings,
+    loss_config.negative_margin,
+  )
+  loss = (
+    loss_config.transport_weight * transport
+    + loss_config.differ_weight * differ
+    + loss_config.instance_weight * instance
+  )
+  return loss, {
+    "transport_loss": transport,
+    "differ_loss": differ,
+    "instance_loss": instance,
+    "valid_instances": jnp.mean(student_valid),
+  }
 
 
 chunk_indices = inference.chunk_indices
@@ -259,38 +325,55 @@ predict = inference.predict  # see `inference.predict` for the outputs
 SEGMENT_IDS = "classes"
 
 
-def segment_inputs(frames: np.ndarray, config: ml_collections.ConfigDict, *, cache_dir,
-                   cache_key: str, flow_preset: str) -> dict[str, np.ndarray]:
+def segment_inputs(
+  frames: np.ndarray,
+  config: ml_collections.ConfigDict,
+  *,
+  cache_dir,
+  cache_key: str,
+  flow_preset: str,
+) -> dict[str, np.ndarray]:
   """uint8 frames `[T, H, W, 3]` -> video float32 `[T, h, w, 3]` in [0, 1] at
   `model.inference_resolution` (`inference.segment_inputs`); no flow, nothing cached."""
   del cache_dir, cache_key, flow_preset
   return inference.segment_inputs(frames, config)
 
 
-def chunk_layout(num_frames: int, config: ml_collections.ConfigDict
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def chunk_layout(
+  num_frames: int, config: ml_collections.ConfigDict
+) -> tuple[np.ndarray, np.ndarray]:
   """`interface.PredictsInChunks`: chunks of `data.clip_length` frames (`chunk_indices`)."""
   return inference.chunk_indices(num_frames, config.data.clip_length)
 
 
-def candidate_masks(candidates: np.ndarray, valid: np.ndarray, frame_size: tuple[int, int],
-                    config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+def candidate_masks(
+  candidates: np.ndarray,
+  valid: np.ndarray,
+  frame_size: tuple[int, int],
+  config: ml_collections.ConfigDict,
+) -> tuple[np.ndarray, np.ndarray]:
   """`interface.ProposesCandidates`: the official evaluator's post-processing
   (`inference.candidate_masks`)."""
   return inference.candidate_masks(candidates, valid, frame_size, config)
 
 
-def summary_images(params: Any, model: SMTCModel, batch: dict,
-                   config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+def summary_images(
+  params: Any, model: SMTCModel, batch: dict, config: ml_collections.ConfigDict
+) -> dict[str, np.ndarray]:
   """For the first clip: frames | semantic argmax | instance ids, uint8 `[T, H, 3W, 3]`."""
   video = jnp.asarray(vit_video.check_video(batch, "summary", NAME)[:1])
   prediction = jax.jit(lambda p, v: predict(p, model, {"video": v}, config))(params, video)
   count = config.model.num_semantic_slots * config.model.num_instances + 1
   hues = (np.arange(count) * 0.618033988749895) % 1.0
-  palette = images.to_uint8(augment.hsv_to_rgb(jnp.asarray(
-      np.stack([hues, np.full(count, 0.75), np.full(count, 0.95)], axis=-1))))
+  palette = images.to_uint8(
+    augment.hsv_to_rgb(
+      jnp.asarray(np.stack([hues, np.full(count, 0.75), np.full(count, 0.95)], axis=-1))
+    )
+  )
   palette[0] = 0  # background / no candidate
-  panels = [images.to_uint8(np.asarray(video[0])),
-            palette[np.asarray(prediction["semantic_ids"][0]) + 1],
-            palette[np.asarray(prediction["ids"][0])]]
+  panels = [
+    images.to_uint8(np.asarray(video[0])),
+    palette[np.asarray(prediction["semantic_ids"][0]) + 1],
+    palette[np.asarray(prediction["ids"][0])],
+  ]
   return {"segmentation": np.concatenate(panels, axis=2)}

@@ -7,22 +7,24 @@ Inference (`predict`, jitted, static shapes): the frames are resized (bilinear) 
 through the backbone and the SMTC head with `model.inference_iterations` (5) slot-attention
 iterations in independent chunks of `data.clip_length` (4) consecutive frames; the last chunk is
 filled with the video's last frames (`chunk_indices`). The candidates of a frame are its S x P
-instance masks whose instance slot has cosine >= `model.similarity_threshold` (0.5) with its semantic
-slot. The official keeps a variable-length list; here the candidate axis is fixed, K = S * P
-(candidate k = s * P + p), with a validity mask.
+instance masks whose instance slot has cosine >= `model.similarity_threshold` (0.5) with its
+semantic slot. The official keeps a variable-length list; here the candidate axis is fixed, K = S *
+P (candidate k = s * P + p), with a validity mask.
 
-Post-processing (`candidate_masks`, NumPy, as the official evaluator): each candidate's token mask is
-upsampled nearest to the frame size (torch `F.interpolate` default: source index floor(i * h / H)),
-min-max normalised over the frame's pixels and thresholded > `model.mask_threshold` (0.3). A mask
-with max == min is empty (the official divides 0 by 0, and NaN > 0.3 is False). Nearest upsampling
-commutes with the threshold, so the masks are computed on the tokens the frame shows and upsampled.
-Id map (PNGs): where candidates overlap, a pixel takes the one with the highest normalised value
-(the lowest index on ties); id 1 + k, 0 where no candidate covers the pixel.
+Post-processing (`candidate_masks`, NumPy, as the official evaluator): each candidate's token mask
+is upsampled nearest to the frame size (torch `F.interpolate` default: source index floor(i * h /
+H)), min-max normalised over the frame's pixels and thresholded > `model.mask_threshold` (0.3). A
+mask with max == min is empty (the official divides 0 by 0, and NaN > 0.3 is False). Nearest
+upsampling commutes with the threshold, so the masks are computed on the tokens the frame shows and
+upsampled. Id map (PNGs): where candidates overlap, a pixel takes the one with the highest
+normalised value (the lowest index on ties); id 1 + k, 0 where no candidate covers the pixel.
 
 Instance noise: the official draws fresh noise for every frame at every call; here one draw from
 `model.inference_seed` per frame position of a chunk, the same for every chunk, so that a frame's
-result does not depend on how chunks are grouped into calls (`evaluation.windows.predict_in_chunks`).
+result does not depend on how chunks are grouped into calls
+(`evaluation.windows.predict_in_chunks`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -50,7 +52,9 @@ def chunk_indices(num_frames: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     positions: int `[num_frames]` index of each frame's result in the flattened chunks.
   """
   if num_frames < 1 or chunk < 1:
-    raise ValueError(f"chunk_indices needs num_frames >= 1 and chunk >= 1, got {num_frames}, {chunk}")
+    raise ValueError(
+      f"chunk_indices needs num_frames >= 1 and chunk >= 1, got {num_frames}, {chunk}"
+    )
   frames, positions = [], []
   for index, start in enumerate(range(0, num_frames, chunk)):
     real = np.arange(start, min(start + chunk, num_frames))
@@ -64,8 +68,9 @@ def resize_video(video: jax.Array, resolution) -> jax.Array:
   """Bilinear resize of `[..., H, W, 3]` to `resolution` (no antialiasing, like cv2.resize)."""
   if resolution is None or tuple(resolution) == tuple(video.shape[-3:-1]):
     return video
-  return jax.image.resize(video, video.shape[:-3] + tuple(resolution) + (3,), "bilinear",
-                          antialias=False)
+  return jax.image.resize(
+    video, video.shape[:-3] + tuple(resolution) + (3,), "bilinear", antialias=False
+  )
 
 
 def instance_noise(config: ml_collections.ConfigDict, chunk: int, dim: int) -> jax.Array:
@@ -75,8 +80,13 @@ def instance_noise(config: ml_collections.ConfigDict, chunk: int, dim: int) -> j
   return jax.random.normal(jax.random.key(config.model.inference_seed), shape)
 
 
-def inference_outputs(params: Any, model: Any, chunks: jax.Array, config: ml_collections.ConfigDict,
-                      noise: jax.Array | None = None) -> smtc.SMTCOutput:
+def inference_outputs(
+  params: Any,
+  model: Any,
+  chunks: jax.Array,
+  config: ml_collections.ConfigDict,
+  noise: jax.Array | None = None,
+) -> smtc.SMTCOutput:
   """The inference forward pass (official `model(input)` in `eval_multi.py`).
 
   Args:
@@ -92,13 +102,15 @@ def inference_outputs(params: Any, model: Any, chunks: jax.Array, config: ml_col
   """
   num, chunk = chunks.shape[:2]
   frames = augment.normalize(chunks, config.model.inference_mean, config.model.inference_std)
-  keys = model.backbone.apply({"params": params["encoder"]},
-                              frames.reshape((num * chunk,) + chunks.shape[2:])).keys
+  keys = model.backbone.apply(
+    {"params": params["encoder"]}, frames.reshape((num * chunk,) + chunks.shape[2:])
+  ).keys
   keys = keys.astype(jnp.float32).reshape((num, chunk) + keys.shape[1:])
   if noise is None:
     noise = instance_noise(config, chunk, keys.shape[-1])
-  noise = jnp.broadcast_to(noise, (num, chunk, config.model.num_semantic_slots,
-                                   config.model.num_instances, keys.shape[-1]))
+  noise = jnp.broadcast_to(
+    noise, (num, chunk, config.model.num_semantic_slots, config.model.num_instances, keys.shape[-1])
+  )
   return model.inference_head.apply({"params": params["head"]}, keys, noise)
 
 
@@ -121,8 +133,9 @@ def upsample_indices(grid: int, size: int) -> np.ndarray:
   return (np.arange(size) * grid) // size
 
 
-def predict(params: Any, model: Any, batch: dict,
-            config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+def predict(
+  params: Any, model: Any, batch: dict, config: ml_collections.ConfigDict
+) -> dict[str, jax.Array]:
   """Candidate instance masks and an id map of a video (official `eval_multi.py`).
 
   Args:
@@ -139,8 +152,9 @@ def predict(params: Any, model: Any, batch: dict,
   batch_size, num_frames, height, width = video.shape[:4]
   video = resize_video(video, config.model.inference_resolution)
   frames, positions = chunk_indices(num_frames, config.data.clip_length)
-  chunks = video[:, frames.reshape(-1)].reshape((batch_size * frames.shape[0],) + frames.shape[1:]
-                                                 + video.shape[2:])
+  chunks = video[:, frames.reshape(-1)].reshape(
+    (batch_size * frames.shape[0],) + frames.shape[1:] + video.shape[2:]
+  )
   out = inference_outputs(params, model, chunks, config)
   select = lambda x: x.reshape((batch_size, -1) + x.shape[2:])[:, positions]
   masks, valid = candidates(out, config.model.similarity_threshold)
@@ -156,13 +170,20 @@ def predict(params: Any, model: Any, batch: dict,
   rows = upsample_indices(grid[0], height)[:, None]
   cols = upsample_indices(grid[1], width)[None, :]
   upsample = lambda tokens: tokens.reshape(tokens.shape[:2] + grid)[:, :, rows, cols]
-  return {"candidates": masks.reshape(masks.shape[:3] + grid).astype(jnp.float32),
-          "candidate_valid": valid, "ids": upsample(ids).astype(jnp.int32),
-          "semantic_ids": upsample(semantic_ids).astype(jnp.int32)}
+  return {
+    "candidates": masks.reshape(masks.shape[:3] + grid).astype(jnp.float32),
+    "candidate_valid": valid,
+    "ids": upsample(ids).astype(jnp.int32),
+    "semantic_ids": upsample(semantic_ids).astype(jnp.int32),
+  }
 
 
-def candidate_masks(candidates: np.ndarray, valid: np.ndarray, frame_size: tuple[int, int],
-                    config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+def candidate_masks(
+  candidates: np.ndarray,
+  valid: np.ndarray,
+  frame_size: tuple[int, int],
+  config: ml_collections.ConfigDict,
+) -> tuple[np.ndarray, np.ndarray]:
   """The official evaluator's binary candidate masks and the id map, on the token grid.
 
   Args:
@@ -179,8 +200,9 @@ def candidate_masks(candidates: np.ndarray, valid: np.ndarray, frame_size: tuple
   candidates = np.asarray(candidates, np.float32)
   valid = np.asarray(valid, bool)
   if candidates.ndim != 4 or valid.shape != candidates.shape[:2]:
-    raise ValueError(f"candidates must be [T, K, h, w] and valid [T, K], got {candidates.shape} "
-                     f"and {valid.shape}")
+    raise ValueError(
+      f"candidates must be [T, K, h, w] and valid [T, K], got {candidates.shape} and {valid.shape}"
+    )
   if candidates.shape[1] > 255:
     raise ValueError(f"{candidates.shape[1]} candidates do not fit the ids 1..255 of a DAVIS PNG")
   rows = np.unique(upsample_indices(candidates.shape[2], frame_size[0]))
@@ -201,6 +223,13 @@ def segment_inputs(frames: np.ndarray, config: ml_collections.ConfigDict) -> dic
   `model.inference_resolution` (None: `data.resolution`) (official `readRGB`: / 255, then cv2
   bilinear resize)."""
   height, width = config.model.inference_resolution or config.data.resolution
-  return {"video": np.stack([
-      cv2.resize(frame.astype(np.float32) / 255.0, (width, height), interpolation=cv2.INTER_LINEAR)
-      for frame in frames])}
+  return {
+    "video": np.stack(
+      [
+        cv2.resize(
+          frame.astype(np.float32) / 255.0, (width, height), interpolation=cv2.INTER_LINEAR
+        )
+        for frame in frames
+      ]
+    )
+  }

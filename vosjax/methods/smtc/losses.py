@@ -25,6 +25,7 @@ The official index construction of the matching (`matching_cost`) swaps the matc
 front of arange(Q); with P = Q every row is assigned, so the positives and negatives are exactly the
 match and the other columns (the duplicated index 0 it could produce needs P > Q, refused here).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -49,9 +50,13 @@ def differ_loss(semantic_logits: jax.Array) -> jax.Array:
   return jnp.sum(cosine * off_diagonal) / (off_diagonal.sum() * np.prod(cosine.shape[:2]))
 
 
-def sinkhorn(source_mass: jax.Array, target_mass: jax.Array, cost: jax.Array,
-             epsilon: float = SINKHORN_EPSILON,
-             num_iterations: int = SINKHORN_ITERATIONS) -> jax.Array:
+def sinkhorn(
+  source_mass: jax.Array,
+  target_mass: jax.Array,
+  cost: jax.Array,
+  epsilon: float = SINKHORN_EPSILON,
+  num_iterations: int = SINKHORN_ITERATIONS,
+) -> jax.Array:
   """The official `sinkhorn_cluster`: entropic transport plan `[..., N, M]`.
 
   K = exp(-cost / epsilon), masses normalised to sum 1, b = 1, then `num_iterations` times
@@ -79,9 +84,13 @@ def ordered_frame_pairs(num_frames: int) -> tuple[np.ndarray, np.ndarray]:
   return tuple(np.asarray(side, np.int32) for side in zip(*pairs))
 
 
-def dense_transport_loss(student_logits: jax.Array, teacher_logits: jax.Array,
-                         teacher_keys: jax.Array, epsilon: float = SINKHORN_EPSILON,
-                         sinkhorn_iterations: int = SINKHORN_ITERATIONS) -> jax.Array:
+def dense_transport_loss(
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  teacher_keys: jax.Array,
+  epsilon: float = SINKHORN_EPSILON,
+  sinkhorn_iterations: int = SINKHORN_ITERATIONS,
+) -> jax.Array:
   """Semantic temporal consistency by optimal transport (see the module docstring).
 
   Args:
@@ -99,17 +108,25 @@ def dense_transport_loss(student_logits: jax.Array, teacher_logits: jax.Array,
   tokens = jax.lax.stop_gradient(smtc_model.l2_normalize(teacher_keys))
   source, target = tokens[:, first], tokens[:, second]  # [B, pairs, N, C]
   cost = 1.0 - jnp.einsum("bpnc,bpmc->bpnm", source, target)
-  plan = jax.lax.stop_gradient(sinkhorn(jnp.sum(jnp.abs(source), -1), jnp.sum(jnp.abs(target), -1),
-                                        cost, epsilon, sinkhorn_iterations))
+  plan = jax.lax.stop_gradient(
+    sinkhorn(
+      jnp.sum(jnp.abs(source), -1), jnp.sum(jnp.abs(target), -1), cost, epsilon, sinkhorn_iterations
+    )
+  )
   student_log = jnp.log(jax.nn.softmax(student_logits, axis=2) + 1e-8)[:, first]
   teacher_prob = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits), axis=2)[:, second]
   cross = jnp.einsum("bpsm,bpsn->bpnm", teacher_prob, student_log)
   return -jnp.sum(plan * cross) / (plan.shape[0] * plan.shape[1])
 
 
-def valid_instances(semantic_logits: jax.Array, semantic_slots: jax.Array,
-                    instance_slots: jax.Array, mask_threshold: float = 0.3,
-                    min_coverage: float = 0.2, min_similarity: float = 0.5) -> jax.Array:
+def valid_instances(
+  semantic_logits: jax.Array,
+  semantic_slots: jax.Array,
+  instance_slots: jax.Array,
+  mask_threshold: float = 0.3,
+  min_coverage: float = 0.2,
+  min_similarity: float = 0.5,
+) -> jax.Array:
   """The official `filter_valid_instance`: float 0/1 `[B, T, S, P]`, no gradient.
 
   Args:
@@ -118,15 +135,22 @@ def valid_instances(semantic_logits: jax.Array, semantic_slots: jax.Array,
     instance_slots: `[B, T, S, P, C]`.
   """
   coverage = jnp.mean(jax.nn.softmax(semantic_logits, axis=2) > mask_threshold, axis=-1)
-  similarity = jnp.einsum("btsc,btspc->btsp", smtc_model.l2_normalize(semantic_slots),
-                          smtc_model.l2_normalize(instance_slots))
+  similarity = jnp.einsum(
+    "btsc,btspc->btsp",
+    smtc_model.l2_normalize(semantic_slots),
+    smtc_model.l2_normalize(instance_slots),
+  )
   valid = (similarity > min_similarity) & (coverage > min_coverage)[..., None]
   return jax.lax.stop_gradient(valid.astype(semantic_slots.dtype))
 
 
-def instance_consistency_loss(student_valid: jax.Array, teacher_valid: jax.Array,
-                              student_embeddings: jax.Array, teacher_embeddings: jax.Array,
-                              margin: float = 0.5) -> jax.Array:
+def instance_consistency_loss(
+  student_valid: jax.Array,
+  teacher_valid: jax.Array,
+  student_embeddings: jax.Array,
+  teacher_embeddings: jax.Array,
+  margin: float = 0.5,
+) -> jax.Array:
   """The official `object_loss` over every (student frame, teacher frame) pair.
 
   Args:
@@ -142,13 +166,17 @@ def instance_consistency_loss(student_valid: jax.Array, teacher_valid: jax.Array
   """
   batch, frames, slots, instances = student_valid.shape
   if instances < 2:
-    raise ValueError(f"instance_consistency_loss needs P >= 2 instances (negatives), got {instances}.")
+    raise ValueError(
+      f"instance_consistency_loss needs P >= 2 instances (negatives), got {instances}."
+    )
   similarity = jnp.einsum("bispc,bjsqc->bijspq", student_embeddings, teacher_embeddings)
   columns = matching.min_cost_assignment(1.0 - similarity)  # [B, Ti, Tj, S, P]
   positive = jnp.take_along_axis(similarity, columns[..., None], axis=-1)[..., 0]
   is_positive = jax.nn.one_hot(columns, instances, dtype=similarity.dtype)
   negative = jnp.sum(jax.nn.relu(similarity - margin) * (1.0 - is_positive), -1) / (instances - 1)
-  teacher_valid = jnp.broadcast_to(teacher_valid[:, None], (batch, frames) + teacher_valid.shape[1:])
+  teacher_valid = jnp.broadcast_to(
+    teacher_valid[:, None], (batch, frames) + teacher_valid.shape[1:]
+  )
   positive_valid = jnp.take_along_axis(teacher_valid, columns, axis=-1)
   per_instance = student_valid[:, :, None] * (negative - positive_valid * positive)
   normaliser = frames * jnp.sum(student_valid) + 1e-10 * frames * student_valid.size

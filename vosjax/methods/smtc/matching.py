@@ -14,6 +14,7 @@ in about 62 % of cases (1067 of 1728 in a check with costs in {0, 1, 2}, P = 4).
 always the minimum. Float32 totals of permutations whose float64 totals differ by less than ~1e-6
 may order differently from scipy's float64 ones; either choice is optimal to that precision.
 """
+
 from __future__ import annotations
 
 import functools

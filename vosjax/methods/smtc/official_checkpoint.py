@@ -3,10 +3,11 @@
 The official `src/train.py` saves, every 500 iterations, `{"iteration", "model_state_dict",
 "optimizer_state_dict", "loss"}` with `model_state_dict = model_without_ddp.state_dict()` (no
 `module.` prefix; one is stripped anyway), and `src/eval_multi.py` loads `checkpoint[
-"model_state_dict"]` with `load_state_dict` (strict); the released ViT-S/16 model (README, "Pretrained
-Model") is loaded that way. Only the STUDENT is saved: the EMA teacher, the optimizer state (AdamW over
-4 groups) and the iteration are not model parameters and are not imported. `model_state_dict` is the
-`state_dict()` of `src/model/model_twostage.py::SlotAttentionAutoEncoder` (no buffers):
+"model_state_dict"]` with `load_state_dict` (strict); the released ViT-S/16 model (README,
+"Pretrained Model") is loaded that way. Only the STUDENT is saved: the EMA teacher, the optimizer
+state (AdamW over 4 groups) and the iteration are not model parameters and are not imported.
+`model_state_dict` is the `state_dict()` of `src/model/model_twostage.py::SlotAttentionAutoEncoder`
+(no buffers):
 
   encoder.*                   the fine-tuned DINO ViT-S/16 (`vit_small(16)`, DINO names: cls_token,
                               pos_embed [1, 197, 384], patch_embed.proj, blocks.{0..11}.{norm1,
@@ -16,9 +17,9 @@ Model") is loaded that way. Only the STUDENT is saved: the EMA teacher, the opti
                                                                  -> head/fusion/transport_proj
   slot_attention.slots_mu     [1, S, 1, 384]                     -> head/slot_attention/slots_mu
   slot_attention.slots_sigma  [1, S, 1, 384] (log std)           -> head/slot_attention/slots_sigma
-  slot_attention.norm_input, norm_slots, norm_pre_ff (LayerNorm)  -> norm_inputs, norm_slots, norm_mlp
-  slot_attention.project_q, project_k, project_v (Linear, bias)   -> project_q, project_k, project_v
-  slot_attention.mlp.0, mlp.2 (Linear 384-384-384)               -> mlp_hidden, mlp_out
+  slot_attention.norm_input, norm_slots, norm_pre_ff (LayerNorm)  -> norm_inputs, norm_slots,
+  norm_mlp slot_attention.project_q, project_k, project_v (Linear, bias)   -> project_q, project_k,
+  project_v slot_attention.mlp.0, mlp.2 (Linear 384-384-384)               -> mlp_hidden, mlp_out
   mlp_slot.0, mlp_slot.2      Linear(384, 768), Linear(768, 384) -> head/mlp_slot/hidden, out
 
 The map follows the params template (the ViT's depth and widths, S from the config), so a narrower
@@ -38,6 +39,7 @@ copy of the student as well, but the official code has no path that resumes from
 its teacher's encoder is then DINO's initialisation (vosjax's EMA never moves the teacher's
 encoder, so it stays the imported, fine-tuned one).
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,22 +62,28 @@ SOURCE = "the SMTC model_state_dict"
 
 
 def _dense(official: str, path: tuple[str, ...]) -> dict:
-  return {f"{official}.weight": (path + ("kernel",), LINEAR),
-          f"{official}.bias": (path + ("bias",), COPY)}
+  return {
+    f"{official}.weight": (path + ("kernel",), LINEAR),
+    f"{official}.bias": (path + ("bias",), COPY),
+  }
 
 
 def _norm(official: str, path: tuple[str, ...]) -> dict:
-  return {f"{official}.weight": (path + ("scale",), COPY),
-          f"{official}.bias": (path + ("bias",), COPY)}
+  return {
+    f"{official}.weight": (path + ("scale",), COPY),
+    f"{official}.bias": (path + ("bias",), COPY),
+  }
 
 
 def encoder_names(depth: int) -> dict[str, tuple[tuple[str, ...], str]]:
   """Official `encoder.*` name -> (vosjax params path, layout) for a DINO ViT of `depth` blocks."""
   encoder = ("encoder",)
-  names = {"encoder.cls_token": (encoder + ("cls_token",), COPY),
-           "encoder.pos_embed": (encoder + ("pos_embed",), COPY),
-           "encoder.patch_embed.proj.weight": (encoder + ("patch_embed", "kernel"), CONV),
-           "encoder.patch_embed.proj.bias": (encoder + ("patch_embed", "bias"), COPY)}
+  names = {
+    "encoder.cls_token": (encoder + ("cls_token",), COPY),
+    "encoder.pos_embed": (encoder + ("pos_embed",), COPY),
+    "encoder.patch_embed.proj.weight": (encoder + ("patch_embed", "kernel"), CONV),
+    "encoder.patch_embed.proj.bias": (encoder + ("patch_embed", "bias"), COPY),
+  }
   names.update(_norm("encoder.norm", encoder + ("norm",)))
   for i in range(depth):
     block = encoder + (f"blocks_{i}",)
@@ -89,15 +97,20 @@ def encoder_names(depth: int) -> dict[str, tuple[tuple[str, ...], str]]:
 def head_names() -> dict[str, tuple[tuple[str, ...], str]]:
   """Official name -> (vosjax params path, layout) of everything but the encoder."""
   head = ("head",)
-  names = {"transport_proj.weight": (head + ("fusion", "transport_proj", "kernel"), CONV1D_1X1),
-           "transport_proj.bias": (head + ("fusion", "transport_proj", "bias"), COPY)}
+  names = {
+    "transport_proj.weight": (head + ("fusion", "transport_proj", "kernel"), CONV1D_1X1),
+    "transport_proj.bias": (head + ("fusion", "transport_proj", "bias"), COPY),
+  }
   names.update(_dense("mlp_slot.0", head + ("mlp_slot", "hidden")))
   names.update(_dense("mlp_slot.2", head + ("mlp_slot", "out")))
   slots = head + ("slot_attention",)
   for gaussian in ("slots_mu", "slots_sigma"):
     names[f"slot_attention.{gaussian}"] = (slots + (gaussian,), COPY)
-  for official, ours in (("norm_input", "norm_inputs"), ("norm_slots", "norm_slots"),
-                         ("norm_pre_ff", "norm_mlp")):
+  for official, ours in (
+    ("norm_input", "norm_inputs"),
+    ("norm_slots", "norm_slots"),
+    ("norm_pre_ff", "norm_mlp"),
+  ):
     names.update(_norm(f"slot_attention.{official}", slots + (ours,)))
   for projection in ("project_q", "project_k", "project_v"):
     names.update(_dense(f"slot_attention.{projection}", slots + (projection,)))
@@ -114,8 +127,9 @@ def official_names(params: Any) -> dict[str, tuple[tuple[str, ...], str]]:
   return {**encoder_names(depth), **head_names()}
 
 
-def import_params(state_dict: dict[str, np.ndarray], params: Any,
-                  config: ml_collections.ConfigDict) -> Any:
+def import_params(
+  state_dict: dict[str, np.ndarray], params: Any, config: ml_collections.ConfigDict
+) -> Any:
   """`interface.ImportsCheckpoints.import_params`: the official student, encoder included.
 
   Raises:
@@ -129,16 +143,20 @@ def import_params(state_dict: dict[str, np.ndarray], params: Any,
 def initial_backbone(config: ml_collections.ConfigDict):
   """(ViT module, initial encoder params) for `make_model`.
 
-  `vit_video.load_backbone(config.backbone)` (the DINO weights), except with `config.init.checkpoint`
-  set (an official file or a vosjax workdir): the encoder's params then come from that checkpoint,
-  and the initialisation is only traced for its shapes (`train.create_train_state`), so the initial
-  params are a random placeholder of the configured architecture and no DINO file is read or
-  downloaded.
+  `vit_video.load_backbone(config.backbone)` (the DINO weights), except with
+  `config.init.checkpoint` set (an official file or a vosjax workdir): the encoder's params then
+  come from that checkpoint, and the initialisation is only traced for its shapes
+  (`train.create_train_state`), so the initial params are a random placeholder of the configured
+  architecture and no DINO file is read or downloaded.
   """
   if not config.init.checkpoint:
     return vit_video.load_backbone(config.backbone)
   arch = pretrained.resolve_architecture(config.backbone.name).replace(
-      **vit_video.arch_overrides(config.backbone))
-  logging.info("SMTC: the encoder comes from config.init.checkpoint=%s; the %s weights are not "
-               "read.", config.init.checkpoint, config.backbone.name)
+    **vit_video.arch_overrides(config.backbone)
+  )
+  logging.info(
+    "SMTC: the encoder comes from config.init.checkpoint=%s; the %s weights are not read.",
+    config.init.checkpoint,
+    config.backbone.name,
+  )
   return pretrained.backbone_module(config.backbone, arch), pretrained.random_params(arch, seed=0)
