@@ -16,19 +16,20 @@ EVAL fg_j=0.469 fg_ari=0.042 miou=0.461 on the 48 validation videos, against
 all_foreground_fg_j=0.037 (every pixel foreground: the model is 12.7x that) and the motion
 baseline's baseline_fg_j=0.809 (median flow removed, Otsu threshold). The learning curve printed
 during the run: fg J 0.04 / 0.08 / 0.33 at steps 600 / 1200 / 1800 (8 videos): the grouping appears
-after about 1.5k steps, as in the README's recipe table.
+after about 1.5k steps, as in the recipe table of docs/performance.md.
 
 Why single-object videos and exact flow: on the multi-object set (`vosjax_synthetic/64x64`) no
-recipe tried, on a GPU up to 20k steps, passed fg J 0.25 (README, "Motion Grouping recipes"): two
-slots reconstruct the flow without separating several objects. On one object the grouping is learned
-within this budget. The flow is the renderer's exact motion; `vosjax_synthetic/64x64_o1-1_dis`
-holds the same videos with OpenCV DIS flow estimated from the frames, as `vosjax.segment` computes
-for a user's video. With this recipe there (--config.data.tfds_name=vosjax_synthetic/64x64_o1-1_dis,
-measured 2026-11-30): fg J 0.153 against the baseline's 0.282 and all-foreground 0.037; DIS misses
-the object's 1.2 px/frame motion by 0.43 px (README, "Exact and estimated flow"), so the demo keeps
-the exact flow to show the grouping rather than the estimator's errors. On exact synthetic flow the
-baseline is near-optimal, so Motion Grouping stays below it here; on real video (DAVIS-2016) the
-paper's Motion Grouping reaches J 68.3 against our baseline's 48.2.
+recipe tried, on a GPU up to 20k steps, passed fg J 0.25 (docs/performance.md, "Motion Grouping
+recipes"): two slots reconstruct the flow without separating several objects. On one object the
+grouping is learned within this budget. The flow is the renderer's exact motion;
+`vosjax_synthetic/64x64_o1-1_dis` holds the same videos with OpenCV DIS flow estimated from the
+frames, as `vosjax.segment` computes for a user's video. With this recipe there
+(--config.data.tfds_name=vosjax_synthetic/64x64_o1-1_dis, measured 2026-11-30): fg J 0.153 against
+the baseline's 0.282 and all-foreground 0.037; DIS misses the object's 1.2 px/frame motion by 0.43
+px (docs/performance.md, "Exact and estimated flow"), so the demo keeps the exact flow to show the
+grouping rather than the estimator's errors. On exact synthetic flow the baseline is near-optimal,
+so Motion Grouping stays below it here; on real video (DAVIS-2016) the paper's Motion Grouping
+reaches J 68.3 against our baseline's 48.2.
 """
 
 import ml_collections
@@ -64,9 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.encoder_chunk_size = 0
   config.model.decoder_chunk_size = 0
 
-  # Faster than the official 5e-4 (README, "Motion Grouping recipes": the grouping appears after
-  # 1.5k-2.5k steps instead of not at all in this budget); no decay and no regulariser growth
-  # within the run (the official schedule's first step is at 80k).
+  # Faster than the official 5e-4 (docs/performance.md, "Motion Grouping recipes": the grouping
+  # appears after 1.5k-2.5k steps instead of not at all in this budget); no decay and no regulariser
+  # growth within the run (the official schedule's first step is at 80k).
   config.optimizer.learning_rate = 2e-3
   config.optimizer.decay_steps = 5000
   return config

@@ -6,7 +6,7 @@ have neither: tests run this config on tiny synthetic data, tests/test_configs.p
   python -m vosjax.main --config configs/motion_grouping.py --workdir workdirs/mg_movi_e
   # local copy of MOVi-E: --config.data.data_dir=/path/to/tfds
 
-Official settings (charigyang/motiongrouping, see algorithms.md section 2): flow colour-wheel
+Official settings (charigyang/motiongrouping, see docs/motion_grouping.md): flow colour-wheel
 encoded, 2 learned-query slots, 5 iterations, slot dim 256, batch 32 samples x 2 flows, Adam 5e-4
 with 200 warm-up steps, lr halved and entropy/consistency weights x5 every 80k steps, losses x100 /
 x0.01 / x0.01, 128x224 in the paper (MOVi-E is square: 128x128 here). The official code trains

@@ -22,9 +22,9 @@ command as written:
       --config.loss.motion_negatives=3 '--config.data.eval_split=validation[:8]'
 
 Expected result: the paper reports FG-ARI / mIoU on MOVi-E (appendix tables, NOT VERIFIED here: see
-docs/algorithms.md section 1.9). NOTHING has been measured with this config in this repository: no
-pretrained DINO weights, MOVi-E data or accelerator time were available when it was written, so
-treat any number you get as the first measurement, not a reproduction.
+docs/betrayed.md, "Evaluation and reported numbers"). NOTHING has been measured with this config
+in this repository: no pretrained DINO weights, MOVi-E data or accelerator time were available
+when it was written, so treat any number you get as the first measurement, not a reproduction.
 
 Choices that the official code does not fix for MOVi-E (it ships no MOVi code):
   * Data stay at the native 128x128 (metrics on the original masks); the method upsamples frames to
@@ -34,8 +34,9 @@ Choices that the official code does not fix for MOVi-E (it ships no MOVi code):
   * tau = 1.0 (multi-object; MOVi-E has up to 23 objects) and key-frame ratio 10 over the 24 frames.
   * Training clips are 3 consecutive frames (the MOVi pipeline has no frame stride; the official
     YouTube-VIS clips take every 4th stored frame).
-Everything else is the official recipe (docs/algorithms.md sections 1.3-1.6): 3-frame clips, global
-batch 8, AdamW lr 1e-5 cosine to 1e-6 without warmup, weight decay 0.1, 60k steps.
+Everything else is the official recipe (docs/betrayed.md, "The spatio-temporal block" to
+"Inference"): 3-frame clips, global batch 8, AdamW lr 1e-5 cosine to 1e-6 without warmup, weight
+decay 0.1, 60k steps.
 """
 
 import ml_collections

@@ -9,7 +9,7 @@ on tiny DAVIS folders with a tiny random ViT):
       --config.backbone.checkpoint=/path/to/dino_deitsmall16_pretrain.pth \
       --config.data.eval_root=/path/to/DAVIS
 
-The recipe (`start_twostage.sh`, docs/algorithms.md section 3.4; the method's `default_config`):
+The recipe (`start_twostage.sh`, docs/smtc.md, "Training"; the method's `default_config`):
 global batch 128 (official: 4 GPUs x 32), AdamW lr 2e-5 cosine to 2e-6 without warm-up, 10k steps,
 16 semantic slots x 4 instances, 3 slot-attention iterations (5 at inference), the DINO ViT-S/16
 fine-tuned at lr x0 before step 3000 and x0.01 after, stochastic depth 0 -> 0.1 in the student's

@@ -21,9 +21,10 @@ which the development machines have; tests/test_configs.py runs this config on t
       --config.backbone.checkpoint=/path/to/dino_deitsmall8_pretrain.pth
 
 Expected result: the paper reports YouTube-VIS-19 FG-ARI / mIoU on 300 training videos and DAVIS-17
-J&F (NOT VERIFIED, docs/algorithms.md section 1.9). Nothing has been measured with this config here.
+J&F (NOT VERIFIED, docs/betrayed.md, "Evaluation and reported numbers"). Nothing has been
+measured with this config here.
 
-Official recipe (docs/algorithms.md sections 1.4-1.6): 192x384 training frames (24x48 = 1152
+Official recipe (docs/betrayed.md, "Training", "Inference"): 192x384 training frames (24x48 = 1152
 tokens), 3-frame clips, global batch 8, AdamW lr 1e-5 -> 1e-6 cosine, 60k steps; inference at
 320x480 with tau 1.0 (multi-object; 1.6 for single-object benchmarks) and key-frame ratio 10.
 """

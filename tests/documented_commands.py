@@ -1,4 +1,4 @@
-"""The `python -m vosjax...` commands that configs/*.py docstrings and README.md print.
+"""The `python -m vosjax...` commands that configs/*.py docstrings, README.md and docs/*.md print.
 
 A command is
   * a line of a code block (README ```` ``` ```` fences, indented docstring lines) that starts with
@@ -106,8 +106,9 @@ def commands_in_text(text: str, source: str, code: list[bool]) -> list[Command]:
   return sorted(commands, key=lambda c: c.line)
 
 
-def readme_commands() -> list[Command]:
-  text = (Path(REPO) / "README.md").read_text()
+def markdown_commands(path: Path) -> list[Command]:
+  """Commands of a Markdown file (README.md, docs/*.md); its ``` fences are the code blocks."""
+  text = path.read_text()
   code, inside = [], False
   for line in text.splitlines():
     if line.startswith("```"):
@@ -115,7 +116,11 @@ def readme_commands() -> list[Command]:
       code.append(False)
     else:
       code.append(inside)
-  return commands_in_text(text, "README.md", code)
+  return commands_in_text(text, str(path.relative_to(REPO)), code)
+
+
+def readme_commands() -> list[Command]:
+  return markdown_commands(Path(REPO) / "README.md")
 
 
 def config_commands(path: Path) -> list[Command]:
@@ -140,6 +145,8 @@ def config_commands(path: Path) -> list[Command]:
 
 def all_commands() -> list[Command]:
   commands = readme_commands()
+  for path in sorted((Path(REPO) / "docs").glob("*.md")):
+    commands += markdown_commands(path)
   for path in sorted((Path(REPO) / "configs").glob("*.py")):
     commands += config_commands(path)
   return commands

@@ -1,6 +1,6 @@
 """Betrayed by Attention's official model and inference, transcribed in stock PyTorch for the tests.
 
-Written from the architecture of shvdiwnkozbw/SSL-UVOS (docs/algorithms.md section 1): `AttEncoder`
+Written from the architecture of shvdiwnkozbw/SSL-UVOS (docs/betrayed.md): `AttEncoder`
 (`src/model/model_cluster.py`) holding the DINO ViT as `encoder` (`src/model/vision_transformer.py`:
 patch conv, CLS token, position embedding interpolated bicubically with DINO's +0.1 offset, pre-LN
 blocks with qkv bias and LayerNorm eps 1e-6, the forward returning the last block's keys) and one

@@ -1,7 +1,8 @@
 """Motion Grouping's official model, transcribed in stock PyTorch for the tests.
 
 Written from the architecture of charigyang/motiongrouping `src/model.py::SlotAttentionAutoEncoder`
-(docs/algorithms.md section 2.2) with its module names, so `state_dict()` has the official layout:
+(docs/motion_grouping.md, "Architecture") with its module names, so `state_dict()` has the
+official layout:
 `encoder_cnn` (per width: Conv5x5, InstanceNorm2d(affine), ReLU, twice; MaxPool2d(2, ceil_mode)
 between widths), `encoder_pos.proj` and `decoder_pos.proj` (Linear(4, D) of the [y, x, 1-y, 1-x]
 grid, the grid a plain attribute), `layer_norm`, `mlp`, `slot_attention` (`norm_input`,

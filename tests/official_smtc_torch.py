@@ -1,6 +1,6 @@
 """SMTC's official model and its multi-object inference, transcribed in stock PyTorch for the tests.
 
-Written from shvdiwnkozbw/SMTC (docs/algorithms.md section 3) with the official module names, so
+Written from shvdiwnkozbw/SMTC (docs/smtc.md) with the official module names, so
 `state_dict()` has the layout of `src/model/model_twostage.py::SlotAttentionAutoEncoder`:
 
   encoder         DINO `vit_small(16)` (`src/model/vision_transformer.py`; its forward returns the

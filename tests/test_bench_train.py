@@ -63,7 +63,7 @@ def test_benchmark_runs_smtc_training_step_without_dino_weights():
 
 
 def test_backbone_benchmark_command(capsys):
-  """`python -m vosjax.bench backbone` (README's performance table) at a tiny resolution."""
+  """`python -m vosjax.bench backbone` (docs/performance.md) at a tiny resolution."""
   from vosjax.benchmarks import backbone  # pylint: disable=g-import-not-at-top
 
   assert (

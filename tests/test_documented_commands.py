@@ -1,5 +1,5 @@
-"""Every `python -m vosjax...` command that README.md or a config docstring prints is run by a test,
-or says next to it what it needs that the development machines do not have.
+"""Every `python -m vosjax...` command that README.md, docs/*.md or a config docstring prints is run
+by a test, or says next to it what it needs that the development machines do not have.
 
 `EXECUTED` is the registry: command (as `documented_commands` normalises it) -> the test that runs
 it and how (as written; or the same config / command line with tiny overrides, where the command as

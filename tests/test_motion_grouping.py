@@ -1,7 +1,7 @@
 """Tests for vosjax.models.motion_grouping and vosjax.models.layers.
 
 The reference is a PyTorch model assembled in this file from stock torch layers following
-the architecture description of Motion Grouping (docs/algorithms.md section 2.2): Conv2d,
+the architecture description of Motion Grouping (docs/motion_grouping.md, "Architecture"): Conv2d,
 InstanceNorm2d(affine), MaxPool2d(ceil_mode=True), ConvTranspose2d(5, 2, 2, 1), GRUCell,
 nn.Embedding queries. The flax parameters are copied into it and the outputs compared.
 torch is a test-only dependency.
@@ -97,7 +97,7 @@ def _grid(h, w):
 
 
 class TorchMotionGrouping(tnn.Module):
-  """Motion Grouping in PyTorch, per docs/algorithms.md section 2.2."""
+  """Motion Grouping in PyTorch, per docs/motion_grouping.md, "Architecture"."""
 
   def __init__(
     self, params, in_channels, widths, slot_dim, mlp_hidden, t_widths, conv_width, num_slots, iters

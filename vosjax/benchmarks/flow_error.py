@@ -8,7 +8,7 @@ flow estimated from the rendered frames as `vosjax.segment` does for a user's vi
 into DIR on first use) at their native size, and prints, for the forward flow of every frame but the
 last: the mean flow magnitude and the mean endpoint error (EPE, pixels) on object pixels and on the
 background, and the fraction of the frame the objects cover. This is why Motion Grouping and the
-flow baseline score lower on the `_dis` sets (README, "Exact and estimated flow").
+flow baseline score lower on the `_dis` sets (docs/performance.md, "Exact and estimated flow").
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 XLA:CPU allocates each run's temporary buffer with one `malloc` (about 1 GB for a ViT-S/16
 training step on 8 frames). glibc serves it with `mmap` and returns it with `munmap`, so every step
-faults its pages in again, 4 KiB at a time: ~290,000 page faults and ~0.3 s of a 2.9 s step. With
-the glibc tunable `glibc.malloc.hugetlb=1`, malloc asks for transparent huge pages
-(`madvise(MADV_HUGEPAGE)`): 2 MiB pages, ~17,000 faults, and the step takes 2.5 s. Peak memory is
-unchanged. PyTorch's allocation pattern does not gain from it (measured: 2.33 vs 2.38 s).
+faults its pages in again, 4 KiB at a time: hundreds of thousands of page faults, a noticeable part
+of the step. With the glibc tunable `glibc.malloc.hugetlb=1`, malloc asks for transparent huge
+pages (`madvise(MADV_HUGEPAGE)`): 2 MiB pages, far fewer faults, a shorter step, and the same peak
+memory (docs/performance.md, "Huge pages").
 
 glibc reads tunables only at process start, so the `python -m vosjax.<command>` entry points
 re-execute themselves once with the tunable added to `GLIBC_TUNABLES` (`vosjax/__init__.py` calls

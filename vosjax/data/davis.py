@@ -5,11 +5,12 @@ Layout: `<root>/JPEGImages/<quality>/<seq>/<frame>.jpg` and
 "Full-Resolution", ...). Grayscale annotations (DAVIS-2016, values {0, 255}) are read as one object
 (`png > 0`); indexed ones (DAVIS-2017) keep their ids, with the void value 255 read as background.
 
-Motion Grouping on DAVIS (docs/algorithms.md §2.1, §2.4): a training sample is two flows of the
-SAME frame with two different gaps, the gap pair drawn uniformly from combinations(gaps, 2), then
-a sequence uniformly, then a frame where both flows exist. Evaluation uses, for every frame, the
-flows of each gap, falling back to the opposite gap where the frame + gap is outside the video.
-Flows come from OpenCV DIS (computed once, cached) or from precomputed RAFT `.flo` folders.
+Motion Grouping on DAVIS (docs/motion_grouping.md, "Flow input", "Evaluation"): a training
+sample is two flows of the SAME frame with two different gaps, the gap pair drawn uniformly from
+combinations(gaps, 2), then a sequence uniformly, then a frame where both flows exist.
+Evaluation uses, for every frame, the flows of each gap, falling back to the opposite gap where the
+frame + gap is outside the video. Flows come from OpenCV DIS (computed once, cached) or from
+precomputed RAFT `.flo` folders.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Convention (all of vosjax): flow[..., 0] = delta_row (dy), flow[..., 1] = delta_
 pixels of the array's own resolution; flow[t] with gap g maps frame t to frame t + g. Middlebury
 `.flo` files store (u, v) = (dx, dy): `read_flo` / `write_flo` convert.
 
-Motion Grouping (docs/algorithms.md §2.1) stores RAFT flows as `Flows_gap{g}/<seq>/<frame>.flo`
-(optionally `Flows_gap{g}/<res>/<seq>/...`), named after the source frame t, for the flow
-t -> t + g; it resizes them bilinearly and rescales the vectors (`resize_flow`).
+Motion Grouping (docs/motion_grouping.md, "Flow input") stores RAFT flows as
+`Flows_gap{g}/<seq>/<frame>.flo` (optionally `Flows_gap{g}/<res>/<seq>/...`), named after the
+source frame t, for the flow t -> t + g; it resizes them bilinearly and rescales the vectors
+(`resize_flow`).
 """
 
 from __future__ import annotations

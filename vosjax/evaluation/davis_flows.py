@@ -50,7 +50,7 @@ def _soft_foreground(foreground_fn, params, flows: np.ndarray) -> np.ndarray:
   """Soft foreground `[N, h, w]` of flows `[N, h, w, 2]`, in fixed-size chunks.
 
   `foreground_fn(params, flows [_CHUNK, h, w, 2]) -> [_CHUNK, h, w]` is jitted once per evaluation:
-  a fresh jit per sequence recompiles (~7 s each at 128x224 on a CPU).
+  a fresh jit per sequence would recompile for every sequence (docs/performance.md).
   """
   out = []
   for start in range(0, len(flows), _CHUNK):

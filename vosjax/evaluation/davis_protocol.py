@@ -1,6 +1,6 @@
 """The DAVIS evaluation protocols on PNG mask folders (`python -m vosjax.evaluate` is its command).
 
-Protocols (see docs/algorithms.md §1.8, §5):
+Protocols (see docs/evaluation_protocols.md):
 - `davis2016`: one object per frame, foreground = `png > 0` for GT and results, no void. Default
   frames `1:-1`: the DAVIS-2016 toolkit (fperazzi/davis `db_eval_sequence`) drops the first and
   last frame.

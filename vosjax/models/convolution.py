@@ -1,9 +1,8 @@
 """Stride-1 2-D convolution whose kernel gradient is a cache-blocked im2col product.
 
 XLA:CPU differentiates a convolution with respect to its kernel as another convolution whose
-window is the whole image (`[H, W]`), and its Eigen implementation of that is slow: for Motion
-Grouping's 5x5, 64 -> 64 channel layer at 128x224 with 32 images the kernel gradient took 13.8 s
-against 1.6 s for the forward pass (2-core AVX2 CPU). `conv2d` keeps XLA's forward and input
+window is the whole image (`[H, W]`), and its Eigen implementation of that is slow: several times
+the forward pass (docs/performance.md, "Convolutions"). `conv2d` keeps XLA's forward and input
 gradient and computes the kernel gradient as
 
   dW[(ky, kx, c), o] = sum_n patches[n, (ky, kx, c)] * g[n, o],
@@ -11,7 +10,7 @@ gradient and computes the kernel gradient as
 where n runs over every (batch, row, column) position of the zero-padded input flattened into one
 axis and `patches[n]` gathers the `kh * kw` taps at flat offsets `ky * W_padded + kx`. The
 positions are taken `block` at a time in a `lax.scan`, so a block's patches (`[block, kh*kw*C]`,
-a few MiB) stay in cache and each block is one GEMM: 2.6 s for the layer above. (Where the
+a few MiB) stay in cache and each block is one GEMM. (Where the
 output has fewer channels than the input, the patches are taken from the output gradient instead.)
 Output gradients on the padding border are zero, so the taps that wrap into the next row or image
 add nothing. The values equal XLA's kernel gradient up to float summation order (relative 1e-6).
@@ -100,8 +99,8 @@ def kernel_gradient(
     )  # [block, taps * patch_channels], (ky, kx, channel) order
     other = lax.dynamic_slice_in_dim(blocked, start, block, 0)
     # other^T patches: [C, taps * O] (output-gradient patches) or [O, taps * C] (input patches).
-    # This orientation (the narrow side first) ran 20% faster than patches^T other for the 5x5,
-    # 64 -> 64 layer at 128x224 (307 -> 247 ms for 4 images).
+    # This orientation (the narrow side first) ran faster than patches^T other
+    # (docs/performance.md, "Convolutions").
     return total + lax.dot_general(
       other, patches, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
     ), None
@@ -128,7 +127,7 @@ def _backward(residuals, output_gradient):
   kh, kw = kernel.shape[:2]
   # The input gradient is the full correlation of the output gradient with the flipped kernel,
   # written with an HWIO kernel: the transpose JAX derives has an [kh, kw, O, C] kernel, which
-  # XLA:CPU runs 8x slower inside a loop body (a `lax.scan` over decoder chunks).
+  # XLA:CPU runs much slower inside a loop body (a `lax.scan` over decoder chunks).
   flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
   input_gradient = lax.conv_general_dilated(
     output_gradient,

@@ -14,8 +14,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FeatureFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
 
 # Frames per forward pass for `frame_chunk=0` (auto), by backend. On CPU two frames keep a chunk's
-# activations in cache (DINO ViT-S/8 at 192x384, 24 frames: 1.57 frames/s in chunks of 2 against
-# 1.28 in chunks of 8, 2-core AVX2 CPU); accelerators want large batches.
+# activations in cache (faster than chunks of 8, docs/performance.md); accelerators want large
+# batches.
 AUTO_FRAME_CHUNK = {"cpu": 2}
 AUTO_FRAME_CHUNK_ACCELERATOR = 8
 

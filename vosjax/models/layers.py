@@ -87,8 +87,8 @@ def apply_in_chunks(
   A `scan` over the chunks with the parameters broadcast: the parameters keep the names they
   have without chunking, and the result is the same when `function` treats rows independently
   (per-image convolutions and InstanceNorm). On CPU a chunk's activations stay closer to the
-  cache (Motion Grouping's encoder and decoder forward passes: 12-20% faster). With `remat`, the
-  backward pass keeps only each chunk's inputs and recomputes its activations.
+  cache (Motion Grouping's encoder and decoder forward passes run faster, docs/performance.md).
+  With `remat`, the backward pass keeps only each chunk's inputs and recomputes its activations.
 
   Args:
     module: the module whose scope `function` creates its submodules in.
@@ -181,8 +181,8 @@ class TorchConvTranspose(nn.Module):
   torch_conv_transpose_padding(...))` (kernel `[k, k, C_in, features]`, bias) and the
   same result, but computed as `stride**2` small stride-1 convolutions on the undilated
   input (one per output phase) whose outputs are interleaved. XLA:CPU differentiates the
-  input-dilated convolution that `nn.ConvTranspose` lowers to very slowly (measured 25x
-  slower for a 5x5, stride-2, 32-channel layer), and the phases also skip the
+  input-dilated convolution that `nn.ConvTranspose` lowers to very slowly
+  (docs/performance.md, "Convolutions"), and the phases also skip the
   multiplications by inserted zeros.
 
   Attributes:
@@ -238,9 +238,8 @@ class TorchConvTranspose(nn.Module):
         phases[phase_y, phase_x] = convolution.conv2d(x, sub_kernel, (pad_y, pad_x))
     if len(phases) == s * s and out_h % s == 0 and out_w % s == 0:
       # Equal phases: interleave by stacking, [B, H/s, s, W/s, s, O] is [B, H, W, O] row-major.
-      # The strided `.at[].set` below is a scatter (its gradient a gather): Motion Grouping's
-      # last upsampling of 4 slot images went 56-59 -> 48-51 ms forward, 128-130 -> 122-124 ms
-      # backward (PyTorch: 48 and 80 ms).
+      # The strided `.at[].set` below is a scatter (its gradient a gather), slower both ways
+      # (docs/performance.md, "Convolutions").
       rows = [
         jnp.stack([phases[phase_y, phase_x] for phase_x in range(s)], axis=3)
         for phase_y in range(s)
@@ -296,7 +295,8 @@ def max_pool_2x2_ceil(x: jnp.ndarray) -> jnp.ndarray:
   Odd sizes are padded at the end with -inf, so the last partial window is kept. The gradient
   goes to the first maximum of each window in row-major order, as PyTorch's does (ties are
   common after a ReLU). Written as comparisons of the four window phases rather than
-  `reduce_window`, whose gradient (`select_and_scatter`) XLA:CPU runs 6x slower than PyTorch.
+  `reduce_window`, whose gradient (`select_and_scatter`) XLA:CPU runs several times slower than
+  PyTorch's (docs/performance.md, "Convolutions").
 
   Returns:
     `[B, ceil(H/2), ceil(W/2), C]`.

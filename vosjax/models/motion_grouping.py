@@ -118,8 +118,8 @@ class MotionGrouping(nn.Module):
 
   A small CPU variant for 64x64 demos: `encoder_widths=(16, 32, 32), slot_dim=32,
   slot_mlp_hidden_size=32, decoder_transpose_widths=(16, 16, 16), decoder_conv_width=16`
-  (146k parameters; about 0.65 s per training step for 4 flow pairs on two busy CPU
-  cores). The decoder runs once per slot at full resolution and dominates the cost.
+  (146k parameters). The decoder runs once per slot at full resolution and dominates the
+  cost.
 
   Attributes:
     num_slots: K (2: foreground and background).

@@ -41,10 +41,10 @@ def attend_in_query_chunks(qkv: jax.Array, scale: float, chunk: int = QUERY_CHUN
   """softmax(q k^T * scale) v, one image and `chunk` queries at a time, without the maps.
 
   The same arithmetic per query as the full formulation (the maps are never materialised), so
-  it matches it to rounding. On a 2-core CPU at ViT-S/8, 192x384 (1153 tokens) one block's
-  attention for two frames takes 53 ms instead of 87 ms: the full [B, heads, S, S] logits
-  (64 MiB) make the matmuls and the softmax memory-bound, a [heads, chunk, S] slice (7 MiB)
-  stays in cache. `lax.map` over the images and, inside, over the query chunks; the
+  it matches it to rounding. On CPU at long sequences (ViT-S/8 at 192x384, 1153 tokens) the full
+  [B, heads, S, S] logits make the matmuls and the softmax memory-bound, while a
+  [heads, chunk, S] slice stays in cache (docs/performance.md, "ViT attention"). `lax.map` over
+  the images and, inside, over the query chunks; the
   heads-first transposes happen per image, in cache, not over the whole batch.
 
   Args:
@@ -89,12 +89,11 @@ def attend_per_image(qkv: jax.Array, scale: float) -> jax.Array:
   """softmax(q k^T * scale) v one image at a time, maps recomputed in the backward pass.
 
   For short sequences on CPU (SMTC's 257-token ViT-S/16): one image's [heads, S, S] maps stay in
-  cache, where the batched products over [B, heads, S, S] ran memory-bound (8 images: forward
-  44 -> 18 ms, forward + backward 56 -> 32 ms on the 2-core CPU). The backward pass recomputes an
-  image's maps instead of storing all of them, like flash attention (storing them saved 1 ms of
-  32). Taking the packed qkv and transposing per image, in cache, and returning the gradient in
-  the same packed layout (no pad and add of three slices) took forward 16.4 -> 13.9 ms and
-  forward + backward 33.8 -> 30.7 ms for 8 images (PyTorch's batched attention: 13 and 35 ms).
+  cache, where the batched products over [B, heads, S, S] ran memory-bound. The backward pass
+  recomputes an image's maps instead of storing all of them, like flash attention (storing them
+  gained next to nothing). It takes the packed qkv and transposes per image, in cache, and returns
+  the gradient in the same packed layout (no pad and add of three slices), which is faster again
+  (docs/performance.md, "SMTC's step").
 
   Args:
     qkv: [B, S, 3, heads, head_dim] queries, keys and values (the qkv projection's layout).
@@ -135,8 +134,8 @@ def gelu_exact(x: jax.Array) -> jax.Array:
   """Exact GELU, x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2))), any shape.
 
   PyTorch's `nn.GELU()` formula. `jax.nn.gelu(approximate=False)` computes it through erfc,
-  which XLA:CPU evaluates with two rational approximations and a select: on [8, 257, 1536] the
-  forward takes 3.7 ms against 1.8 ms through erf (forward + backward 4.9 vs 3.4 ms). The two
+  which XLA:CPU evaluates with two rational approximations and a select, more slowly than erf
+  (docs/performance.md, "SMTC's step"). The two
   differ by at most one float32 ulp of the output's scale (below -5.5 erf rounds to -1, so the
   output is 0 where x * Phi(x) is below 1e-7 in magnitude, as in PyTorch).
   """
@@ -150,8 +149,8 @@ class PatchEmbedding(nn.Module):
   initialises them (`kernel` [p, p, C, features] HWIO, `bias` [features]), so checkpoints and
   initial values are unchanged. XLA:CPU runs the strided convolution's forward and, more so, its
   kernel gradient (a dilated convolution) slower than the GEMM on the [B * h * w, p * p * C]
-  patch matrix: ViT-S/16 on 8 images at 256x256, forward 13.1 -> 11.3 ms and forward + kernel
-  gradient 30.6 -> 20.4 ms. Pixels past the last full patch are ignored, as the convolution does.
+  patch matrix (docs/performance.md, "SMTC's step"). Pixels past the last full patch are ignored,
+  as the convolution does.
   """
 
   features: int

@@ -2,7 +2,8 @@
 jit-compiled.
 
 A faithful, fixed-shape version of `src/eval_oneshot.py::mem_efficient_hierarchical_cluster`
-(shvdiwnkozbw/SSL-UVOS; see docs/algorithms.md section 1.6):
+(shvdiwnkozbw/SSL-UVOS; see docs/betrayed.md, "Inference: key frames and hierarchical
+clustering"):
 
 1. Level 1, per window of 3 query frames with attention rows S
    (`vosjax.methods.betrayed.keyframe_attention`): D = KLsym(S, S); smooth s~_i = normalize(sum_{j:

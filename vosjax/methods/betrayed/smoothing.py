@@ -92,8 +92,8 @@ def smooth_rows(
   every other pair the exact distance is provably > tau. The loop runs over row tiles, then over
   the needed tiles right of each (the row tile's log is taken once, a column tile's once per pair,
   outside the products; the per-row sum p log p once for all). With every pair needed (nearly
-  uniform rows: a random-weights backbone) this costs the dense products' FLOPs and time (0.89 vs
-  0.85 s, one T=24 window) without their [M, M] matrices.
+  uniform rows: a random-weights backbone) this costs about the dense products' FLOPs and time
+  without their [M, M] matrices (docs/performance.md, "Clustering").
   The result is the dense one up to float summation order. Peak memory: the sorted rows and the
   sums, [M, K'] each.
 

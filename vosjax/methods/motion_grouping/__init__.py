@@ -70,8 +70,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.decoder_instance_norm = True  # official; see models.motion_grouping.MotionGrouping
   config.model.gradient_mode = "full"
   # Flows encoded / slot images decoded at a time; the backward pass recomputes each decoder
-  # chunk's activations. At the official widths, 8 flow pairs at 128x224: peak RSS 5.9 -> 3.8 GiB
-  # for 3% more time per step, and a faster forward pass (README, Performance). 0: all at once.
+  # chunk's activations: a much lower peak memory for a little more time per step, and a faster
+  # forward pass on CPU (docs/performance.md, "Motion Grouping memory"). 0: all at once.
   config.model.encoder_chunk_size = 2
   config.model.decoder_chunk_size = 4
 
