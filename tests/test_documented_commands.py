@@ -36,6 +36,12 @@ EXECUTED = {
     "tests/test_train.py::test_command_line_trains_evaluates_and_writes_outputs",
     "--mode eval after training, tiny overrides",
   ),
+  "python -m vosjax.segment --config configs/demo.py --workdir workdirs/demo --input VIDEO "
+  "--output DIR": (
+    "tests/test_segment.py::"
+    "test_command_line_writes_masks_and_overlays_of_the_whole_video_prediction",
+    "configs/demo.py with tiny overrides, a checkpointed workdir and a generated video",
+  ),
   "python -m vosjax.bench data": (
     "tests/test_documented_commands.py::test_bench_data_command",
     "with --data_dir/--tfds_name of the tiny set",
