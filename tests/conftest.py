@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import real_data
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/ is not an installed package; tests import it from the checkout.
 if REPO not in sys.path:
@@ -42,9 +44,6 @@ import jax  # noqa: E402  (after the cache settings, which JAX reads at import)
 for _name in COMPILATION_CACHE_SETTINGS:  # and for this process, before its first compilation
   _option = _name.lower()
   jax.config.update(_option, type(getattr(jax.config, _option))(os.environ[_name]))
-# Real DAVIS-2016 frames and masks (../shared/data/SOURCES.md), beside the checkout unless
-# VOSJAX_SHARED says otherwise.
-SHARED = Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared"))
 DAVIS_SEQUENCES = ("blackswan", "camel")
 DAVIS_NUM_FRAMES = 6
 PYTHON = sys.executable
@@ -63,18 +62,12 @@ def tiny_synthetic_dir(tmp_path_factory) -> str:
   return data_dir
 
 
-def _davis2016_source() -> Path:
-  source = SHARED / "data" / "davis2016"
-  if not source.is_dir():
-    pytest.fail(f"shared DAVIS-2016 data {source} is missing (see ../shared/data/SOURCES.md)")
-  return source
-
-
 @pytest.fixture(scope="session")
 def tiny_davis_dir(tmp_path_factory) -> Path:
   """The first `DAVIS_NUM_FRAMES` frames and annotations of two real DAVIS-2016 sequences, in
-  DAVIS layout (`JPEGImages/480p`, `Annotations/480p`; 854x480 frames, 0/255 grayscale masks)."""
-  source = _davis2016_source()
+  DAVIS layout (`JPEGImages/480p`, `Annotations/480p`; 854x480 frames, 0/255 grayscale masks).
+  Skipped without the real data (`helpers.real_data`)."""
+  source = real_data.davis2016_root()
   root = tmp_path_factory.mktemp("davis")
   for sequence in DAVIS_SEQUENCES:
     for kind, ext in (("JPEGImages", "jpg"), ("Annotations", "png")):

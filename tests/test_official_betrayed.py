@@ -14,7 +14,6 @@ it takes seconds; the `slow` one has ViT-S/8's real shapes.
 """
 
 import logging
-import os
 from pathlib import Path
 import shutil
 
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import real_data
 from official_betrayed_torch import AttEncoder
 from official_betrayed_torch import VisionTransformer
 from official_betrayed_torch import official_query_key
@@ -38,9 +37,6 @@ from vosjax.evaluation import windows
 from vosjax.methods import betrayed
 
 torch.set_num_threads(1)
-DAVIS2016 = (
-  Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
-)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 SMALL_VIT = dict(embed_dim=64, depth=2, num_heads=2)
@@ -73,7 +69,7 @@ def save_official_checkpoint(model: AttEncoder, path: Path) -> Path:
 
 def davis_clip(num_frames: int, resolution) -> np.ndarray:
   """The first frames of blackswan, float32 [T, H, W, 3] in [0, 1] (bilinear, as segment reads)."""
-  folder = DAVIS2016 / "JPEGImages" / "480p" / "blackswan"
+  folder = real_data.davis2016_root() / "JPEGImages" / "480p" / "blackswan"
   frames = np.stack(
     [video_io.read_image(p) for p in video_io.list_frame_files(folder)[:num_frames]]
   )
@@ -212,7 +208,7 @@ def test_capacities_grow_until_the_clustering_is_the_official_one(tmp_path, capl
 def davis2017_excerpt(root: Path) -> Path:
   """The first NUM_FRAMES frames of blackswan in DAVIS-2017 layout (indexed annotations, object
   1)."""
-  source = DAVIS2016
+  source = real_data.davis2016_root()
   for t in range(NUM_FRAMES):
     frame = root / "JPEGImages" / "480p" / "blackswan" / f"{t:05d}.jpg"
     frame.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,6 @@ flow of DAVIS frames we compare what users see: the slot masks, the soft foregro
 the `slow` one has the official widths at the official 128x224.
 """
 
-import os
-from pathlib import Path
 import subprocess
 import sys
 
@@ -22,6 +20,7 @@ import pytest
 import torch
 
 from conftest import PYTHON, REPO, subprocess_env
+from helpers import real_data
 from official_motion_grouping_torch import SlotAttentionAutoEncoder
 from vosjax import segment
 from vosjax import train
@@ -32,9 +31,6 @@ from vosjax.methods import motion_grouping
 from vosjax.models import state_dicts
 
 torch.set_num_threads(1)
-DAVIS2016 = (
-  Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
-)
 NARROW = {"encoder_widths": (8, 16, 16), "decoder_width": 8}
 OFFICIAL = {"encoder_widths": (64, 128, 256), "decoder_width": 64}
 # Masks and foregrounds: 5 slot-attention iterations and InstanceNorms of float32 products in
@@ -85,7 +81,7 @@ def mg_config(widths: dict, resolution, checkpoint):
 def davis_flows(resolution, num_frames: int = 3) -> dict:
   """DIS forward and backward flow of the first blackswan frames, at the frames' resolution, resized
   (vectors rescaled) to `resolution`: float32 [T, h, w, 2] each (zeros where there is no frame)."""
-  folder = DAVIS2016 / "JPEGImages" / "480p" / "blackswan"
+  folder = real_data.davis2016_root() / "JPEGImages" / "480p" / "blackswan"
   frames = np.stack(
     [video_io.read_image(p) for p in video_io.list_frame_files(folder)[:num_frames]]
   )

@@ -20,7 +20,6 @@ The default variant shrinks the ViT (32 wide, 2 blocks, official layout and name
 it takes seconds; the `slow` one has ViT-S/16's real shapes (384 wide, 12 blocks, 6 heads).
 """
 
-import os
 from pathlib import Path
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import pytest
 import torch
 
 from conftest import PYTHON, REPO, subprocess_env
+from helpers import real_data
 from official_betrayed_torch import randomize_parameters_
 from official_smtc_torch import SlotAttentionAutoEncoder
 from official_smtc_torch import candidate_masks
@@ -47,9 +47,6 @@ from vosjax.methods.smtc import official_checkpoint
 from vosjax.models import state_dicts
 
 torch.set_num_threads(1)
-DAVIS2016 = (
-  Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
-)
 SMALL_VIT = dict(embed_dim=32, depth=2, num_heads=2)
 VIT_S16 = dict(embed_dim=384, depth=12, num_heads=6)
 RESOLUTION = {"small": (64, 96), "vit_s16": (96, 160)}  # 4 x 6 and 6 x 10 tokens
@@ -116,7 +113,7 @@ def smtc_config(checkpoint: Path | None, vit: dict, resolution) -> ml_collection
 
 def davis_frames(resolution) -> np.ndarray:
   """The first 4 frames of blackswan, float32 [T, H, W, 3] in [0, 1]."""
-  folder = DAVIS2016 / "JPEGImages" / "480p" / "blackswan"
+  folder = real_data.davis2016_root() / "JPEGImages" / "480p" / "blackswan"
   frames = np.stack(
     [video_io.read_image(p) for p in video_io.list_frame_files(folder)[:NUM_FRAMES]]
   )
