@@ -1,13 +1,13 @@
 """The official Betrayed-by-Attention checkpoint through `config.init.checkpoint`, against PyTorch.
 
-The official model (tests/official_betrayed_torch.py, a stock-PyTorch transcription with the
-official module names) gets random weights from a fixed seed, with the spatio-temporal block's q and
-k rows scaled (random weights give near-uniform attention and a single cluster; scaled, several).
-They are saved in the released checkpoint's layout `{"iteration", "loss", "model_state_dict"}` and
-loaded the way users load them: `vosjax.segment.load_predictor` with an empty workdir and
-`--config.init.checkpoint`. On a real DAVIS clip we compare what users see: the backbone keys, the
-block's q/k, and the final per-token cluster labels (official clustering: the NumPy transcription
-`vosjax.benchmarks.reference_clustering` run on the PyTorch q/k).
+The official model (tests/references/official_betrayed_torch.py, a stock-PyTorch transcription with
+the official module names) gets random weights from a fixed seed, with the spatio-temporal block's q
+and k rows scaled (random weights give near-uniform attention and a single cluster; scaled,
+several). They are saved in the released checkpoint's layout `{"iteration", "loss",
+"model_state_dict"}` and loaded the way users load them: `vosjax.segment.load_predictor` with an
+empty workdir and `--config.init.checkpoint`. On a real DAVIS clip we compare what users see: the
+backbone keys, the block's q/k, and the final per-token cluster labels (official clustering: the
+NumPy transcription `vosjax.benchmarks.reference_clustering` run on the PyTorch q/k).
 
 The default variant shrinks the ViT (64 wide, 2 blocks; official layout and names otherwise) so that
 it takes seconds; the `slow` one has ViT-S/8's real shapes.
@@ -23,10 +23,12 @@ import pytest
 import torch
 
 from helpers import real_data
-from official_betrayed_torch import AttEncoder
-from official_betrayed_torch import VisionTransformer
-from official_betrayed_torch import official_query_key
-from official_betrayed_torch import randomize_parameters_
+from references.official_betrayed_torch import (
+  AttEncoder,
+  VisionTransformer,
+  official_query_key,
+  randomize_parameters_,
+)
 from vosjax import segment
 from vosjax import train
 from vosjax.benchmarks import reference_clustering as reference

@@ -1,15 +1,15 @@
 """The official SMTC checkpoint through `config.init.checkpoint`, against PyTorch.
 
-The official model (tests/official_smtc_torch.py, a stock-PyTorch transcription with the official
-module names) gets random weights from a fixed seed and is saved the way the official `src/train.py`
-saves (`{"iteration", "model_state_dict", "optimizer_state_dict", "loss"}`, the student only).
-vosjax imports that file as users do (`--config.init.checkpoint`, `train.create_train_state`), and
-on 4 real DAVIS frames, Kinetics-normalised as `eval_multi.py` does, with the same standard-normal
-instance noise fed to both sides (the official model draws it inside with `torch.normal`), we
-compare the inference forward of `eval_multi.py` (5 iterations; vosjax:
-`smtc.inference.inference_outputs`, the forward of `predict`): semantic and instance slots, logits,
-semantic and instance masks, slot similarities, the `mlp_slot` embeddings and the candidate masks
-(instance masks with similarity >= 0.5; vosjax: `smtc.inference.candidates`).
+The official model (tests/references/official_smtc_torch.py, a stock-PyTorch transcription with the
+official module names) gets random weights from a fixed seed and is saved the way the official
+`src/train.py` saves (`{"iteration", "model_state_dict", "optimizer_state_dict", "loss"}`, the
+student only). vosjax imports that file as users do (`--config.init.checkpoint`,
+`train.create_train_state`), and on 4 real DAVIS frames, Kinetics-normalised as `eval_multi.py`
+does, with the same standard-normal instance noise fed to both sides (the official model draws it
+inside with `torch.normal`), we compare the inference forward of `eval_multi.py` (5 iterations;
+vosjax: `smtc.inference.inference_outputs`, the forward of `predict`): semantic and instance slots,
+logits, semantic and instance masks, slot similarities, the `mlp_slot` embeddings and the candidate
+masks (instance masks with similarity >= 0.5; vosjax: `smtc.inference.candidates`).
 
 The semantic logits pass a hard threshold (> 0.3) and the candidates one (>= 0.5); a float32 flip at
 either would change the result discontinuously, so the test first checks that no value of the
@@ -32,11 +32,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PYTHON, REPO, subprocess_env
 from helpers import real_data
-from official_betrayed_torch import randomize_parameters_
-from official_smtc_torch import SlotAttentionAutoEncoder
-from official_smtc_torch import candidate_masks
+from helpers.environment import PYTHON, REPO, subprocess_env
+from references.official_betrayed_torch import randomize_parameters_
+from references.official_smtc_torch import SlotAttentionAutoEncoder, candidate_masks
 from vosjax import train
 from vosjax.core import sharding
 from vosjax.data import video as video_io

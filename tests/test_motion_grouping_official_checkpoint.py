@@ -1,13 +1,13 @@
 """The official Motion Grouping checkpoints through `config.init.checkpoint`, against PyTorch.
 
-The official model (tests/official_motion_grouping_torch.py, a stock-PyTorch transcription with the
-official module names) gets random weights from a fixed seed and one Adam step, and is saved the way
-the official `src/train.py` saves (`{"iteration", "model_state_dict", "optimizer_state_dict",
-"loss"}`). vosjax loads that file as users do (`--config.init.checkpoint`), and on real OpenCV DIS
-flow of DAVIS frames we compare what users see: the slot masks, the soft foreground
-(`foreground_probability`, as the DAVIS evaluation uses it) and the foreground that `predict`
-(`vosjax.segment`) gives. The default variant is the official layout at narrow widths and 64x112;
-the `slow` one has the official widths at the official 128x224.
+The official model (tests/references/official_motion_grouping_torch.py, a stock-PyTorch
+transcription with the official module names) gets random weights from a fixed seed and one Adam
+step, and is saved the way the official `src/train.py` saves (`{"iteration", "model_state_dict",
+"optimizer_state_dict", "loss"}`). vosjax loads that file as users do (`--config.init.checkpoint`),
+and on real OpenCV DIS flow of DAVIS frames we compare what users see: the slot masks, the soft
+foreground (`foreground_probability`, as the DAVIS evaluation uses it) and the foreground that
+`predict` (`vosjax.segment`) gives. The default variant is the official layout at narrow widths and
+64x112; the `slow` one has the official widths at the official 128x224.
 """
 
 import subprocess
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PYTHON, REPO, subprocess_env
 from helpers import real_data
-from official_motion_grouping_torch import SlotAttentionAutoEncoder
+from helpers.environment import PYTHON, REPO, subprocess_env
+from references.official_motion_grouping_torch import SlotAttentionAutoEncoder
 from vosjax import segment
 from vosjax import train
 from vosjax.core import sharding

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import reference_slot_attention as reference
+from references import reference_slot_attention as reference
 from vosjax.models import autoencoder
 from vosjax.models import slot_attention as sa
 
