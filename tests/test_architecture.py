@@ -3,6 +3,7 @@
 import ast
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,22 @@ def test_no_code_outside_methods_branches_on_a_method_name():
         if constants & names:
           offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
   assert not offenders, offenders
+
+
+TESTS = Path(__file__).resolve().parent
+# An import of a test module or of conftest, as a statement or inside a child python's script.
+_TEST_MODULE_IMPORT = re.compile(r"^\s*(?:from|import)\s+(?:tests\.)?(?:test_\w+|conftest)\b", re.M)
+
+
+def test_no_test_module_imports_another_test_module():
+  """What tests share lives in tests/helpers/ and tests/references/: a test module (or a child
+  script it runs) never imports another test module or conftest."""
+  offenders = [
+    f"{path.relative_to(TESTS)}:{text[: match.start()].count(chr(10)) + 1}: {match.group().strip()}"
+    for path in sorted(TESTS.rglob("*.py"))
+    for text in [path.read_text()]
+    for match in _TEST_MODULE_IMPORT.finditer(text)
+  ]
+  assert not offenders, offenders
+  planted = "x = 1\n    from test_train import tiny_config\nimport conftest\n"
+  assert len(_TEST_MODULE_IMPORT.findall(planted)) == 2

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import TINY_SYNTHETIC
+from helpers.tiny_configs import TINY_SYNTHETIC
 from vosjax.benchmarks import flow_error
 
 

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_SYNTHETIC
-from test_train import tiny_config
+from helpers.environment import REPO
+from helpers.tiny_configs import TINY_SYNTHETIC, tiny_config
 from vosjax import train
 from vosjax.benchmarks import _config_file as config_file
 from vosjax.evaluation import baselines

@@ -50,7 +50,7 @@ def test_benchmark_runs_the_training_step(tmp_path):
 def test_benchmark_runs_smtc_training_step_without_dino_weights():
   """configs/smtc_ytvos.py through the bench (student + teacher forward, losses, EMA) with a random
   backbone: no DINO file is read (the cache dir does not exist) and an image is a clip frame."""
-  from conftest import TINY_SMTC, set_overrides  # pylint: disable=import-outside-toplevel
+  from helpers.tiny_configs import TINY_SMTC, set_overrides  # pylint: disable=import-outside-toplevel
 
   config = config_file.load_config(
     "configs/smtc_ytvos.py",

@@ -1,11 +1,11 @@
 """Every config of configs/ trains 2 steps and evaluates on tiny data, as `vosjax.main` would run
 it.
 
-The configs are globbed: a new file in configs/ fails here until `conftest.CONFIG_OVERRIDES` gives
-it tiny overrides (data, model size, batch). Each case runs the real
-`vosjax.train.train_and_evaluate` (data reader, method, checkpointing, the evaluation its data
-source dispatches to) and checks the state, the metrics it returns and writes, and the files that
-evaluation writes.
+The configs are globbed: a new file in configs/ fails here until
+`helpers.tiny_configs.CONFIG_OVERRIDES` gives it tiny overrides (data, model size, batch). Each case
+runs the real `vosjax.train.train_and_evaluate` (data reader, method, checkpointing, the evaluation
+its data source dispatches to) and checks the state, the metrics it returns and writes, and the
+files that evaluation writes.
 """
 
 import json
@@ -16,18 +16,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import conftest
-from conftest import (
+from helpers.environment import PYTHON, REPO, subprocess_env
+from helpers.tiny_configs import (
+  CONFIGS,
   CONFIG_OVERRIDES,
   DAVIS2017_SIZE,
   DAVIS_NUM_FRAMES,
   DAVIS_SEQUENCES,
-  PYTHON,
-  REPO,
 )
 from vosjax import methods
 
-CONFIG_FILES = sorted(p.name for p in conftest.CONFIGS.glob("*.py") if p.name != "__init__.py")
+CONFIG_FILES = sorted(p.name for p in CONFIGS.glob("*.py") if p.name != "__init__.py")
 # What each data source's evaluation must report (besides step and num_videos) and its videos.
 _EXPECTED = {
   "tfds": (("fg_ari", "miou"), 4),  # TINY_SYNTHETIC's 4 validation videos
@@ -130,7 +129,7 @@ def test_ytvis_without_eval_root_trains_saves_and_exits_normally(tiny_davis_dir,
     *(_flag(k, v) for k, v in overrides.items()),
   ]
   proc = subprocess.run(
-    command, env=conftest.subprocess_env(1), capture_output=True, text=True, timeout=900, cwd=REPO
+    command, env=subprocess_env(1), capture_output=True, text=True, timeout=900, cwd=REPO
   )
   output = proc.stdout + proc.stderr
   assert proc.returncode == 0, output[-5000:]

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-import documented_commands
-from conftest import PYTHON, REPO, TINY_SYNTHETIC, subprocess_env
+from helpers import documented_commands
+from helpers.environment import PYTHON, REPO, subprocess_env
+from helpers.tiny_configs import TINY_SYNTHETIC
 
 _CONFIG_CASE = "tests/test_configs.py::test_config_trains_two_steps_and_evaluates[{}]"
 _DEMO = "python -m vosjax.main --config configs/demo.py --workdir workdirs/demo"
@@ -54,7 +55,7 @@ EXECUTED = {
   "[--config.data.root=PATH_TO_DAVIS2016] "
   "[--config.data.raft_flow_root=DIR --config.data.raft_res=480p]": (
     _CONFIG_CASE.format("davis2016.py"),
-    "tiny overrides; RAFT folders: tests/test_davis_data.py",
+    "tiny overrides; RAFT folders: tests/test_davis.py",
   ),
   "python -m vosjax.main --config configs/slot_attention.py --workdir W "
   '--config.data.resolution="(32,32)" --config.batch_size=16 --config.num_train_steps=600': (
@@ -108,7 +109,7 @@ EXECUTED = {
   "python -m vosjax.main --config configs/demo.py --workdir W "
   "--config.data.tfds_name=vosjax_synthetic/NAME": (
     _CONFIG_CASE.format("demo.py"),
-    "tiny overrides; the _dis sets: tests/test_synthetic_data.py, tests/test_bench_flow_error.py",
+    "tiny overrides; the _dis sets: tests/test_synthetic.py, tests/test_bench_flow_error.py",
   ),
   "python -m vosjax.bench mg_recipes --set KEY=VALUE ... --steps 10000": (
     "tests/test_bench_mg_recipes.py::test_export_then_train_from_arrays",

@@ -1,10 +1,9 @@
-"""DAVIS evaluation: official evaluator outputs (shared/data/fixtures), protocols, CLI and
-errors."""
+"""DAVIS evaluation: official evaluator outputs (fixtures/ of the real data, VOSJAX_TEST_DATA),
+protocols, CLI and errors."""
 
 import csv
 import itertools
 import json
-import os
 from pathlib import Path
 import time
 
@@ -12,6 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from helpers import real_data
 from vosjax import evaluate as evaluate_command
 from vosjax.evaluation import davis_protocol as evaluate
 from vosjax.data.davis import VOID_LABEL
@@ -29,19 +29,10 @@ STAT_COLUMNS = {
 
 @pytest.fixture(scope="module")
 def shared_data() -> Path:
-  shared = Path(os.environ.get("VOSJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-  data = shared / "data"
-  for needed in (
-    "fixtures",
-    "davis2016/Annotations/480p",
-    "davis2017_eval_results/semi-supervised/osvos",
-  ):
-    if not (data / needed).is_dir():
-      pytest.fail(
-        f"shared data folder {data / needed} is missing: the DAVIS fixture tests need "
-        "the project's shared/ folder next to the repository (or set VOSJAX_SHARED)"
-      )
-  return data
+  """The real data root (skips without it, `helpers.real_data`)."""
+  return real_data.require_data(
+    "fixtures", "davis2016/Annotations/480p", "davis2017_eval_results/semi-supervised/osvos"
+  )
 
 
 @pytest.fixture(scope="module")

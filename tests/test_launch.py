@@ -18,8 +18,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import REPO
-from test_train import TINY_OVERRIDES
+from helpers.environment import REPO
+from helpers.tiny_configs import TINY_OVERRIDES
 
 LAUNCH = os.path.join(REPO, "launch")
 NOTEBOOK = os.path.join(LAUNCH, "colab.ipynb")
@@ -75,7 +75,7 @@ def test_notebook_runs_tiny_on_cpu(tiny_synthetic_dir, tmp_path, monkeypatch):
   monkeypatch.setenv("VOSJAX_NOTEBOOK_TINY", "1")
   monkeypatch.setenv("VOSJAX_NOTEBOOK_WORKDIR", str(workdir))
   monkeypatch.setenv("VOSJAX_NOTEBOOK_DATA_DIR", tiny_synthetic_dir)
-  # The notebook's own tiny overrides plus (winning) those of tests/test_train.py, kept in step.
+  # The notebook's own tiny overrides plus (winning) TINY_OVERRIDES, kept in step.
   monkeypatch.setenv("VOSJAX_NOTEBOOK_OVERRIDES", json.dumps(TINY_OVERRIDES))
   monkeypatch.delenv("VOSJAX_REPO", raising=False)  # the notebook must find the checkout itself
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
@@ -103,7 +103,7 @@ def test_notebook_runs_tiny_on_cpu(tiny_synthetic_dir, tmp_path, monkeypatch):
   install = _text(by_marker("def find_checkout"))
   assert f"vosjax checkout: {REPO}\n" in install and "not installing" in install
 
-  # Training ran the tiny configuration of tests/test_train.py and evaluated it.
+  # Training ran the tiny configuration of tests/helpers/tiny_configs.py and evaluated it.
   train = _text(by_marker('"-m", "vosjax.main"'))
   for key, value in TINY_OVERRIDES.items():
     assert f"--config.{key}={value}".replace(" ", "") in train, key

@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import PYTHON, REPO, subprocess_env
-from test_train import TINY_OVERRIDES, tiny_config
+from helpers.environment import PYTHON, REPO, subprocess_env
+from helpers.tiny_configs import TINY_OVERRIDES, tiny_config
 from vosjax import segment
 from vosjax.evaluation import windows
 from vosjax import methods
@@ -36,7 +36,7 @@ def moving_square_video(path, num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH,
 
 @pytest.fixture(scope="module")
 def checkpointed(tmp_path_factory):
-  """A workdir holding a tiny Motion Grouping train state (tests/test_train.py's tiny model) saved
+  """A workdir holding a tiny Motion Grouping train state (helpers.tiny_configs.tiny_config) saved
   the way training saves it; returns (workdir, config, params).
 
   The parameters are the initialisation (training is what tests/test_train.py checks, and the
@@ -212,10 +212,10 @@ def test_betrayed_ids_of_static_segments_stay_the_same_across_windows(tmp_path):
   same pixels in every frame (lossless PNG frames): its id must be the same in all 12 frames, which
   holds only if the clusters of each window are linked to the previous window's.
   """
-  from test_betrayed import _tiny_config  # pylint: disable=g-import-not-at-top
+  from helpers.tiny_configs import tiny_betrayed_config  # pylint: disable=g-import-not-at-top
   from vosjax.core import checkpoint  # pylint: disable=g-import-not-at-top
 
-  config = _tiny_config(str(tmp_path / "unused"))
+  config = tiny_betrayed_config(str(tmp_path / "unused"))
   config.model.tau = 1e-5
   method = methods.load_method(config)
   state, _ = train.create_train_state(

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_smtc_method import _tiny_config
+from helpers.tiny_configs import tiny_smtc_config
 from vosjax.evaluation import windows
 from vosjax.methods import interface
 from vosjax.methods import smtc
@@ -115,7 +115,7 @@ def test_candidate_masks_equal_the_official_evaluator(grid, frame_size):
 
 
 def _setup(num_frames: int, size=(40, 56)):
-  config = _tiny_config()  # clip_length 3, inference at 32x32, 4 x 3 slots, tiny random ViT
+  config = tiny_smtc_config()  # clip_length 3, inference at 32x32, 4 x 3 slots, tiny random ViT
   model = smtc.make_model(config)
   params = jax.jit(lambda rng: smtc.init_params(model, config, rng, smtc.example_batch(config)))(
     jax.random.key(0)

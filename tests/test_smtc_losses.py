@@ -1,5 +1,6 @@
 """SMTC losses (vosjax.methods.smtc.losses) and the jitted matching against NumPy transcriptions of
-the official `src/train.py` (tests/reference_smtc.py) and scipy's `linear_sum_assignment`."""
+the official `src/train.py` (tests/references/reference_smtc.py) and scipy's
+`linear_sum_assignment`."""
 
 import itertools
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from tests import reference_smtc as reference
+from references import reference_smtc as reference
 from vosjax.methods.smtc import losses
 from vosjax.methods.smtc import matching
 

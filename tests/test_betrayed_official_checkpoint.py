@@ -1,20 +1,19 @@
 """The official Betrayed-by-Attention checkpoint through `config.init.checkpoint`, against PyTorch.
 
-The official model (tests/official_betrayed_torch.py, a stock-PyTorch transcription with the
-official module names) gets random weights from a fixed seed, with the spatio-temporal block's q and
-k rows scaled (random weights give near-uniform attention and a single cluster; scaled, several).
-They are saved in the released checkpoint's layout `{"iteration", "loss", "model_state_dict"}` and
-loaded the way users load them: `vosjax.segment.load_predictor` with an empty workdir and
-`--config.init.checkpoint`. On a real DAVIS clip we compare what users see: the backbone keys, the
-block's q/k, and the final per-token cluster labels (official clustering: the NumPy transcription
-`vosjax.benchmarks.reference_clustering` run on the PyTorch q/k).
+The official model (tests/references/official_betrayed_torch.py, a stock-PyTorch transcription with
+the official module names) gets random weights from a fixed seed, with the spatio-temporal block's q
+and k rows scaled (random weights give near-uniform attention and a single cluster; scaled,
+several). They are saved in the released checkpoint's layout `{"iteration", "loss",
+"model_state_dict"}` and loaded the way users load them: `vosjax.segment.load_predictor` with an
+empty workdir and `--config.init.checkpoint`. On a real DAVIS clip we compare what users see: the
+backbone keys, the block's q/k, and the final per-token cluster labels (official clustering: the
+NumPy transcription `vosjax.benchmarks.reference_clustering` run on the PyTorch q/k).
 
 The default variant shrinks the ViT (64 wide, 2 blocks; official layout and names otherwise) so that
 it takes seconds; the `slow` one has ViT-S/8's real shapes.
 """
 
 import logging
-import os
 from pathlib import Path
 import shutil
 
@@ -23,11 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
-from official_betrayed_torch import AttEncoder
-from official_betrayed_torch import VisionTransformer
-from official_betrayed_torch import official_query_key
-from official_betrayed_torch import randomize_parameters_
+from helpers import real_data
+from references.official_betrayed_torch import (
+  AttEncoder,
+  VisionTransformer,
+  official_query_key,
+  randomize_parameters_,
+)
 from vosjax import segment
 from vosjax import train
 from vosjax.benchmarks import reference_clustering as reference
@@ -38,9 +39,6 @@ from vosjax.evaluation import windows
 from vosjax.methods import betrayed
 
 torch.set_num_threads(1)
-DAVIS2016 = (
-  Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
-)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 SMALL_VIT = dict(embed_dim=64, depth=2, num_heads=2)
@@ -73,7 +71,7 @@ def save_official_checkpoint(model: AttEncoder, path: Path) -> Path:
 
 def davis_clip(num_frames: int, resolution) -> np.ndarray:
   """The first frames of blackswan, float32 [T, H, W, 3] in [0, 1] (bilinear, as segment reads)."""
-  folder = DAVIS2016 / "JPEGImages" / "480p" / "blackswan"
+  folder = real_data.davis2016_root() / "JPEGImages" / "480p" / "blackswan"
   frames = np.stack(
     [video_io.read_image(p) for p in video_io.list_frame_files(folder)[:num_frames]]
   )
@@ -212,7 +210,7 @@ def test_capacities_grow_until_the_clustering_is_the_official_one(tmp_path, capl
 def davis2017_excerpt(root: Path) -> Path:
   """The first NUM_FRAMES frames of blackswan in DAVIS-2017 layout (indexed annotations, object
   1)."""
-  source = DAVIS2016
+  source = real_data.davis2016_root()
   for t in range(NUM_FRAMES):
     frame = root / "JPEGImages" / "480p" / "blackswan" / f"{t:05d}.jpg"
     frame.parent.mkdir(parents=True, exist_ok=True)

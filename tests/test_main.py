@@ -3,7 +3,8 @@ do (the trace only with --traceback), before any training work."""
 
 import subprocess
 
-from conftest import PYTHON, REPO, TINY_SYNTHETIC, subprocess_env
+from helpers.environment import PYTHON, REPO, subprocess_env
+from helpers.tiny_configs import TINY_SYNTHETIC
 
 
 def _main(*flags: str) -> subprocess.CompletedProcess:

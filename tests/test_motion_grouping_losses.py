@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vosjax.methods import slot_attention
 from vosjax.methods.motion_grouping import losses
 
 
@@ -92,16 +91,6 @@ def test_mask_entropy_matches_loops():
     ]
   )
   np.testing.assert_allclose(float(losses.mask_entropy(masks)), expected, rtol=1e-5)
-
-
-def test_autoencoder_loss_is_mean_squared_error():
-  rng = np.random.default_rng(3)
-  recon, image = rng.normal(size=(2, 4, 4, 3)), rng.normal(size=(2, 4, 4, 3))
-  np.testing.assert_allclose(
-    float(slot_attention.autoencoder_loss(recon, image)), np.mean((recon - image) ** 2), rtol=1e-5
-  )
-  with pytest.raises(ValueError, match="differs"):
-    slot_attention.autoencoder_loss(recon, image[:1])
 
 
 def _simulate_official_loop(base_lr, warmup, decay, num_steps, ent_scale=1.0):

@@ -1,7 +1,7 @@
 """`config.init.checkpoint` for every method: reading state dicts, vosjax workdirs, strict errors.
 
 The official checkpoints of each method are tested end to end against PyTorch in
-tests/test_official_betrayed.py and tests/test_official_motion_grouping.py.
+tests/test_betrayed_official_checkpoint.py and tests/test_motion_grouping_official_checkpoint.py.
 """
 
 import sys

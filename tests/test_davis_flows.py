@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DAVIS_NUM_FRAMES as NUM_FRAMES
-from conftest import DAVIS_SEQUENCES as SEQUENCES
+from helpers.tiny_configs import DAVIS_NUM_FRAMES as NUM_FRAMES
+from helpers.tiny_configs import DAVIS_SEQUENCES as SEQUENCES
 
 
 def test_training_writes_and_scores_masks_of_every_frame(config_run, tiny_davis_dir, tmp_path):
-  """configs/davis2016.py with the tiny overrides of tests/conftest.py (2 sequences x 6 frames at
+  """configs/davis2016.py with the tiny overrides of helpers.tiny_configs (2 sequences x 6 frames at
   32x56, the tiny Motion Grouping model, 2 steps), trained once per session (`config_run`; the
   general checks of that run are in tests/test_configs.py)."""
   from vosjax import evaluate  # pylint: disable=g-import-not-at-top

@@ -1,6 +1,5 @@
-"""DAVIS folders: shared DAVIS-2016 data, synthetic roots, flow-pair iterator, evaluation flows."""
+"""DAVIS folders: real DAVIS-2016 data, synthetic roots, flow-pair iterator, evaluation flows."""
 
-import os
 from pathlib import Path
 
 import cv2
@@ -9,6 +8,7 @@ from PIL import Image
 import pytest
 
 from configs import davis2016
+from helpers import real_data
 from vosjax.data import davis
 from vosjax.data import optical_flow
 from vosjax.data import pipeline
@@ -20,14 +20,7 @@ RESOLUTION = (32, 40)  # Half size: flows are rescaled by 0.5.
 
 @pytest.fixture(scope="module")
 def davis2016_root() -> Path:
-  shared = Path(os.environ.get("VOSJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-  root = shared / "data" / "davis2016"
-  if not (root / "JPEGImages/480p").is_dir():
-    pytest.fail(
-      f"shared DAVIS-2016 data {root} is missing: these tests need the project's "
-      "shared/ folder next to the repository (or set VOSJAX_SHARED)"
-    )
-  return root
+  return real_data.davis2016_root()  # skips without the real data
 
 
 def test_shared_davis2016_sequences_and_loading(davis2016_root):

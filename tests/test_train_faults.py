@@ -6,7 +6,7 @@ compared with one uninterrupted run of the same command: the saved train states 
 optimizer state, step) must be equal array for array.
 
 Every run compiles the same programs, so the processes share the persistent JAX compilation cache
-of tests/conftest.py (content-addressed, kept between sessions in the system temporary folder),
+of helpers.environment (content-addressed, kept between sessions in the system temporary folder),
 here for every program however quick to compile: a warm run takes ~30 s instead of ~100 s on two
 busy cores.
 """
@@ -21,13 +21,14 @@ import signal
 import subprocess
 import threading
 import time
-import warnings
 
 import numpy as np
 import pytest
 
-from conftest import COMPILATION_CACHE, PYTHON, REPO, TINY_SYNTHETIC, subprocess_env
-from test_train import TINY_OVERRIDES, flat_params, tiny_config
+from helpers.environment import COMPILATION_CACHE, PYTHON, REPO, subprocess_env
+from helpers.tiny_configs import TINY_OVERRIDES, TINY_SYNTHETIC, tiny_config
+from helpers.workdirs import checkpoint_meta, checkpoint_state, folder_snapshot
+
 
 NUM_STEPS = 15
 CHECKPOINT_EVERY = 5
@@ -167,23 +168,6 @@ class TrainingRun:
     return sorted(int(name) for name in self.entries() if name.isdigit())
 
 
-def checkpoint_state(workdir, step: int) -> dict:
-  """The train state saved at `step` (params, optimizer state, step), flattened to numpy arrays."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # "sharding info not provided": read as saved, on 1 device
-    tree = ocp.PyTreeCheckpointer().restore(
-      os.path.join(workdir, "checkpoints", str(step), "state")
-    )
-  return flat_params(tree)
-
-
-def checkpoint_meta(workdir, step: int) -> dict:
-  with open(os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")) as f:
-    return json.load(f)
-
-
 def differing_arrays(workdir, reference_workdir, step: int) -> list[str]:
   """Names of the arrays of the state at `step` that differ from the reference run's (exactly)."""
   actual, desired = checkpoint_state(workdir, step), checkpoint_state(reference_workdir, step)
@@ -210,14 +194,6 @@ def copy_checkpoints(source_workdir, workdir, steps) -> None:
 
 def dataset_files(data_dir, split: str) -> list[str]:
   return glob.glob(os.path.join(data_dir, TINY_SYNTHETIC, "*", f"*-{split}.tfrecord-*"))
-
-
-def folder_snapshot(folder) -> dict:
-  return {
-    os.path.relpath(p, folder): (os.path.getsize(p), os.stat(p).st_mtime_ns)
-    for p in glob.glob(os.path.join(folder, "**"), recursive=True)
-    if os.path.isfile(p)
-  }
 
 
 @pytest.fixture(scope="module")
@@ -483,4 +459,4 @@ def test_checkpoints_of_another_config_are_an_error_not_a_fresh_start(
 
 # A corrupt video file: `tests/test_segment.py::test_corrupt_video_fails_with_a_message_naming_it`
 # (the `vosjax.segment` command exits with one line naming the file, no traceback, nothing written)
-# and `tests/test_video_io.py::test_corrupt_and_empty_files_raise` (the reader itself).
+# and `tests/test_video.py::test_corrupt_and_empty_files_raise` (the reader itself).

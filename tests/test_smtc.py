@@ -6,35 +6,20 @@ import inspect
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
+
+from helpers.tiny_configs import SMTC_RES as RES
+from helpers.tiny_configs import SMTC_T as T
+from helpers.tiny_configs import tiny_smtc_config
 
 from vosjax.methods import interface
 from vosjax.methods import smtc
 
-T, RES = 3, 32
-
-
-def _tiny_config():
-  config = smtc.default_config()
-  config.data = ml_collections.ConfigDict({"resolution": (RES, RES), "clip_length": T})
-  config.backbone.random_init = True
-  config.backbone.arch_overrides.embed_dim = 32
-  config.backbone.arch_overrides.depth = 1
-  config.backbone.arch_overrides.num_heads = 2
-  config.model.num_semantic_slots, config.model.num_instances = 4, 3
-  config.model.train_iterations, config.model.inference_iterations = 2, 3
-  config.model.correlation_size = (RES // 16, RES // 16)
-  config.model.inference_resolution = (RES, RES)
-  config.optimizer.encoder_switch_step = 1
-  config.optimizer.learning_rate, config.optimizer.final_learning_rate = 1e-2, 1e-3
-  return config
-
 
 @functools.lru_cache(maxsize=None)
 def _setup():
-  config = _tiny_config()
+  config = tiny_smtc_config()
   model = smtc.make_model(config)
   batch = smtc.example_batch(config)
   params = jax.jit(lambda rng: smtc.init_params(model, config, rng, batch))(jax.random.key(0))

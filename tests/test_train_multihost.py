@@ -6,13 +6,8 @@ import socket
 
 import numpy as np
 
-from test_train import (
-  LAYOUT_OVERRIDES,
-  BackgroundTraining,
-  assert_same_params,
-  finish,
-  start_training,
-)
+from helpers.tiny_configs import LAYOUT_OVERRIDES
+from helpers.training_runs import BackgroundTraining, assert_same_params, finish, start_training
 
 
 def _free_port() -> int:

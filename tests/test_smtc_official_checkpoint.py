@@ -1,15 +1,15 @@
 """The official SMTC checkpoint through `config.init.checkpoint`, against PyTorch.
 
-The official model (tests/official_smtc_torch.py, a stock-PyTorch transcription with the official
-module names) gets random weights from a fixed seed and is saved the way the official `src/train.py`
-saves (`{"iteration", "model_state_dict", "optimizer_state_dict", "loss"}`, the student only).
-vosjax imports that file as users do (`--config.init.checkpoint`, `train.create_train_state`), and
-on 4 real DAVIS frames, Kinetics-normalised as `eval_multi.py` does, with the same standard-normal
-instance noise fed to both sides (the official model draws it inside with `torch.normal`), we
-compare the inference forward of `eval_multi.py` (5 iterations; vosjax:
-`smtc.inference.inference_outputs`, the forward of `predict`): semantic and instance slots, logits,
-semantic and instance masks, slot similarities, the `mlp_slot` embeddings and the candidate masks
-(instance masks with similarity >= 0.5; vosjax: `smtc.inference.candidates`).
+The official model (tests/references/official_smtc_torch.py, a stock-PyTorch transcription with the
+official module names) gets random weights from a fixed seed and is saved the way the official
+`src/train.py` saves (`{"iteration", "model_state_dict", "optimizer_state_dict", "loss"}`, the
+student only). vosjax imports that file as users do (`--config.init.checkpoint`,
+`train.create_train_state`), and on 4 real DAVIS frames, Kinetics-normalised as `eval_multi.py`
+does, with the same standard-normal instance noise fed to both sides (the official model draws it
+inside with `torch.normal`), we compare the inference forward of `eval_multi.py` (5 iterations;
+vosjax: `smtc.inference.inference_outputs`, the forward of `predict`): semantic and instance slots,
+logits, semantic and instance masks, slot similarities, the `mlp_slot` embeddings and the candidate
+masks (instance masks with similarity >= 0.5; vosjax: `smtc.inference.candidates`).
 
 The semantic logits pass a hard threshold (> 0.3) and the candidates one (>= 0.5); a float32 flip at
 either would change the result discontinuously, so the test first checks that no value of the
@@ -20,7 +20,6 @@ The default variant shrinks the ViT (32 wide, 2 blocks, official layout and name
 it takes seconds; the `slow` one has ViT-S/16's real shapes (384 wide, 12 blocks, 6 heads).
 """
 
-import os
 from pathlib import Path
 import subprocess
 import sys
@@ -33,10 +32,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PYTHON, REPO, subprocess_env
-from official_betrayed_torch import randomize_parameters_
-from official_smtc_torch import SlotAttentionAutoEncoder
-from official_smtc_torch import candidate_masks
+from helpers import real_data
+from helpers.environment import PYTHON, REPO, subprocess_env
+from references.official_betrayed_torch import randomize_parameters_
+from references.official_smtc_torch import SlotAttentionAutoEncoder, candidate_masks
 from vosjax import train
 from vosjax.core import sharding
 from vosjax.data import video as video_io
@@ -47,9 +46,6 @@ from vosjax.methods.smtc import official_checkpoint
 from vosjax.models import state_dicts
 
 torch.set_num_threads(1)
-DAVIS2016 = (
-  Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
-)
 SMALL_VIT = dict(embed_dim=32, depth=2, num_heads=2)
 VIT_S16 = dict(embed_dim=384, depth=12, num_heads=6)
 RESOLUTION = {"small": (64, 96), "vit_s16": (96, 160)}  # 4 x 6 and 6 x 10 tokens
@@ -116,7 +112,7 @@ def smtc_config(checkpoint: Path | None, vit: dict, resolution) -> ml_collection
 
 def davis_frames(resolution) -> np.ndarray:
   """The first 4 frames of blackswan, float32 [T, H, W, 3] in [0, 1]."""
-  folder = DAVIS2016 / "JPEGImages" / "480p" / "blackswan"
+  folder = real_data.davis2016_root() / "JPEGImages" / "480p" / "blackswan"
   frames = np.stack(
     [video_io.read_image(p) for p in video_io.list_frame_files(folder)[:NUM_FRAMES]]
   )

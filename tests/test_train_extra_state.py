@@ -11,88 +11,24 @@ state; a run SIGKILLed after its first checkpoint resumes to the uninterrupted r
 teacher; 1 and 8 devices train the same parameters and teacher.
 """
 
-import json
 import os
 import signal
-import subprocess
-import textwrap
-import threading
-import time
 import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import PYTHON, REPO, subprocess_env
-from test_faults import COMPILATION_CACHE, checkpoint_meta, folder_snapshot
-from test_train import (
-  LAYOUT_OVERRIDES,
-  _initial_params,
-  assert_same_params,
-  flat_params,
-  tiny_config,
+from helpers.ema_teacher_toy import (
+  CHECKPOINT_EVERY,
+  MOMENTUM,
+  NUM_STEPS,
+  PULL,
+  ema_teacher_method,
+  run_config,
 )
-
-MOMENTUM = 0.9  # teacher <- MOMENTUM * teacher + (1 - MOMENTUM) * params, after every update
-PULL = 10.0  # weight of the squared distance between the parameters and the teacher in the loss
-NUM_STEPS = 6
-CHECKPOINT_EVERY = 2
-# 6 steps, a checkpoint every 2; a regulariser and lr decay of 1000 steps keeps the schedule flat
-# (TINY's 2 would multiply the regularisers by 5 every 2 steps). The Adam epsilon of the layout
-# comparison (see test_train.LAYOUT_OVERRIDES) in every run, so that one uninterrupted run is the
-# reference of both the resume and the 8-device runs.
-RUN_OVERRIDES = {
-  "num_train_steps": NUM_STEPS,
-  "checkpoint_every_steps": CHECKPOINT_EVERY,
-  "optimizer.decay_steps": 1000,
-  "method": "ema_teacher_toy",
-  **LAYOUT_OVERRIDES,
-}
-
-
-def ema_teacher_method(momentum: float = MOMENTUM, pull: float = PULL) -> types.SimpleNamespace:
-  """Motion Grouping whose extra state is `{"teacher": params EMA}` and whose loss adds
-  `pull * sum((params - teacher)^2)` (metric `teacher_distance`: the sum)."""
-  from vosjax.methods import motion_grouping as mg  # pylint: disable=g-import-not-at-top
-
-  def init_extra_state(params, config):
-    del config
-    return {"teacher": params}
-
-  def update_extra_state(extra, params, step, config):
-    del step, config
-    return {
-      "teacher": jax.tree.map(
-        lambda t, p: momentum * t + (1 - momentum) * p, extra["teacher"], params
-      )
-    }
-
-  def loss_fn(params, model, batch, rng, step, config, extra):
-    total, terms = mg.loss_fn(params, model, batch, rng, step, config, {})
-    distance = sum(
-      jnp.sum((p - t) ** 2)
-      for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(extra["teacher"]))
-    )
-    return total + pull * distance, dict(terms, teacher_distance=distance)
-
-  return types.SimpleNamespace(
-    default_config=mg.default_config,
-    make_model=mg.make_model,
-    make_optimizer=mg.make_optimizer,
-    example_batch=mg.example_batch,
-    init_params=mg.init_params,
-    loss_fn=loss_fn,
-    predict=mg.predict,
-    summary_images=mg.summary_images,
-    init_extra_state=init_extra_state,
-    update_extra_state=update_extra_state,
-  )
-
-
-def run_config(data_dir, **overrides):
-  return tiny_config(data_dir, **{**RUN_OVERRIDES, **overrides})
+from helpers.training_runs import Run, assert_same_params, flat_params, initial_params
+from helpers.workdirs import checkpoint_meta, folder_snapshot
 
 
 def test_toy_method_satisfies_the_interface():
@@ -107,126 +43,6 @@ def test_toy_method_satisfies_the_interface():
 
 
 # ------------------------------------------------------------------ Subprocess runs
-
-# The harness of a training subprocess (the `Run` template fields; also tests/test_smtc_train.py's
-# script): reports every checkpoint and hangs after `hang_after_checkpoint` for the test to kill.
-SCRIPT_HARNESS = textwrap.dedent("""
-    import json, logging, sys, time
-    import jax, numpy as np
-    sys.path.insert(0, {tests!r})
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-    from test_train import flat_params
-    from vosjax import train
-    from vosjax.core import checkpoint
-
-    assert jax.device_count() == {devices}, jax.devices()
-    save = checkpoint.CheckpointManager.save
-
-    def save_and_report(self, step, *args, **kwargs):
-      save(self, step, *args, **kwargs)
-      self.wait()
-      print(f"CHECKPOINT {{step}} WRITTEN", flush=True)
-      if step == {hang_after_checkpoint}:
-        time.sleep(3600)  # the test SIGKILLs this process here
-
-    checkpoint.CheckpointManager.save = save_and_report
-""")
-
-_SCRIPT = SCRIPT_HARNESS + textwrap.dedent("""
-    from test_extra_state import ema_teacher_method, run_config
-    toy, config = ema_teacher_method(), run_config({data_dir!r})
-    result = train.train_and_evaluate(config, {workdir!r}, method=toy)
-    one = lambda tree: flat_params(jax.tree.map(lambda x: x.addressable_data(0), tree))
-    np.savez({out!r}, **{{"params" + k: v for k, v in one(result.state.params).items()}},
-             **{{"teacher" + k: v for k, v in one(result.state.extra["teacher"]).items()}})
-    metrics = {{"train": result.eval_metrics}}
-    if {evaluate_checkpoint}:
-      metrics["checkpoint"] = train.evaluate_checkpoint(config, {workdir!r}, method=toy)
-    with open({out!r} + ".json", "w") as f:
-      json.dump(metrics, f)
-""")
-
-
-class Run:
-  """One training subprocess of the toy method (or of `script`, a template with the same fields,
-  e.g. tests/test_smtc_train.py's); a thread collects its output as it comes."""
-
-  def __init__(
-    self,
-    data_dir,
-    workdir,
-    *,
-    devices: int = 1,
-    hang_after_checkpoint=None,
-    evaluate_checkpoint: bool = False,
-    script: str = _SCRIPT,
-  ):
-    self.workdir, self.out = str(workdir), str(workdir) + ".npz"
-    script = script.format(
-      tests=os.path.join(REPO, "tests"),
-      devices=devices,
-      data_dir=data_dir,
-      workdir=self.workdir,
-      out=self.out,
-      hang_after_checkpoint=hang_after_checkpoint,
-      evaluate_checkpoint=evaluate_checkpoint,
-    )
-    env = dict(
-      subprocess_env(devices),
-      PYTHONUNBUFFERED="1",
-      JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    )
-    self.started = time.monotonic()
-    self.proc = subprocess.Popen(
-      [PYTHON, "-c", script],
-      env=env,
-      cwd=REPO,
-      text=True,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-    )
-    self._lines = []
-    self._reader = threading.Thread(
-      target=lambda: self._lines.extend(self.proc.stdout), daemon=True
-    )
-    self._reader.start()
-
-  @property
-  def output(self) -> str:
-    return "".join(self._lines)
-
-  def wait_for(self, text: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in self.output:
-      if self.proc.poll() is not None or time.monotonic() > deadline:
-        self.proc.kill()
-        pytest.fail(f"no {text!r} (exit {self.proc.poll()}):\n{self.output[-5000:]}")
-      time.sleep(0.01)
-
-  def wait(self, timeout: float = 600) -> int:
-    self.proc.wait(timeout)
-    self._reader.join(timeout)
-    self.seconds = time.monotonic() - self.started
-    return self.proc.returncode
-
-  def result(self) -> tuple[dict, dict, dict]:
-    """(params, teacher, {"train": eval metrics[, "checkpoint": evaluate_checkpoint's]})."""
-    assert self.wait() == 0, self.output[-6000:]
-    with np.load(self.out) as saved:
-      arrays = dict(saved)
-    with open(self.out + ".json") as f:
-      metrics = json.load(f)
-    return (
-      {k[len("params") :]: v for k, v in arrays.items() if k.startswith("params")},
-      {k[len("teacher") :]: v for k, v in arrays.items() if k.startswith("teacher")},
-      metrics,
-    )
-
-  def kill(self) -> None:
-    if self.proc.poll() is None:
-      self.proc.kill()
-      self.wait()
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +151,7 @@ def test_one_and_eight_devices_train_the_same_params_and_teacher(
 ):
   one_params, one_teacher, _ = uninterrupted.result()
   eight_params, eight_teacher, _ = eight_devices.result()
-  initial = _initial_params(tiny_synthetic_dir)  # the teacher's initial value, too
+  initial = initial_params(tiny_synthetic_dir)  # the teacher's initial value, too
   assert_same_params(eight_params, one_params, initial)
   assert_same_params(eight_teacher, one_teacher, initial)
   print(f"\nwall: 8 devices {eight_devices.seconds:.0f} s")

@@ -17,7 +17,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from conftest import REPO
+from helpers.environment import REPO
 
 # In a code line: at the line's start or after `&&` (not inside a listing's backquotes).
 _START = re.compile(r"(?:^\s*|&&\s*)(python3? -m vosjax\b)")

@@ -1,17 +1,15 @@
 """The official Motion Grouping checkpoints through `config.init.checkpoint`, against PyTorch.
 
-The official model (tests/official_motion_grouping_torch.py, a stock-PyTorch transcription with the
-official module names) gets random weights from a fixed seed and one Adam step, and is saved the way
-the official `src/train.py` saves (`{"iteration", "model_state_dict", "optimizer_state_dict",
-"loss"}`). vosjax loads that file as users do (`--config.init.checkpoint`), and on real OpenCV DIS
-flow of DAVIS frames we compare what users see: the slot masks, the soft foreground
-(`foreground_probability`, as the DAVIS evaluation uses it) and the foreground that `predict`
-(`vosjax.segment`) gives. The default variant is the official layout at narrow widths and 64x112;
-the `slow` one has the official widths at the official 128x224.
+The official model (tests/references/official_motion_grouping_torch.py, a stock-PyTorch
+transcription with the official module names) gets random weights from a fixed seed and one Adam
+step, and is saved the way the official `src/train.py` saves (`{"iteration", "model_state_dict",
+"optimizer_state_dict", "loss"}`). vosjax loads that file as users do (`--config.init.checkpoint`),
+and on real OpenCV DIS flow of DAVIS frames we compare what users see: the slot masks, the soft
+foreground (`foreground_probability`, as the DAVIS evaluation uses it) and the foreground that
+`predict` (`vosjax.segment`) gives. The default variant is the official layout at narrow widths and
+64x112; the `slow` one has the official widths at the official 128x224.
 """
 
-import os
-from pathlib import Path
 import subprocess
 import sys
 
@@ -21,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PYTHON, REPO, subprocess_env
-from official_motion_grouping_torch import SlotAttentionAutoEncoder
+from helpers import real_data
+from helpers.environment import PYTHON, REPO, subprocess_env
+from references.official_motion_grouping_torch import SlotAttentionAutoEncoder
 from vosjax import segment
 from vosjax import train
 from vosjax.core import sharding
@@ -32,9 +31,6 @@ from vosjax.methods import motion_grouping
 from vosjax.models import state_dicts
 
 torch.set_num_threads(1)
-DAVIS2016 = (
-  Path(os.environ.get("VOSJAX_SHARED", Path(REPO).parent / "shared")) / "data" / "davis2016"
-)
 NARROW = {"encoder_widths": (8, 16, 16), "decoder_width": 8}
 OFFICIAL = {"encoder_widths": (64, 128, 256), "decoder_width": 64}
 # Masks and foregrounds: 5 slot-attention iterations and InstanceNorms of float32 products in
@@ -85,7 +81,7 @@ def mg_config(widths: dict, resolution, checkpoint):
 def davis_flows(resolution, num_frames: int = 3) -> dict:
   """DIS forward and backward flow of the first blackswan frames, at the frames' resolution, resized
   (vectors rescaled) to `resolution`: float32 [T, h, w, 2] each (zeros where there is no frame)."""
-  folder = DAVIS2016 / "JPEGImages" / "480p" / "blackswan"
+  folder = real_data.davis2016_root() / "JPEGImages" / "480p" / "blackswan"
   frames = np.stack(
     [video_io.read_image(p) for p in video_io.list_frame_files(folder)[:num_frames]]
   )

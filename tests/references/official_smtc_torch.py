@@ -6,8 +6,8 @@ Written from shvdiwnkozbw/SMTC (docs/smtc.md) with the official module names, so
   encoder         DINO `vit_small(16)` (`src/model/vision_transformer.py`; its forward returns the
   last
                   block's keys with heads concatenated, as SSL-UVOS's does, so the ViT of
-                  tests/official_betrayed_torch.py is reused: same names, LayerNorm eps 1e-6, qkv
-                  bias, DINO's bicubic position-embedding rule with the +0.1 offset).
+                  tests/references/official_betrayed_torch.py is reused: same names, LayerNorm
+                  eps 1e-6, qkv bias, DINO's bicubic position-embedding rule with the +0.1 offset).
   transport_proj  Conv1d(h'w', D, kernel 1) over the raw dot products of each frame's keys with the
                   previous frame's (cyclic `torch.roll(shifts=1)` over time) keys bilinearly resized
                   to `end_size` (official resolution (256, 256) // 16, whatever the input size).
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from official_betrayed_torch import VisionTransformer
+from references.official_betrayed_torch import VisionTransformer
 
 
 class SlotAttention(nn.Module):

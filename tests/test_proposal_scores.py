@@ -1,15 +1,14 @@
 """Overlapping proposals, each scored on its own (`davis_protocol.evaluate_sequence_masks`, the SMTC
 evaluator), against a direct NumPy computation: the transcriptions of `db_eval_iou` and `f_measure`
-of tests/test_metrics.py, the official per-frame / per-sequence Hungarian assignments (scipy), the
-official proposal layout of the SMTC evaluator, and the id-map entry on non-overlapping masks."""
+of references/davis_metrics.py, the official per-frame / per-sequence Hungarian assignments
+(scipy), the official proposal layout of the SMTC evaluator, and the id-map entry on non-overlapping
+masks."""
 
 import numpy as np
 import pytest
 from scipy import optimize
 
-from test_metrics import official_f_measure
-from test_metrics import official_iou
-from test_metrics import random_label_video
+from references.davis_metrics import official_f_measure, official_iou, random_label_video
 from vosjax.evaluation import davis_protocol
 from vosjax.evaluation import proposal_scores
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DAVIS2017_QUALITY
-from conftest import DAVIS2017_SIZE
-from conftest import DAVIS_NUM_FRAMES
-from conftest import DAVIS_SEQUENCES
+from helpers.tiny_configs import (
+  DAVIS2017_QUALITY,
+  DAVIS2017_SIZE,
+  DAVIS_NUM_FRAMES,
+  DAVIS_SEQUENCES,
+)
 from vosjax import segment
 from vosjax import train
 from vosjax.data import video as video_io

@@ -1,5 +1,6 @@
 """SMTC model (vosjax.models.smtc, smtc_slot_attention) against a NumPy transcription of the
-official forward (tests/reference_smtc.py) with the same parameters and the same instance noise."""
+official forward (tests/references/reference_smtc.py) with the same parameters and the same
+instance noise."""
 
 import functools
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import reference_smtc as reference
+from references import reference_smtc as reference
 from vosjax.models import smtc
 from vosjax.models import smtc_slot_attention
 

@@ -4,59 +4,19 @@ tiny synthetic MOVi-format TFDS set (whose `video` batches SMTC trains on).
 Checked: the student's backbone has stochastic depth in `loss_fn` only (the teacher and `predict`
 are deterministic); a run SIGKILLed after its first checkpoint resumes to exactly the uninterrupted
 run's parameters, EMA teacher (the method's extra state) and optimizer state; 1 and 8 devices train
-the same parameters and teacher. The subprocess runs use test_extra_state.Run with the script below.
+the same parameters and teacher. The subprocess runs use helpers.training_runs.Run with the script
+below.
 """
 
 import textwrap
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
-from conftest import TINY_SMTC, TINY_SYNTHETIC, set_overrides
-from test_extra_state import SCRIPT_HARNESS, Run
-from test_faults import checkpoint_meta
-from test_train import LAYOUT_OVERRIDES, assert_same_params
-
-NUM_STEPS = 4
-CHECKPOINT_EVERY = 2
-# The encoder's learning-rate switch at the checkpoint, so that the resumed steps move the encoder;
-# an EMA momentum of 0.5 so that the teacher moves measurably in 4 steps; a learning rate at which
-# the parameters move by more than the comparison tolerance. The Adam epsilon of the device-layout
-# comparison (test_train.LAYOUT_OVERRIDES) in every run: the uninterrupted run is the reference of
-# both the resumed and the 8-device run. Stochastic depth at 0.5 (block rates 0, 0.25, 0.5), so that
-# the keys of the last block, SMTC's features, depend on the drops (of block 1).
-RUN_OVERRIDES = {
-  "data.tfds_name": TINY_SYNTHETIC,
-  "data.resolution": (32, 32),
-  "data.shuffle_buffer": 4,
-  "data.clip_length": 4,
-  **TINY_SMTC,
-  "batch_size": 8,
-  "eval_batch_size": 8,
-  "num_train_steps": NUM_STEPS,
-  "log_every_steps": 1,
-  "checkpoint_every_steps": CHECKPOINT_EVERY,
-  "num_eval_videos_to_write": 1,
-  "optimizer.learning_rate": 1e-3,
-  "optimizer.final_learning_rate": 1e-4,
-  "optimizer.encoder_switch_step": CHECKPOINT_EVERY,
-  "ema_momentum": 0.5,
-  "backbone.drop_path_rate": 0.5,
-  **LAYOUT_OVERRIDES,
-}
-
-
-def smtc_config(data_dir, **overrides) -> ml_collections.ConfigDict:
-  """configs-like SMTC on the tiny TFDS set in `data_dir` (`RUN_OVERRIDES`)."""
-  from vosjax.data import movi  # pylint: disable=g-import-not-at-top
-  from vosjax.methods import smtc  # pylint: disable=g-import-not-at-top
-
-  config = smtc.default_config()
-  config.data = movi.default_data_config()
-  return set_overrides(config, {**RUN_OVERRIDES, "data.data_dir": data_dir, **overrides})
-
+from helpers.smtc_runs import CHECKPOINT_EVERY, NUM_STEPS, smtc_config
+from helpers.training_runs import SCRIPT_HARNESS, Run, assert_same_params
+from helpers.workdirs import checkpoint_meta
 
 # ------------------------------------------------------------------ stochastic depth in the method
 
@@ -98,7 +58,7 @@ def test_stochastic_depth_in_the_training_student_only():
 # ------------------------------------------------------------------ the loop, in subprocesses
 
 _SCRIPT = SCRIPT_HARNESS + textwrap.dedent("""
-    from test_smtc_train import smtc_config
+    from helpers.smtc_runs import smtc_config
     result = train.train_and_evaluate(smtc_config({data_dir!r}), {workdir!r})
     one = lambda tree: flat_params(jax.tree.map(lambda x: x.addressable_data(0), tree))
     state = result.state
