@@ -3,6 +3,8 @@
 import ast
 import importlib
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,8 @@ def test_every_method_satisfies_the_interface(name):
     assert method.SEGMENT_IDS in ("classes", "clusters")
   config = method.default_config()
   assert config.method == name
+  # The data section comes from configs/ and the data code: a method's defaults import no reader.
+  assert "data" not in config, f"{name}.default_config() carries a data section"
 
 
 def test_capabilities_are_what_the_methods_provide():
@@ -164,3 +168,21 @@ def test_no_code_outside_methods_branches_on_a_method_name():
         if constants & names:
           offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
   assert not offenders, offenders
+
+
+@pytest.mark.parametrize(
+  "module",
+  [f"vosjax.methods.{name}" for name in methods.available()]
+  + ["vosjax.segment", "vosjax.evaluate"],
+)
+def test_importing_loads_no_tensorflow(module):
+  """Only the TFDS reader (`vosjax.data.movi`) imports TensorFlow (a large import): a method,
+  the segment command and the evaluation command must not."""
+  code = (
+    f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=False
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "[]", f"{module} imports {result.stdout.strip()[:200]}"
