@@ -170,6 +170,22 @@ def test_no_code_outside_methods_branches_on_a_method_name():
   assert not offenders, offenders
 
 
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+  seen, todo = set(), [start]
+  while todo:
+    for nxt in graph[todo.pop()] - seen:
+      seen.add(nxt)
+      todo.append(nxt)
+  return seen
+
+
+def test_segment_does_not_import_the_training_loop():
+  """Inference restores params through `vosjax.methods.checkpoints`, not `vosjax.train`."""
+  reachable = _reachable(import_graph(), "vosjax.segment")
+  assert "vosjax.methods.checkpoints" in reachable
+  assert "vosjax.train" not in reachable
+
+
 @pytest.mark.parametrize(
   "module",
   [f"vosjax.methods.{name}" for name in methods.available()]

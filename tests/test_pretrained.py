@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import logging
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ import safetensors.numpy
 import torch
 
 import official_dino_torch as official
+from conftest import PYTHON, REPO, subprocess_env
 from vosjax.models import pretrained
 from vosjax.models import vit
 
@@ -226,9 +228,19 @@ def test_load_backbone_uses_cache_then_converted_npz(tmp_path, vits16_state):
   assert_params_equal(pretrained.load_backbone(config)[1], expected)
 
 
-def test_explicit_checkpoint_and_cli_conversion(tmp_path, vits16_state):
+def test_explicit_checkpoint_and_convert_command(tmp_path, vits16_state):
   path, state = vits16_state
-  assert pretrained.main([str(path), str(tmp_path / "s16.npz"), "--name", "dino_vits16"]) == 0
+  command = [PYTHON, "-m", "vosjax.convert", str(path), str(tmp_path / "s16.npz")]
+  proc = subprocess.run(
+    command + ["--backbone", "dino_vits16"],
+    cwd=REPO,
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"Flax arrays of dino_vits16 from {path} to {tmp_path / 's16.npz'}" in proc.stdout
   config = backbone_config(
     name="dino_vits16", checkpoint=str(tmp_path / "s16.npz"), dtype="bfloat16", allow_download=False
   )

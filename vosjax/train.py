@@ -19,7 +19,6 @@ import logging
 import signal
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,17 +34,7 @@ from vosjax.core import sharding
 from vosjax.data import pipeline
 from vosjax.methods import checkpoints as method_checkpoints
 from vosjax.methods import interface
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that a resumed run needs besides the data position (saved in checkpoint
-  metadata)."""
-
-  step: jax.Array  # int32 []
-  params: Any
-  opt_state: Any
-  extra: Any  # method-owned state (`interface.OwnsExtraState`, e.g. an EMA teacher); {} if none
+from vosjax.methods.checkpoints import TrainState
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,20 +52,7 @@ def create_train_state(
   `batch` gives the input shapes; default: the method's `example_batch(config)`.
   """
   replicated = NamedSharding(mesh, P())
-  batch = method.example_batch(config) if batch is None else batch
-  init_extra, _ = interface.extra_state_hooks(method)
-
-  def state_from(params):
-    return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      opt_state=tx.init(params),
-      extra=init_extra(params, config),
-    )
-
-  def init(rng):
-    return state_from(method.init_params(model, config, rng, batch))
-
+  init, state_from = method_checkpoints.train_state_builders(method, model, config, tx, batch)
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = jax.tree.map(lambda _: replicated, abstract)
   imported = method_checkpoints.initial_params(method, config, abstract.params)
@@ -288,39 +264,27 @@ def train_and_evaluate(
 def evaluate_checkpoint(
   config: ml_collections.ConfigDict, workdir: str, method: interface.Method | None = None
 ) -> dict:
-  """`--mode eval`: restores the latest checkpoint of `workdir` and evaluates it; without one, the
-  params of `config.init.checkpoint` (e.g. the authors' released weights).
+  """`--mode eval`: evaluates the params of the latest checkpoint of `workdir`; without one, those
+  of `config.init.checkpoint` (e.g. the authors' released weights), as
+  `vosjax.methods.checkpoints.restore_for_inference` finds them.
 
   `method`: as in `train_and_evaluate` (default: `config.method`'s package).
   """
   method = methods.load_method(config) if method is None else method
-  manager = checkpoint_lib.CheckpointManager(workdir, max_to_keep=config.max_to_keep)
-  if not manager.all_steps() and not config.init.checkpoint:  # before building anything
-    raise FileNotFoundError(
-      f"No checkpoint in {workdir}/checkpoints; train first (--mode train) "
-      "or import one (--config.init.checkpoint=PATH)."
-    )
+  method_checkpoints.checkpoint_folder(config, workdir)  # fails before building anything
   mesh = sharding.make_mesh()
   model = method.make_model(config)
-  state, _ = create_train_state(method, model, config, method.make_optimizer(config), mesh)
-  restored = manager.restore_latest(state)
-  if restored is None:
-    logging.info(
-      "No checkpoint in %s/checkpoints: evaluating the imported %s.",
-      workdir,
-      config.init.checkpoint,
-    )
-  else:
-    state = restored.state
+  restored = method_checkpoints.restore_for_inference(method, model, config, workdir, mesh)
+  logging.info("Evaluating the params of %s.", restored.source)
   writer = progress.SummaryWriter(workdir)
   metrics = evaluation.evaluate(
     config,
     workdir,
     method,
     model,
-    state.params,
+    restored.params,
     mesh,
-    step=int(state.step),
+    step=restored.step,
     writer=writer,
     write_outputs=True,
   )
