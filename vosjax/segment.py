@@ -57,6 +57,7 @@ import tqdm
 
 from vosjax import methods
 from vosjax.core import checkpoint as checkpoint_lib
+from vosjax.core import host_memory
 from vosjax.core import images
 from vosjax.core import sharding
 from vosjax.data import optical_flow
@@ -249,6 +250,7 @@ def segment_video(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  host_memory.reexec_with_huge_pages()  # process setup
   # Warnings only unless --verbosity is given: orbax logs every restore at length at INFO; the
   # progress bars and prints are what people follow here.
   if not flags.FLAGS["verbosity"].present:

@@ -162,8 +162,7 @@ def train_and_evaluate(
   # ------------------------------------------------------------------ Model and optimizer
   model = method.make_model(config)
   tx = method.make_optimizer(config)
-  first_batch = next(pipeline.make_train_iterator(config, start_step=0))
-  state, state_shardings = create_train_state(method, model, config, tx, mesh, first_batch)
+  state, state_shardings = create_train_state(method, model, config, tx, mesh)
   train_step = make_train_step(method, model, config, tx, state_shardings, data_sharding)
 
   # ------------------------------------------------------------------ Checkpoint and resume
@@ -187,7 +186,9 @@ def train_and_evaluate(
 
   # ------------------------------------------------------------------ Training loop
   rng = jax.random.key(config.seed + 1)
+  # Built once, where the run resumes; `host_batch` is the last batch trained on (summary images).
   batches = pipeline.make_train_iterator(config, start_step=data_step)
+  host_batch = None
   meter = progress.ProgressMeter(config.num_train_steps, start_step=start_step)
   eval_metrics = None
   preempted = False
@@ -196,7 +197,8 @@ def train_and_evaluate(
   unchecked = []
   with _Preemption() as preemption:
     for step in range(start_step + 1, config.num_train_steps + 1):
-      batch = sharding.to_global(next(batches), data_sharding)
+      host_batch = next(batches)
+      batch = sharding.to_global(host_batch, data_sharding)
       state, metrics = train_step(state, batch, rng)
       data_step += 1
       unchecked.append((step, metrics.pop("finite")))
@@ -241,9 +243,11 @@ def train_and_evaluate(
 
   # ------------------------------------------------------------------ Final evaluation
   if not preempted:
+    if host_batch is None:  # resumed at the last step: the batch a next step would take
+      host_batch = next(batches)
     writer.images(
       int(state.step),
-      jax.device_get(method.summary_images(state.params, model, first_batch, config)),
+      jax.device_get(method.summary_images(state.params, model, host_batch, config)),
     )
     eval_metrics = evaluation.evaluate(
       config,

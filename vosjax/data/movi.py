@@ -67,11 +67,6 @@ import tensorflow_datasets as tfds
 
 from vosjax.data import movi_config
 
-try:  # The input pipeline must never take accelerators from JAX.
-  tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TF already initialized its devices; nothing to hide.
-  pass
-
 SYNTHETIC_NAME = movi_config.SYNTHETIC_NAME
 DEFAULT_FLOW_RANGE = (-255.0, 255.0)
 _GCS_HOST = "storage.googleapis.com"
@@ -85,6 +80,22 @@ default_data_config = movi_config.default_data_config
 
 
 # ------------------------------------------------------------------ builder --
+_accelerators_hidden = False
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """Process setup before TensorFlow's first use (`get_builder`, which every reader calls), not at
+  import: the input pipeline must never take accelerators (and their memory) from JAX."""
+  global _accelerators_hidden
+  if _accelerators_hidden:
+    return
+  _accelerators_hidden = True
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF already initialized its devices; nothing to hide.
+    pass
+
+
 def _check_gcs_reachable(data_dir: str, tfds_name: str) -> None:
   """Fails within seconds when gs:// cannot be reached (TF would retry)."""
   error = []
@@ -121,6 +132,7 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
     ConnectionError: a gs:// data_dir is unreachable (fails in seconds).
     FileNotFoundError: the dataset is not in data_dir.
   """
+  hide_accelerators_from_tensorflow()
   tfds_name = str(data_config.tfds_name)
   data_dir = str(data_config.data_dir)
   if not data_dir.startswith(("gs://", "s3://")):
