@@ -34,6 +34,7 @@ reaches J 68.3 against our baseline's 48.2.
 
 import ml_collections
 
+from vosjax.data import movi_config
 from vosjax.methods import motion_grouping
 
 
@@ -50,9 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_eval_videos_to_write = 4
 
   # One moving object per video, exact flow (see the docstring for why).
+  config.data = movi_config.default_data_config()
   config.data.tfds_name = "vosjax_synthetic/64x64_o1-1"
-  config.data.data_dir = "~/tensorflow_datasets"
   config.data.resolution = (32, 32)  # the 64x64 videos, halved: 4x cheaper per step
+  config.data.clip_length = 1  # one frame per sample ...
+  config.data.clip_margin = 1  # ... that has both a forward and a backward flow
 
   # A narrow model: same architecture, fewer channels, so that it trains in minutes on 2 cores.
   config.model.encoder_widths = (16, 32, 32)

@@ -20,8 +20,13 @@ in the final `EVAL` line and written to WORKDIR/eval_metrics.json.
 
 import ml_collections
 
+from vosjax.data import movi_config
 from vosjax.methods import motion_grouping
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return motion_grouping.default_config()
+  config = motion_grouping.default_config()
+  config.data = movi_config.movi_e_data_config()
+  config.data.clip_length = 1  # one frame per sample ...
+  config.data.clip_margin = 1  # ... that has both a forward and a backward flow
+  return config

@@ -41,16 +41,13 @@ decay 0.1, 60k steps.
 
 import ml_collections
 
-from vosjax.data import movi
+from vosjax.data import movi_config
 from vosjax.methods import betrayed
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = betrayed.default_config()
-  config.data = movi.default_data_config()
-  config.data.tfds_name = "movi_e/128x128:1.0.0"
-  config.data.data_dir = "gs://kubric-public/tfds"
-  config.data.resolution = (128, 128)
+  config.data = movi_config.movi_e_data_config()
   config.data.clip_length = 3
   config.data.eval_frames = None  # all 24 frames
   config.model.train_resolution = (256, 256)

@@ -13,8 +13,13 @@ Expected result: see the README's results table (measured on 2 CPU cores).
 
 import ml_collections
 
+from vosjax.data import movi_config
 from vosjax.methods import slot_attention
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return slot_attention.default_config()
+  config = slot_attention.default_config()
+  config.data = movi_config.default_data_config()  # vosjax_synthetic/64x64
+  config.data.clip_length = 1  # single frames
+  config.data.clip_margin = 0
+  return config

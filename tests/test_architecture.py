@@ -4,6 +4,8 @@ import ast
 import importlib
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,8 @@ def test_every_method_satisfies_the_interface(name):
     assert method.SEGMENT_IDS in ("classes", "clusters")
   config = method.default_config()
   assert config.method == name
+  # The data section comes from configs/ and the data code: a method's defaults import no reader.
+  assert "data" not in config, f"{name}.default_config() carries a data section"
 
 
 def test_capabilities_are_what_the_methods_provide():
@@ -184,3 +188,37 @@ def test_no_test_module_imports_another_test_module():
   assert not offenders, offenders
   planted = "x = 1\n    from test_train import tiny_config\nimport conftest\n"
   assert len(_TEST_MODULE_IMPORT.findall(planted)) == 2
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+  seen, todo = set(), [start]
+  while todo:
+    for nxt in graph[todo.pop()] - seen:
+      seen.add(nxt)
+      todo.append(nxt)
+  return seen
+
+
+def test_segment_does_not_import_the_training_loop():
+  """Inference restores params through `vosjax.methods.checkpoints`, not `vosjax.train`."""
+  reachable = _reachable(import_graph(), "vosjax.segment")
+  assert "vosjax.methods.checkpoints" in reachable
+  assert "vosjax.train" not in reachable
+
+
+@pytest.mark.parametrize(
+  "module",
+  [f"vosjax.methods.{name}" for name in methods.available()]
+  + ["vosjax.segment", "vosjax.evaluate"],
+)
+def test_importing_loads_no_tensorflow(module):
+  """Only the TFDS reader (`vosjax.data.movi`) imports TensorFlow (a large import): a method,
+  the segment command and the evaluation command must not."""
+  code = (
+    f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=False
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "[]", f"{module} imports {result.stdout.strip()[:200]}"

@@ -14,6 +14,7 @@ import torch
 from vosjax import train
 from vosjax.core import checkpoint as checkpoint_lib
 from vosjax.core import sharding
+from vosjax.data import movi_config
 from vosjax.methods import motion_grouping
 from vosjax.methods import slot_attention
 from vosjax.models import state_dicts
@@ -123,6 +124,7 @@ def _tiny_mg_config(seed: int, checkpoint=None, decoder_conv_width: int = 8):
   """Motion Grouping, narrow (8-16 channels) at 32x32."""
   config = motion_grouping.default_config()
   config.seed = seed
+  config.data = movi_config.default_data_config()
   config.data.resolution = (32, 32)
   config.model.encoder_widths = (8, 8, 16)
   config.model.slot_dim = config.model.slot_mlp_hidden_size = 16
@@ -177,6 +179,7 @@ def test_vosjax_workdir_as_init_checkpoint(tmp_path):
 def test_method_without_official_import_says_so(tmp_path):
   torch.save(_tensors(2), tmp_path / "weights.pth")
   config = slot_attention.default_config()
+  config.data = movi_config.default_data_config()
   config.init.checkpoint = str(tmp_path / "weights.pth")
   with pytest.raises(state_dicts.CheckpointError, match="slot_attention.*imports no PyTorch"):
     train.create_train_state(

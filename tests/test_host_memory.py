@@ -41,12 +41,28 @@ def test_huge_page_environment(environ, thp, glibc, expected):
 
 def test_only_vosjax_commands_reexecute():
   python = "/usr/bin/python3"
-  assert host_memory.vosjax_command(["-m"], [python, "-u", "-m", "vosjax.main", "--config", "c"])
-  assert host_memory.vosjax_command(["-m", "x"], [python, "-m", "vosjax.bench", "x"])
-  assert not host_memory.vosjax_command(["-m"], [python, "-m", "pytest"])
-  assert not host_memory.vosjax_command(["-m"], [python, "-m", "vosjaxother.main"])
-  assert not host_memory.vosjax_command(["-c"], [python, "-c", "import vosjax"])
-  assert not host_memory.vosjax_command(["/usr/bin/pytest"], [python, "/usr/bin/pytest"])
+  assert host_memory.vosjax_command([python, "-u", "-m", "vosjax.main", "--config", "c"])
+  assert host_memory.vosjax_command([python, "-m", "vosjax.bench", "x"])
+  assert not host_memory.vosjax_command([python, "-m", "pytest"])
+  assert not host_memory.vosjax_command([python, "-m", "vosjaxother.main"])
+  assert not host_memory.vosjax_command([python, "-c", "import vosjax"])
+  assert not host_memory.vosjax_command([python, "/usr/bin/pytest"])
+
+
+def test_importing_vosjax_does_not_reexecute():
+  """Process setup is the commands' (`main()`), not the package's: an import during
+  `python -m vosjax...` (as `sys.argv` and `sys.orig_argv` read then) executes nothing."""
+  environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  environ["VOSJAX_NO_HUGE_PAGES"] = ""
+  code = (
+    "import sys; sys.argv[:] = ['-m']; sys.orig_argv = [sys.executable, '-m', 'vosjax.bench']; "
+    "import vosjax, vosjax.bench, vosjax.segment; print('imported')"
+  )
+  run = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120
+  )
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.strip() == "imported" and "usage" not in run.stderr
 
 
 def test_describe_reports_the_setting(monkeypatch):

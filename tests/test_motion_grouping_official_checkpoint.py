@@ -25,6 +25,7 @@ from references.official_motion_grouping_torch import SlotAttentionAutoEncoder
 from vosjax import segment
 from vosjax import train
 from vosjax.core import sharding
+from vosjax.data import movi_config
 from vosjax.data import optical_flow
 from vosjax.data import video as video_io
 from vosjax.methods import motion_grouping
@@ -69,6 +70,7 @@ def official_model(widths: dict, resolution, seed: int = 0) -> SlotAttentionAuto
 
 def mg_config(widths: dict, resolution, checkpoint):
   config = motion_grouping.default_config()
+  config.data = movi_config.default_data_config()
   config.data.resolution = resolution
   config.model.encoder_widths = widths["encoder_widths"]
   config.model.slot_dim = config.model.slot_mlp_hidden_size = widths["encoder_widths"][-1]

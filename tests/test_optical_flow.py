@@ -26,12 +26,14 @@ def shifted(image: np.ndarray, d_row: float, d_col: float) -> np.ndarray:
 def test_dis_flow_recovers_translation(preset):
   frame_a = texture()
   frame_b = shifted(frame_a, 3.0, -2.0)
-  flow = optical_flow.dis_flow(frame_a, frame_b, preset)
+  forward = optical_flow.video_flow(np.stack([frame_a, frame_b]), 1, preset)
+  flow = forward[0]
   assert flow.shape == (96, 128, 2) and flow.dtype == np.float32
   interior = flow[16:-16, 16:-16].reshape(-1, 2)
   np.testing.assert_allclose(np.median(interior, 0), [3.0, -2.0], atol=0.2)
   # Reverse direction: the opposite shift.
-  back = optical_flow.dis_flow(frame_b, frame_a, preset)[16:-16, 16:-16].reshape(-1, 2)
+  back = optical_flow.video_flow(np.stack([frame_a, frame_b]), -1, preset)[1]
+  back = back[16:-16, 16:-16].reshape(-1, 2)
   np.testing.assert_allclose(np.median(back, 0), [-3.0, 2.0], atol=0.2)
 
 
@@ -47,7 +49,7 @@ def test_video_flow_gaps_and_validity():
   np.testing.assert_array_equal(back[0], 0.0)
   np.testing.assert_allclose(np.median(back[4, 12:-12, 12:-12, 0]), -1.0, atol=0.2)
   with pytest.raises(ValueError, match="preset"):
-    optical_flow.dis_flow(video[0], video[1], "slow")
+    optical_flow.video_flow(video[:2], 1, "slow")
 
 
 def test_resize_flow_rescales_vectors():

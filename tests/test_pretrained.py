@@ -5,10 +5,10 @@ import hashlib
 import http.server
 import logging
 import socket
+import subprocess
 import sys
 import threading
 import time
-import warnings
 
 import flax
 import jax.numpy as jnp
@@ -17,31 +17,18 @@ import pytest
 import safetensors.numpy
 import torch
 
-with warnings.catch_warnings():
-  warnings.simplefilter("ignore")  # torchvision's missing C++ image extension.
-  import timm
-
+from references import official_dino_torch as official
+from helpers.environment import PYTHON, REPO, subprocess_env
 from vosjax.models import pretrained
 from vosjax.models import vit
 
-# A small DINO-layout ViT built by timm (names as in the official state dicts).
+# A small DINO-layout ViT (names as in the official state dicts).
 TINY_DINO = vit.ViTArch(patch_size=16, embed_dim=32, depth=2, num_heads=2, pos_embed_grid=4)
 
 
 def tiny_state_dict(seed: int) -> dict[str, torch.Tensor]:
-  torch.manual_seed(seed)
-  model = timm.create_model(
-    "vit_small_patch16_224",
-    pretrained=False,
-    num_classes=0,
-    img_size=64,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-  )
-  with torch.no_grad():
-    for param in model.parameters():
-      param.add_(0.1 * torch.randn_like(param))
+  model = official.VisionTransformer(patch=16, dim=32, depth=2, num_heads=2, grid=4)
+  official.randomize_parameters_(model, seed)
   return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -146,7 +133,7 @@ def test_wrong_architecture_lists_missing_unexpected_and_shapes():
   assert "wrong shape: pos_embed is (1, 17, 32), expected (1, 26, 32)" in message
 
 
-def test_safetensors_with_timm_names(tmp_path):
+def test_safetensors_with_official_names(tmp_path):
   state = as_numpy(tiny_state_dict(7))
   safetensors.numpy.save_file(state, str(tmp_path / "model.safetensors"))
   assert_params_equal(
@@ -219,8 +206,7 @@ def test_converted_params_save_and_load(tmp_path):
 @pytest.fixture(scope="module")
 def vits16_state(tmp_path_factory):
   """A random state dict with the real DINO ViT-S/16 shapes, saved under its official name."""
-  torch.manual_seed(10)
-  model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
+  model = official.randomize_parameters_(official.VisionTransformer(**official.DINO_VITS16), 10)
   state = model.state_dict()
   path = tmp_path_factory.mktemp("official") / "dino_deitsmall16_pretrain.pth"
   torch.save(state, path)
@@ -242,9 +228,19 @@ def test_load_backbone_uses_cache_then_converted_npz(tmp_path, vits16_state):
   assert_params_equal(pretrained.load_backbone(config)[1], expected)
 
 
-def test_explicit_checkpoint_and_cli_conversion(tmp_path, vits16_state):
+def test_explicit_checkpoint_and_convert_command(tmp_path, vits16_state):
   path, state = vits16_state
-  assert pretrained.main([str(path), str(tmp_path / "s16.npz"), "--name", "dino_vits16"]) == 0
+  command = [PYTHON, "-m", "vosjax.convert", str(path), str(tmp_path / "s16.npz")]
+  proc = subprocess.run(
+    command + ["--backbone", "dino_vits16"],
+    cwd=REPO,
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"Flax arrays of dino_vits16 from {path} to {tmp_path / 's16.npz'}" in proc.stdout
   config = backbone_config(
     name="dino_vits16", checkpoint=str(tmp_path / "s16.npz"), dtype="bfloat16", allow_download=False
   )

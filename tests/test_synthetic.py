@@ -12,6 +12,13 @@ from vosjax.data import synthetic_render as sr
 TINY = "32x32_f8_o3-5_n8-3_s7"  # 8 train videos: rendered by 2 threads
 
 
+def dequantize_uint16(values: np.ndarray, value_range) -> np.ndarray:
+  """Inverse of `synthetic_render.quantize_to_uint16`: v / 65535 * (max - min) + min (as the
+  MOVi reader decodes)."""
+  low, high = float(value_range[0]), float(value_range[1])
+  return values.astype(np.float64) / 65535.0 * (high - low) + low
+
+
 # MOVi-E's feature spec, written down from Kubric's TFDS definition
 # (google-research/kubric, challenges/movi/movi_e.py, `MoviE._info` and
 # `get_instance_features` / `get_camera_features` / `get_events_features`,
@@ -200,11 +207,11 @@ def test_quantization_round_trip():
   values = np.random.default_rng(0).normal(size=(4, 8, 8, 2)) * 7
   encoded, value_range = sr.quantize_to_uint16(values)
   step = (value_range[1] - value_range[0]) / 65535
-  decoded = sr.dequantize_uint16(encoded, value_range)
+  decoded = dequantize_uint16(encoded, value_range)
   assert np.abs(decoded - values).max() <= step / 2 + 1e-6
   assert encoded.min() == 0 and encoded.max() == 65535
   constant, constant_range = sr.quantize_to_uint16(np.full((3,), 2.5))
-  np.testing.assert_array_equal(sr.dequantize_uint16(constant, constant_range), 2.5)
+  np.testing.assert_array_equal(dequantize_uint16(constant, constant_range), 2.5)
 
 
 # ------------------------------------------------------------------- builder --
@@ -256,7 +263,7 @@ def test_estimated_flow_is_dis_of_the_rendered_frames():
   estimated = synthetic.render_movi_arrays(scene, 64, 64, flow="dis")
   for key in ("video", "segmentations", "depth"):
     np.testing.assert_array_equal(estimated[key], exact[key])
-  decode = lambda arrays, key: sr.dequantize_uint16(arrays[key], arrays[f"{key}_range"])
+  decode = lambda arrays, key: dequantize_uint16(arrays[key], arrays[f"{key}_range"])
   for key, gap in (("forward_flow", 1), ("backward_flow", -1)):
     dis = optical_flow.video_flow(exact["video"], gap)
     step = np.ptp(estimated[f"{key}_range"]) / 65535  # one quantization level

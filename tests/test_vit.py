@@ -1,13 +1,11 @@
-"""Flax DINO/DINOv2 ViT against PyTorch references (timm models + transcriptions of the originals).
+"""Flax DINO/DINOv2 ViT against the PyTorch transcription of the originals.
 
-torch and timm are test-only dependencies. The reference forward below transcribes DINO's
-`prepare_tokens` / DINOv2's `prepare_tokens_with_masks` (patch conv, CLS, interpolated position
-embedding, registers) and `Attention.forward` (explicit softmax(q k^T * scale)), run with timm's
-modules and weights; at the training resolution timm's own `forward_features` is the reference.
+torch is a test-only dependency. `official_dino_torch` transcribes DINO's and DINOv2's
+`VisionTransformer` (patch conv, CLS, interpolated position embedding, registers, blocks with
+explicit softmax(q k^T * scale) attention); the Flax model runs on the converted state dict.
 """
 
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -16,11 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-with warnings.catch_warnings():
-  # torchvision (needed by timm's imports) warns that its C++ image extension cannot load.
-  warnings.simplefilter("ignore")
-  import timm
-
+from references import official_dino_torch as official
 from vosjax.models import features
 from vosjax.models import pretrained
 from vosjax.models import transformer_layers
@@ -53,72 +47,20 @@ def original_patch_pos_embed(
   return resized.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
 
 
-@torch.no_grad()
-def reference_forward(model, images: np.ndarray, offset: float, antialias: bool) -> dict:
-  """Original DINO/DINOv2 forward on timm's modules; returns last-block outputs as numpy."""
-  x = torch.from_numpy(images).permute(0, 3, 1, 2)
-  proj = model.patch_embed.proj
-  patch = proj.kernel_size[0]
-  tokens = F.conv2d(x, proj.weight, proj.bias, stride=patch).flatten(2).transpose(1, 2)
-  batch = tokens.shape[0]
-  cls = model.cls_token.expand(batch, -1, -1)
-  if getattr(model, "reg_token", None) is not None:
-    # timm's registers layout: CLS position folded into cls_token, pos_embed covers patches only.
-    tokens = tokens + original_patch_pos_embed(
-      model.pos_embed, *images.shape[1:3], patch, offset, antialias
-    )
-    x = torch.cat([cls, model.reg_token.expand(batch, -1, -1), tokens], dim=1)
-  else:
-    pos = model.pos_embed
-    pos = torch.cat(
-      [
-        pos[:, :1],
-        original_patch_pos_embed(pos[:, 1:], *images.shape[1:3], patch, offset, antialias),
-      ],
-      dim=1,
-    )
-    x = torch.cat([cls, tokens], dim=1) + pos
-  for block in model.blocks[:-1]:
-    x = block(x)
-  last = model.blocks[-1]
-  width = x.shape[-1]
-  qkv = last.attn.qkv(last.norm1(x))
-  heads = last.attn.num_heads
-  q, k, _ = qkv.reshape(batch, -1, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-  attention = ((q @ k.transpose(-2, -1)) * (width // heads) ** -0.5).softmax(dim=-1)
-  x = last(x)
-  return {
-    "tokens": x.numpy(),
-    "tokens_normed": model.norm(x).numpy(),
-    "keys": qkv[..., width : 2 * width].numpy(),
-    "attention": attention.numpy(),
-  }
+def randomized_official(shapes: dict, seed: int, **overrides) -> official.VisionTransformer:
+  """The official model of `shapes` (e.g. `official.DINO_VITS16`), every parameter random."""
+  model = official.VisionTransformer(**dict(shapes, **overrides))
+  return official.randomize_parameters_(model, seed)
 
 
-def randomized_timm(name: str, seed: int, **kwargs):
-  """A timm model whose every parameter is random (biases, norms, layer scales included)."""
-  torch.manual_seed(seed)
-  model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs).eval()
-  with torch.no_grad():
-    for param_name, param in model.named_parameters():
-      if param_name.endswith(".gamma") or ("norm" in param_name and param_name.endswith("weight")):
-        param.uniform_(0.5, 1.5)
-      else:
-        param.add_(0.05 * torch.randn_like(param))
-  return model
-
-
-def compare(model, arch: vit.ViTArch, images: np.ndarray, use_timm_forward: bool) -> None:
+def compare(model: official.VisionTransformer, arch: vit.ViTArch, images: np.ndarray) -> None:
+  """The Flax ViT on the converted official state dict against the official forward."""
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   params = pretrained.convert_state_dict(state, arch)
   output = jax.jit(
     lambda p, x: vit.VisionTransformer(arch).apply({"params": p}, x, return_attention=True)
   )(params, jnp.asarray(images))
-  reference = reference_forward(model, images, arch.interpolate_offset, arch.interpolate_antialias)
-  if use_timm_forward:  # Independent of the transcription above.
-    with torch.no_grad():
-      timm_tokens = model.forward_features(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
-    assert relative_error(reference["tokens_normed"], timm_tokens) < RTOL
+  reference = model(torch.from_numpy(images).permute(0, 3, 1, 2))
   batch, rows, cols = images.shape[0], *arch.grid_shape(*images.shape[1:3])
   first = 1 + arch.num_register_tokens
   spatial = (batch, rows, cols, arch.embed_dim)
@@ -131,41 +73,64 @@ def compare(model, arch: vit.ViTArch, images: np.ndarray, use_timm_forward: bool
   assert relative_error(output.attention, reference["attention"]) < RTOL
 
 
-def test_dino_vits16_full_depth_matches_timm():
-  model = randomized_timm("vit_small_patch16_224", seed=0)
+def test_dino_vits16_full_depth_matches_official():
+  model = randomized_official(official.DINO_VITS16, seed=0)
   images = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype(np.float32)
-  compare(model, vit.VIT_ARCHITECTURES["dino_vits16"], images, True)
+  compare(model, vit.VIT_ARCHITECTURES["dino_vits16"], images)
 
 
 @pytest.mark.parametrize(
-  "timm_name,arch_name",
+  "shapes,arch_name",
   [
-    ("vit_small_patch16_224", "dino_vits16"),
-    ("vit_small_patch8_224", "dino_vits8"),
+    (official.DINO_VITS16, "dino_vits16"),
+    (official.DINO_VITS8, "dino_vits8"),
   ],
 )
-def test_dino_layout_matches_timm_at_non_square_resolution(timm_name, arch_name):
-  model = randomized_timm(timm_name, seed=2, depth=1)
+def test_dino_layout_matches_official_at_non_square_resolution(shapes, arch_name):
+  model = randomized_official(shapes, seed=2, depth=1)
   arch = vit.VIT_ARCHITECTURES[arch_name].replace(depth=1)
   rng = np.random.default_rng(2)
-  compare(model, arch, rng.normal(size=(1, 224, 224, 3)).astype(np.float32), True)
+  compare(model, arch, rng.normal(size=(1, 224, 224, 3)).astype(np.float32))
   # One axis below and one above the pretraining grid, with a pixel remainder on the second.
-  compare(model, arch, rng.normal(size=(2, 160, 295, 3)).astype(np.float32), False)
+  compare(model, arch, rng.normal(size=(2, 160, 295, 3)).astype(np.float32))
 
 
 @pytest.mark.parametrize(
-  "timm_name,arch_name",
+  "shapes,arch_name",
   [
-    ("vit_small_patch14_dinov2", "dinov2_vits14"),
-    ("vit_small_patch14_reg4_dinov2", "dinov2_vits14_reg"),
+    (official.DINOV2_VITS14, "dinov2_vits14"),
+    (official.DINOV2_VITS14_REG, "dinov2_vits14_reg"),
   ],
 )
-def test_dinov2_layout_matches_timm(timm_name, arch_name):
-  model = randomized_timm(timm_name, seed=1, depth=1)
+def test_dinov2_layout_matches_official(shapes, arch_name):
+  model = randomized_official(shapes, seed=1, depth=1)
   arch = vit.VIT_ARCHITECTURES[arch_name].replace(depth=1)
   rng = np.random.default_rng(1)
-  compare(model, arch, rng.normal(size=(1, 518, 518, 3)).astype(np.float32), True)
-  compare(model, arch, rng.normal(size=(2, 224, 308, 3)).astype(np.float32), False)
+  compare(model, arch, rng.normal(size=(1, 518, 518, 3)).astype(np.float32))
+  compare(model, arch, rng.normal(size=(2, 224, 308, 3)).astype(np.float32))
+
+
+def timm_registers_layout(state: dict) -> dict:
+  """An official DINOv2-with-registers state dict as timm stores it: `reg_token`, no CLS row in
+  `pos_embed` (the CLS position folded into `cls_token`), no mask token."""
+  state = {k: v for k, v in state.items() if k != "mask_token"}
+  state["reg_token"] = state.pop("register_tokens")
+  state["cls_token"] = state["cls_token"] + state["pos_embed"][:, :1]
+  state["pos_embed"] = state["pos_embed"][:, 1:]
+  return state
+
+
+def test_timm_registers_layout_gives_the_official_outputs():
+  model = randomized_official(official.DINOV2_VITS14_REG, seed=3, depth=1)
+  arch = vit.VIT_ARCHITECTURES["dinov2_vits14_reg"].replace(depth=1)
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  params = pretrained.convert_state_dict(timm_registers_layout(state), arch)
+  images = np.random.default_rng(3).normal(size=(1, 224, 308, 3)).astype(np.float32)
+  output = vit.VisionTransformer(arch).apply({"params": params}, jnp.asarray(images))
+  reference = model(torch.from_numpy(images).permute(0, 3, 1, 2))
+  assert relative_error(output.cls_normed, reference["tokens_normed"][:, 0]) < RTOL
+  expected = reference["tokens_normed"][:, 1 + arch.num_register_tokens :]
+  assert relative_error(output.tokens_normed.reshape(expected.shape), expected) < RTOL
 
 
 @pytest.mark.parametrize(

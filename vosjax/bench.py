@@ -25,6 +25,7 @@ def available():
 
 
 def main(argv=None):
+  host_memory.reexec_with_huge_pages()  # process setup: `python -m vosjax.bench` only
   argv = sys.argv[1:] if argv is None else argv
   names = available()
   if not argv or argv[0] not in names:

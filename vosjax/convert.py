@@ -1,15 +1,21 @@
 """Command: convert an official PyTorch checkpoint once, so that later runs need no torch.
 
   python -m vosjax.convert IN.pth OUT.safetensors --config CONFIG [--config.key=value ...]
+  python -m vosjax.convert IN.pth OUT.npz --backbone NAME [--student]
 
-Reads IN (needs torch; the state dict is unwrapped from `model_state_dict` / `state_dict` /
-`module.` as `vosjax.models.state_dicts.read_state_dict` describes), checks that every tensor
-imports into the model of CONFIG (`vosjax.methods.checkpoints`: strict, any missing, unexpected or
-wrongly shaped tensor is an error listing them), and writes the tensors, under their official names,
-as float32
-`.safetensors` or `.npz` (by OUT's suffix). Pass OUT as `--config.init.checkpoint=OUT` to training,
-`--mode eval` or `vosjax.segment`: reading it needs NumPy only. The optimizer state and the training
-metadata of IN are not written.
+A method's checkpoint (`--config`): reads IN (needs torch; the state dict is unwrapped from
+`model_state_dict` / `state_dict` / `module.` as `vosjax.models.state_dicts.read_state_dict`
+describes), checks that every tensor imports into the model of CONFIG (`vosjax.methods.checkpoints`:
+strict, any missing, unexpected or wrongly shaped tensor is an error listing them), and writes the
+tensors, under their official names, as float32 `.safetensors` or `.npz` (by OUT's suffix). Pass OUT
+as `--config.init.checkpoint=OUT` to training, `--mode eval` or `vosjax.segment`: reading it needs
+NumPy only. The optimizer state and the training metadata of IN are not written.
+
+A DINO / DINOv2 backbone (`--backbone`, a name of `vosjax.models.pretrained.PRETRAINED_CHECKPOINTS`
+or `vosjax.models.vit.VIT_ARCHITECTURES`): IN (.pth, .pt or .safetensors, DINO, timm or Hugging Face
+names; full DINO training checkpoints give their teacher, or with `--student` their student) is
+converted to the Flax params of that ViT and written as `.npz`, the file that
+`--config.backbone.checkpoint=OUT` (or the backbone cache) reads without torch.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config of the model the checkpoint is for (configs/*.py).", lock_config=True
 )
-flags.mark_flags_as_required(["config"])
+_BACKBONE = flags.DEFINE_string(
+  "backbone", None, "Instead of --config: the DINO/DINOv2 architecture or checkpoint name of IN."
+)
+_STUDENT = flags.DEFINE_bool(
+  "student",
+  False,
+  "--backbone, full DINO training checkpoints: convert the student (default: teacher).",
+)
 
 
 def convert(source: str, output: str, config) -> int:
@@ -50,18 +63,43 @@ def convert(source: str, output: str, config) -> int:
   return len(state)
 
 
+def convert_backbone(source: str, output: str, name: str, student: bool = False) -> int:
+  """Converts the DINO/DINOv2 checkpoint `source` into the Flax params of the ViT `name` and writes
+  them to `output` (.npz); returns the number of arrays written."""
+  import flax  # pylint: disable=g-import-not-at-top
+  from vosjax.models import pretrained  # pylint: disable=g-import-not-at-top
+
+  if not output.endswith(".npz"):
+    raise ValueError(f"{output}: a converted backbone is written as .npz")
+  arch = pretrained.resolve_architecture(name)
+  params = pretrained.load_params_file(source, arch, "student" if student else "teacher")
+  pretrained.save_params(output, params, name)
+  return len(flax.traverse_util.flatten_dict(params))
+
+
 def main(argv):
-  if len(argv) != 3:
-    raise app.UsageError("usage: python -m vosjax.convert IN OUT --config CONFIG")
+  usage = (
+    "usage: python -m vosjax.convert IN OUT --config CONFIG, or "
+    "python -m vosjax.convert IN OUT.npz --backbone NAME [--student]"
+  )
+  if len(argv) != 3 or (_CONFIG.value is None) == (_BACKBONE.value is None):
+    raise app.UsageError(usage)
+  from vosjax.core import host_memory  # pylint: disable=g-import-not-at-top
+
+  host_memory.reexec_with_huge_pages()  # process setup, before JAX is imported
   _, source, output = argv
   try:
-    count = convert(source, output, _CONFIG.value)
+    if _BACKBONE.value is not None:
+      count = convert_backbone(source, output, _BACKBONE.value, _STUDENT.value)
+      print(f"Wrote the {count} Flax arrays of {_BACKBONE.value} from {source} to {output}.")
+    else:
+      count = convert(source, output, _CONFIG.value)
+      print(
+        f"Wrote {count} tensors of {source} to {output} (they import into config.method="
+        f"{_CONFIG.value.method!r})."
+      )
   except (ValueError, FileNotFoundError, ImportError) as error:  # CheckpointError included
     sys.exit(f"vosjax.convert: error: {error}")
-  print(
-    f"Wrote {count} tensors of {source} to {output} (they import into config.method="
-    f"{_CONFIG.value.method!r})."
-  )
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ def _wants_distributed() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from vosjax.core import host_memory  # pylint: disable=g-import-not-at-top
+
+  host_memory.reexec_with_huge_pages()  # process setup, before JAX is imported
   # Imported here so that --help is fast and TF/JAX start after flag parsing.
   import jax  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top

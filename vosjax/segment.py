@@ -56,14 +56,15 @@ import numpy as np
 import tqdm
 
 from vosjax import methods
-from vosjax import train
 from vosjax.core import checkpoint as checkpoint_lib
+from vosjax.core import host_memory
 from vosjax.core import images
 from vosjax.core import sharding
 from vosjax.data import optical_flow
 from vosjax.data import video as video_io
 from vosjax.evaluation.windows import segment_frames
 from vosjax.evaluation.windows import upsample_nearest
+from vosjax.methods import checkpoints
 from vosjax.methods import interface
 
 GIF_MAX_SIDE = 480
@@ -147,39 +148,28 @@ def _cache_key(path: Path, frames: np.ndarray) -> str:
 
 
 def load_predictor(method, config, workdir: str) -> tuple[Callable[[dict], dict], str]:
-  """Restores the latest checkpoint of `workdir`, else the params of `config.init.checkpoint`;
-  returns (predict on numpy batches, where the params came from).
+  """The params of the latest checkpoint of `workdir`, else of `config.init.checkpoint`
+  (`vosjax.methods.checkpoints.restore_for_inference`); returns (predict on numpy batches, where
+  the params came from).
 
   Runs on one device: a video is one example, so there is no batch to split.
   """
-  checkpoints = Path(workdir) / "checkpoints"
-  imported = config.init.checkpoint
-  if not checkpoints.is_dir() and not imported:  # checked first: the manager would create it
-    raise SegmentError(
-      f"No checkpoint folder {checkpoints}; train first: python -m "
-      f"vosjax.main --config CONFIG --workdir {workdir}, or import one "
-      "(--config.init.checkpoint=PATH)."
-    )
-  mesh = sharding.make_mesh(jax.devices()[:1])
-  model = method.make_model(config)
-  state, _ = train.create_train_state(method, model, config, method.make_optimizer(config), mesh)
-  source = f"imported {imported}"
-  if checkpoints.is_dir():
-    manager = checkpoint_lib.CheckpointManager(workdir, max_to_keep=config.max_to_keep)
-    restored = manager.restore_latest(state)
-    if restored is not None:
-      state = restored.state
-      source = f"checkpoint step {int(state.step)} from {checkpoints}"
-    elif not imported:
-      raise SegmentError(
-        f"No checkpoint in {checkpoints} fits this config (steps there: {manager.all_steps()}); "
-        "pass the --config and --config.* overrides used for training (see the warnings above)."
-      )
-  params = state.params
+  try:
+    checkpoints.checkpoint_folder(config, workdir)  # before the model is built
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    model = method.make_model(config)
+    restored = checkpoints.restore_for_inference(method, model, config, workdir, mesh)
+  except (
+    FileNotFoundError,
+    checkpoint_lib.CheckpointMismatchError,
+    checkpoints.CheckpointError,
+  ) as err:
+    raise SegmentError(str(err)) from None
   predict = sharding.jit_predict(
     method, model, config, mesh, grown_config=interface.capacity_growth(method)
   )
-  return (lambda batch: jax.device_get(predict(params, batch))), source
+  params = restored.params
+  return (lambda batch: jax.device_get(predict(params, batch))), restored.source
 
 
 # ---------------------------------------------------------------- outputs
@@ -260,6 +250,7 @@ def segment_video(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  host_memory.reexec_with_huge_pages()  # process setup
   # Warnings only unless --verbosity is given: orbax logs every restore at length at INFO; the
   # progress bars and prints are what people follow here.
   if not flags.FLAGS["verbosity"].present:

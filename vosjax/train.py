@@ -19,7 +19,6 @@ import logging
 import signal
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,17 +34,7 @@ from vosjax.core import sharding
 from vosjax.data import pipeline
 from vosjax.methods import checkpoints as method_checkpoints
 from vosjax.methods import interface
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that a resumed run needs besides the data position (saved in checkpoint
-  metadata)."""
-
-  step: jax.Array  # int32 []
-  params: Any
-  opt_state: Any
-  extra: Any  # method-owned state (`interface.OwnsExtraState`, e.g. an EMA teacher); {} if none
+from vosjax.methods.checkpoints import TrainState
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,20 +52,7 @@ def create_train_state(
   `batch` gives the input shapes; default: the method's `example_batch(config)`.
   """
   replicated = NamedSharding(mesh, P())
-  batch = method.example_batch(config) if batch is None else batch
-  init_extra, _ = interface.extra_state_hooks(method)
-
-  def state_from(params):
-    return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      opt_state=tx.init(params),
-      extra=init_extra(params, config),
-    )
-
-  def init(rng):
-    return state_from(method.init_params(model, config, rng, batch))
-
+  init, state_from = method_checkpoints.train_state_builders(method, model, config, tx, batch)
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = jax.tree.map(lambda _: replicated, abstract)
   imported = method_checkpoints.initial_params(method, config, abstract.params)
@@ -186,8 +162,7 @@ def train_and_evaluate(
   # ------------------------------------------------------------------ Model and optimizer
   model = method.make_model(config)
   tx = method.make_optimizer(config)
-  first_batch = next(pipeline.make_train_iterator(config, start_step=0))
-  state, state_shardings = create_train_state(method, model, config, tx, mesh, first_batch)
+  state, state_shardings = create_train_state(method, model, config, tx, mesh)
   train_step = make_train_step(method, model, config, tx, state_shardings, data_sharding)
 
   # ------------------------------------------------------------------ Checkpoint and resume
@@ -211,7 +186,9 @@ def train_and_evaluate(
 
   # ------------------------------------------------------------------ Training loop
   rng = jax.random.key(config.seed + 1)
+  # Built once, where the run resumes; `host_batch` is the last batch trained on (summary images).
   batches = pipeline.make_train_iterator(config, start_step=data_step)
+  host_batch = None
   meter = progress.ProgressMeter(config.num_train_steps, start_step=start_step)
   eval_metrics = None
   preempted = False
@@ -220,7 +197,8 @@ def train_and_evaluate(
   unchecked = []
   with _Preemption() as preemption:
     for step in range(start_step + 1, config.num_train_steps + 1):
-      batch = sharding.to_global(next(batches), data_sharding)
+      host_batch = next(batches)
+      batch = sharding.to_global(host_batch, data_sharding)
       state, metrics = train_step(state, batch, rng)
       data_step += 1
       unchecked.append((step, metrics.pop("finite")))
@@ -265,9 +243,11 @@ def train_and_evaluate(
 
   # ------------------------------------------------------------------ Final evaluation
   if not preempted:
+    if host_batch is None:  # resumed at the last step: the batch a next step would take
+      host_batch = next(batches)
     writer.images(
       int(state.step),
-      jax.device_get(method.summary_images(state.params, model, first_batch, config)),
+      jax.device_get(method.summary_images(state.params, model, host_batch, config)),
     )
     eval_metrics = evaluation.evaluate(
       config,
@@ -288,39 +268,27 @@ def train_and_evaluate(
 def evaluate_checkpoint(
   config: ml_collections.ConfigDict, workdir: str, method: interface.Method | None = None
 ) -> dict:
-  """`--mode eval`: restores the latest checkpoint of `workdir` and evaluates it; without one, the
-  params of `config.init.checkpoint` (e.g. the authors' released weights).
+  """`--mode eval`: evaluates the params of the latest checkpoint of `workdir`; without one, those
+  of `config.init.checkpoint` (e.g. the authors' released weights), as
+  `vosjax.methods.checkpoints.restore_for_inference` finds them.
 
   `method`: as in `train_and_evaluate` (default: `config.method`'s package).
   """
   method = methods.load_method(config) if method is None else method
-  manager = checkpoint_lib.CheckpointManager(workdir, max_to_keep=config.max_to_keep)
-  if not manager.all_steps() and not config.init.checkpoint:  # before building anything
-    raise FileNotFoundError(
-      f"No checkpoint in {workdir}/checkpoints; train first (--mode train) "
-      "or import one (--config.init.checkpoint=PATH)."
-    )
+  method_checkpoints.checkpoint_folder(config, workdir)  # fails before building anything
   mesh = sharding.make_mesh()
   model = method.make_model(config)
-  state, _ = create_train_state(method, model, config, method.make_optimizer(config), mesh)
-  restored = manager.restore_latest(state)
-  if restored is None:
-    logging.info(
-      "No checkpoint in %s/checkpoints: evaluating the imported %s.",
-      workdir,
-      config.init.checkpoint,
-    )
-  else:
-    state = restored.state
+  restored = method_checkpoints.restore_for_inference(method, model, config, workdir, mesh)
+  logging.info("Evaluating the params of %s.", restored.source)
   writer = progress.SummaryWriter(workdir)
   metrics = evaluation.evaluate(
     config,
     workdir,
     method,
     model,
-    state.params,
+    restored.params,
     mesh,
-    step=int(state.step),
+    step=restored.step,
     writer=writer,
     write_outputs=True,
   )

@@ -8,10 +8,11 @@ pages (`madvise(MADV_HUGEPAGE)`): 2 MiB pages, far fewer faults, a shorter step,
 memory (docs/performance.md, "Huge pages").
 
 glibc reads tunables only at process start, so the `python -m vosjax.<command>` entry points
-re-execute themselves once with the tunable added to `GLIBC_TUNABLES` (`vosjax/__init__.py` calls
-`reexec_with_huge_pages` before any command imports JAX). Nothing happens when the kernel's THP
-mode is not `madvise` (`always` already gives huge pages, `never` cannot), when glibc is older
-than 2.35 or absent, when the tunable is already set, or when `VOSJAX_NO_HUGE_PAGES=1`.
+re-execute themselves once with the tunable added to `GLIBC_TUNABLES`: each command's `main()`
+calls `reexec_with_huge_pages` first (process setup; importing vosjax changes nothing). Nothing
+happens when the kernel's THP mode is not `madvise` (`always` already gives huge pages, `never`
+cannot), when glibc is older than 2.35 or absent, when the tunable is already set, or when
+`VOSJAX_NO_HUGE_PAGES=1`.
 """
 
 from __future__ import annotations
@@ -84,20 +85,22 @@ def huge_page_environment(
   return updated
 
 
-def vosjax_command(argv: Sequence[str], original_argv: Sequence[str]) -> bool:
-  """Whether this process is `python [options] -m vosjax...`, still importing the package."""
-  if list(argv[:1]) != ["-m"] or "-m" not in original_argv:
+def vosjax_command(original_argv: Sequence[str]) -> bool:
+  """Whether this process was started as `python [options] -m vosjax...` (so that executing its
+  command line again runs the same command; a `main()` called by a test or a notebook is not)."""
+  if "-m" not in original_argv:
     return False
   module = original_argv[list(original_argv).index("-m") + 1 :][:1]
   return bool(module) and (module[0] == "vosjax" or module[0].startswith("vosjax."))
 
 
 def reexec_with_huge_pages() -> None:
-  """Re-executes `python -m vosjax.<command> ...` with the tunable if it would help (see above).
+  """Re-executes `python -m vosjax.<command> ...` with the tunable if it would help (see above);
+  a command's `main()` calls it first.
 
   Returns only when there is nothing to do or the exec failed (the command then runs as is).
   """
-  if not vosjax_command(sys.argv, sys.orig_argv) or not sys.executable:
+  if not vosjax_command(sys.orig_argv) or not sys.executable:
     return
   environ = huge_page_environment(os.environ, transparent_huge_page_mode(), glibc_version())
   if environ is None:

@@ -5,7 +5,7 @@ instructions, parsed with the dataset's own feature spec (only the features
 used below), frames decoded after the temporal window is chosen.
 
 `data_config` fields (an `ml_collections.ConfigDict`, see
-`default_data_config`):
+`vosjax.data.movi_config.default_data_config`):
   tfds_name:      "name/config[:version]", e.g. "movi_e/128x128:1.0.0"
                   (real MOVi, read from `data_dir`) or "vosjax_synthetic/64x64"
                   (built offline into `data_dir` on first use; any
@@ -65,12 +65,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-try:  # The input pipeline must never take accelerators from JAX.
-  tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TF already initialized its devices; nothing to hide.
-  pass
+from vosjax.data import movi_config
 
-SYNTHETIC_NAME = "vosjax_synthetic"
+SYNTHETIC_NAME = movi_config.SYNTHETIC_NAME
 DEFAULT_FLOW_RANGE = (-255.0, 255.0)
 _GCS_HOST = "storage.googleapis.com"
 _GCS_PROBE_TIMEOUT_S = 5.0
@@ -78,28 +75,27 @@ _DATA_DIR_KEY = "--config.data.data_dir"
 _NAME_KEY = "--config.data.tfds_name"
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-  """Defaults for the offline synthetic demo (see the module docstring)."""
-  return ml_collections.ConfigDict(
-    {
-      "source": "tfds",  # vosjax.data.pipeline.SOURCES
-      "tfds_name": "vosjax_synthetic/64x64",
-      "data_dir": "~/tensorflow_datasets",
-      "train_split": "train",
-      "eval_split": "validation",
-      "resolution": (64, 64),
-      "clip_length": 6,
-      "clip_margin": 0,
-      "eval_frames": ml_collections.FieldReference(None, field_type=int),
-      "shuffle_buffer": 128,
-      "max_instances": 23,
-      # Training-stream shards (vosjax.data.pipeline); None: one per process.
-      "num_shards": ml_collections.FieldReference(None, field_type=int),
-    }
-  )
+# The defaults live in a module without TensorFlow (configs import them); also reachable here.
+default_data_config = movi_config.default_data_config
 
 
 # ------------------------------------------------------------------ builder --
+_accelerators_hidden = False
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """Process setup before TensorFlow's first use (`get_builder`, which every reader calls), not at
+  import: the input pipeline must never take accelerators (and their memory) from JAX."""
+  global _accelerators_hidden
+  if _accelerators_hidden:
+    return
+  _accelerators_hidden = True
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF already initialized its devices; nothing to hide.
+    pass
+
+
 def _check_gcs_reachable(data_dir: str, tfds_name: str) -> None:
   """Fails within seconds when gs:// cannot be reached (TF would retry)."""
   error = []
@@ -136,6 +132,7 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
     ConnectionError: a gs:// data_dir is unreachable (fails in seconds).
     FileNotFoundError: the dataset is not in data_dir.
   """
+  hide_accelerators_from_tensorflow()
   tfds_name = str(data_config.tfds_name)
   data_dir = str(data_config.data_dir)
   if not data_dir.startswith(("gs://", "s3://")):

@@ -50,20 +50,6 @@ def _gray_uint8(frame: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(frame)
 
 
-def dis_flow(frame_a, frame_b, preset: str = "medium") -> np.ndarray:
-  """DIS optical flow from frame_a to frame_b -> float32 [H, W, 2] (delta_row, delta_col).
-
-  Args:
-    frame_a, frame_b: [H, W, 3] (or [H, W]) float in [0, 1] or uint8.
-    preset: "fast", "medium" (OpenCV presets) or "fine" (medium at full resolution).
-  """
-  gray_a, gray_b = _gray_uint8(frame_a), _gray_uint8(frame_b)
-  if gray_a.shape != gray_b.shape:
-    raise ValueError(f"frames differ in size: {gray_a.shape} vs {gray_b.shape}")
-  flow_xy = _dis(preset).calc(gray_a, gray_b, None)
-  return np.ascontiguousarray(flow_xy[..., ::-1], dtype=np.float32)
-
-
 def valid_gap_frames(num_frames: int, gap: int) -> np.ndarray:
   """bool [T]: frames t whose target t + gap lies inside the video."""
   targets = np.arange(num_frames) + gap
@@ -237,17 +223,6 @@ def cached_flows(
       out[gap] = np.load(path, mmap_mode="r" if mmap else None)
     except ValueError as err:
       raise ValueError(f"corrupt flow cache file {path} ({err}); delete it") from None
-  return out
-
-
-def dis_video_flows(
-  video, gaps: Sequence[int], resolution: Sequence[int] | None = None, preset: str = "medium"
-) -> dict[int, np.ndarray]:
-  """DIS flows of a video [T, H, W, 3] at its resolution, resized to `resolution` if given."""
-  out = {}
-  for gap in gaps:
-    flows = video_flow(video, gap, preset)
-    out[gap] = flows if resolution is None else resize_flow(flows, resolution)
   return out
 
 

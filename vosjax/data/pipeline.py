@@ -1,7 +1,10 @@
 """Which input pipeline a config reads: MOVi-format TFDS datasets (default) or DAVIS-layout folders.
 
-Both yield host-local numpy batches of `config.batch_size // jax.process_count()` examples; the
-training loop turns them into global arrays. `config.data.source` picks the reader.
+All yield host-local numpy batches of `config.batch_size // jax.process_count()` examples; the
+training loop turns them into global arrays. `config.data.source` picks the readers from `SOURCES`.
+Evaluation in training (every `eval_every_steps` and at the end) runs for every source: the TFDS
+evaluation split through `make_eval_iterator`, the folder sources through `vosjax.evaluation`
+(`davis_flows`, `frame_folders`), which read their folders themselves.
 
 Data shards: the training stream of a TFDS dataset is split into `config.data.num_shards` shards
 (default: one per process). Each shard yields `batch_size // num_shards` examples per step and
@@ -12,61 +15,49 @@ move between 1 and many hosts (or be compared across them) and see the same data
 
 from __future__ import annotations
 
-from typing import Iterator
+import dataclasses
+from typing import Callable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 
-# tfds: MOVi-format TFDS datasets; davis: Motion Grouping flow pairs from DAVIS-layout folders;
-# frame_clips: RGB clips from frame folders (YouTube-VIS / DAVIS layout).
-SOURCES = ("tfds", "davis", "frame_clips")
+
+def _frame_clips(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict]:
+  from vosjax.data import davis  # pylint: disable=g-import-not-at-top
+
+  return davis.make_clip_iterator(
+    config.data.root,
+    config.data.sequences,
+    config.data.resolution,
+    config.batch_size // jax.process_count(),
+    seed=config.seed + jax.process_index(),
+    start_step=start_step,
+    clip_length=config.data.clip_length,
+    frame_gap=config.data.frame_gap,
+    quality=config.data.quality,
+    gap_shrink=config.data.gap_shrink,
+  )
 
 
-def source(config: ml_collections.ConfigDict) -> str:
-  """`config.data.source`, checked: the one place that says which reader (and evaluation) a config
-  uses."""
-  if "source" not in config.data:
-    raise KeyError(f"config.data has no `source`; set it to one of {SOURCES}.")
-  if config.data.source not in SOURCES:
-    raise ValueError(f"Unknown config.data.source={config.data.source!r}; use one of {SOURCES}.")
-  return config.data.source
+def _davis_flow_pairs(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict]:
+  from vosjax.data import davis  # pylint: disable=g-import-not-at-top
+
+  return davis.make_flow_pair_iterator(
+    config.data.root,
+    config.data.sequences or davis.list_sequences(config.data.root),
+    config.data.resolution,
+    config.batch_size // jax.process_count(),
+    seed=config.seed + jax.process_index(),
+    start_step=start_step,
+    flow_cache_dir=config.data.flow_cache_dir,
+    gaps=tuple(config.data.gaps),
+    raft_flow_root=config.data.raft_flow_root,
+    raft_res=config.data.raft_res,
+  )
 
 
-def make_train_iterator(
-  config: ml_collections.ConfigDict, *, start_step: int = 0
-) -> Iterator[dict]:
-  """Infinite, deterministic training batches; `start_step` resumes the exact sequence."""
-  if source(config) == "frame_clips":
-    from vosjax.data import davis  # pylint: disable=g-import-not-at-top
-
-    return davis.make_clip_iterator(
-      config.data.root,
-      config.data.sequences,
-      config.data.resolution,
-      config.batch_size // jax.process_count(),
-      seed=config.seed + jax.process_index(),
-      start_step=start_step,
-      clip_length=config.data.clip_length,
-      frame_gap=config.data.frame_gap,
-      quality=config.data.quality,
-      gap_shrink=config.data.gap_shrink,
-    )
-  if source(config) == "davis":
-    from vosjax.data import davis  # pylint: disable=g-import-not-at-top
-
-    return davis.make_flow_pair_iterator(
-      config.data.root,
-      config.data.sequences or davis.list_sequences(config.data.root),
-      config.data.resolution,
-      config.batch_size // jax.process_count(),
-      seed=config.seed + jax.process_index(),
-      start_step=start_step,
-      flow_cache_dir=config.data.flow_cache_dir,
-      gaps=tuple(config.data.gaps),
-      raft_flow_root=config.data.raft_flow_root,
-      raft_res=config.data.raft_res,
-    )
+def _tfds_train(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict]:
   from vosjax.data import movi  # pylint: disable=g-import-not-at-top
 
   num_shards = config.data.num_shards or jax.process_count()
@@ -92,21 +83,13 @@ def make_train_iterator(
   return (jax.tree.map(lambda *parts: np.concatenate(parts), *batches) for batches in zip(*shards))
 
 
-def check_eval_data(config: ml_collections.ConfigDict) -> None:
-  """Fails now (before any training) if the evaluation split cannot be read (TFDS source only)."""
-  if source(config) == "tfds":
-    from vosjax.data import movi  # pylint: disable=g-import-not-at-top
+def _tfds_check_eval(config: ml_collections.ConfigDict) -> None:
+  from vosjax.data import movi  # pylint: disable=g-import-not-at-top
 
-    movi.check_split(config.data, "eval_split")
+  movi.check_split(config.data, "eval_split")
 
 
-def make_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict]:
-  """One finite pass over the evaluation split, full videos, last batch padded (`valid`)."""
-  if source(config) != "tfds":
-    raise ValueError(
-      "Frame-folder evaluation runs through `vosjax.evaluate` / the segment command, "
-      "not the in-training evaluation; set --config.eval_every_steps=0."
-    )
+def _tfds_eval(config: ml_collections.ConfigDict) -> Iterator[dict]:
   from vosjax.data import movi  # pylint: disable=g-import-not-at-top
 
   return movi.make_eval_iterator(
@@ -115,3 +98,62 @@ def make_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict]:
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """The readers of one `config.data.source` (each imports its module, e.g. TensorFlow, on use)."""
+
+  train_iterator: Callable[[ml_collections.ConfigDict, int], Iterator[dict]]
+  # Fails before any training when the evaluation data cannot be read; None: checked when read.
+  check_eval_data: Callable[[ml_collections.ConfigDict], None] | None
+  # One pass over the evaluation split for `vosjax.evaluation.videos`; None: the source's folders
+  # are evaluated by `vosjax.evaluation` itself (davis_flows, frame_folders), at the end of training
+  # and every `eval_every_steps`.
+  eval_iterator: Callable[[ml_collections.ConfigDict], Iterator[dict]] | None
+
+
+# tfds: MOVi-format TFDS datasets; davis: Motion Grouping flow pairs from DAVIS-layout folders;
+# frame_clips: RGB clips from frame folders (YouTube-VIS / DAVIS layout). The one table that says
+# what each source reads (`vosjax.evaluation.evaluate` keeps the matching one for evaluation).
+SOURCES = {
+  "tfds": Source(_tfds_train, _tfds_check_eval, _tfds_eval),
+  "davis": Source(_davis_flow_pairs, None, None),
+  "frame_clips": Source(_frame_clips, None, None),
+}
+
+
+def source(config: ml_collections.ConfigDict) -> str:
+  """`config.data.source`, checked: the name of its entry in `SOURCES`."""
+  if "source" not in config.data:
+    raise KeyError(f"config.data has no `source`; set it to one of {tuple(SOURCES)}.")
+  if config.data.source not in SOURCES:
+    raise ValueError(
+      f"Unknown config.data.source={config.data.source!r}; use one of {tuple(SOURCES)}."
+    )
+  return config.data.source
+
+
+def make_train_iterator(
+  config: ml_collections.ConfigDict, *, start_step: int = 0
+) -> Iterator[dict]:
+  """Infinite, deterministic training batches; `start_step` resumes the exact sequence."""
+  return SOURCES[source(config)].train_iterator(config, start_step)
+
+
+def check_eval_data(config: ml_collections.ConfigDict) -> None:
+  """Fails now (before any training) if the evaluation split cannot be read (TFDS source only)."""
+  check = SOURCES[source(config)].check_eval_data
+  if check is not None:
+    check(config)
+
+
+def make_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict]:
+  """One finite pass over the TFDS evaluation split, full videos, last batch padded (`valid`)."""
+  name = source(config)
+  if SOURCES[name].eval_iterator is None:
+    raise ValueError(
+      f"config.data.source={name!r} has no evaluation split to iterate: its folders are evaluated "
+      "by vosjax.evaluation.evaluate (in training and with --mode eval) and by vosjax.evaluate."
+    )
+  return SOURCES[name].eval_iterator(config)

@@ -504,12 +504,6 @@ def quantize_to_uint16(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return scaled.astype(np.uint16), np.array([low, high], np.float32)
 
 
-def dequantize_uint16(values: np.ndarray, value_range) -> np.ndarray:
-  """Inverse of `quantize_to_uint16`: v / 65535 * (max - min) + min."""
-  low, high = float(value_range[0]), float(value_range[1])
-  return values.astype(np.float64) / 65535.0 * (high - low) + low
-
-
 def scene_rng(seed: int, split_index: int, index: int) -> np.random.Generator:
   """The generator of video `index` of split `split_index` (0 train, 1 val)."""
   return np.random.default_rng([seed, split_index, index])

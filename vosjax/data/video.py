@@ -183,16 +183,6 @@ def write_mp4(path, frames, fps: float = 24.0) -> Path:
   return path
 
 
-def write_video(path, frames, fps: float = 10.0) -> Path:
-  """Writes a .gif or .mp4 by the file suffix."""
-  suffix = Path(path).suffix.lower()
-  if suffix == ".gif":
-    return write_gif(path, frames, fps)
-  if suffix == ".mp4":
-    return write_mp4(path, frames, fps)
-  raise ValueError(f"{path}: can write .gif or .mp4, not {suffix!r}")
-
-
 def write_indexed_png(path, ids, palette: np.ndarray = DAVIS_PALETTE) -> Path:
   """int [H, W] ids in 0..255 -> indexed PNG with the DAVIS palette (the DAVIS result format)."""
   path = Path(path)

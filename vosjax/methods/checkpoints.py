@@ -1,8 +1,10 @@
-"""`config.init.checkpoint`: the parameters a fresh run starts from, for every method.
+"""Where a run's parameters come from, for every method: its train state, `config.init.checkpoint`,
+and the one way inference restores them (`restore_for_inference`: `--mode eval` and
+`vosjax.segment`).
 
-The loop (`vosjax.train.create_train_state`) starts from them instead of the method's
-initialisation; a run that resumes from its own workdir keeps its own checkpoint, and `--mode eval`
-and `vosjax.segment` use them when the workdir has none. `config.init.checkpoint` is one of:
+`config.init.checkpoint`: the loop (`vosjax.train.create_train_state`) starts from it instead of the
+method's initialisation; a run that resumes from its own workdir keeps its own checkpoint, and
+inference uses it when the workdir has none. `config.init.checkpoint` is one of:
 
   * a directory: a vosjax workdir or its `checkpoints/` folder. The params of its newest readable
     step (a run of the same method and model, e.g. to fine-tune it); its optimizer state and step
@@ -17,11 +19,16 @@ all (the official SSL-UVOS training code loads with `strict=False` and ignores m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from etils import epath
 import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 
@@ -29,6 +36,40 @@ from vosjax.core import checkpoint as checkpoint_lib
 from vosjax.methods import interface
 from vosjax.models import state_dicts
 from vosjax.models.state_dicts import CheckpointError
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What a checkpoint holds: everything that a resumed run needs besides the data position (saved
+  in checkpoint metadata)."""
+
+  step: jax.Array  # int32 []
+  params: Any
+  opt_state: Any
+  extra: Any  # method-owned state (`interface.OwnsExtraState`, e.g. an EMA teacher); {} if none
+
+
+def train_state_builders(
+  method, model, config: ml_collections.ConfigDict, tx, batch: dict | None = None
+) -> tuple[Callable[[jax.Array], TrainState], Callable[[Any], TrainState]]:
+  """`(init, state_from)`: a fresh `TrainState` from an rng (the method's initialisation) or from
+  given params (the optimizer and extra state start fresh). `batch` gives the input shapes;
+  default: the method's `example_batch(config)`."""
+  batch = method.example_batch(config) if batch is None else batch
+  init_extra, _ = interface.extra_state_hooks(method)
+
+  def state_from(params) -> TrainState:
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      extra=init_extra(params, config),
+    )
+
+  def init(rng) -> TrainState:
+    return state_from(method.init_params(model, config, rng, batch))
+
+  return init, state_from
 
 
 def _vosjax_workdir(path: epath.Path) -> epath.Path | None:
@@ -105,3 +146,74 @@ def initial_params(method, config: ml_collections.ConfigDict, template: Any) -> 
   if not config.init.checkpoint:
     return None
   return import_checkpoint(method, config, template)
+
+
+def checkpoint_folder(config: ml_collections.ConfigDict, workdir: str) -> epath.Path | None:
+  """`workdir`'s checkpoints/ folder, None when there is none; fails when there is neither it nor
+  `config.init.checkpoint`, so that a command can check before it builds a model."""
+  folder = epath.Path(workdir) / "checkpoints"
+  if folder.is_dir():  # checked, not created: a checkpoint manager would create it
+    return folder
+  if not config.init.checkpoint:
+    raise FileNotFoundError(
+      f"No checkpoint folder {folder}: train first (python -m vosjax.main --config CONFIG "
+      f"--workdir {workdir}) or import parameters (--config.init.checkpoint=PATH)."
+    )
+  return None
+
+
+@dataclasses.dataclass
+class InferenceParams:
+  """What `restore_for_inference` found."""
+
+  params: Any  # replicated over the mesh
+  step: int  # the checkpoint's training step; 0 for imported params
+  source: str  # where they came from, for people
+
+
+def restore_for_inference(
+  method, model, config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
+) -> InferenceParams:
+  """The params to run inference with: those of the newest readable checkpoint of `workdir` that
+  fits the model of `config`, else (no checkpoint there) those of `config.init.checkpoint`.
+
+  Only shapes are traced: nothing is initialised, and the import is not read when the workdir has a
+  checkpoint.
+
+  Raises:
+    FileNotFoundError: no checkpoint in `workdir` and no `config.init.checkpoint`.
+    CheckpointMismatchError: checkpoints exist but none reads into the model of `config`.
+    CheckpointError: `config.init.checkpoint` does not fit the model.
+  """
+  folder = checkpoint_folder(config, workdir)
+  imported = config.init.checkpoint
+  replicated = NamedSharding(mesh, P())
+  init, _ = train_state_builders(method, model, config, method.make_optimizer(config))
+  abstract = jax.tree.map(
+    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+    jax.eval_shape(init, jax.random.key(config.seed)),
+  )
+  if folder is not None:
+    manager = checkpoint_lib.CheckpointManager(str(workdir), max_to_keep=config.max_to_keep)
+    try:
+      restored = manager.restore_latest(abstract)
+    finally:
+      manager.close()
+    if restored is not None:
+      step = int(restored.state.step)
+      return InferenceParams(
+        restored.state.params, step, f"checkpoint step {step} from {manager.directory}"
+      )
+    if not imported:
+      raise FileNotFoundError(
+        f"No checkpoint in {folder}: train first (python -m vosjax.main --config CONFIG "
+        f"--workdir {workdir}) or import parameters (--config.init.checkpoint=PATH)."
+      )
+  logging.info("No checkpoint in %s: using the imported %s.", workdir, imported)
+  params = import_checkpoint(method, config, abstract.params)
+  dtypes = jax.tree.map(lambda s: s.dtype, abstract.params)
+  params = jax.jit(
+    lambda p: jax.tree.map(lambda x, dtype: jnp.asarray(x, dtype), p, dtypes),
+    out_shardings=replicated,
+  )(params)
+  return InferenceParams(params, 0, f"imported {imported}")

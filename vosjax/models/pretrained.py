@@ -14,7 +14,6 @@ tensors inference does not use are dropped by name (the DINO projection head, DI
 listing them all.
 """
 
-import argparse
 import dataclasses
 import hashlib
 import logging
@@ -518,22 +517,3 @@ def load_backbone(config: ml_collections.ConfigDict) -> tuple[vit.VisionTransfor
       PRETRAINED_CHECKPOINTS[config.name].arch,
     )
   return module, params
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-  """CLI: convert a checkpoint to .npz, e.g. where torch is installed, for torch-free runs."""
-  parser = argparse.ArgumentParser(description=main.__doc__)
-  parser.add_argument("source", help=".pth/.pt/.safetensors checkpoint")
-  parser.add_argument("output", help="output .npz")
-  parser.add_argument("--name", required=True, help="architecture or checkpoint name")
-  parser.add_argument("--student", action="store_true", help="full DINO checkpoints: student")
-  args = parser.parse_args(argv)
-  arch = resolve_architecture(args.name)
-  params = load_params_file(args.source, arch, "student" if args.student else "teacher")
-  save_params(args.output, params, args.name)
-  print(f"wrote {args.output}")
-  return 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())

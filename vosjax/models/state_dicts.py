@@ -96,7 +96,7 @@ def _read_torch_file(path: pathlib.Path, prefer: Optional[str]) -> dict[str, Any
       f"Reading the PyTorch checkpoint {path} needs torch (pip install torch, CPU build is "
       "enough). Alternatively convert it once where torch exists and pass the result: `python -m "
       "vosjax.convert IN.pth OUT.safetensors --config CONFIG` (method checkpoints) or `python -m "
-      "vosjax.models.pretrained IN.pth OUT.npz --name NAME` (backbones)."
+      "vosjax.convert IN.pth OUT.npz --backbone NAME` (backbones)."
     ) from error
   try:
     # Full DINO checkpoints pickle their argparse.Namespace of training arguments.

@@ -28,7 +28,6 @@ import optax
 from vosjax.core import config as config_lib
 from vosjax.core import images
 from vosjax.core import optimizers
-from vosjax.data import movi
 from vosjax.data import optical_flow
 from vosjax.data import video as video_io
 from vosjax.methods.motion_grouping import losses
@@ -41,7 +40,7 @@ SEGMENT_IDS = "classes"
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The official hyper-parameters on MOVi-E (configs/motion_grouping.py documents them)."""
+  """The official hyper-parameters (configs/motion_grouping.py documents them and adds the data)."""
   config = config_lib.base_config(
     "motion_grouping",
     num_train_steps=300_000,
@@ -49,13 +48,6 @@ def default_config() -> ml_collections.ConfigDict:
     checkpoint_every_steps=5_000,
     num_eval_videos_to_write=8,
   )
-
-  config.data = movi.default_data_config()
-  config.data.tfds_name = "movi_e/128x128:1.0.0"
-  config.data.data_dir = "gs://kubric-public/tfds"
-  config.data.resolution = (128, 128)
-  config.data.clip_length = 1  # one frame per sample ...
-  config.data.clip_margin = 1  # ... that has both a forward and a backward flow
 
   config.model = ml_collections.ConfigDict()
   config.model.flow_encoding = "rgb"  # official --flow_to_rgb; "raw" for (u, v)

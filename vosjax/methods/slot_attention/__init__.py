@@ -21,20 +21,16 @@ import optax
 from vosjax.core import config as config_lib
 from vosjax.core import images
 from vosjax.core import optimizers
-from vosjax.data import movi
 from vosjax.data import video as video_io
 from vosjax.models import autoencoder
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Object discovery on the synthetic MOVi-format set at 64x64 (configs/slot_attention.py)."""
+  """Object discovery hyper-parameters; configs/slot_attention.py adds the data (single frames
+  of the synthetic MOVi-format set at 64x64)."""
   config = config_lib.base_config(
     "slot_attention", num_train_steps=1500, log_every_steps=50, checkpoint_every_steps=500
   )
-
-  config.data = movi.default_data_config()
-  config.data.clip_length = 1
-  config.data.clip_margin = 0
 
   config.model = ml_collections.ConfigDict()
   config.model.num_slots = 7  # up to 6 objects + background in the synthetic 64x64 set
