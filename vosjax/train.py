@@ -154,6 +154,13 @@ class _Preemption:
     return sharding.any_process(self.requested)
 
 
+# The exit status of `python -m vosjax.main` when SIGTERM stopped the run after its checkpoint was
+# saved (`TrainResult.preempted`): sysexits.h's EX_TEMPFAIL ("temporary failure; the user is invited
+# to retry"), distinct from 0 (finished), 1 (any error, bad flags included) and 128 + N (killed by
+# signal N). launch/slurm_gpu.sbatch and launch/tpu_pod.sh requeue on it.
+EXIT_PREEMPTED = 75
+
+
 @dataclasses.dataclass
 class TrainResult:
   state: TrainState
