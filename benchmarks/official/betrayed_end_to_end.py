@@ -101,7 +101,7 @@ def main() -> None:
     print(
       f"official Betrayed end to end, T={args.frames} {height}x{width} ratio {args.ratio}: "
       f"{total:.2f} s (run {repeat}; the backbone alone {backbone:.2f} s; "
-      f"{masks[0][0].shape[0]} clusters); torch {torch.__version__}, {torch.get_num_threads()} "
+      f"{masks[0][0].shape[1]} clusters); torch {torch.__version__}, {torch.get_num_threads()} "
       f"threads; load average {os.getloadavg()[0]:.1f}",
       flush=True,
     )
