@@ -30,12 +30,17 @@ Every setting is an environment variable (defaults in brackets):
   DETACH            1: start training under nohup and return (log: ~/vosjax_train.log on each
                     worker); 0: stream every worker's output here   [0]
   SETUP_ONLY        1: create and install, do not train           [0]
+  MAX_REQUEUES      without DETACH: how many times a run stopped by SIGTERM (vosjax.main exit
+                    status 75, checkpoint saved: a maintenance event or a Spot preemption) or
+                    whose VM went away is started again; a preempted VM is deleted and created
+                    again first                                   [20]
 
 Arguments after `--` are passed to `python -m vosjax.main` unchanged, e.g.
   launch/tpu_pod.sh -- --config.num_train_steps=100000
   CONFIG=configs/movi_e.py launch/tpu_pod.sh -- --config.backbone.checkpoint=/path/to/dino.pth
 
 Rerunning the script with the same WORKDIR resumes from the latest checkpoint.
+Exit status: that of the training command (0: finished; 75: stopped by SIGTERM and not requeued).
 EOF
 }
 
@@ -64,6 +69,8 @@ BATCH_SIZE="${BATCH_SIZE:-32}"
 EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-32}"
 DETACH="${DETACH:-0}"
 SETUP_ONLY="${SETUP_ONLY:-0}"
+MAX_REQUEUES="${MAX_REQUEUES:-20}"
+EXIT_PREEMPTED=75  # python -m vosjax.main: stopped by SIGTERM after saving its checkpoint
 
 # On the workers, relative to the home directory where the ssh commands start.
 REMOTE_REPO=vosjax
@@ -90,9 +97,22 @@ on_all_workers() {
   "${gcloud_tpu[@]}" ssh "${TPU_NAME}" "${location[@]}" --worker=all --command="$1"
 }
 
+vm_state() {
+  "${gcloud_tpu[@]}" describe "${TPU_NAME}" "${location[@]}" --format='value(state)' 2>/dev/null \
+    || true
+}
+
+create_vm() {
+  echo ">>> Creating TPU VM ${TPU_NAME} (${ACCELERATOR_TYPE}, ${TPU_VERSION}) in ${ZONE}."
+  local create_flags=(--accelerator-type="${ACCELERATOR_TYPE}" --version="${TPU_VERSION}")
+  if [[ "${SPOT}" == 1 ]]; then
+    create_flags+=(--spot)
+  fi
+  "${gcloud_tpu[@]}" create "${TPU_NAME}" "${location[@]}" "${create_flags[@]}"
+}
+
 # ------------------------------------------------------------------ 1. The TPU VM: reuse or create.
-state="$("${gcloud_tpu[@]}" describe "${TPU_NAME}" "${location[@]}" --format='value(state)' \
-  2>/dev/null || true)"
+state="$(vm_state)"
 if [[ "${state}" == READY ]]; then
   echo ">>> Reusing TPU VM ${TPU_NAME} in ${ZONE}."
 elif [[ -n "${state}" ]]; then
@@ -100,25 +120,46 @@ elif [[ -n "${state}" ]]; then
     "it (gcloud compute tpus tpu-vm delete ${TPU_NAME} --zone=${ZONE}) and rerun." >&2
   exit 1
 else
-  echo ">>> Creating TPU VM ${TPU_NAME} (${ACCELERATOR_TYPE}, ${TPU_VERSION}) in ${ZONE}."
-  create_flags=(--accelerator-type="${ACCELERATOR_TYPE}" --version="${TPU_VERSION}")
-  if [[ "${SPOT}" == 1 ]]; then
-    create_flags+=(--spot)
-  fi
-  "${gcloud_tpu[@]}" create "${TPU_NAME}" "${location[@]}" "${create_flags[@]}"
+  create_vm
 fi
 
+# Before a requeued run: a preempted (Spot) or terminated VM is deleted and created again; one in
+# maintenance (REPAIRING, RESTARTING, ...) is waited for, up to 30 minutes.
+vm_ready_again() {
+  local state waited=0
+  while :; do
+    state="$(vm_state)"
+    case "${state}" in
+      READY) return 0 ;;
+      PREEMPTED | TERMINATED)
+        echo ">>> TPU VM ${TPU_NAME} is ${state}: deleting it and creating it again."
+        "${gcloud_tpu[@]}" delete "${TPU_NAME}" "${location[@]}" --quiet
+        create_vm
+        return 0 ;;
+      "") create_vm; return 0 ;;
+    esac
+    if ((waited >= 1800)); then
+      echo "tpu_pod.sh: TPU VM ${TPU_NAME} still ${state} after 30 minutes; rerun later." >&2
+      return 1
+    fi
+    echo ">>> TPU VM ${TPU_NAME} is ${state}; waiting for READY."
+    sleep 30
+    waited=$((waited + 30))
+  done
+}
+
 # The number of hosts: one network endpoint per worker.
-num_workers="$("${gcloud_tpu[@]}" describe "${TPU_NAME}" "${location[@]}" --format=json \
-  | python3 -c 'import json, sys; print(len(json.load(sys.stdin).get("networkEndpoints", [])) or 1)')"
-echo ">>> ${num_workers} worker(s)."
+count_workers() {
+  num_workers="$("${gcloud_tpu[@]}" describe "${TPU_NAME}" "${location[@]}" --format=json \
+    | python3 -c 'import json, sys; print(len(json.load(sys.stdin).get("networkEndpoints", [])) or 1)')"
+  echo ">>> ${num_workers} worker(s)."
+}
 
 # ------------------------------------------------------------------ 2. The code on every worker.
-if [[ -n "${REPO_URL}" ]]; then
-  echo ">>> Cloning ${REPO_URL} (${REF}) on every worker."
-  on_all_workers "rm -rf ${REMOTE_REPO} && git clone -q '${REPO_URL}' ${REMOTE_REPO} \
-    && git -C ${REMOTE_REPO} checkout -q '${REF}'"
-else
+archive=""
+train_log="$(mktemp -t vosjax-train-XXXXXX.log)"  # the output of the last training run
+trap 'rm -f "${archive}" "${train_log}"' EXIT
+if [[ -z "${REPO_URL}" ]]; then
   if [[ -n "$(git -C "${REPO_ROOT}" status --porcelain --untracked-files=no)" ]]; then
     echo ">>> Warning: uncommitted changes in ${REPO_ROOT} are not copied (only ${REF} is)." >&2
   fi
@@ -127,50 +168,98 @@ else
     exit 1
   fi
   archive="$(mktemp -t vosjax-XXXXXX.tar.gz)"
-  trap 'rm -f "${archive}"' EXIT
   git -C "${REPO_ROOT}" archive --format=tar.gz -o "${archive}" "${REF}"
-  echo ">>> Copying ${REF} of ${REPO_ROOT} to every worker."
-  "${gcloud_tpu[@]}" scp "${archive}" "${TPU_NAME}:vosjax.tar.gz" "${location[@]}" --worker=all
-  on_all_workers "rm -rf ${REMOTE_REPO} && mkdir -p ${REMOTE_REPO} \
-    && tar -xzf ~/vosjax.tar.gz -C ${REMOTE_REPO} && rm ~/vosjax.tar.gz"
 fi
+
+copy_code() {
+  if [[ -n "${REPO_URL}" ]]; then
+    echo ">>> Cloning ${REPO_URL} (${REF}) on every worker."
+    on_all_workers "rm -rf ${REMOTE_REPO} && git clone -q '${REPO_URL}' ${REMOTE_REPO} \
+      && git -C ${REMOTE_REPO} checkout -q '${REF}'"
+  else
+    echo ">>> Copying ${REF} of ${REPO_ROOT} to every worker."
+    "${gcloud_tpu[@]}" scp "${archive}" "${TPU_NAME}:vosjax.tar.gz" "${location[@]}" --worker=all
+    on_all_workers "rm -rf ${REMOTE_REPO} && mkdir -p ${REMOTE_REPO} \
+      && tar -xzf ~/vosjax.tar.gz -C ${REMOTE_REPO} && rm ~/vosjax.tar.gz"
+  fi
+}
 
 # ------------------------------------------------------------------ 3. Install (idempotent).
 # vosjax and jax need Python >= 3.11; the TPU images ship 3.10, so uv provides a 3.12 virtualenv.
-echo ">>> Installing vosjax and jax[tpu] on every worker."
-on_all_workers "set -e; python3 -m pip install -q --user --upgrade uv \
-  && ~/.local/bin/uv venv -q --allow-existing --python 3.12 ${REMOTE_VENV} \
-  && ~/.local/bin/uv pip install -q --python ${REMOTE_VENV}/bin/python \
-       -e ./${REMOTE_REPO} 'jax[tpu]>=0.10.2,<0.11' \
-  && ${REMOTE_VENV}/bin/python -c 'import jax; print(jax.local_device_count(), \"local TPU chips\")'"
-
-if [[ "${SETUP_ONLY}" == 1 ]]; then
-  echo ">>> SETUP_ONLY=1: not training."
-  exit 0
-fi
+install_vosjax() {
+  echo ">>> Installing vosjax and jax[tpu] on every worker."
+  on_all_workers "set -e; python3 -m pip install -q --user --upgrade uv \
+    && ~/.local/bin/uv venv -q --allow-existing --python 3.12 ${REMOTE_VENV} \
+    && ~/.local/bin/uv pip install -q --python ${REMOTE_VENV}/bin/python \
+         -e ./${REMOTE_REPO} 'jax[tpu]>=0.10.2,<0.11' \
+    && ${REMOTE_VENV}/bin/python -c 'import jax; print(jax.local_device_count(), \"local TPU chips\")'"
+}
 
 # ------------------------------------------------------------------ 4. Train on all workers.
 # The same command everywhere; jax.distributed finds the other hosts from the TPU metadata.
-train_flags=(
-  --config="${REMOTE_REPO}/${CONFIG}" --workdir="${WORKDIR}"
-  --config.data.data_dir="${DATA_DIR}"
-  --config.batch_size="${BATCH_SIZE}" --config.eval_batch_size="${EVAL_BATCH_SIZE}"
-)
-if ((num_workers > 1)); then
-  train_flags+=(--distributed=true)
-fi
-train_flags+=("${EXTRA_FLAGS[@]}")
-train_command="${REMOTE_VENV}/bin/python -m vosjax.main"
-train_command+="$(printf ' %q' "${train_flags[@]}")"
+train_command() {
+  local train_flags=(
+    --config="${REMOTE_REPO}/${CONFIG}" --workdir="${WORKDIR}"
+    --config.data.data_dir="${DATA_DIR}"
+    --config.batch_size="${BATCH_SIZE}" --config.eval_batch_size="${EVAL_BATCH_SIZE}"
+  )
+  if ((num_workers > 1)); then
+    train_flags+=(--distributed=true)
+  fi
+  train_flags+=("${EXTRA_FLAGS[@]}")
+  printf '%s' "${REMOTE_VENV}/bin/python -m vosjax.main"
+  printf ' %q' "${train_flags[@]}"
+}
 
-if [[ "${DETACH}" == 1 ]]; then
-  echo ">>> Starting training in the background on every worker (log: ~/vosjax_train.log)."
-  on_all_workers "nohup bash -c $(printf '%q' "${train_command}") > ~/vosjax_train.log 2>&1 &"
-  echo ">>> Follow worker 0 with:"
-  echo "    gcloud compute tpus tpu-vm ssh ${TPU_NAME} --zone=${ZONE} --worker=0 \\"
-  echo "        --command='tail -f ~/vosjax_train.log'"
-else
-  echo ">>> Training on every worker: ${train_command}"
-  on_all_workers "set -o pipefail; ${train_command} 2>&1 | tee ~/vosjax_train.log"
-fi
+# Trains on every worker, streaming their output here; each worker ends with a line
+# "vosjax.main exit status N". Returns 0 when the run should be requeued: a worker stopped with
+# EXIT_PREEMPTED, or the command failed because the VM went away (no longer READY).
+train_and_check_preempted() {
+  local train status=0
+  train="$(train_command)"
+  echo ">>> Training on every worker: ${train}"
+  on_all_workers "set -o pipefail; ${train} 2>&1 | tee ~/vosjax_train.log; status=\$?; \
+    echo \"vosjax.main exit status \${status}\"; exit \${status}" 2>&1 | tee "${train_log}" \
+    || status=$?
+  train_status="${status}"
+  if grep -Eq "vosjax\.main exit status ${EXIT_PREEMPTED}( |\$)" "${train_log}"; then
+    train_status="${EXIT_PREEMPTED}"
+    return 0
+  fi
+  ((status != 0)) && [[ "$(vm_state)" != READY ]]
+}
+
+requeues=0
+while :; do
+  count_workers
+  copy_code
+  install_vosjax
+  if [[ "${SETUP_ONLY}" == 1 ]]; then
+    echo ">>> SETUP_ONLY=1: not training."
+    exit 0
+  fi
+  if [[ "${DETACH}" == 1 ]]; then
+    echo ">>> Starting training in the background on every worker (log: ~/vosjax_train.log)."
+    echo "    (DETACH=1 does not requeue: after a preemption, rerun this script to resume.)"
+    on_all_workers "nohup bash -c $(printf '%q' "$(train_command)") > ~/vosjax_train.log 2>&1 &"
+    echo ">>> Follow worker 0 with:"
+    echo "    gcloud compute tpus tpu-vm ssh ${TPU_NAME} --zone=${ZONE} --worker=0 \\"
+    echo "        --command='tail -f ~/vosjax_train.log'"
+    train_status=0
+    break
+  fi
+  if ! train_and_check_preempted; then
+    break
+  fi
+  if ((requeues >= MAX_REQUEUES)); then
+    echo ">>> Stopped by SIGTERM or the VM went away; not requeued after ${requeues} requeues" \
+      "(MAX_REQUEUES=${MAX_REQUEUES}). Rerun the script to resume." >&2
+    break
+  fi
+  requeues=$((requeues + 1))
+  echo ">>> Stopped by SIGTERM (exit ${EXIT_PREEMPTED}) or the VM went away: requeue ${requeues} of" \
+    "at most ${MAX_REQUEUES}, resuming from the latest checkpoint in WORKDIR."
+  vm_ready_again
+done
 echo ">>> Delete the TPU VM when done: gcloud compute tpus tpu-vm delete ${TPU_NAME} --zone=${ZONE}"
+exit "${train_status}"

@@ -254,7 +254,7 @@ def test_slurm_script_runs_one_process_per_gpu_through_srun(tmp_path):
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert calls == [
     "module load python/3.11",
-    "srun --kill-on-bad-exit=1 python -m vosjax.main --config=configs/motion_grouping.py "
+    "srun --kill-on-bad-exit=0 --wait=60 python -m vosjax.main --config=configs/motion_grouping.py "
     "--workdir=workdirs/slurm-vosjax --config.data.data_dir=gs://kubric-public/tfds "
     "--config.batch_size=32 --config.eval_batch_size=16 --config.num_train_steps=10",
   ]
@@ -263,3 +263,121 @@ def test_slurm_script_runs_one_process_per_gpu_through_srun(tmp_path):
   proc, calls = _run_script("slurm_gpu.sbatch", tmp_path, dict(env, BATCH_SIZE="24"))
   assert proc.returncode == 1 and "BATCH_SIZE=24 is not a multiple of the 16 GPUs" in proc.stderr
   assert not [c for c in calls if c.startswith("srun")]
+
+
+# The exit status of `python -m vosjax.main` stopped by SIGTERM with its checkpoint saved
+# (tests/test_faults.py checks that the real command exits with it).
+EXIT_PREEMPTED = 75
+
+
+@pytest.mark.parametrize(
+  "srun_status, restart_count, requeued",
+  [(EXIT_PREEMPTED, 0, True), (EXIT_PREEMPTED, 20, False), (0, 0, False), (1, 0, False)],
+)
+def test_slurm_script_requeues_a_run_stopped_by_sigterm(
+  tmp_path, srun_status, restart_count, requeued
+):
+  script = open(os.path.join(LAUNCH, "slurm_gpu.sbatch")).read()
+  assert "#SBATCH --requeue" in script and "#SBATCH --signal=TERM@" in script
+  _stand_in(tmp_path / "bin", "srun", f"exit {srun_status}")
+  _stand_in(tmp_path / "bin", "scontrol")
+  env = {
+    "SLURM_NTASKS": "2",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_RESTART_COUNT": str(restart_count),
+    "VOSJAX_VENV": str(tmp_path / "no-venv"),
+  }
+  proc, calls = _run_script("slurm_gpu.sbatch", tmp_path, env)
+  assert proc.returncode == srun_status, proc.stdout + proc.stderr  # the run's status is the job's
+  assert calls[0].startswith("srun ") and "vosjax.main" in calls[0]
+  assert calls[1:] == (["scontrol requeue 4242"] if requeued else []), calls
+  if requeued:
+    assert "requeueing job 4242 (restart 1 of at most 20)" in proc.stdout
+  elif srun_status == EXIT_PREEMPTED:
+    assert "already requeued 20 times (MAX_REQUEUES=20)" in proc.stderr
+
+
+# A TPU VM for tpu_pod.sh: `describe` reads its state from a file (`create` makes it READY,
+# `delete` removes it); the training `ssh` runs its --command for real in a stand-in worker home,
+# whose `vosjax-venv/bin/python` exits with the statuses listed in `statuses`, one per run. With a
+# `preempt_once` file the next training ssh instead fails (255) and leaves the VM PREEMPTED.
+FAKE_TPU_VM = r"""
+home="$FAKE_WORKER_HOME"
+case "$*" in
+  *" describe "*--format=json*) echo '{"networkEndpoints": [{}, {}]}' ;;
+  *" describe "*) cat "$home/vm_state" ;;
+  *" create "*) echo READY > "$home/vm_state" ;;
+  *" delete "*) rm -f "$home/vm_state" ;;
+  *" ssh "*vosjax.main*)
+    if [ -e "$home/preempt_once" ]; then
+      rm "$home/preempt_once"; echo PREEMPTED > "$home/vm_state"; exit 255
+    fi
+    for arg in "$@"; do case "$arg" in --command=*) command="${arg#--command=}" ;; esac; done
+    cd "$home" && HOME="$home" bash -c "$command" ;;
+esac
+"""
+
+FAKE_VOSJAX_MAIN = """#!/bin/sh
+runs=$(($(cat "$HOME/runs" 2>/dev/null || echo 0) + 1))
+echo "$runs" > "$HOME/runs"
+echo "fake vosjax.main run $runs: $*"
+exit "$(sed -n "${runs}p" "$HOME/statuses")"
+"""
+
+
+def _fake_tpu_worker(tmp_path, statuses, preempt_once=False):
+  home = tmp_path / "worker"
+  (home / "vosjax-venv" / "bin").mkdir(parents=True)
+  python = home / "vosjax-venv" / "bin" / "python"
+  python.write_text(FAKE_VOSJAX_MAIN)
+  python.chmod(0o755)
+  (home / "statuses").write_text("".join(f"{s}\n" for s in statuses))
+  (home / "vm_state").write_text("READY\n")
+  if preempt_once:
+    (home / "preempt_once").write_text("")
+  _stand_in(tmp_path / "bin", "gcloud", FAKE_TPU_VM)
+  return home
+
+
+@pytest.mark.parametrize(
+  "statuses, preempt_once, max_requeues, runs, final_status",
+  [
+    ([EXIT_PREEMPTED, 0], False, 20, 2, 0),  # SIGTERM once: requeued, then finishes
+    ([EXIT_PREEMPTED] * 3, False, 1, 2, EXIT_PREEMPTED),  # requeues used up
+    ([1], False, 20, 1, 1),  # an error is not requeued
+    ([0], True, 20, 1, 0),  # the Spot VM went away under the run: recreated, run again
+  ],
+)
+def test_tpu_pod_requeues_a_run_stopped_by_sigterm(
+  tmp_path, statuses, preempt_once, max_requeues, runs, final_status
+):
+  home = _fake_tpu_worker(tmp_path, statuses, preempt_once)
+  proc, calls = _run_script(
+    "tpu_pod.sh",
+    tmp_path,
+    {
+      "REPO_URL": "https://example.invalid/v.git",
+      "FAKE_WORKER_HOME": str(home),
+      "MAX_REQUEUES": str(max_requeues),
+    },
+  )
+  output = proc.stdout + proc.stderr
+  assert proc.returncode == final_status, output
+  assert int((home / "runs").read_text()) == runs, output
+  trainings = [c for c in calls if " ssh " in c and "vosjax.main" in c]
+  assert len(trainings) == runs + preempt_once, calls
+  assert all("--distributed=true" in c for c in trainings)
+  assert output.count(f"vosjax.main exit status {statuses[0]}") >= 1
+  requeues = runs - 1 + preempt_once
+  for n in range(1, requeues + 1):
+    assert f"requeue {n} of at most {max_requeues}" in output, output
+  # Each requeue installs again (a recreated VM is bare) before training.
+  clones = [c for c in calls if "git clone" in c]
+  assert len(clones) == len(trainings), calls
+  if preempt_once:
+    assert [c.split()[4] for c in calls if " delete " in c or " create " in c] == [
+      "delete",
+      "create",
+    ], calls
+  if final_status == EXIT_PREEMPTED:
+    assert f"not requeued after {max_requeues} requeues" in output

@@ -209,3 +209,105 @@ def test_label_by_path_on_flax_params_as_dict_and_frozen_dict():
   frozen_labels = label_fn(flax.core.freeze(params))
   assert isinstance(frozen_labels, flax.core.FrozenDict)
   assert flax.core.unfreeze(frozen_labels) == expected
+
+
+# Betrayed's and SMTC's `make_optimizer` as they were before `optimizers.adamw_cosine` replaced
+# both (commit 66e0b0c), kept here to show that the shared setup changed nothing.
+def _adamw(opt, learning_rate):
+  return optax.adamw(
+    learning_rate,
+    b1=opt.b1,
+    b2=opt.b2,
+    eps=opt.eps,
+    weight_decay=opt.weight_decay,
+    mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
+  )
+
+
+def _old_schedule(config):
+  opt = config.optimizer
+  return optax.cosine_decay_schedule(
+    init_value=opt.learning_rate,
+    decay_steps=max(config.num_train_steps, 1),
+    alpha=opt.final_learning_rate / opt.learning_rate,
+  )
+
+
+def old_betrayed_optimizer(config):
+  adamw = _adamw(config.optimizer, _old_schedule(config))
+  return optax.chain(*optimizers.gradient_clipping(config.optimizer.grad_clip_norm), adamw)
+
+
+def old_smtc_optimizer(config):
+  opt = config.optimizer
+  encoder = optimizers.step_multiplier(
+    opt.encoder_multiplier_before, opt.encoder_multiplier_after, opt.encoder_switch_step
+  )
+  grouped = optimizers.grouped_optimizer(
+    lambda lr: _adamw(opt, lr),
+    _old_schedule(config),
+    {"encoder": encoder, "head": 1.0},
+    optimizers.label_by_path([(r"^encoder/", "encoder")], default="head"),
+  )
+  return optax.chain(*optimizers.gradient_clipping(opt.grad_clip_norm), grouped)
+
+
+def _method_config(name: str, grad_clip_norm):
+  from vosjax.methods import betrayed, smtc
+
+  config = {"betrayed": betrayed, "smtc": smtc}[name].default_config()
+  config.num_train_steps = 8
+  config.optimizer.grad_clip_norm = grad_clip_norm
+  if name == "smtc":
+    config.optimizer.encoder_switch_step = 3
+  return config
+
+
+def dino_cosine(base: float, final: float, steps: int) -> np.ndarray:
+  """DINO's `utils.cosine_scheduler` without warm-up, one value per step (float64)."""
+  return final + 0.5 * (base - final) * (1 + np.cos(np.pi * np.arange(steps) / steps))
+
+
+def test_cosine_schedule_is_dinos():
+  config = _method_config("betrayed", None)
+  opt = config.optimizer
+  schedule = optimizers.cosine_schedule(opt, config.num_train_steps)
+  old = _old_schedule(config)
+  steps = np.arange(config.num_train_steps + 3)  # past the end: stays at the final rate
+  actual = np.array([float(schedule(s)) for s in steps])
+  np.testing.assert_array_equal(actual, [float(old(s)) for s in steps])
+  desired = dino_cosine(opt.learning_rate, opt.final_learning_rate, config.num_train_steps)
+  np.testing.assert_allclose(actual[: config.num_train_steps], desired, rtol=1e-6)
+  np.testing.assert_allclose(actual[config.num_train_steps :], opt.final_learning_rate, rtol=1e-6)
+
+
+@pytest.mark.parametrize("grad_clip_norm", [None, 0.5])
+@pytest.mark.parametrize("name", ["betrayed", "smtc"])
+def test_methods_adamw_cosine_equals_the_old_setup(name, grad_clip_norm):
+  """The methods' optimizers give the same updates, bit for bit, as their old own setups, through
+  the switch of SMTC's encoder multiplier and the end of the schedule; biases are not decayed."""
+  from vosjax.methods import betrayed, smtc
+
+  config = _method_config(name, grad_clip_norm)
+  new = {"betrayed": betrayed, "smtc": smtc}[name].make_optimizer(config)
+  old = {"betrayed": old_betrayed_optimizer, "smtc": old_smtc_optimizer}[name](config)
+  params = tiny_params()
+  grads = random_gradients(params, config.num_train_steps + 2)
+  new_params, old_params = params, params
+  new_state, old_state = new.init(params), old.init(params)
+  new_update, old_update = jax.jit(new.update), jax.jit(old.update)
+  for step_grads in grads:
+    new_updates, new_state = new_update(step_grads, new_state, new_params)
+    old_updates, old_state = old_update(step_grads, old_state, old_params)
+    jax.tree.map(np.testing.assert_array_equal, new_updates, old_updates)
+    new_params = optax.apply_updates(new_params, new_updates)
+    old_params = optax.apply_updates(old_params, old_updates)
+  moved = jax.tree.map(
+    lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), new_params, params
+  )
+  assert all(jax.tree.leaves(moved)), moved
+
+
+def test_adamw_cosine_with_multipliers_needs_labels():
+  with pytest.raises(ValueError, match="label_fn"):
+    optimizers.adamw_cosine(_method_config("smtc", None).optimizer, 8, {"encoder": 1.0})

@@ -28,6 +28,7 @@ import pytest
 from helpers.environment import COMPILATION_CACHE, PYTHON, REPO, subprocess_env
 from helpers.tiny_configs import TINY_OVERRIDES, TINY_SYNTHETIC, tiny_config
 from helpers.workdirs import checkpoint_meta, checkpoint_state, folder_snapshot
+from vosjax.train import EXIT_PREEMPTED
 
 
 NUM_STEPS = 15
@@ -284,7 +285,7 @@ def test_killed_damaged_and_terminated_runs_resume_to_the_uninterrupted_state(
   1. SIGKILL while checkpoint 10 is being written (its temporary folder exists).
   2. SIGKILL between checkpoint writes (at step 12, after checkpoint 10).
   3. Checkpoint 10 truncated on disk: the restart falls back to 5 and rewrites 10.
-  4. SIGTERM: the run saves its current step and exits cleanly.
+  4. SIGTERM: the run saves its current step and exits with the requeue status (75).
   The final restart must end with the states of the uninterrupted run at steps 10 and 15.
   (`nan_run`, `wrong_type_run` and `indivisible_batch_run` are requested only to start them now.)
   """
@@ -322,12 +323,14 @@ def test_killed_damaged_and_terminated_runs_resume_to_the_uninterrupted_state(
   lost["SIGKILL between checkpoint writes"] = run.last_step() - 10
 
   # 3. Damage checkpoint 10, restart: it is skipped (log), 5 restored, and 10 written again.
-  # 4. SIGTERM in the same run once it is past step 12: it saves the current step and exits 0.
+  # 4. SIGTERM in the same run once it is past step 12: it saves the current step and exits with
+  # the documented requeue status, which schedulers requeue on (a finished run exits 0, below).
   assert truncate_files(os.path.join(run.checkpoint_dir(), "10")) > 5
   run.start()
   run.wait_until(lambda: run.last_step() >= 12, "step 12 after the truncated checkpoint")
   run.proc.send_signal(signal.SIGTERM)
-  assert run.wait() == 0, run.output[-5000:]
+  assert run.wait() == EXIT_PREEMPTED == 75, run.output[-5000:]
+  assert "Exiting with status 75 (stopped by SIGTERM, checkpoint saved)" in run.output
   assert re.search(r"Checkpoint \S+/10 is unreadable .*trying the previous one", run.output)
   assert "at step 5." in run.output and "Replacing the unreadable checkpoint" in run.output
   lost["checkpoint 10 truncated"] = 10 - 5

@@ -3,8 +3,14 @@
 Only parses flags and starts (multi-host) JAX; the work is in `vosjax.train`. Config values are
 overridden from the command line, e.g.
 `--config.batch_size=8 --config.optimizer.learning_rate=1e-4`.
+
+Exit status: 0 when the run finished (trained and evaluated); 75 (EX_TEMPFAIL, "try again later")
+when it stopped on SIGTERM after saving a checkpoint, so that a scheduler requeues it (rerunning the
+same command resumes; see launch/README.md); 1 for an error (bad flags, or one line naming the
+problem, or a traceback).
 """
 
+import logging
 import os
 import sys
 
@@ -91,7 +97,13 @@ def main(argv):
   try:
     epath.Path(_WORKDIR.value).mkdir(parents=True, exist_ok=True)  # local or gs://
     if _MODE.value == "train":
-      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      if result.preempted:
+        logging.warning(
+          "Exiting with status %d (stopped by SIGTERM, checkpoint saved): requeue to resume.",
+          train.EXIT_PREEMPTED,
+        )
+        sys.exit(train.EXIT_PREEMPTED)
     else:
       train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
   except user_errors as e:

@@ -78,7 +78,7 @@ def make_train_step(method, model, config, tx, state_shardings, data_sharding):
       )
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -128,6 +128,13 @@ class _Preemption:
   def any_process(self) -> bool:
     """True when any process got SIGTERM (all processes must stop at the same step)."""
     return sharding.any_process(self.requested)
+
+
+# The exit status of `python -m vosjax.main` when SIGTERM stopped the run after its checkpoint was
+# saved (`TrainResult.preempted`): sysexits.h's EX_TEMPFAIL ("temporary failure; the user is invited
+# to retry"), distinct from 0 (finished), 1 (any error, bad flags included) and 128 + N (killed by
+# signal N). launch/slurm_gpu.sbatch and launch/tpu_pod.sh requeue on it.
+EXIT_PREEMPTED = 75
 
 
 @dataclasses.dataclass

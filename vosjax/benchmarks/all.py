@@ -10,7 +10,7 @@ Runs, at the official shapes, on `jax.devices()` (CPU, GPU or TPU alike):
 - backbone: DINO ViT-S/8 and ViT-S/16 feature extraction (random weights) at 192x384 and 320x480,
   8 frames, in float32 (and bfloat16 on an accelerator): frames/s, GFLOP/s and MFU (FLOPs per frame
   from XLA's cost analysis of one forward pass, next to the analytic matmul count; MFU against the
-  measured peak of the same dtype at the default precision);
+  peak of the same dtype at the default precision, measured next to the row: see below);
 - clustering: Betrayed's hierarchical clustering at T = 24 and 80, key-frame ratio 10, 24x48 tokens
   (planted objects, as `python -m vosjax.bench clustering`): compile s, run s, XLA temp MB;
 - keyframes: key-frame attention and clustering at T = 24 for ratios 10, 5, 1 (a clustering
@@ -22,6 +22,11 @@ Runs, at the official shapes, on `jax.devices()` (CPU, GPU or TPU alike):
   of 3 frames at 192x384 (configs/ytvis.py): steps/s, images/s, peak memory, GFLOP/s and MFU (FLOPs
   of one step from XLA's cost analysis; a `while` body such as the frozen ViT's frame loop counts
   once there, so the Betrayed figure is a lower bound).
+
+MFU: the peak of a row is measured just before and just after it (the higher of the two), not once
+for the whole run, so that a change of load cannot make a row look faster than the machine. A row
+still above 100% of its own peak is marked "unreliable" (`mfu` None, the ratio in
+`mfu_unreliable`), never reported as a result.
 
 Writes DIR/benchmarks.json (after every section, so a run cut short keeps what it measured) and
 DIR/benchmarks.md (a table with the machine, device count, dtype and measured peaks). `--quick` runs
@@ -154,16 +159,17 @@ def machine() -> dict:
   }
 
 
-def matmul_peaks(size: int, repeats: int) -> dict:
-  """Measured GFLOP/s of a jitted [size, size]^2 product (best of max(repeats, 5) calls): float32
-  at HIGHEST precision, float32 at the default precision, bfloat16."""
+def matmul_peak_meters(size: int, repeats: int) -> dict:
+  """name -> a function measuring the GFLOP/s of a jitted [size, size]^2 product (best of
+  max(repeats, 5) calls) at each call: float32 at HIGHEST precision, float32 at the default
+  precision, bfloat16."""
   settings = (
     ("float32_highest", jnp.float32, jax.lax.Precision.HIGHEST),
     ("float32", jnp.float32, None),
     ("bfloat16", jnp.bfloat16, None),
   )
   return {
-    name: backbone_bench.matmul_peak_gflops(size, dtype, repeats, precision)
+    name: backbone_bench.matmul_peak_meter(size, dtype, repeats, precision)
     for name, dtype, precision in settings
   }
 
@@ -186,11 +192,18 @@ def xla_flops(function, *args) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-def _mfu(gflops: float | None, peak: float | None) -> float | None:
-  return gflops / peak if gflops and peak else None
+def mfu_fields(gflops: float | None, peak: float | None) -> dict:
+  """The row's `peak_gflops` (measured next to it) and `mfu`; a share above 1 is no result: `mfu`
+  None and the ratio in `mfu_unreliable`."""
+  if not gflops or not peak:
+    return {"peak_gflops": peak, "mfu": None}
+  share = backbone_bench.PeakShare(gflops, peak)
+  if share.reliable:
+    return {"peak_gflops": peak, "mfu": share.fraction}
+  return {"peak_gflops": peak, "mfu": None, "mfu_unreliable": share.fraction}
 
 
-def bench_backbone(s: dict, peaks: dict, repeats: int) -> list[dict]:
+def bench_backbone(s: dict, peak_meters: dict, repeats: int) -> list[dict]:
   rows = []
   rng = np.random.default_rng(0)
   for name in s["archs"]:
@@ -205,7 +218,10 @@ def bench_backbone(s: dict, peaks: dict, repeats: int) -> list[dict]:
         start = time.perf_counter()
         jax.block_until_ready(extract(params, video))
         first = time.perf_counter() - start
-        seconds = backbone_bench.best_seconds(lambda: extract(params, video), repeats)
+        seconds, peak = backbone_bench.measure_next_to_peak(
+          lambda: backbone_bench.best_seconds(lambda: extract(params, video), repeats),
+          peak_meters[dtype],
+        )
         chunk = jnp.zeros((s["frame_chunk"], height, width, 3), _DTYPES[dtype])
         # Counted on the full-attention program (maps returned): the query-chunked attention that
         # the extraction runs on CPU does the same FLOPs in a `while` loop, counted once by XLA.
@@ -228,7 +244,7 @@ def bench_backbone(s: dict, peaks: dict, repeats: int) -> list[dict]:
             "xla_flops_per_frame": flops,
             "analytic_flops_per_frame": analytic,
             "gflops_per_s": gflops,
-            "mfu": _mfu(gflops, peaks.get(dtype)),
+            **mfu_fields(gflops, peak),
           }
         )
   return rows
@@ -342,11 +358,14 @@ def bench_end_to_end(s: dict) -> list[dict]:
   ]
 
 
-def bench_train(s: dict, peaks: dict, steps: int) -> list[dict]:
+def bench_train(s: dict, peak_meters: dict, steps: int) -> list[dict]:
   rows = []
   for path, overrides in s["train"]:
     config = config_file.load_config(path, overrides)
-    result = train_bench.benchmark(config, steps)
+    result, peak = backbone_bench.measure_next_to_peak(
+      lambda: train_bench.benchmark(config, steps),
+      peak_meters["float32"],
+    )
     gflops = (
       result["xla_flops_per_step"] * result["steps_per_s"] / 1e9
       if result["xla_flops_per_step"]
@@ -358,7 +377,7 @@ def bench_train(s: dict, peaks: dict, steps: int) -> list[dict]:
         "overrides": overrides,
         **result,
         "gflops_per_s": gflops,
-        "mfu": _mfu(gflops, peaks.get("float32")),
+        **mfu_fields(gflops, peak),
       }
     )
   return rows
@@ -372,8 +391,10 @@ def _cell(value, digits: int = 2) -> str:
   return str(value)
 
 
-def _percent(value) -> str:
-  return "-" if value is None else f"{100 * value:.1f}%"
+def _mfu_cell(row: dict) -> str:
+  if row.get("mfu_unreliable") is not None:
+    return "unreliable"
+  return "-" if row.get("mfu") is None else f"{100 * row['mfu']:.1f}%"
 
 
 def markdown(report: dict) -> str:
@@ -385,11 +406,13 @@ def markdown(report: dict) -> str:
     f"({m['platform']}) x {m['device_count']}; jax {m['jax_version']}; "
     f"load average {m['load_average']:.1f}; {m['date_utc']} UTC",
     f"- host memory: {m['host_memory']}",
-    f"- measured matmul peak ({report['peak_size']}^2 jnp.dot, GFLOP/s): float32 "
+    f"- measured matmul peak at the start ({report['peak_size']}^2 jnp.dot, GFLOP/s): float32 "
     f"(HIGHEST) {_cell(peaks.get('float32_highest'), 1)}, float32 (default precision) "
     f"{_cell(peaks.get('float32'), 1)}, bfloat16 {_cell(peaks.get('bfloat16'), 1)}",
-    "- MFU: achieved GFLOP/s over the peak of the same dtype at the default precision; "
-    "FLOPs from XLA's cost analysis (backbone: per forward pass; train: per step)",
+    "- MFU: achieved GFLOP/s over the peak of the same dtype at the default precision, measured "
+    "just before and after the row (the higher); FLOPs from XLA's cost analysis (backbone: per "
+    'forward pass; train: per step); "unreliable": the row beat its own peak, so the load '
+    "changed during the measurements (rerun on a quieter machine)",
     "",
     "| benchmark | workload | dtype | compile s | run s | throughput | GFLOP/s | MFU |",
     "|---|---|---|---|---|---|---|---|",
@@ -399,7 +422,7 @@ def markdown(report: dict) -> str:
       f"| backbone | {row['arch']} {row['resolution']}, {row['frames']} frames | "
       f"{row['dtype']} | {_cell(row['compile_s'], 1)} | {_cell(row['run_s'])} | "
       f"{row['frames_per_s']:.2f} frames/s | {row['gflops_per_s']:.1f} | "
-      f"{_percent(row['mfu'])} |"
+      f"{_mfu_cell(row)} |"
     )
   for row in report.get("clustering", []):
     lines.append(
@@ -432,7 +455,7 @@ def markdown(report: dict) -> str:
       f"float32 | {_cell(row['compile_s'], 1)} | {1 / row['steps_per_s']:.3f} /step | "
       f"{row['images_per_s']:.1f} images/s, {row['peak_memory_gib']:.2f} GiB "
       f"({row['peak_memory_kind']}) | {_cell(row['gflops_per_s'], 1)} | "
-      f"{_percent(row['mfu'])} |"
+      f"{_mfu_cell(row)} |"
     )
   for name, error in report.get("errors", {}).items():
     lines.append(f"| {name} | FAILED: {error.splitlines()[-1][:200]} | | | | | | |")
@@ -483,15 +506,15 @@ def main(argv: list[str]) -> int:
     f"{info['device_kind']} x {info['device_count']} ({info['platform']}), {info['cpu']}",
     flush=True,
   )
-  report["matmul_peak_gflops"] = matmul_peaks(s["peak_size"], repeats)
+  peak_meters = matmul_peak_meters(s["peak_size"], repeats)
+  report["matmul_peak_gflops"] = {name: measure() for name, measure in peak_meters.items()}
   print(f"matmul peak GFLOP/s: {report['matmul_peak_gflops']}", flush=True)
-  peaks = report["matmul_peak_gflops"]
   runners = {
-    "backbone": lambda: bench_backbone(s, peaks, repeats),
+    "backbone": lambda: bench_backbone(s, peak_meters, repeats),
     "clustering": lambda: bench_clustering(s),
     "keyframes": lambda: bench_keyframes(s, args.max_seconds),
     "end_to_end": lambda: bench_end_to_end(s),
-    "train": lambda: bench_train(s, peaks, train_steps),
+    "train": lambda: bench_train(s, peak_meters, train_steps),
   }
   for name in sections:
     start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Optimizer pieces the methods share: gradient clipping and per-parameter-group learning rates.
+"""Optimizer pieces the methods share: gradient clipping, per-parameter-group learning rates and
+the DINO-style AdamW + cosine setup (`adamw_cosine`, used by Betrayed and SMTC).
 
 Parameter groups: `optax.multi_transform` gives each group its own copy of the optimizer whose
 learning rate is the base schedule times the group's multiplier, itself a function of the step, e.g.
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import re
 from typing import Any, Callable, Mapping, Sequence
+
+import ml_collections
 
 import jax
 import jax.numpy as jnp
@@ -72,3 +75,46 @@ def grouped_optimizer(
   return optax.multi_transform(
     {name: make_optimizer(scaled(multiplier)) for name, multiplier in multipliers.items()}, label_fn
   )
+
+
+def cosine_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> Schedule:
+  """`opt.learning_rate` at step 0 down to `opt.final_learning_rate` at `num_train_steps` along a
+  half cosine, no warm-up (DINO's `cosine_scheduler` with `warmup_epochs=0`, per step)."""
+  return optax.cosine_decay_schedule(
+    init_value=opt.learning_rate,
+    decay_steps=max(num_train_steps, 1),
+    alpha=opt.final_learning_rate / opt.learning_rate,
+  )
+
+
+def adamw_cosine(
+  opt: ml_collections.ConfigDict,
+  num_train_steps: int,
+  multipliers: Mapping[str, float | Schedule] | None = None,
+  label_fn: Callable[[Any], Any] | None = None,
+) -> optax.GradientTransformation:
+  """Optional clipping (`opt.grad_clip_norm`), then AdamW (`opt.b1`, `b2`, `eps`, `weight_decay`
+  on >= 2-D parameters only: the official parameter groups leave biases and norms undecayed) at
+  `cosine_schedule(opt, num_train_steps)`; per parameter group (`grouped_optimizer`) when
+  `multipliers` and `label_fn` are given."""
+
+  def adamw(learning_rate):
+    return optax.adamw(
+      learning_rate,
+      b1=opt.b1,
+      b2=opt.b2,
+      eps=opt.eps,
+      weight_decay=opt.weight_decay,
+      mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
+    )
+
+  schedule = cosine_schedule(opt, num_train_steps)
+  if multipliers is None:
+    optimizer = adamw(schedule)
+  else:
+    if label_fn is None:
+      raise ValueError(
+        "adamw_cosine: `multipliers` needs a `label_fn` naming each parameter's group."
+      )
+    optimizer = grouped_optimizer(adamw, schedule, multipliers, label_fn)
+  return optax.chain(*gradient_clipping(opt.grad_clip_norm), optimizer)

@@ -185,21 +185,7 @@ def make_model(config: ml_collections.ConfigDict) -> BetrayedModel:
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW with the official DINO-style cosine schedule and decay on >= 2-D parameters only."""
-  opt = config.optimizer
-  schedule = optax.cosine_decay_schedule(
-    init_value=opt.learning_rate,
-    decay_steps=max(config.num_train_steps, 1),
-    alpha=opt.final_learning_rate / opt.learning_rate,
-  )
-  adamw = optax.adamw(
-    schedule,
-    b1=opt.b1,
-    b2=opt.b2,
-    eps=opt.eps,
-    weight_decay=opt.weight_decay,
-    mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
-  )
-  return optax.chain(*optimizers.gradient_clipping(opt.grad_clip_norm), adamw)
+  return optimizers.adamw_cosine(config.optimizer, config.num_train_steps)
 
 
 example_batch = vit_video.example_batch

@@ -190,29 +190,12 @@ def _group_labels(params):
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW per group (encoder x0 then x0.01, head x1); decay on >= 2-D parameters only."""
   opt = config.optimizer
-  schedule = optax.cosine_decay_schedule(
-    init_value=opt.learning_rate,
-    decay_steps=max(config.num_train_steps, 1),
-    alpha=opt.final_learning_rate / opt.learning_rate,
-  )
-
-  def adamw(learning_rate):
-    return optax.adamw(
-      learning_rate,
-      b1=opt.b1,
-      b2=opt.b2,
-      eps=opt.eps,
-      weight_decay=opt.weight_decay,
-      mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
-    )
-
   encoder = optimizers.step_multiplier(
     opt.encoder_multiplier_before, opt.encoder_multiplier_after, opt.encoder_switch_step
   )
-  grouped = optimizers.grouped_optimizer(
-    adamw, schedule, {"encoder": encoder, "head": 1.0}, _group_labels
+  return optimizers.adamw_cosine(
+    opt, config.num_train_steps, {"encoder": encoder, "head": 1.0}, _group_labels
   )
-  return optax.chain(*optimizers.gradient_clipping(opt.grad_clip_norm), grouped)
 
 
 example_batch = vit_video.example_batch
