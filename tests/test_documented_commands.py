@@ -98,6 +98,20 @@ EXECUTED = {
     "tests/test_bench_train.py::test_benchmark_runs_the_training_step",
     "the same method (configs/demo.py's Motion Grouping) at tiny widths and 16x16",
   ),
+  "python -m vosjax.bench train --config configs/motion_grouping.py --set batch_size=8 "
+  '--set "data.resolution=(128,224)" --steps 3': (
+    "tests/test_bench_train.py::test_benchmark_runs_the_training_step",
+    "the same method (configs/demo.py's Motion Grouping) at tiny widths and 16x16",
+  ),
+  "python -m vosjax.bench train": (
+    "tests/test_bench_train.py::test_benchmark_runs_the_training_step",
+    "with a config and tiny shapes",
+  ),
+  "python -m vosjax.bench backbone --archs dino_vits16 --resolutions 192x384 --frames 4 "
+  "--frame-chunk 1": (
+    "tests/test_bench_train.py::test_backbone_benchmark_command",
+    "ViT-S/16 at 32x64, one repeat",
+  ),
   "python -m vosjax.bench clustering --frames 24 --skip_numpy": (
     "tests/test_bench_clustering.py::test_clustering_benchmark_runs_and_agrees_with_numpy",
     "4 frames, with the NumPy comparison",

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers.environment import REPO
 
 DRIVERS = ["motion_grouping.py", "dino_backbone.py", "betrayed_end_to_end.py"]
 
