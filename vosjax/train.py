@@ -99,6 +99,8 @@ def make_train_step(method, model, config, tx, state_shardings, data_sharding):
     out_shardings=(state_shardings, replicated),
     donate_argnums=(0,),
   )
+  # Traced under the mesh: kernels are chosen by the platform of its devices.
+  jitted = sharding.under_mesh(jitted, data_sharding.mesh)
   return lambda state, batch, rng: jitted(state, batch, rng, model_argument)
 
 

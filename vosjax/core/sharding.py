@@ -88,6 +88,23 @@ def host_values(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def under_mesh(jitted: Callable, mesh: jax.sharding.Mesh) -> Callable:
+  """`jitted` called (and, through `.lower`, lowered) under `jax.set_mesh(mesh)`, so that it is
+  traced with the mesh set and `vosjax.core.platform.target_platform()` sees the platform of the
+  devices it is compiled for (a CPU host compiling for a TPU picks the TPU kernels)."""
+
+  def call(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return jitted(*args, **kwargs)
+
+  def lower(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return jitted.lower(*args, **kwargs)
+
+  call.lower = lower
+  return call
+
+
 def jit_predict(
   method,
   model,
@@ -106,7 +123,7 @@ def jit_predict(
   model_argument, bind = place_model(model, mesh)
 
   def compiled(predict_config):
-    return jax.jit(lambda p, b, m: method.predict(p, bind(m), b, predict_config))
+    return under_mesh(jax.jit(lambda p, b, m: method.predict(p, bind(m), b, predict_config)), mesh)
 
   current = {"config": config, "predict": compiled(config)}
 

@@ -21,9 +21,9 @@ LayerNorm epsilon defaults to Keras' 1e-3. The original trains on images scaled 
 from collections.abc import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from vosjax.models import precision
 from vosjax.models import convolution
 from vosjax.models import layers
 from vosjax.models import slot_attention
@@ -143,7 +143,7 @@ class SlotAttentionAutoEncoder(nn.Module):
     y = y.reshape((batch, self.num_slots) + y.shape[1:])
 
     slot_recons, alpha_logits = y[..., :channels], y[..., channels]
-    masks = jax.nn.softmax(alpha_logits, axis=1)
+    masks = precision.softmax_float32(alpha_logits, axis=1)
     recon = jnp.sum(slot_recons * masks[..., None], axis=1)
     return {
       "recon": recon,

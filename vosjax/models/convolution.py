@@ -17,7 +17,9 @@ add nothing. The values equal XLA's kernel gradient up to float summation order 
 The input gradient is XLA's convolution of the output gradient with the flipped kernel.
 
 On accelerators the library convolutions are fast for both gradients, so `conv2d` uses the plain
-XLA convolution everywhere but on CPU (`jax.default_backend()` when the function is traced).
+XLA convolution everywhere but on CPU: the platform the program is compiled for
+(`vosjax.core.platform.target_platform()` when the function is traced), and the CPU path is traced
+inside `jax.named_scope("cpu_only/conv_kernel_gradient_im2col")`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from vosjax.core import platform
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # Floats in one block of patches (4 MiB): small enough to stay in a CPU core's cache share.
@@ -166,8 +170,9 @@ def conv2d(
       x, jnp.array(0, x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))
     )
   kernel = kernel.astype(x.dtype)
-  if jax.default_backend() == "cpu":
-    return _conv_valid_blocked(x, kernel)
+  if platform.on_cpu():
+    with platform.cpu_only("conv_kernel_gradient_im2col"):
+      return _conv_valid_blocked(x, kernel)
   return _conv_valid(x, kernel)
 
 

@@ -5,6 +5,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from vosjax.core import platform
 from vosjax.models import vit
 
 # ImageNet statistics, used by both DINO and DINOv2 preprocessing.
@@ -21,11 +22,12 @@ AUTO_FRAME_CHUNK_ACCELERATOR = 8
 
 
 def resolve_frame_chunk(frame_chunk: int) -> int:
-  """`frame_chunk`, or for 0 the backend's automatic choice (`AUTO_FRAME_CHUNK`)."""
+  """`frame_chunk`, or for 0 the automatic choice (`AUTO_FRAME_CHUNK`) of the platform the program
+  is compiled for (`platform.target_platform()`)."""
   if frame_chunk < 0:
     raise ValueError(f"frame_chunk must be >= 1, or 0 for automatic; got {frame_chunk}")
   if frame_chunk == 0:
-    return AUTO_FRAME_CHUNK.get(jax.default_backend(), AUTO_FRAME_CHUNK_ACCELERATOR)
+    return AUTO_FRAME_CHUNK.get(platform.target_platform(), AUTO_FRAME_CHUNK_ACCELERATOR)
   return frame_chunk
 
 

@@ -19,9 +19,9 @@ import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from vosjax.models import precision
 from vosjax.models import layers
 from vosjax.models import slot_attention
 
@@ -210,7 +210,7 @@ class MotionGrouping(nn.Module):
       name="decoder",
     )(slots, (height, width))
     slot_recons, alpha_logits = decoded[..., :channels], decoded[..., channels]
-    masks = jax.nn.softmax(alpha_logits, axis=1)
+    masks = precision.softmax_float32(alpha_logits, axis=1)
     recon = jnp.sum(slot_recons * masks[..., None], axis=1)
     return {
       "recon": recon,

@@ -37,6 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vosjax.models import precision
+
 GradientMode = Literal["full", "last_iteration", "last_iteration_to_init"]
 _GRADIENT_MODES = ("full", "last_iteration", "last_iteration_to_init")
 
@@ -198,7 +200,7 @@ class SlotAttention(nn.Module):
       slots_prev = slots
       queries = project_q(norm_slots(slots)) * slot_dim**-0.5
       logits = jnp.einsum("bkd,bnd->bkn", queries, keys)
-      attention = jax.nn.softmax(logits, axis=1)
+      attention = precision.softmax_float32(logits, axis=1)
       attentions.append(attention)
       weights = attention + self.epsilon
       weights = weights / jnp.sum(weights, axis=-1, keepdims=True)

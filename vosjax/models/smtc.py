@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vosjax.models import precision
 from vosjax.models import smtc_slot_attention
 from vosjax.models import spatiotemporal
 
@@ -158,8 +159,10 @@ class SMTC(nn.Module):
     instance_logits = per_clip(slots.instance_logits)
     embeddings = InstanceProjection(name="mlp_slot")(instance_slots)
 
-    semantic_masks = jax.nn.softmax(semantic_logits, axis=2)
-    instance_masks = semantic_masks[:, :, :, None] * jax.nn.softmax(instance_logits, axis=3)
+    semantic_masks = precision.softmax_float32(semantic_logits, axis=2)
+    instance_masks = semantic_masks[:, :, :, None] * precision.softmax_float32(
+      instance_logits, axis=3
+    )
     similarity = jnp.einsum(
       "btsc,btspc->btsp", l2_normalize(semantic_slots), l2_normalize(instance_slots)
     )

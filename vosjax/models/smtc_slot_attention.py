@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vosjax.models import precision
 from vosjax.models import spatiotemporal
 
 TORCH_LAYER_NORM_EPS = spatiotemporal.TORCH_LAYER_NORM_EPS
@@ -147,7 +148,7 @@ class SemanticInstanceSlotAttention(nn.Module):
       return slots, logits
 
     def semantic_weights(logits):  # [B, S, N]
-      weights = jax.nn.softmax(logits, axis=1) + self.epsilon
+      weights = precision.softmax_float32(logits, axis=1) + self.epsilon
       return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
     semantic_slots, semantic_logits = refine(semantic_init, semantic_weights)
@@ -155,7 +156,7 @@ class SemanticInstanceSlotAttention(nn.Module):
     semantic_mask = (semantic_logits > self.mask_threshold).astype(inputs.dtype)[:, :, None]
 
     def instance_weights(logits):  # [B, S, P, N]
-      weights = (jax.nn.softmax(logits, axis=2) + self.epsilon) * semantic_mask
+      weights = (precision.softmax_float32(logits, axis=2) + self.epsilon) * semantic_mask
       return weights / (jnp.sum(weights, axis=-1, keepdims=True) + self.epsilon)
 
     instance_slots, instance_logits = refine(instance_init, instance_weights)

@@ -1,8 +1,14 @@
-"""Transformer layers written for XLA:CPU speed, with the originals' arithmetic.
+"""Transformer layers: attention chosen by platform, and layers written for XLA:CPU speed.
 
-Each replaces a one-line formulation that XLA:CPU runs slowly (2-core CPU timings in each
-docstring) and is checked against a NumPy/SciPy or PyTorch reference (`tests/test_vit.py` for the
-attention, `tests/test_transformer_layers.py` for the rest):
+`multi_head_attention` is the attention without maps of every ViT block: on CPU (the platform the
+program is compiled for, `vosjax.core.platform.target_platform`) the per-image kernels below,
+traced inside `jax.named_scope("cpu_only/...")`; on accelerators `jax.nn.dot_product_attention`
+(XLA's fused attention on TPU; cuDNN's where it applies on GPU, else XLA's). docs/tpu_kernels.md
+compares it on compiled TPU programs with the plain einsum-softmax formulation and Pallas.
+
+The CPU layers each replace a one-line formulation that XLA:CPU runs slowly (2-core CPU timings
+in each docstring) and is checked against a NumPy/SciPy or PyTorch reference (`tests/test_vit.py`
+for the attention, `tests/test_transformer_layers.py` for the rest):
   * attention without materialising a batch of [S, S] maps: `attend_in_query_chunks` (long
     sequences, forward) and `attend_per_image` (short sequences, custom backward);
   * `gelu_exact`: GELU through erf, as PyTorch computes it, instead of erfc;
@@ -16,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vosjax.core import platform
 
 # Queries per chunk of `attend_in_query_chunks`: a chunk's [heads, chunk, S] logits of one image (a
 # few MiB at ViT-S/8 sizes) stay in cache between the two matmuls and the softmax.
@@ -174,3 +182,59 @@ class PatchEmbedding(nn.Module):
     patches = patches.reshape(batch, rows, columns, size * size * channels)
     embedded = patches @ kernel.reshape(size * size * channels, self.features).astype(self.dtype)
     return embedded + bias.astype(self.dtype)
+
+
+# The attention of `multi_head_attention` on accelerators: "xla" (`jax.nn.dot_product_attention`)
+# or "einsum" (logits, float32 softmax, values: the formulation that returns maps). A module
+# setting so that the comparison in docs/tpu_kernels.md can compile both; "xla" is the default.
+ACCELERATOR_ATTENTION = "xla"
+
+
+def attention_with_maps(
+  query: jax.Array, key: jax.Array, value: jax.Array, scale: float
+) -> tuple[jax.Array, jax.Array]:
+  """softmax(q k^T * scale) v with the maps, softmax in float32 (any platform).
+
+  Args:
+    query, key, value: `[B, S, heads, head_dim]`.
+    scale: logit scale.
+
+  Returns:
+    (output `[B, S, heads, head_dim]` in value's dtype, maps `[B, heads, S, S]` float32).
+  """
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+  maps = jax.nn.softmax(logits * scale, axis=-1)
+  return jnp.einsum("bhqk,bkhd->bqhd", maps.astype(value.dtype), value), maps
+
+
+def multi_head_attention(qkv: jax.Array, scale: float) -> jax.Array:
+  """softmax(q k^T * scale) v without the maps, by the platform the program is compiled for.
+
+  Args:
+    qkv: `[B, S, 3, heads, head_dim]` queries, keys and values (the qkv projection's layout).
+    scale: logit scale.
+
+  Returns:
+    `[B, S, heads * head_dim]` in qkv's dtype. The softmax runs in float32 on every path.
+  """
+  batch, length, _, heads, head_dim = qkv.shape
+  if platform.on_cpu():
+    # Past two chunks the images' maps would not fit in cache: query chunks; else one image at a
+    # time with a recomputing backward.
+    if length > 2 * QUERY_CHUNK:
+      with platform.cpu_only("attention_in_query_chunks"):
+        return attend_in_query_chunks(qkv, scale)
+    with platform.cpu_only("attention_per_image"):
+      return attend_per_image(qkv, scale)
+  query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  if ACCELERATOR_ATTENTION == "xla":
+    # [B, S, heads, d] is dot_product_attention's BTNH layout; its XLA implementation takes the
+    # logits and the softmax in float32 for bfloat16 inputs.
+    mixed = jax.nn.dot_product_attention(query, key, value, scale=scale)
+  elif ACCELERATOR_ATTENTION == "einsum":
+    mixed, _ = attention_with_maps(query, key, value, scale)
+  else:
+    raise ValueError(
+      f"ACCELERATOR_ATTENTION must be 'xla' or 'einsum', got {ACCELERATOR_ATTENTION!r}"
+    )
+  return mixed.astype(qkv.dtype).reshape(batch, length, heads * head_dim)

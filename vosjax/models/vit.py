@@ -255,8 +255,8 @@ class ViTOutput:
 class Attention(nn.Module):
   """Multi-head self-attention returning the output, the keys and the attention maps.
 
-  With `return_attention=False` the maps are None and, on CPU for sequences longer than two
-  chunks, the attention runs in query chunks (`attend_in_query_chunks`).
+  With `return_attention=False` the maps are None and the attention is the kernel of the platform
+  the program is compiled for (`transformer_layers.multi_head_attention`).
   """
 
   num_heads: int
@@ -271,24 +271,14 @@ class Attention(nn.Module):
     head_dim = width // self.num_heads
     qkv = nn.Dense(3 * width, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
-    query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     scale = head_dim**-0.5
-    # On CPU without maps: query chunks past two chunks (the images' maps would not fit in
-    # cache), else one image at a time with recomputing backward (`attend_per_image`).
-    if not return_attention and jax.default_backend() == "cpu":
-      attend = (
-        transformer_layers.attend_in_query_chunks
-        if length > 2 * transformer_layers.QUERY_CHUNK
-        else transformer_layers.attend_per_image
-      )
-      mixed, attention = attend(qkv, scale), None
-    else:
-      logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) * scale
-      # Softmax in float32 so that a bfloat16 forward keeps sane attention maps.
-      attention = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-      mixed = jnp.einsum("bhqk,bkhd->bqhd", attention.astype(value.dtype), value)
-      if not return_attention:
-        attention = None
+    if return_attention:
+      query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+      mixed, attention = transformer_layers.attention_with_maps(query, key, value, scale)
+      mixed = mixed.astype(self.dtype)
+    else:  # the platform's kernel (`transformer_layers.multi_head_attention`)
+      mixed, attention = transformer_layers.multi_head_attention(qkv, scale), None
+    key = qkv[:, :, 1]
     output = nn.Dense(width, dtype=self.dtype, name="proj")(mixed.reshape(batch, length, width))
     return output, key.reshape(batch, length, width), attention
 

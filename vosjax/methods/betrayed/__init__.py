@@ -57,6 +57,7 @@ from vosjax.methods.betrayed import clustering
 from vosjax.methods.betrayed import losses as attention_losses
 from vosjax.methods.betrayed import official_checkpoint
 from vosjax.models import features as features_lib
+from vosjax.models import precision
 from vosjax.models import pretrained
 from vosjax.models import spatiotemporal
 from vosjax.models import vit
@@ -83,6 +84,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.mlp_ratio = 4.0
   config.model.dropout_rate = 0.1  # official `path_drop`, used as plain dropout
   config.model.attention_dropout_rate = 0.4  # also perturbs the attention the losses see (quirk)
+  # Compute dtype of the backbone and the block, "float32" or "bfloat16" (vosjax.models.precision);
+  # the parameters, the attention maps and the losses stay float32.
+  config.model.dtype = "float32"
   # (H, W) the frames are resized to before the backbone; None keeps the data resolution.
   config.model.train_resolution = ml_collections.FieldReference(None, field_type=tuple)
   config.model.inference_resolution = ml_collections.FieldReference(None, field_type=tuple)
@@ -168,7 +172,11 @@ def _load_backbone(config: ml_collections.ConfigDict):
 def make_model(config: ml_collections.ConfigDict) -> BetrayedModel:
   """Loads the frozen backbone and builds the spatio-temporal block matching its width."""
   backbone, backbone_params = _load_backbone(config)
+  dtype = precision.compute_dtype(config)
+  if dtype != jnp.float32:  # model.dtype covers the frozen backbone too
+    backbone = backbone.clone(dtype=dtype)
   block = spatiotemporal.SpatioTemporalBlock(
+    dtype=dtype,
     dim=backbone.arch.embed_dim,
     num_heads=config.model.num_heads,
     mlp_ratio=config.model.mlp_ratio,
@@ -249,6 +257,7 @@ def loss_fn(
   tokens, attention = model.block.apply(
     {"params": params}, feats["cls"], keys, deterministic=False, rngs={"dropout": dropout_rng}
   )
+  tokens = tokens.astype(jnp.float32)  # the losses in float32 (the maps already are)
   loss_config = config.loss
   queries = attention_losses.sample_query_indices(query_rng, keys.shape[2], loss_config.num_queries)
   semantic = attention_losses.semantic_consistency_loss(
@@ -281,6 +290,7 @@ def query_key(
   q, k = model.block.apply(
     {"params": params}, _flatten_grid(keys), method=spatiotemporal.SpatioTemporalBlock.query_key
   )
+  q, k = q.astype(jnp.float32), k.astype(jnp.float32)  # the clustering in float32
   return q, k, grid
 
 

@@ -32,6 +32,7 @@ from vosjax.data import optical_flow
 from vosjax.data import video as video_io
 from vosjax.methods.motion_grouping import losses
 from vosjax.methods.motion_grouping import official_checkpoint
+from vosjax.models import precision
 from vosjax.models import flow_encoding
 from vosjax.models import motion_grouping as mg_model
 
@@ -61,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.decoder_conv_width = 64
   config.model.decoder_instance_norm = True  # official; see models.motion_grouping.MotionGrouping
   config.model.gradient_mode = "full"
+  config.model.dtype = "float32"  # compute dtype, "float32" or "bfloat16" (vosjax.models.precision)
   # Flows encoded / slot images decoded at a time; the backward pass recomputes each decoder
   # chunk's activations: a much lower peak memory for a little more time per step, and a faster
   # forward pass on CPU (docs/performance.md, "Motion Grouping memory"). 0: all at once.
@@ -152,7 +154,12 @@ def loss_fn(params, model, batch, rng, step, config, extra):
   flow_a, flow_b = flow_pair(batch)
   inputs_a, inputs_b = encode(flow_a, config), encode(flow_b, config)
   # Both flows in one forward pass: the same parameters, half the kernel launches.
-  out = model.apply({"params": params}, jnp.concatenate([inputs_a, inputs_b], axis=0))
+  out = precision.apply(
+    model,
+    params,
+    jnp.concatenate([inputs_a, inputs_b], axis=0),
+    dtype=precision.compute_dtype(config),
+  )
   half = inputs_a.shape[0]
   out_a = jax.tree.map(lambda x: x[:half], out)
   out_b = jax.tree.map(lambda x: x[half:], out)
@@ -189,7 +196,9 @@ def foreground_from_masks(masks: jnp.ndarray) -> jnp.ndarray:
 
 def foreground_probability(params, model, flow: jnp.ndarray, config) -> jnp.ndarray:
   """Soft foreground `[N, H, W]` of flows `[N, H, W, 2]` (see `foreground_from_masks`)."""
-  masks = model.apply({"params": params}, encode(flow, config))["masks"]  # [N, K, H, W]
+  masks = precision.apply(
+    model, params, encode(flow, config), dtype=precision.compute_dtype(config)
+  )["masks"]  # [N, K, H, W]
   return foreground_from_masks(masks)
 
 

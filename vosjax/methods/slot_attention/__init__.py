@@ -23,6 +23,7 @@ from vosjax.core import images
 from vosjax.core import optimizers
 from vosjax.data import video as video_io
 from vosjax.models import autoencoder
+from vosjax.models import precision
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -41,6 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.decoder_initial_size = (8, 8)
   config.model.decoder_width = 32
   config.model.gradient_mode = "full"
+  config.model.dtype = "float32"  # compute dtype, "float32" or "bfloat16" (vosjax.models.precision)
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 4e-4
@@ -101,9 +103,11 @@ def autoencoder_loss(recon: jnp.ndarray, image: jnp.ndarray) -> jnp.ndarray:
 
 
 def loss_fn(params, model, batch, rng, step, config, extra):
-  del step, config, extra
+  del step, extra
   inputs = frames(batch)
-  out = model.apply({"params": params}, inputs, rngs={"slots": rng})
+  out = precision.apply(
+    model, params, inputs, dtype=precision.compute_dtype(config), rngs={"slots": rng}
+  )
   loss = autoencoder_loss(out["recon"], inputs)
   return loss, {"recon": loss}
 
@@ -113,9 +117,11 @@ def predict(params, model, batch, config) -> dict:
   b, t, h, w, _ = batch["video"].shape
   m = config.model
   noise = jax.random.normal(jax.random.key(0), (1, m.num_slots, m.slot_dim))
-  out = model.apply(
-    {"params": params},
+  out = precision.apply(
+    model,
+    params,
     frames(batch),
+    dtype=precision.compute_dtype(config),
     slot_noise=jnp.broadcast_to(noise, (b * t, m.num_slots, m.slot_dim)),
   )
   ids = jnp.argmax(out["masks"], axis=1).astype(jnp.int32)

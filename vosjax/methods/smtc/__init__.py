@@ -58,6 +58,7 @@ from vosjax.methods import vit_video
 from vosjax.methods.smtc import inference
 from vosjax.methods.smtc import losses
 from vosjax.methods.smtc import official_checkpoint
+from vosjax.models import precision
 from vosjax.models import pretrained
 from vosjax.models import smtc
 from vosjax.models import vit
@@ -82,6 +83,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.num_semantic_slots = 16
+  # Compute dtype of the backbone and the heads, "float32" or "bfloat16" (vosjax.models.precision).
+  config.model.dtype = "float32"
   config.model.num_instances = 4
   config.model.train_iterations = 3
   config.model.inference_iterations = 5
@@ -134,6 +137,7 @@ class SMTCModel:
   head: smtc.SMTC = flax.struct.field(pytree_node=False)  # training iterations
   inference_head: smtc.SMTC = flax.struct.field(pytree_node=False)
   initial_encoder: Any = None
+  dtype: Any = flax.struct.field(pytree_node=False, default=jnp.float32)  # the heads' compute
 
   def forward(
     self,
@@ -159,7 +163,7 @@ class SMTCModel:
     )
     keys = keys.reshape((batch, time) + keys.shape[1:])
     head = self.inference_head if inference else self.head
-    return head.apply({"params": params["head"]}, keys, rngs={"instances": rng})
+    return precision.apply(head, params["head"], keys, dtype=self.dtype, rngs={"instances": rng})
 
 
 def make_model(config: ml_collections.ConfigDict) -> SMTCModel:
@@ -175,7 +179,11 @@ def make_model(config: ml_collections.ConfigDict) -> SMTCModel:
   # Stochastic depth of the fine-tuned student (official ViT: drop_path_rate 0.1, active in
   # training mode; the teacher runs in eval mode): `forward(..., drop_path_rng=...)` only.
   backbone = backbone.clone(drop_path_rate=config.backbone.drop_path_rate)
+  dtype = precision.compute_dtype(config)
+  if dtype != jnp.float32:  # model.dtype covers the fine-tuned backbone too
+    backbone = backbone.clone(dtype=dtype)
   return SMTCModel(
+    dtype=dtype,
     backbone=backbone,
     head=head,
     inference_head=head.clone(num_iterations=model_config.inference_iterations),

@@ -37,6 +37,7 @@ import numpy as np
 
 from vosjax.data import augment
 from vosjax.methods import vit_video
+from vosjax.models import precision
 from vosjax.models import smtc
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # eval_multi.py normalize_video
@@ -111,7 +112,7 @@ def inference_outputs(
   noise = jnp.broadcast_to(
     noise, (num, chunk, config.model.num_semantic_slots, config.model.num_instances, keys.shape[-1])
   )
-  return model.inference_head.apply({"params": params["head"]}, keys, noise)
+  return precision.apply(model.inference_head, params["head"], keys, noise, dtype=model.dtype)
 
 
 def candidates(out: smtc.SMTCOutput, similarity_threshold: float) -> tuple[jax.Array, jax.Array]:
