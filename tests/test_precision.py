@@ -1,12 +1,12 @@
 """`config.model.dtype="bfloat16"`: every method trains and predicts within a stated tolerance of
 float32, with float32 parameters and gradients (`vosjax.models.precision`).
 
-Each method at the every-config test's tiny sizes (conftest.CONFIG_OVERRIDES), on random inputs, in
-float32 and in bfloat16 with the same parameters and rngs. bfloat16 keeps 8 bits of mantissa
-(relative rounding 2^-9 = 0.2 %), so a forward pass of a few layers differs by about 1 %; the
-tolerances below are a few times the differences measured (stated per method), loose enough for
-other CPUs' reduction orders, tight enough that a model left in float32 by mistake would not show
-(that is checked separately: the bfloat16 program must contain bfloat16 matmuls).
+Each method at the every-config test's tiny sizes (tests/helpers/tiny_configs.CONFIG_OVERRIDES), on
+random inputs, in float32 and in bfloat16 with the same parameters and rngs. bfloat16 keeps 8 bits
+of mantissa (relative rounding 2^-9 = 0.2 %), so a forward pass of a few layers differs by about 1
+%; the tolerances below are a few times the differences measured (stated per method), loose enough
+for other CPUs' reduction orders, tight enough that a model left in float32 by mistake would not
+show (that is checked separately: the bfloat16 program must contain bfloat16 matmuls).
 """
 
 import importlib.util
@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CONFIG_OVERRIDES, REPO, set_overrides
+from helpers.environment import REPO
+from helpers.tiny_configs import CONFIG_OVERRIDES, set_overrides
 from vosjax import methods
 
 # config file -> (relative tolerance of the loss, of the gradient norm, of the gradient direction
