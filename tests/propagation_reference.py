@@ -92,10 +92,16 @@ def circle_mask(h: int, w: int, radius: float) -> torch.Tensor:
   return out
 
 
-def crw_reference(features, first_soft, video_len=20, radius=7.0, topk=7, temperature=0.2):
+def crw_reference(
+  features, first_soft, video_len=20, radius=7.0, topk=7, temperature=0.2, forced=None
+):
   """features float32 [T, h, w, C] at the label grid (raw), first_soft [h, w, K].
 
-  Returns soft [T, h, w, K] numpy (frame 0 = first_soft, as `pred = lbls[0]`).
+  forced: optional [T, h, w, K] soft maps stored as the context labels instead of the
+  reference's own predictions (teacher forcing: checks each step on the same context).
+
+  Returns (soft [T, h, w, K] numpy, frame 0 = first_soft as `pred = lbls[0]`; gaps [T, h, w]:
+  the k-th minus the (k+1)-th largest logit of each query, small where top-k is a float tie).
   """
   feats = torch.from_numpy(np.asarray(features, np.float32)).permute(3, 0, 1, 2)  # C T h w
   dim, num_frames, h, w = feats.shape
@@ -115,17 +121,19 @@ def crw_reference(features, first_soft, video_len=20, radius=7.0, topk=7, temper
   lbls = torch.cat(
     [first[None].repeat(video_len, 1, 1, 1), torch.zeros((num_frames,) + first.shape)]
   )
-  out = []
+  out, gaps = [], []
   for t in range(num_frames):
     a = torch.einsum("ijlm,ijn->ilmn", keys[:, :, t], query[:, :, t])  # 1 T hw hw_q
     a[0, 1:] += mask
     a = a.reshape(-1, h * w) / temperature
+    ranked = torch.topk(a, topk + 1, dim=0)[0]
+    gaps.append((ranked[topk - 1] - ranked[topk]).view(h, w).numpy())
     weights, idx = torch.topk(a, topk, dim=0)
     weights = F.softmax(weights, dim=0)
     ctx = lbls[key_indices[t]].flatten(0, 2).transpose(0, 1)  # K x T*hw
     pred = (ctx[:, idx] * weights[None]).sum(1).view(-1, h, w).permute(1, 2, 0)
     if t == 0:
       pred = lbls[0]
-    lbls[t + video_len] = pred
     out.append(pred.numpy().copy())
-  return np.stack(out)
+    lbls[t + video_len] = pred if forced is None else torch.from_numpy(np.array(forced[t]))
+  return np.stack(out), np.stack(gaps)
