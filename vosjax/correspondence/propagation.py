@@ -8,7 +8,7 @@ weights. Two weightings, one per protocol family:
 
 - `exp_threshold` (facebookresearch/dino `eval_video_segmentation.py`): w = exp(<q, k> / T) times
   the window mask (0 outside), entries below the k-th largest zeroed (ties at the k-th value are
-  all kept, as `aff[aff < kth] = 0` does), renormalised to sum 1.
+  kept, as `aff[aff < kth] = 0` does, up to EXTRA_TIES of them), renormalised to sum 1.
 - `softmax_topk` (CRW test code as SMTC runs it): s = (<q, k> + mask) / T with mask 0 inside the
   window and -1e10 outside, exactly k entries taken (`topk`), softmax over their values.
 
@@ -37,6 +37,8 @@ WEIGHTINGS = ("exp_threshold", "softmax_topk")
 WINDOWS = ("square", "circle", "none")
 # CRW adds this to the scores of keys outside the window (before dividing by the temperature).
 CRW_MASK_VALUE = -1e10
+# Entries tied with the k-th largest DINO weight that are kept like the original keeps them.
+EXTRA_TIES = 3
 # Default budget for one block's score tensor, bytes (block_rows = 0 picks rows to fit it).
 BLOCK_BYTES = 64 * 2**20
 
@@ -90,24 +92,28 @@ def window_reach(window: str, radius: float, height: int) -> int:
   return height
 
 
-def relative_window(window: str, radius: float, rows: int, reach: int, width: int) -> np.ndarray:
-  """bool [rows * width, (rows + 2 * reach) * width]: may query (i, x) see band cell (j, x')?
-
-  Band row j lies at dy = j - reach - i rows from query row i; the test is the originals' own
-  (DINO: integer offsets within +-r; CRW: float32 sqrt of the squared distance < r).
-  """
-  i = np.arange(rows)[:, None, None, None]
-  x = np.arange(width)[None, :, None, None]
-  j = np.arange(rows + 2 * reach)[None, None, :, None]
-  xk = np.arange(width)[None, None, None, :]
-  dy, dx = j - reach - i, xk - x
+def window_inside(window: str, radius: float, dy, dx):
+  """May a query see a key dy rows and dx columns away? The originals' own tests: DINO's integer
+  offsets within +-r, CRW's float32 sqrt of the squared distance < r. Works on NumPy and jnp."""
+  xp = jnp if isinstance(dy, jax.Array) or isinstance(dx, jax.Array) else np
   if window == "square":
-    inside = (np.abs(dy) <= radius) & (np.abs(dx) <= radius)
-  elif window == "circle":
-    inside = np.sqrt((dy**2 + dx**2).astype(np.float32)) < np.float32(radius)
-  else:
-    inside = np.ones((), bool)
-  inside = np.broadcast_to(inside, (rows, width, rows + 2 * reach, width))
+    return (xp.abs(dy) <= radius) & (xp.abs(dx) <= radius)
+  if window == "circle":
+    distance = xp.sqrt((dy * dy + dx * dx).astype(xp.float32))
+    return distance < xp.float32(radius)
+  return xp.ones(xp.broadcast_shapes(xp.shape(dy), xp.shape(dx)), bool)
+
+
+def relative_window(window: str, radius: float, rows: int, reach: int, width: int) -> np.ndarray:
+  """bool [rows * width, (rows + 2 * reach) * width]: may query (i, x) see band cell (j, x'),
+  band row j lying dy = j - reach - i rows from query row i?"""
+  dy = (
+    np.arange(rows + 2 * reach)[None, None, :, None] - reach - np.arange(rows)[:, None, None, None]
+  )
+  dx = np.arange(width)[None, None, None, :] - np.arange(width)[None, :, None, None]
+  inside = np.broadcast_to(
+    window_inside(window, radius, dy, dx), (rows, width, rows + 2 * reach, width)
+  )
   return inside.reshape(rows * width, (rows + 2 * reach) * width)
 
 
@@ -120,7 +126,7 @@ def choose_block_rows(spec: PropagationSpec, height: int, width: int) -> int:
   full = 0 if spec.window_first_frame else height * width
   best = 1
   for rows in range(1, height + 1):
-    band = min(rows + 2 * reach, height + 2 * reach)
+    band = min(rows + 2 * reach, height)
     if rows * width * (banded * band * width + full) * 4 > BLOCK_BYTES:
       break
     best = rows
@@ -136,11 +142,15 @@ def l2_normalize(features: jax.Array, eps: float = 1e-12) -> jax.Array:
 def _weigh(spec: PropagationSpec, scores, valid, labels):
   """scores/valid [Q, N], labels [N, K] -> [Q, K] (see the module docstring)."""
   if spec.weighting == "exp_threshold":
-    weights = jnp.exp(scores / spec.temperature) * valid.astype(scores.dtype)
-    kth = jax.lax.top_k(weights, spec.topk)[0][:, -1:]
-    weights = jnp.where(weights < kth, 0.0, weights)
+    # Entries below the k-th largest weight are zeroed, ties with it kept: taken from the top
+    # k + EXTRA_TIES logits (exp is monotonic), so up to EXTRA_TIES entries tied with the k-th
+    # are kept as the original keeps them; the label average then gathers only those entries.
+    logits = jnp.where(valid, scores / spec.temperature, -jnp.inf)
+    values, indices = jax.lax.top_k(logits, min(spec.topk + EXTRA_TIES, logits.shape[1]))
+    weights = jnp.exp(values)
+    weights = jnp.where(weights < weights[:, spec.topk - 1 : spec.topk], 0.0, weights)
     weights = weights / jnp.sum(weights, axis=1, keepdims=True)
-    return weights @ labels
+    return jnp.einsum("qk,qkc->qc", weights, labels[indices])
   logits = (scores + jnp.where(valid, 0.0, CRW_MASK_VALUE)) / spec.temperature
   values, indices = jax.lax.top_k(logits, spec.topk)
   weights = jax.nn.softmax(values, axis=1)
@@ -173,25 +183,18 @@ def propagate(features: jax.Array, first_labels: jax.Array, spec: PropagationSpe
   reach = window_reach(spec.window, spec.radius, height)
   rows = choose_block_rows(spec, height, width)
   num_blocks = -(-height // rows)
-  band_rows = rows + 2 * reach
-  window = jnp.asarray(relative_window(spec.window, spec.radius, rows, reach, width))
-  pad = ((reach, num_blocks * rows - height + reach), (0, 0), (0, 0))
-
-  def padded(x):  # [..., h, w, D] -> rows padded for band slicing
-    return jnp.pad(x, ((0, 0),) * (x.ndim - 3) + pad)
-
-  first_features = padded(features[0])
-  first_labels_padded = padded(first_labels)
+  band_rows = min(rows + 2 * reach, height)
+  dx = jnp.arange(width)[None, None, None, :] - jnp.arange(width)[None, :, None, None]
   if spec.prefill_context:
     ring = (
-      jnp.broadcast_to(first_features, (memory,) + first_features.shape),
-      jnp.broadcast_to(first_labels_padded, (memory,) + first_labels_padded.shape),
+      jnp.broadcast_to(features[0], (memory,) + features.shape[1:]),
+      jnp.broadcast_to(first_labels, (memory,) + first_labels.shape),
       jnp.ones((memory,), bool),
     )
   else:
     ring = (
-      jnp.zeros((memory,) + first_features.shape, jnp.float32),
-      jnp.zeros((memory,) + first_labels_padded.shape, jnp.float32),
+      jnp.zeros((memory,) + features.shape[1:], jnp.float32),
+      jnp.zeros((memory,) + first_labels.shape, jnp.float32),
       jnp.zeros((memory,), bool),
     )
   flat_first_features = features[0].reshape(height * width, -1)
@@ -200,26 +203,30 @@ def propagate(features: jax.Array, first_labels: jax.Array, spec: PropagationSpe
   def frame_step(carry, query):
     ring_features, ring_labels, ring_valid, slot = carry
     if spec.window_first_frame:
-      band_features = jnp.concatenate([first_features[None], ring_features])
-      band_labels = jnp.concatenate([first_labels_padded[None], ring_labels])
+      band_features = jnp.concatenate([features[:1], ring_features])
+      band_labels = jnp.concatenate([first_labels[None], ring_labels])
       band_valid = jnp.concatenate([jnp.ones((1,), bool), ring_valid])
     else:
       band_features, band_labels, band_valid = ring_features, ring_labels, ring_valid
-    query = jnp.pad(query, ((0, num_blocks * rows - height), (0, 0), (0, 0)))
+    padded_query = jnp.pad(query, ((0, num_blocks * rows - height), (0, 0), (0, 0)))
 
     def block(index):
       start = index * rows
-      q = jax.lax.dynamic_slice_in_dim(query, start, rows, 0).reshape(rows * width, -1)
-      keys = jax.lax.dynamic_slice_in_dim(band_features, start, band_rows, 1)
-      labels = jax.lax.dynamic_slice_in_dim(band_labels, start, band_rows, 1)
+      band_start = jnp.clip(start - reach, 0, height - band_rows)
+      q = jax.lax.dynamic_slice_in_dim(padded_query, start, rows, 0).reshape(rows * width, -1)
+      keys = jax.lax.dynamic_slice_in_dim(band_features, band_start, band_rows, 1)
+      labels = jax.lax.dynamic_slice_in_dim(band_labels, band_start, band_rows, 1)
       slots = keys.shape[0]
-      keys = keys.reshape(slots, band_rows * width, -1)
+      keys = keys.reshape(slots * band_rows * width, -1)
       labels = labels.reshape(slots * band_rows * width, num_labels)
-      row = start - reach + jnp.arange(band_rows)
-      row_valid = jnp.repeat((row >= 0) & (row < height), width)
-      valid = window[:, None, :] & row_valid[None, None, :] & band_valid[None, :, None]
-      scores = jnp.einsum("qc,snc->qsn", q, keys).reshape(rows * width, -1)
-      valid = valid.reshape(rows * width, -1)
+      dy = (band_start + jnp.arange(band_rows))[None, None, :, None] - (start + jnp.arange(rows))[
+        :, None, None, None
+      ]
+      inside = window_inside(spec.window, spec.radius, dy, dx)
+      inside = jnp.broadcast_to(inside, (rows, width, band_rows, width))
+      inside = inside.reshape(rows * width, 1, band_rows * width)
+      valid = (inside & band_valid[None, :, None]).reshape(rows * width, -1)
+      scores = q @ keys.T
       if not spec.window_first_frame:
         scores = jnp.concatenate([q @ flat_first_features.T, scores], axis=1)
         valid = jnp.concatenate([jnp.ones((rows * width, height * width), bool), valid], axis=1)
@@ -229,10 +236,8 @@ def propagate(features: jax.Array, first_labels: jax.Array, spec: PropagationSpe
     soft = jax.lax.map(block, jnp.arange(num_blocks))
     soft = soft.reshape(num_blocks * rows, width, num_labels)[:height]
     if memory:
-      ring_features = jax.lax.dynamic_update_index_in_dim(
-        ring_features, padded(query[:height]), slot, 0
-      )
-      ring_labels = jax.lax.dynamic_update_index_in_dim(ring_labels, padded(soft), slot, 0)
+      ring_features = jax.lax.dynamic_update_index_in_dim(ring_features, query, slot, 0)
+      ring_labels = jax.lax.dynamic_update_index_in_dim(ring_labels, soft, slot, 0)
       ring_valid = ring_valid.at[slot].set(True)
       slot = (slot + 1) % memory
     return (ring_features, ring_labels, ring_valid, slot), soft
