@@ -25,7 +25,7 @@ def video(tmp_path_factory):
   return folder, ids
 
 
-@pytest.mark.parametrize("preset", ["dino", "crw"])
+@pytest.mark.parametrize("preset", ["dino", "crw", "crw_stride8"])
 def test_command_writes_davis_pngs_and_overlays(video, tmp_path, preset, capsys):
   folder, ids = video
   overrides = ["--set", "short_side=96", "--set", "size_multiple=16"] if preset == "dino" else []
