@@ -95,7 +95,14 @@ def test_the_package_has_no_import_cycle():
 def test_layers_import_only_downwards():
   """core/ knows no method, evaluation never calls the loop, models are plain modules."""
   graph = import_graph()
-  loop = {"vosjax.main", "vosjax.train", "vosjax.segment", "vosjax.evaluate", "vosjax.bench"}
+  loop = {
+    "vosjax.main",
+    "vosjax.train",
+    "vosjax.segment",
+    "vosjax.evaluate",
+    "vosjax.bench",
+    "vosjax.propagate",
+  }
   for name, edges in graph.items():
     if name.startswith("vosjax.core"):
       assert not {e for e in edges if not e.startswith("vosjax.core")}, (name, edges)
@@ -103,6 +110,10 @@ def test_layers_import_only_downwards():
       assert not edges & loop, (name, edges & loop)
     if name.startswith(("vosjax.models", "vosjax.data")):
       assert not {e for e in edges if e.startswith(("vosjax.methods", "vosjax.evaluation"))}, name
+    if name.startswith("vosjax.correspondence"):  # Flax-free propagation math
+      assert not edges & loop and not {
+        e for e in edges if e.startswith(("vosjax.methods", "vosjax.models", "vosjax.evaluation"))
+      }, (name, edges)
 
 
 @pytest.mark.parametrize("name", methods.available())

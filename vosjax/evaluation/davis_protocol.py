@@ -9,6 +9,10 @@ Protocols (see docs/evaluation_protocols.md):
   sequence on mean-over-frames (J+F)/2, at most 20 proposals, all frames.
 - `davis2017-unsupervised-perframe`: the SSL-UVOS / SMTC fork: a Hungarian assignment per frame
   on J+F, at most 300 proposals. More lenient; not the official protocol.
+- `davis2017-semi-supervised`: the official semi-supervised task: result id k is GT object k (no
+  matching), GT objects 1..max(first GT frame), first and last frames dropped, GT void (255)
+  counted as background and not ignored (the toolkit passes no void mask here), a result id
+  above the object count is an error, missing objects score as empty masks.
 
 Predictions are id maps (`evaluate_sequence`, `evaluate_folders`: PNG folders) or stacks of
 proposals that may overlap, each scored on its own as the SMTC evaluator does
@@ -48,6 +52,7 @@ class Protocol:
   per_frame_matching: bool
   max_proposals: int
   default_frames: str
+  identity_matching: bool = False  # Semi-supervised: result id k is GT object k.
 
 
 PROTOCOLS = {
@@ -56,6 +61,7 @@ PROTOCOLS = {
     Protocol("davis2016", True, False, 1, "1:-1"),
     Protocol("davis2017-unsupervised", False, False, 20, "all"),
     Protocol("davis2017-unsupervised-perframe", False, True, 300, "all"),
+    Protocol("davis2017-semi-supervised", False, False, 0, "1:-1", identity_matching=True),
   )
 }
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
@@ -200,6 +206,17 @@ def evaluate_sequence(
   if num_objects is None:
     num_objects = int(true_ids[0].max())
   num_proposals = int(pred_ids.max(initial=0))
+  if spec.identity_matching:
+    if num_proposals > num_objects:
+      raise ValueError(
+        f"{name}: the prediction holds id {num_proposals}, but the sequence has "
+        f"{num_objects} objects (semi-supervised ids must be the first frame's)"
+      )
+    j, f = metrics.pairwise_region_and_boundary(
+      true_ids, pred_ids, num_objects, num_objects, None, bound_th
+    )
+    objects = np.arange(num_objects)
+    return SequenceResult(name, frame_names, j[objects, objects], f[objects, objects], objects + 1)
   if num_proposals > spec.max_proposals:
     raise ValueError(
       f"{name}: the prediction holds id {num_proposals}, more than the "
@@ -307,7 +324,8 @@ def resolve_annotation_dir(gt: Path, protocol: str) -> Path:
   if not gt.is_dir():
     raise FileNotFoundError(f"GT folder {gt} does not exist")
   candidates = ["Annotations/480p", "Annotations"]
-  if not PROTOCOLS[protocol].single_object:
+  spec = PROTOCOLS[protocol]
+  if not spec.single_object and not spec.identity_matching:
     candidates = ["Annotations_unsupervised/480p"] + candidates
   for sub in candidates:
     if (gt / sub).is_dir():

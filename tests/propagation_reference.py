@@ -1,0 +1,139 @@
+"""Our PyTorch transcriptions of the official label propagation loops (for the tests only).
+
+- `dino_reference`: facebookresearch/dino `eval_video_segmentation.py` (`eval_video_tracking_davis`,
+  `label_propagation`, `restrict_neighborhood`, `norm_mask`), on given per-frame features.
+- `crw_reference`: SMTC `src/eval_prop.py` `test` with `test_utils.context_index_bank`,
+  `mem_efficient_batched_affinity` and `MaskedAttention` (padded start, long-term frame 0 without
+  the radius mask), on given per-frame features at the label grid.
+Both written from reading the official code, dense as the originals are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def square_neighbourhood(h: int, w: int, size: int) -> torch.Tensor:
+  """[h*w (query), h*w (key)] 1 where |di| <= size and |dj| <= size (restrict_neighborhood)."""
+  i = torch.arange(h)
+  j = torch.arange(w)
+  near_i = (i[:, None] - i[None, :]).abs() <= size
+  near_j = (j[:, None] - j[None, :]).abs() <= size
+  return (near_i[:, None, :, None] & near_j[None, :, None, :]).reshape(h * w, h * w).float()
+
+
+def dino_reference(features, first_onehot, patch, n_last=7, size=12, topk=5, temperature=0.1):
+  """features float32 [T, h, w, C] (raw), first_onehot [h, w, K].
+
+  Returns (soft [T, h, w, K] as numpy, maps [T-1, h*patch, w*patch, K] after norm_mask, ids
+  [T-1, h*patch, w*patch]) for frames 1..T-1.
+  """
+  feats = torch.from_numpy(np.asarray(features, np.float32))
+  num_frames, h, w, dim = feats.shape
+  first_seg = torch.from_numpy(np.asarray(first_onehot, np.float32)).permute(2, 0, 1)[None]
+  queue = []
+  frame1_feat = feats[0].reshape(-1, dim).T  # dim x h*w
+  mask = square_neighbourhood(h, w, size) if size > 0 else None
+  softs, maps, ids = [first_seg[0].permute(1, 2, 0).numpy()], [], []
+  for t in range(1, num_frames):
+    used_feats = [frame1_feat] + [f for f, _ in queue]
+    used_segs = [first_seg] + [s for _, s in queue]
+    feat_tar = feats[t].reshape(-1, dim)
+    ncontext = len(used_feats)
+    sources = F.normalize(torch.stack(used_feats), dim=1, p=2)
+    target = F.normalize(feat_tar, dim=1, p=2).unsqueeze(0).repeat(ncontext, 1, 1)
+    aff = torch.exp(torch.bmm(target, sources) / temperature)
+    if mask is not None:
+      aff *= mask.unsqueeze(0).repeat(ncontext, 1, 1)
+    aff = aff.transpose(2, 1).reshape(-1, h * w)
+    kth, _ = torch.min(torch.topk(aff, dim=0, k=topk)[0], dim=0)
+    aff[aff < kth] = 0
+    aff = aff / torch.sum(aff, keepdim=True, axis=0)
+    segs = torch.cat(used_segs)
+    classes = segs.shape[1]
+    segs = segs.reshape(ncontext, classes, -1).transpose(2, 1).reshape(-1, classes).T
+    seg_tar = torch.mm(segs, aff).reshape(1, classes, h, w)
+    if len(queue) == n_last:
+      queue.pop(0)
+    queue.append((feat_tar.T, seg_tar.clone()))
+    up = F.interpolate(
+      seg_tar,
+      scale_factor=patch,
+      mode="bilinear",
+      align_corners=False,
+      recompute_scale_factor=False,
+    )[0]
+    for c in range(up.shape[0]):
+      if up[c].max() > 0:
+        up[c] = up[c] - up[c].min()
+        up[c] = up[c] / up[c].max()
+    softs.append(seg_tar[0].permute(1, 2, 0).numpy())
+    maps.append(up.permute(1, 2, 0).numpy())
+    ids.append(torch.max(up, dim=0)[1].numpy().astype(np.uint8))
+  return np.stack(softs), np.stack(maps), np.stack(ids)
+
+
+def dino_reference_resize(ids: np.ndarray, frame_hw) -> np.ndarray:
+  """The final `Image.fromarray(seg).resize((ori_w, ori_h), 0)`."""
+  return np.asarray(Image.fromarray(ids).resize((frame_hw[1], frame_hw[0]), 0))
+
+
+def circle_mask(h: int, w: int, radius: float) -> torch.Tensor:
+  """[h*w (key), h*w (query)] 0 inside sqrt(d2) < radius, -1e10 outside (MaskedAttention)."""
+  gx, gy = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+  dist = (gx[None, None] - gx[:, :, None, None]) ** 2 + (gy[None, None] - gy[:, :, None, None]) ** 2
+  inside = (dist.float() ** 0.5 < radius).float().reshape(h * w, h * w)
+  out = inside.clone()
+  out[inside == 0] = -1e10
+  out[inside == 1] = 0
+  return out
+
+
+def crw_reference(
+  features, first_soft, video_len=20, radius=7.0, topk=7, temperature=0.2, forced=None
+):
+  """features float32 [T, h, w, C] at the label grid (raw), first_soft [h, w, K].
+
+  forced: optional [T, h, w, K] soft maps stored as the context labels instead of the
+  reference's own predictions (teacher forcing: checks each step on the same context).
+
+  Returns (soft [T, h, w, K] numpy, frame 0 = first_soft as `pred = lbls[0]`; gaps [T, h, w]:
+  the k-th minus the (k+1)-th largest logit of each query, small where top-k is a float tie).
+  """
+  feats = torch.from_numpy(np.asarray(features, np.float32)).permute(3, 0, 1, 2)  # C T h w
+  dim, num_frames, h, w = feats.shape
+  padded = torch.cat([feats[:, :1].repeat(1, video_len, 1, 1), feats], dim=1)[None]
+  padded = F.normalize(padded, dim=1)
+  total = padded.shape[2]
+  long_term = torch.zeros(total - video_len, 1).long()
+  short = (
+    torch.arange(video_len)[None].repeat(total - video_len, 1)
+    + torch.arange(total - video_len)[:, None]
+  )
+  key_indices = torch.cat([long_term, short], dim=-1)
+  keys = padded[:, :, key_indices].flatten(-2)  # 1 C N T hw
+  query = padded[:, :, video_len:].flatten(-2)  # 1 C N hw
+  mask = circle_mask(h, w, radius)
+  first = torch.from_numpy(np.asarray(first_soft, np.float32))
+  lbls = torch.cat(
+    [first[None].repeat(video_len, 1, 1, 1), torch.zeros((num_frames,) + first.shape)]
+  )
+  out, gaps = [], []
+  for t in range(num_frames):
+    a = torch.einsum("ijlm,ijn->ilmn", keys[:, :, t], query[:, :, t])  # 1 T hw hw_q
+    a[0, 1:] += mask
+    a = a.reshape(-1, h * w) / temperature
+    ranked = torch.topk(a, topk + 1, dim=0)[0]
+    gaps.append((ranked[topk - 1] - ranked[topk]).view(h, w).numpy())
+    weights, idx = torch.topk(a, topk, dim=0)
+    weights = F.softmax(weights, dim=0)
+    ctx = lbls[key_indices[t]].flatten(0, 2).transpose(0, 1)  # K x T*hw
+    pred = (ctx[:, idx] * weights[None]).sum(1).view(-1, h, w).permute(1, 2, 0)
+    if t == 0:
+      pred = lbls[0]
+    out.append(pred.numpy().copy())
+    lbls[t + video_len] = pred if forced is None else torch.from_numpy(np.array(forced[t]))
+  return np.stack(out), np.stack(gaps)

@@ -1,0 +1,236 @@
+"""Command: propagate first-frame labels through videos with a frozen ViT (dense correspondence).
+
+  python -m vosjax.propagate --preset dino --backbone dino_vits16 \\
+      --davis DAVIS_ROOT --split 2017/val --output OUT
+  python -m vosjax.propagate --preset crw --backbone dino_vits16 --checkpoint smtc.pth \\
+      --checkpoint_prefix encoder. --frames DIR --first_labels 00000.png --output OUT
+  python -m vosjax.propagate ... --set topk=10 --set radius=5   # any preset field
+
+Writes OUT/<sequence>/<frame>.png (DAVIS indexed PNGs, the semi-supervised result format) and
+OUT/overlays/<sequence>/<frame>.jpg. Score with
+`python -m vosjax.evaluate --protocol davis2017-semi-supervised --gt DAVIS_ROOT --results OUT`.
+
+Protocols: `vosjax.correspondence.settings` (`dino`, `crw`, `crw_stride8`). Features are computed
+once per video, `frame_chunk` frames per forward pass, then labels are propagated by
+`vosjax.correspondence.propagation` (blocked affinity, one jitted scan).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from vosjax.correspondence import propagation
+from vosjax.correspondence import readout
+from vosjax.correspondence import settings
+from vosjax.data import label_propagation as inputs
+from vosjax.data import video as video_io
+from vosjax.models import features as features_lib
+from vosjax.models import pretrained
+from vosjax.models import state_dicts
+from vosjax.models import vit
+
+FEATURES = ("tokens", "tokens_normed", "keys")
+
+
+def load_backbone(name: str, checkpoint=None, prefix: str = "", random_init=False, depth=0):
+  """(module, params) of a vosjax ViT: a named DINO/DINOv2 checkpoint, a local checkpoint file
+  (tensors under `prefix` only, e.g. "encoder." for an SMTC checkpoint), or random weights."""
+  arch = pretrained.resolve_architecture(name)
+  if depth:
+    if not random_init:
+      raise ValueError("--depth changes the architecture: only with --random_init (tests)")
+    arch = arch.replace(depth=depth)
+  module = vit.VisionTransformer(arch)
+  if random_init:
+    return module, pretrained.random_params(arch, seed=0)
+  if checkpoint:
+    state = state_dicts.read_state_dict(checkpoint)
+    if prefix:
+      kept = {n[len(prefix) :]: v for n, v in state.items() if n.startswith(prefix)}
+      if not kept:
+        raise ValueError(f"{checkpoint}: no tensor name starts with {prefix!r}")
+      state = kept
+    return module, pretrained.convert_state_dict(state, arch, source=str(checkpoint))
+  config = pretrained.default_backbone_config()
+  config.name = name
+  return pretrained.load_backbone(config)
+
+
+@functools.partial(jax.jit, static_argnames=("module", "feature", "chunk"))
+def _features(module, params, frames, feature: str, chunk: int):
+  num_frames = frames.shape[0]
+  num_chunks = -(-num_frames // chunk)
+  padded = jnp.pad(frames, ((0, num_chunks * chunk - num_frames), (0, 0), (0, 0), (0, 0)))
+  padded = padded.reshape((num_chunks, chunk) + frames.shape[1:])
+
+  def forward(batch):
+    return getattr(module.apply({"params": params}, batch), feature)
+
+  out = jax.lax.map(forward, padded)
+  return out.reshape((num_chunks * chunk,) + out.shape[2:])[:num_frames]
+
+
+def video_features(module, params, frames: np.ndarray, feature: str, frame_chunk: int = 0):
+  """float32 [T, h, w, C] features of normalised frames [T, H, W, 3], computed once, `chunk`
+  frames per forward pass (0: automatic)."""
+  if feature not in FEATURES:
+    raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+  chunk = min(features_lib.resolve_frame_chunk(frame_chunk), len(frames))
+  return np.asarray(_features(module, params, jnp.asarray(frames), feature, chunk))
+
+
+def propagate_video(module, params, config, frame_paths, first_ids: np.ndarray) -> dict[str, Any]:
+  """Label maps of one video.
+
+  Args:
+    module, params: the ViT. config: a `settings.preset` ConfigDict.
+    frame_paths: the frames in order. first_ids: uint8 [H, W] ids of the first frame.
+
+  Returns:
+    dict with ids (uint8 [T, H, W] at the frame size), soft ([T, h, w, K] propagated maps),
+    label_ids ([K] id of each channel) and timings (seconds: frames, features, propagation).
+  """
+  timings = {}
+  start = time.perf_counter()
+  patch = module.arch.patch_size
+  if config.frames == "dino_resize":
+    frames = inputs.read_dino_frames(
+      frame_paths, config.short_side, config.size_multiple, config.mean, config.std
+    )
+    first = inputs.dino_first_labels(first_ids, patch, config.short_side, config.size_multiple)
+    label_ids = np.arange(first.shape[-1])
+  elif config.frames == "crw_resize":
+    frames = inputs.read_crw_frames(frame_paths, config.label_stride, config.mean, config.std)
+    first, label_ids = inputs.crw_first_labels(first_ids, config.label_stride)
+  else:
+    raise ValueError(f"frames must be dino_resize or crw_resize, got {config.frames!r}")
+  timings["frames"] = time.perf_counter() - start
+  start = time.perf_counter()
+  feats = video_features(module, params, frames, config.feature, config.frame_chunk)
+  if feats.shape[1:3] != first.shape[:2]:
+    if config.frames != "crw_resize":
+      raise ValueError(
+        f"feature grid {feats.shape[1:3]} differs from the label grid {first.shape[:2]} "
+        f"(frames {frames.shape[1:3]}, patch {patch})"
+      )
+    # CRW: features trilinearly resized to the label grid (stride-8 variant: upsampled).
+    feats = np.stack([readout.torch_bilinear(f, first.shape[:2]) for f in feats])
+  timings["features"] = time.perf_counter() - start
+  start = time.perf_counter()
+  normed = propagation.l2_normalize(jnp.asarray(feats))
+  soft = np.asarray(propagation.propagate(normed, first, settings.spec_from(config)))
+  timings["propagation"] = time.perf_counter() - start
+  frame_hw = first_ids.shape
+  ids = []
+  for t, maps in enumerate(soft):
+    if t == 0 and config.first_frame_output == "annotation":
+      ids.append(first_ids)
+    elif config.readout == "dino":
+      ids.append(readout.dino_readout(maps, patch, frame_hw, config.norm_mask))
+    else:
+      ids.append(readout.crw_readout(maps, label_ids, frame_hw, config.norm_mask))
+  return {
+    "ids": np.stack(ids).astype(np.uint8),
+    "soft": soft,
+    "label_ids": label_ids,
+    "timings": timings,
+  }
+
+
+def write_outputs(output: Path, sequence: str, frame_paths, ids: np.ndarray, overlays=True):
+  """DAVIS PNGs OUT/<sequence>/<stem>.png and overlays OUT/overlays/<sequence>/<stem>.jpg."""
+  for path, frame_ids in zip(frame_paths, ids):
+    video_io.write_indexed_png(output / sequence / f"{Path(path).stem}.png", frame_ids)
+    if overlays:
+      frame = np.asarray(Image.open(path).convert("RGB"))
+      if frame.shape[:2] != frame_ids.shape:
+        continue
+      target = output / "overlays" / sequence / f"{Path(path).stem}.jpg"
+      target.parent.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(video_io.overlay_masks(frame, frame_ids)).save(target, quality=90)
+
+
+def _davis_videos(root: Path, split: str, sequences):
+  if sequences:
+    names = sequences
+  else:
+    listing = root / "ImageSets" / split.split("/")[0] / f"{split.split('/')[-1]}.txt"
+    if not listing.is_file():
+      raise FileNotFoundError(f"missing sequence list {listing} (or pass --sequences)")
+    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+  for name in names:
+    frames = inputs.list_frames(root / "JPEGImages" / "480p" / name)
+    yield name, frames, root / "Annotations" / "480p" / name / f"{frames[0].stem}.png"
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+    prog="python -m vosjax.propagate",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument("--preset", default="dino", choices=settings.PRESETS)
+  parser.add_argument("--set", action="append", default=[], help="override: key=value")
+  parser.add_argument("--backbone", default="dino_vits16", help="checkpoint or architecture name")
+  parser.add_argument("--checkpoint", help="local .pth/.safetensors/.npz weights")
+  parser.add_argument("--checkpoint_prefix", default="", help='e.g. "encoder." for SMTC')
+  parser.add_argument("--random_init", action="store_true", help="RANDOM weights (smoke tests)")
+  parser.add_argument("--depth", type=int, default=0, help="blocks of a --random_init ViT")
+  parser.add_argument("--davis", type=Path, help="DAVIS root (JPEGImages/480p, Annotations)")
+  parser.add_argument("--split", default="2017/val", help="ImageSets list, e.g. 2017/val")
+  parser.add_argument("--sequences", help="comma-separated DAVIS sequences")
+  parser.add_argument("--frames", type=Path, help="one video: folder of frames")
+  parser.add_argument("--first_labels", type=Path, help="one video: first-frame label PNG")
+  parser.add_argument("--output", type=Path, required=True)
+  parser.add_argument("--no_overlays", action="store_true")
+  args = parser.parse_args(argv)
+  config = settings.preset(args.preset)
+  try:
+    for assignment in args.set:
+      settings.parse_override(config, assignment)
+    if args.davis:
+      sequences = args.sequences.split(",") if args.sequences else None
+      videos = list(_davis_videos(args.davis, args.split, sequences))
+    elif args.frames and args.first_labels:
+      videos = [(args.frames.name, inputs.list_frames(args.frames), args.first_labels)]
+    else:
+      parser.error("give --davis ROOT, or --frames DIR and --first_labels PNG")
+    module, params = load_backbone(
+      args.backbone, args.checkpoint, args.checkpoint_prefix, args.random_init, args.depth
+    )
+  except (FileNotFoundError, ValueError, state_dicts.CheckpointError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 1
+  print(f"preset {args.preset}: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+  total_frames, total_seconds = 0, 0.0
+  for index, (name, frame_paths, first_path) in enumerate(videos):
+    start = time.perf_counter()
+    first_ids = inputs.read_annotation_ids(first_path)
+    result = propagate_video(module, params, config, frame_paths, first_ids)
+    write_outputs(args.output, name, frame_paths, result["ids"], not args.no_overlays)
+    seconds = time.perf_counter() - start
+    total_frames += len(frame_paths)
+    total_seconds += seconds
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in result["timings"].items())
+    print(
+      f"[{index + 1}/{len(videos)}] {name}: {len(frame_paths)} frames, "
+      f"{len(result['label_ids'])} labels, {seconds:.1f} s ({timing}); "
+      f"{total_frames / total_seconds:.2f} frames/s overall",
+      flush=True,
+    )
+  print(f"wrote {args.output}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
