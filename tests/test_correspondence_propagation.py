@@ -6,39 +6,20 @@ to be ties (the reference's own two best channels within TIE of each other at th
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
-import jax
 import numpy as np
 import pytest
 
-from tests import propagation_reference as reference
+from helpers import real_data
+from helpers.propagation_inputs import random_vit_features, synthetic_video
+from references import propagation_reference as reference
 from vosjax.correspondence import propagation
 from vosjax.correspondence import readout
 from vosjax.correspondence import settings
 from vosjax.data import label_propagation as inputs
-from vosjax.data import synthetic_render
-from vosjax.models import pretrained
-from vosjax.models import vit
 
-DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016"
 TIE = 1e-4
-
-
-def random_vit_features(frames: np.ndarray, arch_name: str, depth: int = 2):
-  """Tokens and normed tokens [T, h, w, C] of a random (seed 0) ViT on normalised frames."""
-  arch = vit.VIT_ARCHITECTURES[arch_name].replace(depth=depth)
-  module = vit.VisionTransformer(arch)
-  params = pretrained.random_params(arch, seed=0)
-
-  @jax.jit
-  def forward(batch):
-    out = module.apply({"params": params}, batch)
-    return out.tokens, out.tokens_normed
-
-  tokens, normed = zip(*(forward(frames[i : i + 2]) for i in range(0, len(frames), 2)))
-  return np.concatenate(tokens), np.concatenate(normed), arch.patch_size
 
 
 def assert_equal_except_ties(mine, ref, ref_maps, label=""):
@@ -82,7 +63,6 @@ def check_dino(normed, first_onehot, patch, config, label):
   return differ, ids
 
 
-@pytest.mark.skipif(not DAVIS.is_dir(), reason="needs ../shared/data/davis2016")
 @pytest.mark.parametrize(
   "short_side,num_frames,sequence",
   [
@@ -93,26 +73,18 @@ def check_dino(normed, first_onehot, patch, config, label):
 def test_dino_protocol_matches_the_transcription_on_davis_frames(short_side, num_frames, sequence):
   """Real frames, random ViT-S/16 (2 blocks), the preset (at DINO's 480p: slow; default run at
   short side 240)."""
+  davis = real_data.davis2016_root()
   config = settings.preset("dino")
   config.short_side = short_side
-  frame_paths = inputs.list_frames(DAVIS / "JPEGImages/480p" / sequence)[:num_frames]
+  frame_paths = inputs.list_frames(davis / "JPEGImages/480p" / sequence)[:num_frames]
   frames = inputs.read_dino_frames(frame_paths, short_side, 64, config.mean, config.std)
   width = int(short_side * 854 / 480 // 64 * 64)
   assert frames.shape == (num_frames, short_side, width, 3)
   _, normed, patch = random_vit_features(frames, "dino_vits16")
-  ids = inputs.read_annotation_ids(DAVIS / "Annotations/480p" / sequence / "00000.png")
+  ids = inputs.read_annotation_ids(davis / "Annotations/480p" / sequence / "00000.png")
   first = inputs.dino_first_labels(ids, patch, short_side, 64)
   assert first.shape == (short_side // 16, width // 16, 2)
   check_dino(normed, first, patch, config, f"dino/davis {sequence} {short_side}p")
-
-
-def synthetic_video(num_frames=10, height=128, width=224, seed=3):
-  scene = synthetic_render.sample_scene(np.random.default_rng(seed), num_frames, 3, 5)
-  rendered = synthetic_render.render_scene(scene, height, width)
-  layer = rendered["layer"]
-  ids = np.where(layer == len(scene.objects), 0, layer + 1).astype(np.uint8)
-  rgb = rendered["rgb"].astype(np.float32)
-  return rgb, ids
 
 
 @pytest.mark.parametrize("overrides", [{}, {"radius": 3.0, "topk": 9, "context_frames": 3}])
@@ -227,7 +199,6 @@ def test_crw_protocol_matches_the_transcription_on_synthetic_objects(overrides):
   check_crw(tokens, first, label_ids, ids.shape[1:], config, f"crw/synthetic {overrides}")
 
 
-@pytest.mark.skipif(not DAVIS.is_dir(), reason="needs ../shared/data/davis2016")
 @pytest.mark.parametrize(
   "scale,num_frames,sequence",
   [(0.5, 8, "dog"), pytest.param(1.0, 24, "blackswan", marks=pytest.mark.slow)],
@@ -237,9 +208,10 @@ def test_crw_protocol_matches_the_transcription_on_davis_frames(
 ):
   """Real frames through the CRW readers (native 854x480 frames resized to 848 wide: slow; the
   default run first shrinks the JPEGs by `scale`), random ViT-S/16, the preset."""
+  davis = real_data.davis2016_root()
   config = settings.preset("crw")
-  paths = inputs.list_frames(DAVIS / "JPEGImages/480p" / sequence)[:num_frames]
-  annotation = DAVIS / "Annotations/480p" / sequence / "00000.png"
+  paths = inputs.list_frames(davis / "JPEGImages/480p" / sequence)[:num_frames]
+  annotation = davis / "Annotations/480p" / sequence / "00000.png"
   if scale != 1.0:
     for path in paths:
       image = cv2.imread(str(path))

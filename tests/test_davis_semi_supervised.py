@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import real_data
 from vosjax import evaluate
 from vosjax.data.davis import read_label_png
 from vosjax.data.video import write_indexed_png
 from vosjax.evaluation import davis_protocol
 from vosjax.evaluation import metrics
 
-OSVOS = (
-  Path(__file__).resolve().parents[2] / "shared/data/davis2017_eval_results/semi-supervised/osvos"
-)
+OSVOS_RESULTS = "davis2017_eval_results/semi-supervised/osvos"
 
 
 @pytest.fixture(scope="module")
 def masks():
-  if not OSVOS.is_dir():
-    pytest.skip("needs ../shared/data/davis2017_eval_results")
-  paths = sorted((OSVOS / "bike-packing").glob("*.png"))[:12]
+  osvos = real_data.require_data(OSVOS_RESULTS) / OSVOS_RESULTS
+  paths = sorted((osvos / "bike-packing").glob("*.png"))[:12]
   ids = np.stack([read_label_png(p) for p in paths]).astype(np.int64)
   assert ids[0].max() == 2
   return ids

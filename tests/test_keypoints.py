@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests import propagation_reference as reference
-from tests.test_correspondence_propagation import random_vit_features
-from tests.test_correspondence_propagation import synthetic_video
+from helpers.propagation_inputs import random_vit_features, synthetic_video
+from references import propagation_reference as reference
 from vosjax.correspondence import propagation
 from vosjax.correspondence import readout
 from vosjax.correspondence import settings
