@@ -35,6 +35,9 @@ COMPILATION_CACHE_SETTINGS = {
   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
   "JAX_COMPILATION_CACHE_MAX_SIZE": str(1 << 30),  # bytes
 }
+# libtpu is installed (test extra) for compiling to TPU topologies; this host runs on its CPU: JAX
+# must not look for a TPU to run on (metadata queries, the TPU lock file), here or in a child.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 for _name, _value in COMPILATION_CACHE_SETTINGS.items():
   os.environ.setdefault(_name, _value)  # for the children; a value set by the caller wins
 import jax  # noqa: E402  (after the cache settings, which JAX reads at import)

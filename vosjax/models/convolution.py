@@ -168,7 +168,8 @@ def conv2d(
     )
   kernel = kernel.astype(x.dtype)
   if jax.default_backend() == "cpu":
-    return _conv_valid_blocked(x, kernel)
+    with jax.named_scope("cpu_only/conv_valid_blocked"):  # shows in the HLO (tests/test_tpu.py)
+      return _conv_valid_blocked(x, kernel)
   return _conv_valid(x, kernel)
 
 

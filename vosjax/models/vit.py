@@ -281,7 +281,8 @@ class Attention(nn.Module):
         if length > 2 * transformer_layers.QUERY_CHUNK
         else transformer_layers.attend_per_image
       )
-      mixed, attention = attend(qkv, scale), None
+      with jax.named_scope("cpu_only/vit_attention"):  # shows in the HLO (tests/test_tpu.py)
+        mixed, attention = attend(qkv, scale), None
     else:
       logits = jnp.einsum("bqhd,bkhd->bhqk", query, key) * scale
       # Softmax in float32 so that a bfloat16 forward keeps sane attention maps.
