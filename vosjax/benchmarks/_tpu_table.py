@@ -4,7 +4,9 @@ Every config of configs/ (pretrained backbones replaced by random ones: same sha
 training step compiled for each topology of `TOPOLOGIES` at its shipped global batch (rounded up to
 a multiple of the chips where it does not divide) and at the largest per-chip batch that fits:
 per-chip memory is linear in the per-chip batch, so two compiles give the line, and the batch it
-predicts for the chip's HBM is compiled to check it (halved until it compiles and fits).
+predicts for the chip's HBM is compiled to check it (shrunk until it compiles and fits), or with
+`--predict-largest` reported as predicted from the two compiles (memory, step time and FLOPs are
+linear in the batch) without that third compile.
 Results are kept in `<out>.json` beside the table, cell by cell: a run that is cut short keeps
 them and the next run computes only the missing cells (delete the file to recompute everything).
 """
@@ -49,11 +51,37 @@ def _cell(config_path: str, topology_name: str, per_chip: int, chips: int) -> di
     return {"per_chip_batch": per_chip, "fits": False, "error": " ".join(str(error).split())[:300]}
   result.pop("compiled", None)
   result["num_train_steps"] = int(config.num_train_steps)
+  print(
+    f"  {os.path.basename(config_path)} {topology_name} {per_chip}/chip: fits {result['fits']}, "
+    f"compile {result['compile_s']:.0f} s",
+    flush=True,
+  )
   return result
 
 
-def _largest(config_path, topology_name, chips, first: dict) -> dict:
-  """The largest per-chip batch that fits, from the memory line through two compiles."""
+def _predicted(first: dict, second: dict, per_chip: int) -> dict:
+  """The program at `per_chip` examples per chip, from the lines through two compiled ones
+  (memory, step time and FLOPs are linear in the batch), marked as predicted (not compiled)."""
+  b1, b2 = first["per_chip_batch"], second["per_chip_batch"]
+
+  def line(a, b):
+    return a + (b - a) / (b2 - b1) * (per_chip - b1)
+
+  result = dict(second, per_chip_batch=per_chip, predicted=True)
+  result["memory"] = {"total": line(first["memory"]["total"], second["memory"]["total"])}
+  result["flops"] = line(first["flops"], second["flops"])
+  result["step_s"] = line(first["step_s"], second["step_s"])
+  chips, step = result["chips"], result["step_s"]
+  result["examples_per_s"] = per_chip * chips / step
+  result["mfu_bf16"] = result["flops"] / chips / step / result["bf16_flops_per_s"]
+  result["mfu_fp32"] = result["flops"] / chips / step / result["fp32_flops_per_s"]
+  result["fits"] = result["memory"]["total"] <= result["hbm_bytes"]
+  return result
+
+
+def _largest(config_path, topology_name, chips, first: dict, verify: bool) -> dict:
+  """The largest per-chip batch that fits: from the memory line through two compiles, the
+  predicted batch compiled to check it when `verify` (else reported as predicted)."""
   b1 = first["per_chip_batch"]
   if not first.get("fits") or "memory" not in first:
     b = b1
@@ -68,28 +96,31 @@ def _largest(config_path, topology_name, chips, first: dict) -> dict:
     return first
   slope = (second["memory"]["total"] - first["memory"]["total"]) / b1
   fixed = first["memory"]["total"] - slope * b1
-  best = second
-  b = max(2 * b1, int((first["hbm_bytes"] - fixed) / slope)) if slope > 0 else 4 * b1
+  b = int((first["hbm_bytes"] - fixed) / slope) if slope > 0 else 4 * b1
+  if b <= 2 * b1:
+    return second
+  if not verify:
+    return _predicted(first, second, b)
   while b > 2 * b1:
     result = _cell(config_path, topology_name, b, chips)
     if result.get("fits"):
       return result
     b = int(b * 0.8)
-  return best
+  return second
 
 
-def compute(out_json: pathlib.Path, configs, topologies) -> dict:
+def compute(out_json: pathlib.Path, configs, topologies, verify: bool = True) -> dict:
   results = json.loads(out_json.read_text()) if out_json.exists() else {}
   for topology_name in topologies:
     chips = len(topology.devices(topology_name))
     for path in configs:
       key = f"{os.path.basename(path)}|{topology_name}"
-      if key in results:
+      if key in results and (results[key]["largest"].get("predicted") is not True or not verify):
         continue
       start = time.perf_counter()
       shipped_batch = config_file.load_config(path, []).batch_size
       shipped = _cell(path, topology_name, math.ceil(shipped_batch / chips), chips)
-      largest = _largest(path, topology_name, chips, shipped)
+      largest = _largest(path, topology_name, chips, shipped, verify)
       results[key] = {"shipped_batch": shipped_batch, "shipped": shipped, "largest": largest}
       out_json.write_text(json.dumps(results, indent=1))
       print(f"{key}: {time.perf_counter() - start:.0f} s", flush=True)
@@ -116,6 +147,8 @@ def _row(name: str, topology_name: str, label: str, r: dict, shipped_batch: int)
   run_s = r["num_train_steps"] * step * (shipped_batch / batch if label == "largest" else 1)
   epoch_s = videos / r["examples_per_s"] if videos else None
   source = "" if r["step_s_source"] == "cost model" else " (roofline)"
+  if r.get("predicted"):
+    label += " (predicted from 2 compiles)"
   return (
     f"| {name} | {topology_name} ({chips} chips) | {label} | {batch} ({r['per_chip_batch']}/chip)"
     f" | {'yes' if r['fits'] else 'no'} | {r['memory']['total'] / 2**30:.2f} GiB"
@@ -146,11 +179,11 @@ def markdown(results: dict, configs, topologies) -> str:
   return "\n".join(lines)
 
 
-def main(out: str, configs=None, topologies=TOPOLOGIES) -> int:
+def main(out: str, configs=None, topologies=TOPOLOGIES, verify: bool = True) -> int:
   configs = configs or sorted(str(p) for p in pathlib.Path("configs").glob("*.py"))
   out_path = pathlib.Path(out)
   out_json = out_path.with_suffix(".json")
-  results = compute(out_json, configs, topologies)
+  results = compute(out_json, configs, topologies, verify)
   table = markdown(results, configs, topologies)
   text = out_path.read_text() if out_path.exists() else ""
   begin, end = "<!-- table: python -m vosjax.bench tpu --table -->", "<!-- end of table -->"

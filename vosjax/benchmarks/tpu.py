@@ -272,15 +272,25 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--json", default=None, help="also write the results to this file")
   parser.add_argument("--table", action="store_true", help="regenerate docs/tpu.md's table")
   parser.add_argument("--out", default="docs/tpu.md", help="with --table: the file to write")
+  parser.add_argument(
+    "--predict-largest",
+    action="store_true",
+    help="with --table: the largest batch from two compiles' memory line, not compiled to check",
+  )
   args = parser.parse_args(argv)
   if args.table:
     from vosjax.benchmarks import _tpu_table as tpu_table  # pylint: disable=g-import-not-at-top
 
-    return tpu_table.main(
-      args.out,
-      configs=args.config.split(",") if args.config else None,
-      topologies=args.topology.split(",") if args.topology else tpu_table.TOPOLOGIES,
-    )
+    try:
+      return tpu_table.main(
+        args.out,
+        configs=args.config.split(",") if args.config else None,
+        topologies=args.topology.split(",") if args.topology else tpu_table.TOPOLOGIES,
+        verify=not args.predict_largest,
+      )
+    except topology.TopologyError as error:
+      print(f"vosjax.bench tpu: {error}", file=sys.stderr)
+      return 2
   if not args.config:
     parser.error("--config is required (or --table)")
   programs = tuple(p for p in args.programs.split(",") if p)
