@@ -179,11 +179,11 @@ def markdown(results: dict, configs, topologies) -> str:
   return "\n".join(lines)
 
 
-def main(out: str, configs=None, topologies=TOPOLOGIES, verify: bool = True) -> int:
-  configs = configs or sorted(str(p) for p in pathlib.Path("configs").glob("*.py"))
+def render(out: str, configs, topologies) -> str:
+  """Writes the table of the cached results (`<out>.json`) into `out`; returns it."""
   out_path = pathlib.Path(out)
   out_json = out_path.with_suffix(".json")
-  results = compute(out_json, configs, topologies, verify)
+  results = json.loads(out_json.read_text()) if out_json.exists() else {}
   table = markdown(results, configs, topologies)
   text = out_path.read_text() if out_path.exists() else ""
   begin, end = "<!-- table: python -m vosjax.bench tpu --table -->", "<!-- end of table -->"
@@ -192,5 +192,11 @@ def main(out: str, configs=None, topologies=TOPOLOGIES, verify: bool = True) -> 
   else:
     text = text + f"\n{begin}\n{table}\n{end}\n"
   out_path.write_text(text)
-  print(table)
+  return table
+
+
+def main(out: str, configs=None, topologies=TOPOLOGIES, verify: bool = True) -> int:
+  configs = configs or sorted(str(p) for p in pathlib.Path("configs").glob("*.py"))
+  compute(pathlib.Path(out).with_suffix(".json"), configs, topologies, verify)
+  print(render(out, configs, topologies))
   return 0
