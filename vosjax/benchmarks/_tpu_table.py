@@ -20,7 +20,6 @@ import pathlib
 import time
 
 from vosjax.benchmarks import _config_file as config_file
-from vosjax.benchmarks import tpu
 from vosjax.core import topology
 
 TOPOLOGIES = ("v5e-16", "v4-32", "v5p-16", "v6e-16", "v5e-256")
@@ -42,11 +41,11 @@ def _overrides(config_path: str) -> list[str]:
   return ["backbone.random_init=True"] if "backbone" in config else []
 
 
-def _cell(config_path: str, topology_name: str, per_chip: int, chips: int) -> dict:
+def _cell(run, config_path: str, topology_name: str, per_chip: int, chips: int) -> dict:
   sets = _overrides(config_path) + [f"batch_size={per_chip * chips}"]
   config = config_file.load_config(config_path, sets)
   try:
-    (result,) = tpu.run(config, topology_name, ("train",))
+    (result,) = run(config, topology_name, ("train",))
   except Exception as error:  # pylint: disable=broad-except  # recorded in the table
     return {"per_chip_batch": per_chip, "fits": False, "error": " ".join(str(error).split())[:300]}
   result.pop("compiled", None)
@@ -79,7 +78,7 @@ def _predicted(first: dict, second: dict, per_chip: int) -> dict:
   return result
 
 
-def _largest(config_path, topology_name, chips, first: dict, verify: bool) -> dict:
+def _largest(run, config_path, topology_name, chips, first: dict, verify: bool) -> dict:
   """The largest per-chip batch that fits: from the memory line through two compiles, the
   predicted batch compiled to check it when `verify` (else reported as predicted)."""
   b1 = first["per_chip_batch"]
@@ -87,11 +86,11 @@ def _largest(config_path, topology_name, chips, first: dict, verify: bool) -> di
     b = b1
     while b > 1:  # halve until it fits
       b //= 2
-      result = _cell(config_path, topology_name, b, chips)
+      result = _cell(run, config_path, topology_name, b, chips)
       if result.get("fits"):
         return result
     return first
-  second = _cell(config_path, topology_name, 2 * b1, chips)
+  second = _cell(run, config_path, topology_name, 2 * b1, chips)
   if not second.get("fits") or "memory" not in second:
     return first
   slope = (second["memory"]["total"] - first["memory"]["total"]) / b1
@@ -102,14 +101,15 @@ def _largest(config_path, topology_name, chips, first: dict, verify: bool) -> di
   if not verify:
     return _predicted(first, second, b)
   while b > 2 * b1:
-    result = _cell(config_path, topology_name, b, chips)
+    result = _cell(run, config_path, topology_name, b, chips)
     if result.get("fits"):
       return result
     b = int(b * 0.8)
   return second
 
 
-def compute(out_json: pathlib.Path, configs, topologies, verify: bool = True) -> dict:
+def compute(run, out_json: pathlib.Path, configs, topologies, verify: bool = True) -> dict:
+  """`run`: `vosjax.benchmarks.tpu.run` (passed in: that module imports this one)."""
   results = json.loads(out_json.read_text()) if out_json.exists() else {}
   for topology_name in topologies:
     chips = len(topology.devices(topology_name))
@@ -119,8 +119,8 @@ def compute(out_json: pathlib.Path, configs, topologies, verify: bool = True) ->
         continue
       start = time.perf_counter()
       shipped_batch = config_file.load_config(path, []).batch_size
-      shipped = _cell(path, topology_name, math.ceil(shipped_batch / chips), chips)
-      largest = _largest(path, topology_name, chips, shipped, verify)
+      shipped = _cell(run, path, topology_name, math.ceil(shipped_batch / chips), chips)
+      largest = _largest(run, path, topology_name, chips, shipped, verify)
       results[key] = {"shipped_batch": shipped_batch, "shipped": shipped, "largest": largest}
       out_json.write_text(json.dumps(results, indent=1))
       print(f"{key}: {time.perf_counter() - start:.0f} s", flush=True)
@@ -144,7 +144,8 @@ def _row(name: str, topology_name: str, label: str, r: dict, shipped_batch: int)
     return f"{head} | no | {reason} | | | | | | |"
   videos, _ = DATASETS.get(name, (None, ""))
   step = r["step_s"]
-  run_s = r["num_train_steps"] * step * (shipped_batch / batch if label == "largest" else 1)
+  # The config's training examples (num_train_steps x its global batch) at this throughput.
+  run_s = r["num_train_steps"] * shipped_batch / r["examples_per_s"]
   epoch_s = videos / r["examples_per_s"] if videos else None
   source = "" if r["step_s_source"] == "cost model" else " (roofline)"
   if r.get("predicted"):
@@ -195,8 +196,8 @@ def render(out: str, configs, topologies) -> str:
   return table
 
 
-def main(out: str, configs=None, topologies=TOPOLOGIES, verify: bool = True) -> int:
+def main(run, out: str, configs=None, topologies=TOPOLOGIES, verify: bool = True) -> int:
   configs = configs or sorted(str(p) for p in pathlib.Path("configs").glob("*.py"))
-  compute(pathlib.Path(out).with_suffix(".json"), configs, topologies, verify)
+  compute(run, pathlib.Path(out).with_suffix(".json"), configs, topologies, verify)
   print(render(out, configs, topologies))
   return 0

@@ -283,6 +283,7 @@ def main(argv: list[str]) -> int:
 
     try:
       return tpu_table.main(
+        run,
         args.out,
         configs=args.config.split(",") if args.config else None,
         topologies=args.topology.split(",") if args.topology else tpu_table.TOPOLOGIES,
