@@ -37,6 +37,9 @@ from helpers.tiny_configs import (
 # configs/ is not an installed package; tests import it from the checkout.
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+# libtpu is installed (test extra) for compiling to TPU topologies; this host runs on its CPU: JAX
+# must not look for a TPU to run on (metadata queries, the TPU lock file), here or in a child.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 for _name, _value in COMPILATION_CACHE_SETTINGS.items():
   os.environ.setdefault(_name, _value)  # for the children; a value set by the caller wins
 import jax  # noqa: E402  (after the cache settings, which JAX reads at import)

@@ -43,6 +43,8 @@ def test_quick_backbone_and_keyframes(tmp_path):
     check_mfu(row)
     # XLA's count includes the non-matmul work the analytic count leaves out.
     assert row["xla_flops_per_frame"] >= 0.9 * row["analytic_flops_per_frame"]
+    # MFU's count (matmuls, loops multiplied out) is the analytic matmul count.
+    assert row["flops_per_frame"] == pytest.approx(row["analytic_flops_per_frame"], rel=0.05)
   assert [row["ratio"] for row in report["keyframes"]] == [3, 1]
   assert all(row["clustering_run_s"] > 0 for row in report["keyframes"])
   rows = [line for line in table.splitlines() if line.startswith("| backbone")]
@@ -79,5 +81,5 @@ def test_quick_run_of_every_section(tmp_path):
   assert report["end_to_end"][0]["frames_per_s"] > 0
   for row in report["train"]:
     assert row["finite"] and row["images_per_s"] > 0
-    assert row["xla_flops_per_step"] > 0
+    assert row["flops_per_step"] > 0 and row["xla_flops_per_step"] > 0
     check_mfu(row)

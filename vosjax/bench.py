@@ -1,7 +1,7 @@
 """Benchmarks: `python -m vosjax.bench NAME [options]`.
 
-NAME is one of the modules of `vosjax/benchmarks/` (backbone, clustering, data, evaluate,
-keyframes, mg_recipes, train).
+NAME is one of the modules of `vosjax/benchmarks/` (all, backbone, clustering, data, evaluate,
+flow_error, keyframes, mg_recipes, tpu, train).
 
 Each benchmark lives in `vosjax/benchmarks/<name>.py` and exposes `main(argv)`.
 """

@@ -63,10 +63,11 @@ def create_train_state(
   return state, shardings
 
 
-def make_train_step(method, model, config, tx, state_shardings, data_sharding):
-  """Returns `train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated."""
-  replicated = NamedSharding(data_sharding.mesh, P())
-  model_argument, bind = sharding.place_model(model, data_sharding.mesh)
+def train_step_function(method, config, tx, bind=lambda model_argument: model_argument):
+  """`train_step(state, batch, rng, model_argument) -> (state, metrics)`, not jitted: the loss and
+  gradients, the optimizer, the method's extra state and the non-finite guard. `bind` turns the
+  model argument into the model (`core.sharding.place_model`). Jitted by `make_train_step`;
+  AOT-compiled for TPU topologies by `vosjax.benchmarks.tpu`."""
   _, update_extra = interface.extra_state_hooks(method)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array, model_argument):
@@ -93,14 +94,28 @@ def make_train_step(method, model, config, tx, state_shardings, data_sharding):
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
     return new_state, metrics
 
+  return train_step
+
+
+def jit_train_step(train_step, state_shardings, data_sharding):
+  """`train_step` jitted as the loop runs it: state replicated and donated, batch sharded. Traced
+  (and lowered) under the mesh, so kernels are chosen by the platform of its devices."""
+  replicated = NamedSharding(data_sharding.mesh, P())
   jitted = jax.jit(
     train_step,
     in_shardings=(state_shardings, data_sharding, replicated, replicated),
     out_shardings=(state_shardings, replicated),
     donate_argnums=(0,),
   )
-  # Traced under the mesh: kernels are chosen by the platform of its devices.
-  jitted = sharding.under_mesh(jitted, data_sharding.mesh)
+  return sharding.under_mesh(jitted, data_sharding.mesh)
+
+
+def make_train_step(method, model, config, tx, state_shardings, data_sharding):
+  """Returns `train_step(state, batch, rng) -> (state, metrics)`, jitted, state donated."""
+  model_argument, bind = sharding.place_model(model, data_sharding.mesh)
+  jitted = jit_train_step(
+    train_step_function(method, config, tx, bind), state_shardings, data_sharding
+  )
   return lambda state, batch, rng: jitted(state, batch, rng, model_argument)
 
 

@@ -8,9 +8,10 @@ Runs, at the official shapes, on `jax.devices()` (CPU, GPU or TPU alike):
   float32 at the default precision (what the models get: TF32 on recent GPUs, bf16 passes on TPU)
   and bfloat16, timed, in GFLOP/s;
 - backbone: DINO ViT-S/8 and ViT-S/16 feature extraction (random weights) at 192x384 and 320x480,
-  8 frames, in float32 (and bfloat16 on an accelerator): frames/s, GFLOP/s and MFU (FLOPs per frame
-  from XLA's cost analysis of one forward pass, next to the analytic matmul count; MFU against the
-  peak of the same dtype at the default precision, measured next to the row: see below);
+  8 frames, in float32 (and bfloat16 on an accelerator): frames/s, GFLOP/s and MFU (matmul FLOPs
+  per frame with loops multiplied out, `core.flops`, next to XLA's cost analysis of one forward
+  pass and the analytic count; MFU against the peak of the same dtype at the default precision,
+  measured next to the row: see below);
 - clustering: Betrayed's hierarchical clustering at T = 24 and 80, key-frame ratio 10, 24x48 tokens
   (planted objects, as `python -m vosjax.bench clustering`): compile s, run s, XLA temp MB;
 - keyframes: key-frame attention and clustering at T = 24 for ratios 10, 5, 1 (a clustering
@@ -19,9 +20,9 @@ Runs, at the official shapes, on `jax.devices()` (CPU, GPU or TPU alike):
   192x384 video, ratio 10 (configs/ytvis.py, random backbone);
 - train: the loop's training step (`python -m vosjax.bench train`) of Motion Grouping at the
   official widths, 8 flow pairs at 128x224 (configs/motion_grouping.py), and of Betrayed, 8 clips
-  of 3 frames at 192x384 (configs/ytvis.py): steps/s, images/s, peak memory, GFLOP/s and MFU (FLOPs
-  of one step from XLA's cost analysis; a `while` body such as the frozen ViT's frame loop counts
-  once there, so the Betrayed figure is a lower bound).
+  of 3 frames at 192x384 (configs/ytvis.py): steps/s, images/s, peak memory, GFLOP/s and MFU (matmul
+  FLOPs of one step with loops multiplied out, `core.flops`; XLA's cost analysis, which counts a
+  loop body such as the decoder's chunk `scan` once, is reported beside it).
 
 MFU: the peak of a row is measured just before and just after it (the higher of the two), not once
 for the whole run, so that a change of load cannot make a row look faster than the machine. A row
@@ -55,6 +56,7 @@ from vosjax.benchmarks import backbone as backbone_bench
 from vosjax.benchmarks import keyframes as keyframes_bench
 from vosjax.benchmarks import reference_clustering as reference
 from vosjax.benchmarks import train as train_bench
+from vosjax.core import flops as flops_lib
 from vosjax.core import host_memory
 from vosjax.core import sharding
 from vosjax.methods.betrayed import clustering
@@ -229,9 +231,11 @@ def bench_backbone(s: dict, peak_meters: dict, repeats: int) -> list[dict]:
           lambda p, x: module.apply({"params": p}, x, return_attention=True), params, chunk
         )
         flops = flops / s["frame_chunk"] if flops else None
+        # What MFU is computed from: the extraction's own matmul FLOPs, loops multiplied out.
+        counted = flops_lib.matmul_flops(extract, params, video).flops / s["frames"]
         analytic = vit.vit_flops_per_image(arch, height, width)
         fps = s["frames"] / seconds
-        gflops = (flops or analytic) * fps / 1e9
+        gflops = counted * fps / 1e9
         rows.append(
           {
             "arch": name,
@@ -241,6 +245,7 @@ def bench_backbone(s: dict, peak_meters: dict, repeats: int) -> list[dict]:
             "compile_s": first - seconds,
             "run_s": seconds,
             "frames_per_s": fps,
+            "flops_per_frame": counted,
             "xla_flops_per_frame": flops,
             "analytic_flops_per_frame": analytic,
             "gflops_per_s": gflops,
@@ -367,9 +372,7 @@ def bench_train(s: dict, peak_meters: dict, steps: int) -> list[dict]:
       peak_meters["float32"],
     )
     gflops = (
-      result["xla_flops_per_step"] * result["steps_per_s"] / 1e9
-      if result["xla_flops_per_step"]
-      else None
+      result["flops_per_step"] * result["steps_per_s"] / 1e9 if result["flops_per_step"] else None
     )
     rows.append(
       {
