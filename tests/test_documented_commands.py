@@ -112,6 +112,14 @@ EXECUTED = {
     "tests/test_bench_train.py::test_backbone_benchmark_command",
     "ViT-S/16 at 32x64, one repeat",
   ),
+  "python -m vosjax.bench tpu --config CONFIG --topology v5e:4x4": (
+    "tests/test_tpu.py::test_config_train_step_compiles_for_tpu",
+    "every config at tiny sizes on v4:2x2x2, through the command's `tpu.run`",
+  ),
+  "python -m vosjax.bench tpu": (
+    "tests/test_tpu.py::test_refusals",
+    "the command's refusals (unknown topology, indivisible batch, no libtpu)",
+  ),
   "python -m vosjax.bench clustering --frames 24 --skip_numpy": (
     "tests/test_bench_clustering.py::test_clustering_benchmark_runs_and_agrees_with_numpy",
     "4 frames, with the NumPy comparison",
