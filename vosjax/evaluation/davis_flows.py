@@ -3,8 +3,9 @@ protocol.
 
 Called by `vosjax.evaluation.evaluate` when `config.data.source == "davis"` (the end of training and
 `--mode eval`). The sequences are `config.data.sequences`, else those of
-`ImageSets/480p/val.txt` that have frames (the official 20 val; 18 in ../shared/data/davis2016,
-which lacks the frames of cows and goat), so a full train + val root is still scored on val only.
+`ImageSets/480p/val.txt` (or the list of `config.data.eval_split`) that have frames (the official
+20 val; 18 in ../shared/data/davis2016, which lacks the frames of cows and goat), so a full
+train + val root is still scored on val only.
 For each sequence:
   1. the evaluation flows of every frame (gaps `config.data.gaps` with Motion Grouping's fallback to
      the opposite gap), at `config.data.resolution`;
@@ -75,27 +76,15 @@ def _upsample(values: np.ndarray, size: tuple[int, int], interpolation) -> np.nd
 
 
 def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
-  """`data.sequences`, else the official val list that has frames, else every sequence with frames.
+  """`data.sequences`, else the root's `ImageSets/` list of `data.eval_split` (default "val") that
+  has frames, else every sequence with frames (`davis.split_sequences`).
 
-  The val list is `ImageSets/480p/val.txt` (DAVIS-2016: one "<frame>.jpg <annotation>.png"
-  line per frame; the 20 val sequences). Without it, a full DAVIS-2016 root (train + val) would be
-  scored on all 50 sequences, including the 30 training ones.
+  DAVIS-2016 ships `ImageSets/480p/val.txt` (one "<frame>.jpg <annotation>.png" line per frame;
+  the 20 val sequences): without it, a full root (train + val) would be scored on all 50.
   """
-  if data.sequences:
-    return list(data.sequences)
-  val_list = Path(data.root) / "ImageSets" / "480p" / "val.txt"
-  with_frames = davis.list_sequences(data.root)
-  if not val_list.is_file():
-    return with_frames
-  val = {
-    Path(line.split()[0]).parent.name if "/" in line else line.split()[0]
-    for line in val_list.read_text().splitlines()
-    if line.strip()
-  }
-  sequences = [s for s in with_frames if s in val]
-  if not sequences:
-    raise ValueError(f"none of the sequences listed in {val_list} has frames under {data.root}")
-  return sequences
+  return davis.split_sequences(
+    data.root, data.get("eval_split", "val"), override=tuple(data.sequences or ())
+  )
 
 
 def _annotation_size(root, sequence: str) -> tuple[int, int]:

@@ -5,7 +5,9 @@ The training frames (YouTube-VIS / YouTube-VOS layout) have no annotations in a 
 scores; the papers evaluate on DAVIS-2017 val. So:
   * `config.data.eval_root` unset (None): nothing to score; the run says so in the log and in
     `WORKDIR/eval_metrics.json` (`num_videos=0`) and ends normally.
-  * set: for each sequence (`config.data.eval_sequences`, else every one with frames under
+  * set: for each sequence (`config.data.eval_sequences`, else those of the root's `ImageSets/`
+    list of `config.data.eval_split` ("val": DAVIS-2017 `ImageSets/2017/val.txt`, DAVIS-2016
+    `ImageSets/480p/val.txt`) with frames, else every one with frames under
     `JPEGImages/<config.data.eval_quality>/`), the frames go through the method's
     `segment_inputs` and its `predict` in windows of `config.data.eval_chunk_frames` (+2) frames
     (`vosjax.evaluation.windows`, as `vosjax.segment`), the ids are upsampled (nearest) to the frame
@@ -55,10 +57,15 @@ CANDIDATES_FOLDER = "frame_candidates"  # beside frame_results/
 
 
 def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
-  """`data.eval_sequences`, else every sequence of `data.eval_root` with frames."""
-  if data.eval_sequences:
-    return list(data.eval_sequences)
-  sequences = davis.list_sequences(data.eval_root, data.eval_quality)
+  """`data.eval_sequences`, else the sequences of the `ImageSets/` list of `data.eval_split`
+  (default "val"; DAVIS-2017 `ImageSets/2017/val.txt`, DAVIS-2016 `ImageSets/480p/val.txt`) with
+  frames, else (no list shipped) every sequence of `data.eval_root` with frames."""
+  sequences = davis.split_sequences(
+    data.eval_root,
+    data.get("eval_split", "val"),
+    data.eval_quality,
+    override=tuple(data.eval_sequences or ()),
+  )
   if not sequences:
     raise FileNotFoundError(
       f"no sequence with frames under "
