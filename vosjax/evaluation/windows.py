@@ -93,6 +93,77 @@ def rank_by_area(ids: np.ndarray) -> np.ndarray:
   return np.minimum(rank, 255).astype(np.uint8)[ids]
 
 
+class _JoinedIds:
+  """One id stream of a video (`[T, h, w]`) joined from overlapping windows (see
+  `predict_in_windows`)."""
+
+  def __init__(self, num_frames: int, link_clusters: bool):
+    self.num_frames, self.link_clusters = num_frames, link_clusters
+    self.out = None
+    self.filled = self.next_id = 0  # frames [0, filled) are labelled; ids [0, next_id) are used
+
+  def add(self, start: int, window: int, ids: np.ndarray) -> None:
+    """Joins one window's ids `[window, h, w]` starting at video frame `start`."""
+    ids = ids.astype(np.int64)
+    if self.out is None:
+      self.out = np.zeros((self.num_frames,) + ids.shape[1:], np.int32)
+    if self.link_clusters:
+      if start == 0:
+        mapping, self.next_id = np.arange(ids.max() + 1), int(ids.max()) + 1
+      else:
+        mapping, self.next_id = link_ids(
+          self.out[start : self.filled],
+          ids[: self.filled - start],
+          int(ids.max()) + 1,
+          self.next_id,
+        )
+      ids = mapping[ids]
+    # Frames before `filled` keep the previous window's result: there the first frame of this
+    # window lacks its backward flow, and cluster ids were linked on them.
+    end = kept_end(start, window, self.num_frames)
+    self.out[self.filled : end] = ids[self.filled - start : end - start]
+    self.filled = end
+
+
+def _join_windows(
+  predict: Callable[[dict], dict],
+  inputs: dict[str, np.ndarray],
+  chunk_frames: int,
+  *,
+  link_clusters: bool,
+  progress: bool,
+  with_levels: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """(ids int32 `[T, h, w]`, and with `with_levels` the joined hierarchy levels int32
+  `[L, T, h', w']` finest first, L the most levels any window has, else None)."""
+  num_frames = len(next(iter(inputs.values())))
+  window, starts = windows(num_frames, chunk_frames)
+  joined = _JoinedIds(num_frames, link_clusters)
+  levels, num_levels = [], 1
+  for start in tqdm.tqdm(starts, desc="segment", unit="window", disable=not progress):
+    prediction = predict(
+      {k: np.asarray(v[start : start + window])[None] for k, v in inputs.items()}
+    )
+    if np.any(prediction.get("overflow", False)):
+      logging.warning(
+        "Frames %d-%d: clustering capacity exceeded (config.model.max_clusters / "
+        "max_window_clusters): some clusters were dropped and their pixels went to "
+        "the nearest kept one.",
+        start,
+        start + window - 1,
+      )
+    joined.add(start, window, np.asarray(prediction["ids"])[0])
+    if with_levels:
+      window_levels = np.asarray(prediction["levels"])[0]  # [max_levels, window, h', w']
+      levels = levels or [_JoinedIds(num_frames, link_clusters) for _ in window_levels]
+      for level, ids in zip(levels, window_levels):
+        level.add(start, window, ids)
+      num_levels = max(num_levels, int(np.asarray(prediction["num_levels"])[0]))
+  if not with_levels:
+    return joined.out, None
+  return joined.out, np.stack([level.out for level in levels[:num_levels]])
+
+
 def predict_in_windows(
   predict: Callable[[dict], dict],
   inputs: dict[str, np.ndarray],
@@ -114,39 +185,42 @@ def predict_in_windows(
   Returns:
     int32 `[T, h, w]` ids, consistent over the whole video.
   """
-  num_frames = len(next(iter(inputs.values())))
-  window, starts = windows(num_frames, chunk_frames)
-  out = None
-  filled = next_id = 0  # frames [0, filled) are labelled; video ids [0, next_id) are used
-  for start in tqdm.tqdm(starts, desc="segment", unit="window", disable=not progress):
-    prediction = predict(
-      {k: np.asarray(v[start : start + window])[None] for k, v in inputs.items()}
-    )
-    ids = np.asarray(prediction["ids"])[0].astype(np.int64)
-    if np.any(prediction.get("overflow", False)):
-      logging.warning(
-        "Frames %d-%d: clustering capacity exceeded (config.model.max_clusters / "
-        "max_window_clusters): some clusters were dropped and their pixels went to "
-        "the nearest kept one.",
-        start,
-        start + window - 1,
-      )
-    if out is None:
-      out = np.zeros((num_frames,) + ids.shape[1:], np.int32)
-    if link_clusters:
-      if start == 0:
-        mapping, next_id = np.arange(ids.max() + 1), int(ids.max()) + 1
-      else:
-        mapping, next_id = link_ids(
-          out[start:filled], ids[: filled - start], int(ids.max()) + 1, next_id
-        )
-      ids = mapping[ids]
-    # Frames before `filled` keep the previous window's result: there the first frame of this
-    # window lacks its backward flow, and cluster ids were linked on them.
-    end = kept_end(start, window, num_frames)
-    out[filled:end] = ids[filled - start : end - start]
-    filled = end
-  return out
+  return _join_windows(
+    predict, inputs, chunk_frames, link_clusters=link_clusters, progress=progress
+  )[0]
+
+
+def segment_hierarchy(
+  method,
+  predict: Callable[[dict], dict],
+  inputs: dict[str, np.ndarray],
+  chunk_frames: int,
+  frame_size: tuple[int, int],
+  *,
+  progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+  """`segment_frames` for a `interface.ClustersHierarchically` method whose `predict` returns its
+  levels (`with_hierarchy_levels`): the id map and every level of the hierarchy.
+
+  Each level is joined over the windows like the ids (linked by IoU, on the token grid), upsampled
+  to the prediction grid as the method upsamples its ids (torch nearest, `upsample_labels`), ranked
+  by area and upsampled to `frame_size` like the ids: on a video of one window the coarsest level
+  is the id map itself.
+
+  Returns:
+    (ids uint8 `[T, H, W]`, levels uint8 `[L, T, H, W]`, coarse to fine).
+  """
+  if not isinstance(method, interface.ClustersHierarchically):
+    raise ValueError("this method has no clustering hierarchy (interface.ClustersHierarchically)")
+  ids, levels = _join_windows(
+    predict, inputs, chunk_frames, link_clusters=True, progress=progress, with_levels=True
+  )
+  grid = ids.shape[1:]
+  levels = [
+    upsample_nearest(rank_by_area(upsample_labels(level, grid)), frame_size)
+    for level in levels[::-1]
+  ]
+  return upsample_nearest(rank_by_area(ids), frame_size), np.stack(levels)
 
 
 def predict_in_chunks(
@@ -259,3 +333,20 @@ def upsample_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   rows = ((np.arange(size[0]) + 0.5) * height / size[0]).astype(np.int64)
   cols = ((np.arange(size[1]) + 0.5) * width / size[1]).astype(np.int64)
   return ids[..., rows[:, None], cols[None, :]]
+
+
+def upsample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resize of `[..., h, w]` to `[..., H, W]` with torch's
+  `F.interpolate(mode="nearest")` as computed in float32: source index
+  min(floor(dst * float32(h / H)), h - 1) (it differs from `upsample_nearest_floor` where the
+  float32 product rounds down, e.g. column 427 of 854 from 16)."""
+  height, width = labels.shape[-2:]
+
+  def source_index(in_size: int, out_size: int) -> np.ndarray:
+    scale = np.float32(in_size) / np.float32(out_size)
+    index = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+    return np.minimum(index, in_size - 1)
+
+  rows = source_index(height, size[0])
+  cols = source_index(width, size[1])
+  return labels[..., rows[:, None], cols[None, :]]

@@ -88,6 +88,21 @@ class SegmentsVideos(Protocol):
     """uint8 frames `[T, H, W, 3]` -> the per-frame arrays `[T, ...]` that `predict` reads, at
     `config.data.resolution` (e.g. optical flow, cached under `cache_dir/cache_key`)."""
 
+  def model_resolution(self, config: ConfigDict) -> tuple[int, int]:
+    """(H, W) the model actually runs at (e.g. `model.inference_resolution` where the method
+    resizes its inputs again before the network)."""
+
+
+@runtime_checkable
+class ClustersHierarchically(Protocol):
+  """`predict` can also return every level of a clustering hierarchy (`vosjax.segment --levels`,
+  the multi-granularity figure of Betrayed by Attention)."""
+
+  def with_hierarchy_levels(self, config: ConfigDict) -> ConfigDict:
+    """`config` whose `predict` also returns `levels` int32 `[B, L, T, h, w]` (cluster ids of each
+    level on the prediction grid, finest first; levels >= `num_levels` repeat the last, coarsest)
+    and `num_levels` int32 `[B]`; `ids` stay the coarsest level upsampled."""
+
 
 @runtime_checkable
 class PredictsInChunks(Protocol):

@@ -76,7 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
   )
 
   config.backbone = pretrained.default_backbone_config()  # DINO ViT-S/8
-  config.backbone.arch_overrides = ml_collections.ConfigDict()  # tests only (random_init)
+  config.backbone.arch_overrides = vit_video.arch_overrides_config()  # tests only (random_init)
 
   config.model = ml_collections.ConfigDict()
   config.model.num_heads = 8
@@ -91,6 +91,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.max_window_clusters = 128
   config.model.max_clusters = 1024
   config.model.max_levels = 16
+  config.model.output_levels = (
+    False  # predict also returns every hierarchy level (segment --levels)
+  )
 
   config.loss = ml_collections.ConfigDict()
   config.loss.num_queries = 8
@@ -308,7 +311,9 @@ def predict(
     num_clusters: int32 `[B]`; overflow: bool `[B]` (a clustering capacity was exceeded) and, per
     capacity, window_overflow, cluster_overflow, level_overflow bool `[B]`,
     window_clusters_needed, clusters_needed int32 `[B]` (`clustering.ClusterResult`), num_tokens
-    int32 `[B]` (T * h * w), read by `grown_config`.
+    int32 `[B]` (T * h * w), read by `grown_config`. With `model.output_levels`, also levels int32
+    `[B, max_levels, T, h, w]` on the token grid (level 0 the finest; `clustering.ClusterResult`)
+    and num_levels int32 `[B]`.
   """
   video = vit_video.check_video(batch, "prediction", NAME)
   q, k, grid = query_key(params, model, video, config)
@@ -331,7 +336,11 @@ def predict(
   result = jax.lax.map(lambda q_k: cluster(*q_k), (q, k))
   ids = clustering.upsample_labels(result.labels, tuple(video.shape[2:4])).astype(jnp.int32)
   num_tokens = jnp.full(ids.shape[:1], q.shape[1] * q.shape[2], jnp.int32)
+  levels = {}
+  if model_config.get("output_levels", False):
+    levels = {"levels": result.levels, "num_levels": result.num_levels}
   return {
+    **levels,
     "ids": ids,
     "num_clusters": result.num_clusters[:, -1],
     "overflow": result.overflow,
@@ -459,3 +468,16 @@ def segment_inputs(
   `config.data.resolution` (bilinear, as the frame readers); no flow, nothing cached."""
   del cache_dir, cache_key, flow_preset
   return {"video": video_io.resize_frames(frames, tuple(config.data.resolution))}
+
+
+def model_resolution(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """`interface.SegmentsVideos`: `model.inference_resolution`, else `data.resolution`."""
+  return tuple(config.model.inference_resolution or config.data.resolution)
+
+
+def with_hierarchy_levels(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`interface.ClustersHierarchically`: `config` with `model.output_levels` on."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.output_levels = True
+  return config

@@ -252,3 +252,8 @@ def segment_inputs(
     frames, tuple(config.data.resolution), cache_dir, cache_key, flow_preset
   )
   return {"forward_flow": flows[1], "backward_flow": flows[-1]}
+
+
+def model_resolution(config) -> tuple[int, int]:
+  """`interface.SegmentsVideos`: the flows' `data.resolution`."""
+  return tuple(config.data.resolution)
