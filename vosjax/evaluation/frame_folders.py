@@ -21,8 +21,9 @@ scores; the papers evaluate on DAVIS-2017 val. So:
     scored on the candidates, each on its own (`davis_protocol.evaluate_sequence_masks`, the SMTC
     evaluator), not on the PNGs (which show one candidate per pixel): the binary candidates on the
     prediction grid go to `WORKDIR/frame_candidates/<seq>.npz` (masks bool [T, K, h, w], valid
-    bool [T, K], frame names; the official `DAVIS_Twostage/<seq>.pth`) and are upsampled (torch
-    nearest) to the annotations' size when scored. Chunked methods (`PredictsInChunks`) run in
+    bool [T, K], frame names, the nearest rule; the official `DAVIS_Twostage/<seq>.pth`) and are
+    upsampled (torch nearest; computed in float32 as torch does with `config.eval.mode`
+    "official") to the annotations' size when scored. Chunked methods (`PredictsInChunks`) run in
     calls of whole chunks (about `config.data.eval_chunk_frames` frames).
   * DAVIS-2016-style annotations (8-bit grayscale or binary PNGs, 0/255: one object, e.g.
     ../shared/data/davis2016), which the DAVIS-2017 protocols would read as void (255), are scored
@@ -42,6 +43,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
+from vosjax.core import config as config_lib
 from vosjax.core import images
 from vosjax.core import sharding
 from vosjax.data import davis
@@ -140,6 +142,7 @@ def _segment_sequence(
       masks=candidates[0],
       valid=candidates[1],
       frame_names=np.array([p.stem for p in paths]),
+      nearest_rule=np.array("torch" if config_lib.is_official(config) else "exact"),
     )
   return frames, ids
 
@@ -147,14 +150,14 @@ def _segment_sequence(
 class _UpsampledFrames:
   """The frames' candidate masks bool [K, H, W], upsampled one frame at a time when read."""
 
-  def __init__(self, masks: np.ndarray, size: tuple[int, int]):
-    self.masks, self.size = masks, size
+  def __init__(self, masks: np.ndarray, size: tuple[int, int], rule: str = "exact"):
+    self.masks, self.size, self.rule = masks, size, rule
 
   def __len__(self) -> int:
     return len(self.masks)
 
   def __getitem__(self, t: int) -> np.ndarray:
-    return windows.upsample_nearest_floor(self.masks[t], self.size)
+    return windows.upsample_nearest_floor(self.masks[t], self.size, self.rule)
 
 
 def score_candidates(
@@ -171,11 +174,13 @@ def score_candidates(
     path = candidates_dir / f"{sequence}.npz"
     with np.load(path) as saved:
       masks, valid, names = saved["masks"], saved["valid"], list(saved["frame_names"])
+      # The rule of the run's config.eval.mode ("torch": official); files from before: "exact".
+      rule = str(saved["nearest_rule"]) if "nearest_rule" in saved else "exact"
     missing = [p.stem for p in gt_paths if p.stem not in names]
     if missing:
       raise ValueError(f"{path}: no candidates for the annotated frames {missing[:5]}")
     index = np.array([names.index(p.stem) for p in gt_paths])
-    proposals = _UpsampledFrames(masks[index], true_ids.shape[1:])
+    proposals = _UpsampledFrames(masks[index], true_ids.shape[1:], rule)
     scores = proposal_scores.score_mask_stack(
       true_ids, proposals, num_objects=num_objects, name=sequence
     )

@@ -19,6 +19,8 @@ import numpy as np
 from scipy import optimize
 import tqdm
 
+from vosjax.core import config as config_lib
+from vosjax.core import images
 from vosjax.methods import interface
 
 # Two clusters of neighbouring windows are the same segment when their IoU on the shared frames is
@@ -133,6 +135,7 @@ def _join_windows(
   link_clusters: bool,
   progress: bool,
   with_levels: bool = False,
+  ids_key: str = "ids",
 ) -> tuple[np.ndarray, np.ndarray | None]:
   """(ids int32 `[T, h, w]`, and with `with_levels` the joined hierarchy levels int32
   `[L, T, h', w']` finest first, L the most levels any window has, else None)."""
@@ -152,7 +155,7 @@ def _join_windows(
         start,
         start + window - 1,
       )
-    joined.add(start, window, np.asarray(prediction["ids"])[0])
+    joined.add(start, window, np.asarray(prediction[ids_key])[0])
     if with_levels:
       window_levels = np.asarray(prediction["levels"])[0]  # [max_levels, window, h', w']
       levels = levels or [_JoinedIds(num_frames, link_clusters) for _ in window_levels]
@@ -284,7 +287,10 @@ def segment_frames(
   `chunk_frames` frames), the others in windows of `chunk_frames` + 2 frames (`predict_in_windows`;
   cluster ids linked between windows and ranked by area, class ids as they are, upsampled nearest).
   For methods with `interface.ProposesCandidates`, the ids are the method's resolution of the
-  overlapping candidates, upsampled with torch's rule like the candidates themselves.
+  overlapping candidates, upsampled with torch's rule like the candidates themselves. With
+  `config.eval.mode` "official", the method's `OFFICIAL_EVALUATION`
+  (`interface.ReproducesOfficialEvaluation`: last frame dropped and repeated, ids upsampled from
+  the official grid with torch's float32 nearest rule, every cluster a proposal).
 
   Args:
     method: a `SegmentsVideos` method; predict: batch dict `[1, W, ...]` -> outputs (NumPy or jax);
@@ -294,7 +300,16 @@ def segment_frames(
     (ids uint8 `[T, H, W]`, None or (masks bool `[T, K, h, w]`, valid bool `[T, K]`): the
     candidates on the prediction grid, `upsample_nearest_floor` to `frame_size`).
   """
+  official = {}
+  if config_lib.is_official(config) and isinstance(method, interface.ReproducesOfficialEvaluation):
+    official = {"nearest_rule": "torch", **method.OFFICIAL_EVALUATION}
   num_frames = len(next(iter(inputs.values())))
+  dropped = bool(official.get("drop_last_frame")) and num_frames > 1
+  if dropped:
+    inputs = {k: v[:-1] for k, v in inputs.items()}
+    num_frames -= 1
+  rule = official.get("nearest_rule", "exact")
+  candidates = None
   if isinstance(method, interface.PredictsInChunks):
     chunks, positions = method.chunk_layout(num_frames, config)
     outputs = predict_in_chunks(
@@ -302,28 +317,48 @@ def segment_frames(
     )
   else:
     clusters = method.SEGMENT_IDS == "clusters"
-    ids = predict_in_windows(
-      predict, inputs, chunk_frames, link_clusters=clusters, progress=progress
-    )
-    outputs = {"ids": rank_by_area(ids) if clusters else ids}
+    ids = _join_windows(
+      predict,
+      inputs,
+      chunk_frames,
+      link_clusters=clusters,
+      progress=progress,
+      ids_key=official.get("ids_key", "ids"),
+    )[0]
+    if clusters and official.get("every_cluster_is_a_proposal"):
+      if ids.max() + 1 > 255:
+        raise ValueError(
+          f"{int(ids.max()) + 1} clusters do not fit the ids 1..255 of a DAVIS PNG (official "
+          "evaluation: every cluster is a proposal)"
+        )
+      ids = ids + 1
+    elif clusters:
+      ids = rank_by_area(ids)
+    outputs = {"ids": ids}
   if isinstance(method, interface.ProposesCandidates):
     masks, ids = method.candidate_masks(
       outputs["candidates"], outputs["candidate_valid"], tuple(frame_size), config
     )
-    return (
-      upsample_nearest_floor(ids, frame_size),
-      (masks, np.asarray(outputs["candidate_valid"], bool)),
-    )
-  return upsample_nearest(np.asarray(outputs["ids"]).astype(np.uint8), frame_size), None
+    ids = upsample_nearest_floor(ids, frame_size, rule)
+    candidates = (masks, np.asarray(outputs["candidate_valid"], bool))
+  elif official:
+    ids = upsample_nearest_floor(np.asarray(outputs["ids"]).astype(np.uint8), frame_size, rule)
+  else:
+    ids = upsample_nearest(np.asarray(outputs["ids"]).astype(np.uint8), frame_size)
+  if dropped:
+    # The official evaluation repeats the last segmented frame's masks for the dropped frame.
+    ids = np.concatenate([ids, ids[-1:]])
+    if candidates is not None:
+      candidates = tuple(np.concatenate([c, c[-1:]]) for c in candidates)
+  return ids, candidates
 
 
-def upsample_nearest_floor(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def upsample_nearest_floor(x: np.ndarray, size: tuple[int, int], rule: str = "exact") -> np.ndarray:
   """Nearest-neighbour resize of `[..., h, w]` to `[..., H, W]` with torch's
-  `F.interpolate(mode="nearest")` rule, source index floor(i * h / H) (the SMTC evaluator's)."""
-  height, width = x.shape[-2:]
-  rows = (np.arange(size[0]) * height) // size[0]
-  cols = (np.arange(size[1]) * width) // size[1]
-  return x[..., rows[:, None], cols[None, :]]
+  `F.interpolate(mode="nearest")` rule, source index floor(i * h / H) computed exactly (vosjax) or
+  as torch computes it in float32 (`rule="torch"`, the official evaluators; `images.NEAREST_RULES`).
+  """
+  return images.upsample_nearest(x, size, rule)
 
 
 def upsample_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -337,16 +372,6 @@ def upsample_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def upsample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   """Nearest-neighbour resize of `[..., h, w]` to `[..., H, W]` with torch's
-  `F.interpolate(mode="nearest")` as computed in float32: source index
-  min(floor(dst * float32(h / H)), h - 1) (it differs from `upsample_nearest_floor` where the
-  float32 product rounds down, e.g. column 427 of 854 from 16)."""
-  height, width = labels.shape[-2:]
-
-  def source_index(in_size: int, out_size: int) -> np.ndarray:
-    scale = np.float32(in_size) / np.float32(out_size)
-    index = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
-    return np.minimum(index, in_size - 1)
-
-  rows = source_index(height, size[0])
-  cols = source_index(width, size[1])
-  return labels[..., rows[:, None], cols[None, :]]
+  `F.interpolate(mode="nearest")` as torch computes it (float32 scale, `images.NEAREST_RULES`
+  "torch"; top-left aligned), as Betrayed's `clustering.upsample_labels`."""
+  return images.upsample_nearest(labels, size, "torch")

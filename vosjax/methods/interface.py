@@ -105,6 +105,20 @@ class ClustersHierarchically(Protocol):
 
 
 @runtime_checkable
+class ReproducesOfficialEvaluation(Protocol):
+  """What `config.eval.mode="official"` changes in the frame-folder evaluation and
+  `vosjax.segment` (`evaluation.windows.segment_frames`), besides what the method itself reads from
+  the config. `OFFICIAL_EVALUATION` keys (each optional): drop_last_frame (bool: the official loader
+  drops each video's last frame and the evaluation repeats the previous mask), ids_key (str: the
+  `predict` output holding the ids the official code upsamples, e.g. on the token grid),
+  every_cluster_is_a_proposal (bool: cluster ids written as id + 1 in the official order, not ranked
+  by area, so the background cluster is scored too). Upsampling to the frames then follows torch's
+  nearest rule as torch computes it (`core.images.NEAREST_RULES` "torch")."""
+
+  OFFICIAL_EVALUATION: dict
+
+
+@runtime_checkable
 class PredictsInChunks(Protocol):
   """`predict` segments independent chunks of consecutive frames (e.g. SMTC's 4-frame clips): a
   frame's result depends only on the frames of its chunk. Videos are then segmented in calls of
