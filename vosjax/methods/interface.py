@@ -70,6 +70,10 @@ class PredictsFromFlow(Protocol):
   def foreground_probability(self, params: Any, model: Any, flow, config: ConfigDict):
     """Soft foreground `[N, H, W]` of flows `[N, H, W, 2]` (delta_row, delta_col)."""
 
+  def slot_masks(self, params: Any, model: Any, flow, config: ConfigDict):
+    """Soft masks `[N, K, H, W]` of the K slots of flows `[N, H, W, 2]` (the official evaluation
+    picks one of them per flow against the ground truth)."""
+
 
 @runtime_checkable
 class SegmentsVideos(Protocol):

@@ -195,10 +195,14 @@ def foreground_from_masks(masks: jnp.ndarray) -> jnp.ndarray:
   return 1.0 - jnp.take_along_axis(masks, background_slot[:, None, None, None], axis=1)[:, 0]
 
 
+def slot_masks(params, model, flow: jnp.ndarray, config) -> jnp.ndarray:
+  """Soft slot masks `[N, K, H, W]` of flows `[N, H, W, 2]`."""
+  return model.apply({"params": params}, encode(flow, config))["masks"]
+
+
 def foreground_probability(params, model, flow: jnp.ndarray, config) -> jnp.ndarray:
   """Soft foreground `[N, H, W]` of flows `[N, H, W, 2]` (see `foreground_from_masks`)."""
-  masks = model.apply({"params": params}, encode(flow, config))["masks"]  # [N, K, H, W]
-  return foreground_from_masks(masks)
+  return foreground_from_masks(slot_masks(params, model, flow, config))
 
 
 def predict(params, model, batch, config) -> dict:
