@@ -93,7 +93,7 @@ def test_a_list_without_any_frames_is_an_error(davis2017_layout):
 @pytest.mark.parametrize("layout", ["davis2016_layout", "davis2017_layout"])
 def test_frame_folder_evaluation_reads_the_val_list(layout, request):
   """The frame-folder evaluation (Betrayed, SMTC) scores the val list, eval_sequences overrides it,
-  eval_split picks another list."""
+  eval_imageset picks another list."""
   root = request.getfixturevalue(layout)
   data = ytvis.get_config().data
   data.eval_root = str(root)
@@ -103,7 +103,7 @@ def test_frame_folder_evaluation_reads_the_val_list(layout, request):
     assert frame_folders.evaluation_sequences(data) == expected
   # Only the 2016 list names a sequence without frames (cows); the 2017 one warns of nothing.
   assert ["cows" in str(w.message) for w in caught] == [True] * (layout == "davis2016_layout")
-  data.eval_split = "train"
+  data.eval_imageset = "train"
   assert frame_folders.evaluation_sequences(data) == ["bear"]
   data.eval_sequences = ("dog",)
   assert frame_folders.evaluation_sequences(data) == ["dog"]

@@ -3,7 +3,7 @@ protocol.
 
 Called by `vosjax.evaluation.evaluate` when `config.data.source == "davis"` (the end of training and
 `--mode eval`). The sequences are `config.data.sequences`, else those of
-`ImageSets/480p/val.txt` (or the list of `config.data.eval_split`) that have frames (the official
+`ImageSets/480p/val.txt` (or the list of `config.data.eval_imageset`) that have frames (the official
 20 val; 18 in ../shared/data/davis2016, which lacks the frames of cows and goat), so a full
 train + val root is still scored on val only.
 For each sequence:
@@ -104,14 +104,14 @@ def _upsample(values: np.ndarray, size: tuple[int, int], interpolation) -> np.nd
 
 
 def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
-  """`data.sequences`, else the root's `ImageSets/` list of `data.eval_split` (default "val") that
-  has frames, else every sequence with frames (`davis.split_sequences`).
+  """`data.sequences`, else the root's `ImageSets/` list of `data.eval_imageset` (default "val")
+  that has frames, else every sequence with frames (`davis.split_sequences`).
 
   DAVIS-2016 ships `ImageSets/480p/val.txt` (one "<frame>.jpg <annotation>.png" line per frame;
   the 20 val sequences): without it, a full root (train + val) would be scored on all 50.
   """
   return davis.split_sequences(
-    data.root, data.get("eval_split", "val"), override=tuple(data.sequences or ())
+    data.root, data.get("eval_imageset", "val"), override=tuple(data.sequences or ())
   )
 
 

@@ -6,7 +6,7 @@ scores; the papers evaluate on DAVIS-2017 val. So:
   * `config.data.eval_root` unset (None): nothing to score; the run says so in the log and in
     `WORKDIR/eval_metrics.json` (`num_videos=0`) and ends normally.
   * set: for each sequence (`config.data.eval_sequences`, else those of the root's `ImageSets/`
-    list of `config.data.eval_split` ("val": DAVIS-2017 `ImageSets/2017/val.txt`, DAVIS-2016
+    list of `config.data.eval_imageset` ("val": DAVIS-2017 `ImageSets/2017/val.txt`, DAVIS-2016
     `ImageSets/480p/val.txt`) with frames, else every one with frames under
     `JPEGImages/<config.data.eval_quality>/`), the frames go through the method's
     `segment_inputs` and its `predict` in windows of `config.data.eval_chunk_frames` (+2) frames
@@ -59,12 +59,12 @@ CANDIDATES_FOLDER = "frame_candidates"  # beside frame_results/
 
 
 def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
-  """`data.eval_sequences`, else the sequences of the `ImageSets/` list of `data.eval_split`
+  """`data.eval_sequences`, else the sequences of the `ImageSets/` list of `data.eval_imageset`
   (default "val"; DAVIS-2017 `ImageSets/2017/val.txt`, DAVIS-2016 `ImageSets/480p/val.txt`) with
   frames, else (no list shipped) every sequence of `data.eval_root` with frames."""
   sequences = davis.split_sequences(
     data.eval_root,
-    data.get("eval_split", "val"),
+    data.get("eval_imageset", "val"),
     data.eval_quality,
     override=tuple(data.eval_sequences or ()),
   )
