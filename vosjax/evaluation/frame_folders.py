@@ -160,6 +160,61 @@ class _UpsampledFrames:
     return windows.upsample_nearest_floor(self.masks[t], self.size, self.rule)
 
 
+class _IdFrames:
+  """The PNG id maps of a sequence as proposals: frame t -> bool [num_ids, H, W] (id k + 1)."""
+
+  def __init__(self, paths: list[Path], num_ids: int):
+    self.paths, self.num_ids = paths, num_ids
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, t: int) -> np.ndarray:
+    ids = davis.read_label_png(self.paths[t])
+    return ids[None] == np.arange(1, self.num_ids + 1)[:, None, None]
+
+
+def score_id_maps(
+  annotations: Path, results: Path, sequences: list[str], protocol: str
+) -> davis_protocol.EvaluationResults:
+  """`davis_protocol.evaluate_folders`, except that a sequence with more ids than `protocol`
+  allows proposals (official Betrayed: every cluster is one) is scored as a stack of proposals
+  (`evaluate_sequence_masks`: the largest by area are kept) instead of failing."""
+  limit = davis_protocol.PROTOCOLS[protocol].max_proposals
+  scored = []
+  for sequence in sequences:
+    true_ids, num_objects, gt_paths = davis_protocol.read_annotations(
+      annotations, sequence, protocol
+    )
+    paths = [results / sequence / p.name for p in gt_paths]
+    num_ids = max(int(davis.read_label_png(p).max()) for p in paths)
+    if num_ids <= limit:
+      scored.extend(
+        davis_protocol.evaluate_folders(annotations, results, protocol, [sequence]).sequences
+      )
+      continue
+    logging.warning(
+      "%s: %d ids, more than the %d proposals of %s: the %d largest are scored.",
+      sequence,
+      num_ids,
+      limit,
+      protocol,
+      limit,
+    )
+    scored.append(
+      davis_protocol.evaluate_sequence_masks(
+        true_ids,
+        _IdFrames(paths, num_ids),
+        protocol,
+        num_objects=num_objects,
+        name=sequence,
+        frame_names=[p.stem for p in gt_paths],
+      )
+    )
+  frames = davis_protocol.PROTOCOLS[protocol].default_frames
+  return davis_protocol.EvaluationResults(protocol, frames, scored)
+
+
 def score_candidates(
   annotations: Path, candidates_dir: Path, sequences: list[str], protocols=PROTOCOLS
 ) -> dict[str, davis_protocol.EvaluationResults]:
@@ -276,9 +331,7 @@ def evaluate(
       if candidates is not None:
         scored = candidates[protocol]
       else:
-        scored = davis_protocol.evaluate_folders(
-          annotations, out_dir, protocol, sequences=scored_sequences
-        )
+        scored = score_id_maps(annotations, out_dir, scored_sequences, protocol)
       scored.write_csv(workdir / "frame_eval" / protocol)
       prefix = "" if protocol == "davis2017-unsupervised" else "perframe_"
       for key, value in scored.global_results().items():
