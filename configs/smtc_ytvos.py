@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Evaluation: a DAVIS-layout root (DAVIS-2017 trainval); None: train only, score nothing.
   config.data.eval_root = ml_collections.config_dict.placeholder(str)
   config.data.eval_quality = "480p"
-  config.data.eval_sequences = ()  # empty: every sequence with frames under eval_root
+  config.data.eval_imageset = (
+    "val"  # the ImageSets/ list read: 2017/val.txt, 480p/val.txt (test-dev)
+  )
+  config.data.eval_sequences = ()  # override of that list (empty: the list, else every sequence)
   config.data.eval_chunk_frames = 32  # frames per prediction window (SMTC predicts 4 at a time)
   return config

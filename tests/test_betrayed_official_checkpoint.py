@@ -26,6 +26,7 @@ from helpers import real_data
 from references.official_betrayed_torch import (
   AttEncoder,
   VisionTransformer,
+  official_davis_masks,
   official_query_key,
   randomize_parameters_,
 )
@@ -241,3 +242,51 @@ def test_mode_eval_scores_the_imported_checkpoint(official, tmp_path):
   ]
   assert len(written) == NUM_FRAMES
   np.testing.assert_array_equal(np.stack(written), windows.upsample_nearest(ids, written[0].shape))
+
+
+def test_official_mode_writes_the_official_masks(official, tmp_path):
+  """`config.eval.mode="official"`: the DAVIS PNGs of `--mode eval` hold, pixel for pixel, the
+  official pipeline's masks (`official_davis_masks`: Kinetics statistics, last frame dropped and
+  its mask repeated, one-hot clusters upsampled with `F.interpolate` to 854x480, every cluster a
+  proposal): PNG id k + 1 is official cluster k in every frame, the last included."""
+  _, model, _, config, _, _ = official
+  config = config.copy_and_resolve_references()
+  root = davis2017_excerpt(tmp_path / "davis2017")
+  config.data.eval_root = str(root)
+  config.data.eval_chunk_frames = NUM_FRAMES  # the whole video at once, as the official code
+  config.eval.mode = "official"
+  metrics = train.evaluate_checkpoint(config, str(tmp_path / "official"))
+  written = np.stack(
+    [
+      davis.read_label_png(p)
+      for p in sorted((tmp_path / "official" / "frame_results" / "blackswan").glob("*.png"))
+    ]
+  )
+  expected = official_davis_masks(
+    model,
+    root / "JPEGImages" / "480p" / "blackswan",
+    RESOLUTION,
+    lambda q, k: reference.hierarchical_cluster(q, k, 1.0, RATIO)["labels"],
+    written.shape[1:],
+  )
+  assert written.shape == (NUM_FRAMES, 480, 854) and len(expected) >= 5
+  np.testing.assert_array_equal(
+    written[None] == np.arange(1, len(expected) + 1)[:, None, None, None], expected
+  )
+  np.testing.assert_array_equal(written[-1], written[-2])  # the official repeat
+  assert 0.0 <= metrics["perframe_J&F-Mean"] <= 1.0
+
+  # vosjax mode differs: ImageNet statistics, the last frame segmented, centre-aligned upsampling.
+  config.eval.mode = "vosjax"
+  train.evaluate_checkpoint(config, str(tmp_path / "vosjax"))
+  ours = np.stack(
+    [
+      davis.read_label_png(p)
+      for p in sorted((tmp_path / "vosjax" / "frame_results" / "blackswan").glob("*.png"))
+    ]
+  )
+  official_ids = written.astype(np.int64) - 1
+  overlap = np.zeros((256, len(expected)), np.int64)
+  np.add.at(overlap, (ours.ravel(), official_ids.ravel()), 1)
+  agreeing = overlap.max(axis=1).sum()  # pixels of each vosjax segment in its best official one
+  assert agreeing < ours.size, "vosjax mode gave the official partition: the test is not sensitive"

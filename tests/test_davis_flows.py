@@ -114,5 +114,5 @@ def test_evaluation_sequences_are_the_val_list_with_frames(tmp_path):
     "/JPEGImages/480p/cows/00000.jpg /Annotations/480p/cows/00000.png\n"
   )
   data.sequences = None
-  with pytest.warns(UserWarning, match="cows"), pytest.raises(ValueError, match="val.txt"):
+  with pytest.raises(ValueError, match="val.txt has frames"):
     davis_validation.evaluation_sequences(data)

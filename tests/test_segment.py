@@ -17,21 +17,10 @@ from vosjax.methods import motion_grouping
 from vosjax import train
 from vosjax.core import sharding
 from vosjax.data import optical_flow
+from helpers.videos import HEIGHT, NUM_FRAMES, WIDTH, moving_square_video
 from vosjax.data import video as video_io
 
-NUM_FRAMES, HEIGHT, WIDTH = 10, 48, 64  # not square, and not the model's 32x32
 CHECKPOINT_STEP = 7
-
-
-def moving_square_video(path, num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH, seed=0):
-  """A textured square moving right and down over a static textured background, as MP4."""
-  rng = np.random.default_rng(seed)
-  frames = np.repeat(rng.uniform(0.1, 0.6, (1, height, width, 3)), num_frames, axis=0)
-  square = rng.uniform(0.5, 1.0, (height // 3, height // 3, 3))
-  for t in range(num_frames):
-    top, left = 4 + t, 4 + 2 * t
-    frames[t, top : top + square.shape[0], left : left + square.shape[1]] = square
-  return video_io.write_mp4(path, frames, fps=8)
 
 
 @pytest.fixture(scope="module")

@@ -371,3 +371,65 @@ def test_convert_command_then_no_torch(official, tmp_path, monkeypatch):
   config = config.copy_and_resolve_references()
   config.init.checkpoint = str(output)
   jax.tree.map(np.testing.assert_array_equal, _import(config)[1].params, from_pth)
+
+
+def test_official_mode_gives_the_official_evaluator_masks(tmp_path):
+  """`config.eval.mode="official"`: the candidate masks vosjax scores (`inference.candidate_masks`
+  on the token grid, then the upsampling that `frame_folders.score_candidates` applies with the
+  rule recorded beside them) equal the official evaluator's (`official_evaluator_masks`: torch
+  `F.interpolate`, min-max, > 0.3) at 854x480, pixel for pixel. 16 tokens across 854 columns is a
+  case where torch's float32 rule differs from the exact one (column 427: token 7, not 8)."""
+  from official_smtc_torch import official_evaluator_masks  # pylint: disable=g-import-not-at-top
+  from vosjax.evaluation import windows  # pylint: disable=g-import-not-at-top
+
+  resolution, size = (64, 256), (480, 854)  # 4 x 16 tokens
+  model = official_model(SMALL_VIT, seed=5)  # see the precondition below
+  config = smtc_config(
+    save_official_checkpoint(model, tmp_path / "checkpoint.pth"), SMALL_VIT, resolution
+  )
+  frames = davis_frames(resolution)
+  noise = (
+    np.random.default_rng(1)
+    .standard_normal((NUM_FRAMES, NUM_SLOTS, NUM_INSTANCES, SMALL_VIT["embed_dim"]))
+    .astype(np.float32)
+  )
+  normalised = (frames - np.asarray(config.model.inference_mean, np.float32)) / np.asarray(
+    config.model.inference_std, np.float32
+  )
+  with torch.no_grad():
+    expected = model(
+      torch.from_numpy(normalised.transpose(0, 3, 1, 2).copy())[None], torch.from_numpy(noise)
+    )
+  official_candidates = candidate_masks(
+    expected["similarity"][0], expected["instance_mask"][0], expected["grid"]
+  )
+  theirs = official_evaluator_masks(official_candidates, size)
+  # Precondition: no official mask value within float32 reach of the 0.3 threshold after min-max
+  # (in mask units: masks differ by 2e-7 at most, min and max included; the closest is 3.0e-6),
+  # nor a similarity of its 0.5, nor a semantic logit of its 0.3.
+  assert np.abs(expected["similarity"].numpy() - 0.5).min() > TOLERANCE["similarity"]
+  assert np.abs(expected["semantic_logits"].numpy() - 0.3).min() > TOLERANCE["logits"]
+  for masks in official_candidates:
+    flat = masks.reshape(len(masks), -1).numpy()
+    low, high = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
+    assert (np.abs((flat - low) / (high - low) - 0.3) * (high - low)).min() > 1e-6
+
+  vosjax_model, state = _import(config)
+  out = inference.inference_outputs(
+    state.params, vosjax_model, jnp.asarray(frames)[None], config, jnp.asarray(noise)[None]
+  )
+  candidates, valid = inference.candidates(out, config.model.similarity_threshold)
+  candidates = np.asarray(candidates[0]).reshape((NUM_FRAMES, -1) + tuple(expected["grid"]))
+  valid = np.asarray(valid[0])
+  differing = 0
+  for mode, rule in (("official", "torch"), ("vosjax", "exact")):
+    config.eval.mode = mode
+    masks, _ = smtc.candidate_masks(candidates, valid, size, config)
+    for t in range(NUM_FRAMES):
+      ours = windows.upsample_nearest_floor(masks[t][valid[t]], size, rule)
+      assert ours.shape == theirs[t].shape and len(ours) > 0
+      if mode == "official":
+        np.testing.assert_array_equal(ours, theirs[t])
+      else:
+        differing += int(np.sum(ours != theirs[t]))
+  assert differing > 0, "the exact rule gave the official masks: this case is not sensitive"

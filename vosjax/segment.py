@@ -1,9 +1,10 @@
 """Segments your own video with a trained checkpoint.
 
   python -m vosjax.segment --config configs/demo.py --workdir WORKDIR --input VIDEO --output DIR \
-      [--config.key=value ...] [--max_frames N] [--chunk_frames N]
+      [--config.key=value ...] [--max_frames N] [--chunk_frames N] [--levels]
 
-Give the config and `--config.*` overrides used for training (the model must match the checkpoint).
+Give the config and `--config.*` overrides used for training (the model must match the checkpoint);
+every override `python -m vosjax.main` takes is taken (`backbone.arch_overrides.*` included).
 Without a checkpoint in WORKDIR, `--config.init.checkpoint=PATH` segments with imported params, e.g.
 the authors' released weights (`vosjax.methods.checkpoints`).
 VIDEO is a video file (mp4, avi, mov, mkv, webm, gif, ...) or a folder of frames. The frames are
@@ -13,7 +14,12 @@ frame size. Writes into DIR:
   overlay.gif          masks over the frames (at most 480 pixels wide or high), for people,
   overlay.mp4          the same at the frame size (when OpenCV can write MP4 here),
   flow_cache/          optical flow (Motion Grouping), reused when the same video is segmented
-  again.
+  again,
+  levels/level_<i>/00000.png ...  with --levels (methods with a clustering hierarchy, Betrayed by
+                       Attention): the masks of every level, coarse (0, = masks/) to fine,
+  levels/strip.png     the middle frame's overlay at every level, side by side, coarse to fine.
+The command prints the resolution the model runs at (e.g. Betrayed's and SMTC's
+`model.inference_resolution`, to which the frames are resized before the network).
 
 Methods: those with the `SegmentsVideos` capability (`vosjax.methods.interface`). The method turns
 the frames into its inputs (`segment_inputs`: Motion Grouping computes OpenCV DIS forward and
@@ -63,6 +69,7 @@ from vosjax.core import sharding
 from vosjax.data import optical_flow
 from vosjax.data import video as video_io
 from vosjax.evaluation.windows import segment_frames
+from vosjax.evaluation.windows import segment_hierarchy
 from vosjax.evaluation.windows import upsample_nearest
 from vosjax.methods import checkpoints
 from vosjax.methods import interface
@@ -90,6 +97,12 @@ _FLOW_PRESET = flags.DEFINE_enum(
   list(optical_flow.DIS_PRESETS),
   "OpenCV DIS preset of the optical flow (Motion Grouping).",
 )
+_LEVELS = flags.DEFINE_bool(
+  "levels",
+  False,
+  "Also write the masks of every level of the clustering hierarchy (coarse to fine) to "
+  "OUTPUT/levels/ and their overlays side by side to OUTPUT/levels/strip.png (Betrayed).",
+)
 _FPS = flags.DEFINE_float("fps", None, "Frame rate of the overlays; default: the input's, else 10.")
 flags.mark_flags_as_required(["config", "workdir", "input", "output"])
 
@@ -102,6 +115,8 @@ class SegmentOutputs:
   num_frames: int
   gif: Path
   mp4: Path | None
+  level_dirs: list[Path] = dataclasses.field(default_factory=list)  # coarse to fine
+  strip: Path | None = None
 
 
 class SegmentError(ValueError):
@@ -200,6 +215,33 @@ def write_outputs(
   return SegmentOutputs(masks_dir=masks_dir, num_frames=num_frames, gif=gif, mp4=mp4)
 
 
+def write_levels(output_dir: Path, frames: np.ndarray, levels: np.ndarray) -> tuple[list, Path]:
+  """Indexed PNGs of each level `[L, T, H, W]` (coarse to fine) in `levels/level_<i>/`, and
+  `levels/strip.png`: the middle frame's overlay at each level, left to right."""
+  level_dirs = []
+  for index, level in enumerate(levels):
+    folder = output_dir / "levels" / f"level_{index}"
+    for t, ids in enumerate(level):
+      video_io.write_indexed_png(folder / f"{t:05d}.png", ids)
+    level_dirs.append(folder)
+  middle = len(frames) // 2
+  height, width = frames.shape[1:3]
+  scale = min(1.0, GIF_MAX_SIDE / max(height, width))
+  size = (max(1, round(width * scale)), max(1, round(height * scale)))
+  strip = np.concatenate(
+    [
+      cv2.resize(
+        video_io.overlay_masks(frames[middle], level[middle]), size, interpolation=cv2.INTER_AREA
+      )
+      for level in levels
+    ],
+    axis=1,
+  )
+  path = output_dir / "levels" / "strip.png"
+  cv2.imwrite(str(path), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+  return level_dirs, path
+
+
 def segment_video(
   config,
   workdir: str,
@@ -210,9 +252,19 @@ def segment_video(
   chunk_frames: int = 64,
   flow_preset: str = "medium",
   fps: float | None = None,
+  levels: bool = False,
 ) -> SegmentOutputs:
-  """Segments one video (file or frame folder) with the latest checkpoint of `workdir`."""
+  """Segments one video (file or frame folder) with the latest checkpoint of `workdir`; `levels`:
+  also every level of the method's clustering hierarchy (`interface.ClustersHierarchically`)."""
   method = load_segmenting_method(config)
+  if levels:
+    if not isinstance(method, interface.ClustersHierarchically):
+      capable = methods.with_capability(interface.ClustersHierarchically)
+      raise SegmentError(
+        f"--levels needs a method with a clustering hierarchy ({capable}), got "
+        f"config.method={config.method!r}."
+      )
+    config = method.with_hierarchy_levels(config)
   path, output_dir = Path(input_path), Path(output_dir)
   # Read before the model is built, so that a bad input fails in seconds.
   try:
@@ -222,10 +274,10 @@ def segment_video(
   if len(frames) < 2:
     raise SegmentError(f"{path}: {len(frames)} frame; segmentation needs at least 2 (motion).")
   frames = images.to_uint8(frames)  # 4x less memory
-  resolution = tuple(config.data.resolution)
+  resolution = tuple(method.model_resolution(config))
   print(
-    f"Input {path}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}; model "
-    f"resolution {resolution[1]}x{resolution[0]}.",
+    f"Input {path}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}; the model runs "
+    f"at {resolution[1]}x{resolution[0]} (width x height).",
     flush=True,
   )
   predict, source = load_predictor(method, config, workdir)
@@ -237,8 +289,18 @@ def segment_video(
     cache_key=_cache_key(path, frames),
     flow_preset=flow_preset,
   )
-  ids, _ = segment_frames(method, predict, inputs, config, chunk_frames, frames.shape[1:3])
+  if levels:
+    ids, level_ids = segment_hierarchy(method, predict, inputs, chunk_frames, frames.shape[1:3])
+  else:
+    ids, _ = segment_frames(method, predict, inputs, config, chunk_frames, frames.shape[1:3])
   outputs = write_outputs(output_dir, frames, ids, fps or input_fps(path))
+  if levels:
+    outputs.level_dirs, outputs.strip = write_levels(output_dir, frames, level_ids)
+    print(
+      f"Wrote the masks of {len(level_ids)} hierarchy levels (coarse to fine) to "
+      f"{output_dir / 'levels'}/level_*/ and their overlays to {outputs.strip}.",
+      flush=True,
+    )
   print(
     f"Wrote {outputs.num_frames} masks to {outputs.masks_dir}/*.png (DAVIS palette), "
     f"overlay {outputs.gif}" + (f" and {outputs.mp4}" if outputs.mp4 else "") + ".",
@@ -266,6 +328,7 @@ def main(argv):
       chunk_frames=_CHUNK_FRAMES.value,
       flow_preset=_FLOW_PRESET.value,
       fps=_FPS.value,
+      levels=_LEVELS.value,
     )
   except SegmentError as err:  # one clear line, no traceback
     sys.exit(f"vosjax.segment: error: {err}")

@@ -147,3 +147,53 @@ def official_query_key(model: AttEncoder, frames: torch.Tensor):
   tokens = block.norm1(keys.flatten(2).transpose(1, 2))  # T, hw, C
   q, k, _ = block.attn.split(tokens)  # each T, heads, hw, head_dim
   return keys, q, k
+
+
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # src/eval_oneshot.py::eval
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+def read_rgb(path, resolution):
+  """`src/data.py::readRGB`: cv2.imread, BGR -> RGB, / 255 (float64), cv2 bilinear resize to
+  (H, W) -> float32 [3, H, W] as the DataLoader hands it over."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) / 255
+  rgb = cv2.resize(rgb, (resolution[1], resolution[0]), interpolation=cv2.INTER_LINEAR)
+  return np.ascontiguousarray(rgb.transpose(2, 0, 1)).astype(np.float32)
+
+
+@torch.no_grad()
+def official_davis_masks(model: AttEncoder, frame_folder, resolution, cluster, size):
+  """The official DAVIS pipeline of one sequence, as the evaluator scores it.
+
+  `src/data.py` (test split): frames 0 .. tot-2 (the last one dropped), `read_rgb`; `eval`:
+  Kinetics normalisation; `mem_efficient_inference`: keys, q, k, then `cluster(q, k)` (the
+  official clustering: labels [T, N]) -> one-hot masks; `davis2017/results.py::load_attn`:
+  `F.interpolate` (nearest, the default) of each frame's masks [K, 1, h, w] to the annotation
+  `size`, `> 0.3`, the last mask appended once more for the dropped frame.
+
+  Returns:
+    bool [K, tot, H, W] (K clusters in the official order).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  tot = len(list(frame_folder.glob("*")))
+  paths = [frame_folder / f"{i:05d}.jpg" for i in range(tot - 1)]
+  frames = torch.from_numpy(np.stack([read_rgb(p, resolution) for p in paths]))
+  mean = torch.tensor(KINETICS_MEAN)[:, None, None]
+  std = torch.tensor(KINETICS_STD)[:, None, None]
+  keys, q, k = official_query_key(model, (frames - mean) / std)
+  labels = cluster(q.permute(0, 2, 1, 3).numpy(), k.permute(0, 2, 1, 3).numpy())
+  grid = keys.shape[-2:]
+  num_clusters = int(labels.max()) + 1
+  one_hot = torch.from_numpy(
+    labels.reshape(len(paths), 1, *grid) == np.arange(num_clusters)[:, None, None]
+  )
+  results = []
+  for t in range(len(paths)):
+    mask = F.interpolate(one_hot[t][:, None].float(), size)[:, 0]  # [K, H, W]
+    results.append(mask > 0.3)
+  results.append(results[-1])
+  return torch.stack(results, dim=1).numpy()

@@ -122,3 +122,27 @@ class SlotAttentionAutoEncoder(nn.Module):
     x = x.reshape(batch, self.num_slots, self.channels + 1, *x.shape[-2:])
     recons, masks = x[:, :, : self.channels], x[:, :, self.channels :].softmax(dim=1)
     return (recons * masks).sum(dim=1), recons, masks
+
+
+def official_frame_mask(masks: torch.Tensor, gt: torch.Tensor):
+  """`src/utils.py::ensemble_hungarian_iou` (not MoCA) of one frame: masks [t, s, 1, h, w] (the
+  slot masks of the frame's t flows), gt [1, 1, H, W] (imread / 255) -> (mean mask [1, H, W], its
+  IoU at 0.5): each flow's slots upsampled with `F.interpolate` (nearest) to the annotation, the
+  slot with the highest IoU against the ground truth taken (an oracle), the chosen masks averaged.
+  """
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  def iou(masks, gt, thres=0.5):
+    masks = (masks > thres).float()
+    intersect = torch.tensordot(masks, gt, dims=([-2, -1], [0, 1]))
+    union = masks.sum(dim=[-2, -1]) + gt.sum(dim=[-2, -1]) - intersect
+    return intersect / (union + 1e-12)
+
+  _, _, h, w = gt.size()
+  gt = gt[0, 0, :, :]
+  masks = F.interpolate(masks, size=(1, h, w))  # t s 1 h w
+  mask_iou = iou(masks[:, :, 0], gt, 0.5)  # t s
+  _, slot_max = mask_iou.max(dim=1)
+  masks = masks[torch.arange(masks.size(0)), slot_max]  # t 1 h w
+  mean_mask = masks.mean(0)
+  return mean_mask, iou(mean_mask, gt, 0.5)

@@ -146,3 +146,17 @@ def candidate_masks(similarity, instance_mask, grid, threshold: float = 0.5):
   scores = einops.rearrange(similarity, "t k p -> t (k p)")
   masks = einops.rearrange(instance_mask, "t k p (h w) -> t (k p) h w", h=grid[0])
   return [masks[t][scores[t] >= threshold] for t in range(len(masks))]
+
+
+def official_evaluator_masks(candidates, size, threshold: float = 0.3):
+  """`davis2017-evaluation/davis2017/results.py::load_davis` (SMTC): per frame, the candidates
+  [n_t, h, w] of `eval_multi.py` upsampled with `F.interpolate` (nearest, the default) to `size`,
+  each min-max normalised over its pixels and thresholded at 0.3 -> bool [n_t, H, W]."""
+  results = []
+  for masks in candidates:
+    mask = F.interpolate(masks[:, None].float(), size)[:, 0]
+    flat = mask.reshape(len(mask), -1)
+    low = torch.min(flat, dim=1, keepdim=True)[0]
+    high = torch.max(flat, dim=1, keepdim=True)[0]
+    results.append((((flat - low) / (high - low)).reshape(mask.shape) > threshold).numpy())
+  return results

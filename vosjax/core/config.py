@@ -23,6 +23,27 @@ LOOP_DEFAULTS = dict(
 )
 
 
+# `config.eval.mode`: "vosjax", the library's own inference and evaluation choices (documented as
+# improvements where they differ), or "official", every detail of the authors' evaluation code (the
+# methods' `OFFICIAL_EVALUATION`, README "Reproducing the papers").
+EVAL_MODES = ("vosjax", "official")
+
+
+def eval_mode(config: ml_collections.ConfigDict) -> str:
+  """`config.eval.mode` ("vosjax" where the config has no eval section); an unknown one is an
+  error naming the choices."""
+  section = config.get("eval")
+  mode = section.get("mode", "vosjax") if section is not None else "vosjax"
+  if mode not in EVAL_MODES:
+    raise ValueError(f"unknown config.eval.mode {mode!r}; choose one of {EVAL_MODES}")
+  return mode
+
+
+def is_official(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config.eval.mode` is "official"."""
+  return eval_mode(config) == "official"
+
+
 def base_config(method: str, **values) -> ml_collections.ConfigDict:
   """`LOOP_DEFAULTS` plus `method`, with `values` replacing defaults (unknown keys are an error)."""
   unknown = set(values) - set(LOOP_DEFAULTS)
@@ -37,4 +58,6 @@ def base_config(method: str, **values) -> ml_collections.ConfigDict:
   # a vosjax workdir / checkpoints folder. See `vosjax.methods.checkpoints`.
   config.init = ml_collections.ConfigDict()
   config.init.checkpoint = ml_collections.config_dict.placeholder(str)
+  config.eval = ml_collections.ConfigDict()
+  config.eval.mode = "vosjax"  # or "official" (EVAL_MODES)
   return config

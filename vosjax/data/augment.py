@@ -37,6 +37,9 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The official test code of Betrayed by Attention and SMTC normalises with Kinetics statistics.
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
 _LUMA = (0.299, 0.587, 0.114)
 _NUM_JITTER_STEPS = 4  # brightness, contrast, saturation, hue
 

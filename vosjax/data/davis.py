@@ -77,6 +77,74 @@ def list_sequences(root, quality: str = "480p", require_frames: bool = True) -> 
   return with_frames
 
 
+# The split lists DAVIS ships: DAVIS-2016 `ImageSets/<quality>/<split>.txt` (one
+# "/JPEGImages/480p/<seq>/<frame>.jpg /Annotations/480p/<seq>/<frame>.png" line per frame),
+# DAVIS-2017 `ImageSets/2017/<split>.txt` (one sequence name per line; test-dev ships its own root
+# with `ImageSets/2017/test-dev.txt`, DAVIS-2019 unsupervised test-dev `ImageSets/2019/`).
+SPLIT_LIST_FOLDERS = ("2017", "2019")
+
+
+def split_list_file(root, split: str = "val", quality: str = "480p") -> Path | None:
+  """The `ImageSets/` list of `split` in a DAVIS root (2016 layout first, then 2017, 2019), or
+  None where the root ships none."""
+  sets = Path(root) / "ImageSets"
+  for folder in (quality, *SPLIT_LIST_FOLDERS):
+    path = sets / folder / f"{split}.txt"
+    if path.is_file():
+      return path
+  return None
+
+
+def read_split_list(path) -> list[str]:
+  """Sequence names of a DAVIS `ImageSets/` list, in their first-appearance order (2016 lines
+  name a frame: the sequence is its folder; 2017 lines are the names)."""
+  names = []
+  for line in Path(path).read_text().splitlines():
+    if not line.strip():
+      continue
+    first = line.split()[0]
+    name = Path(first).parent.name if "/" in first else first
+    if name not in names:
+      names.append(name)
+  return names
+
+
+def split_sequences(
+  root, split: str = "val", quality: str = "480p", override: Sequence[str] = ()
+) -> list[str]:
+  """The sequences to evaluate in a DAVIS root, as DAVIS is shipped.
+
+  Args:
+    root: DAVIS root. split: the `ImageSets/` list ("val", "test-dev", "train", ...).
+    quality: resolution folder name.
+    override: explicit sequence names (`config.data.eval_sequences`); returned as given.
+
+  Returns:
+    `override`, else the sequences of `split_list_file(root, split, quality)` that have frames
+    (sorted; those without frames are skipped with a warning), else, where the root ships no
+    list, every sequence with frames.
+  """
+  if override:
+    return list(override)
+  path = split_list_file(root, split, quality)
+  if path is None:
+    return list_sequences(root, quality)
+  listed = read_split_list(path)
+  images = frames_dir(root, quality)
+  with_frames = sorted(
+    s for s in listed if (images / s).is_dir() and video_io.list_frame_files(images / s)
+  )
+  skipped = [s for s in listed if s not in with_frames]
+  if not with_frames:
+    raise ValueError(f"none of the {len(listed)} sequences listed in {path} has frames in {images}")
+  if skipped:
+    warnings.warn(
+      f"DAVIS root {root}: skipping sequences of {path.name} without frames: {', '.join(skipped)}",
+      stacklevel=2,
+    )
+  return with_frames
+
+
 def _read_png(path) -> tuple[np.ndarray, str]:
   path = Path(path)
   try:

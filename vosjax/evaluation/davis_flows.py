@@ -3,8 +3,9 @@ protocol.
 
 Called by `vosjax.evaluation.evaluate` when `config.data.source == "davis"` (the end of training and
 `--mode eval`). The sequences are `config.data.sequences`, else those of
-`ImageSets/480p/val.txt` that have frames (the official 20 val; 18 in ../shared/data/davis2016,
-which lacks the frames of cows and goat), so a full train + val root is still scored on val only.
+`ImageSets/480p/val.txt` (or the list of `config.data.eval_imageset`) that have frames (the official
+20 val; 18 in ../shared/data/davis2016, which lacks the frames of cows and goat), so a full
+train + val root is still scored on val only.
 For each sequence:
   1. the evaluation flows of every frame (gaps `config.data.gaps` with Motion Grouping's fallback to
      the opposite gap), at `config.data.resolution`;
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vosjax.core import config as config_lib
 from vosjax.core import images
 from vosjax.data import davis
 from vosjax.data import video as video_io
@@ -64,6 +66,33 @@ def _soft_foreground(foreground_fn, params, flows: np.ndarray) -> np.ndarray:
   return np.concatenate(out)
 
 
+def oracle_masks(slots: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, float]:
+  """The official evaluation's masks of one frame (`src/utils.py::ensemble_hungarian_iou`).
+
+  Each flow's slot masks are upsampled nearest to the annotation size (torch `F.interpolate`,
+  float32 rule), and of each flow the slot with the highest IoU (mask > 0.5) against the ground
+  truth is taken (the first on ties, as torch's max); the mean of the chosen soft masks is the
+  frame's mask. An oracle: it reads the labels.
+
+  Args:
+    slots: float32 `[G, K, h, w]` soft slot masks of the frame's G flows.
+    truth: bool `[H, W]` ground-truth foreground.
+
+  Returns:
+    (mean mask float32 `[H, W]`, its IoU at 0.5 with the truth as the official code computes it).
+  """
+  masks = images.upsample_nearest(slots.astype(np.float32), truth.shape, "torch")  # [G, K, H, W]
+  gt = truth.astype(np.float32)
+  binary = (masks > 0.5).astype(np.float32)
+  intersection = (binary * gt).sum((-2, -1))
+  iou = intersection / (binary.sum((-2, -1)) + gt.sum() - intersection + np.float32(1e-12))
+  chosen = masks[np.arange(len(masks)), np.argmax(iou, axis=1)]  # [G, H, W]
+  mean = chosen.mean(0)
+  binary = (mean > 0.5).astype(np.float32)
+  intersection = (binary * gt).sum()
+  return mean, float(intersection / (binary.sum() + gt.sum() - intersection + 1e-12))
+
+
 def _upsample(values: np.ndarray, size: tuple[int, int], interpolation) -> np.ndarray:
   """`[T, h, w]` -> `[T, H, W]` with OpenCV (size = (H, W))."""
   return np.stack(
@@ -75,27 +104,21 @@ def _upsample(values: np.ndarray, size: tuple[int, int], interpolation) -> np.nd
 
 
 def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
-  """`data.sequences`, else the official val list that has frames, else every sequence with frames.
+  """`data.sequences`, else the root's `ImageSets/` list of `data.eval_imageset` (default "val")
+  that has frames, else every sequence with frames (`davis.split_sequences`).
 
-  The val list is `ImageSets/480p/val.txt` (DAVIS-2016: one "<frame>.jpg <annotation>.png"
-  line per frame; the 20 val sequences). Without it, a full DAVIS-2016 root (train + val) would be
-  scored on all 50 sequences, including the 30 training ones.
+  DAVIS-2016 ships `ImageSets/480p/val.txt` (one "<frame>.jpg <annotation>.png" line per frame;
+  the 20 val sequences): without it, a full root (train + val) would be scored on all 50.
   """
-  if data.sequences:
-    return list(data.sequences)
-  val_list = Path(data.root) / "ImageSets" / "480p" / "val.txt"
-  with_frames = davis.list_sequences(data.root)
-  if not val_list.is_file():
-    return with_frames
-  val = {
-    Path(line.split()[0]).parent.name if "/" in line else line.split()[0]
-    for line in val_list.read_text().splitlines()
-    if line.strip()
-  }
-  sequences = [s for s in with_frames if s in val]
-  if not sequences:
-    raise ValueError(f"none of the sequences listed in {val_list} has frames under {data.root}")
-  return sequences
+  return davis.split_sequences(
+    data.root, data.get("eval_imageset", "val"), override=tuple(data.sequences or ())
+  )
+
+
+def _annotations(root, sequence: str, names: list[str]) -> np.ndarray:
+  """Ground-truth foreground bool `[T, H, W]` of the frames `names` (official: imread / 255 > 0)."""
+  folder = Path(root) / "Annotations" / "480p" / sequence
+  return np.stack([davis.read_label_png(folder / f"{name}.png") > 0 for name in names])
 
 
 def _annotation_size(root, sequence: str) -> tuple[int, int]:
@@ -125,9 +148,14 @@ def evaluate(
     )
   data = config.data
   sequences = evaluation_sequences(data)
+  official = config_lib.is_official(config)
   foreground_fn = jax.jit(lambda p, f: method.foreground_probability(p, model, f, config))
   workdir = Path(workdir)
   folders = {"model": workdir / "davis_results", "baseline": workdir / "davis_baseline"}
+  if official:
+    slots_fn = jax.jit(lambda p, f: method.slot_masks(p, model, f, config))
+    folders["labelfree"] = workdir / "davis_results_labelfree"
+    official_ious = []
   for index, sequence in enumerate(sequences):
     flows = davis.evaluation_flows(
       data.root,
@@ -150,6 +178,16 @@ def evaluate(
       "model": _upsample(mean, size, cv2.INTER_LINEAR) > 0.5,
       "baseline": _upsample(baseline_vote, size, cv2.INTER_LINEAR) > 0.5,
     }
+    if official:  # the oracle slot choice is the official number; vosjax's label-free beside it
+      masks["labelfree"] = masks["model"]
+      slots = _soft_foreground(
+        slots_fn, params, flows["flows"].reshape((-1,) + flows["flows"].shape[2:])
+      )
+      slots = slots.reshape((num_frames, num_gaps) + slots.shape[1:])
+      truth = _annotations(data.root, sequence, flows["names"])
+      oracle = [oracle_masks(s, t) for s, t in zip(slots, truth)]
+      masks["model"] = np.stack([m for m, _ in oracle]) > 0.5
+      official_ious.extend(iou for _, iou in oracle)
     if jax.process_index() != 0:
       continue
     for kind, folder in folders.items():
@@ -168,7 +206,7 @@ def evaluate(
     for kind, folder in folders.items():
       scored = davis_protocol.evaluate_folders(data.root, folder, "davis2016", sequences=sequences)
       scored.write_csv(workdir / "davis_eval" / kind)
-      prefix = "" if kind == "model" else "baseline_"
+      prefix = "" if kind == "model" else f"{kind}_"
       for key, value in scored.global_results().items():
         result[prefix + key] = value
       # davis2016 scores one object (the union) per sequence: rows are named "<sequence>_1".
@@ -176,5 +214,8 @@ def evaluate(
         row["Sequence"].rsplit("_", 1)[0]: {"J": row["J-Mean"], "F": row["F-Mean"]}
         for row in scored.object_rows()
       }
+    if official:
+      # What the official src/eval.py prints as `acc`: the IoU of every frame, averaged.
+      result["official_frame_mean_iou"] = float(np.mean(official_ious))
     report.report(str(workdir), result, step, writer)
   return result

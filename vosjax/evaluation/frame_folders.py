@@ -5,7 +5,9 @@ The training frames (YouTube-VIS / YouTube-VOS layout) have no annotations in a 
 scores; the papers evaluate on DAVIS-2017 val. So:
   * `config.data.eval_root` unset (None): nothing to score; the run says so in the log and in
     `WORKDIR/eval_metrics.json` (`num_videos=0`) and ends normally.
-  * set: for each sequence (`config.data.eval_sequences`, else every one with frames under
+  * set: for each sequence (`config.data.eval_sequences`, else those of the root's `ImageSets/`
+    list of `config.data.eval_imageset` ("val": DAVIS-2017 `ImageSets/2017/val.txt`, DAVIS-2016
+    `ImageSets/480p/val.txt`) with frames, else every one with frames under
     `JPEGImages/<config.data.eval_quality>/`), the frames go through the method's
     `segment_inputs` and its `predict` in windows of `config.data.eval_chunk_frames` (+2) frames
     (`vosjax.evaluation.windows`, as `vosjax.segment`), the ids are upsampled (nearest) to the frame
@@ -19,8 +21,9 @@ scores; the papers evaluate on DAVIS-2017 val. So:
     scored on the candidates, each on its own (`davis_protocol.evaluate_sequence_masks`, the SMTC
     evaluator), not on the PNGs (which show one candidate per pixel): the binary candidates on the
     prediction grid go to `WORKDIR/frame_candidates/<seq>.npz` (masks bool [T, K, h, w], valid
-    bool [T, K], frame names; the official `DAVIS_Twostage/<seq>.pth`) and are upsampled (torch
-    nearest) to the annotations' size when scored. Chunked methods (`PredictsInChunks`) run in
+    bool [T, K], frame names, the nearest rule; the official `DAVIS_Twostage/<seq>.pth`) and are
+    upsampled (torch nearest; computed in float32 as torch does with `config.eval.mode`
+    "official") to the annotations' size when scored. Chunked methods (`PredictsInChunks`) run in
     calls of whole chunks (about `config.data.eval_chunk_frames` frames).
   * DAVIS-2016-style annotations (8-bit grayscale or binary PNGs, 0/255: one object, e.g.
     ../shared/data/davis2016), which the DAVIS-2017 protocols would read as void (255), are scored
@@ -40,6 +43,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
+from vosjax.core import config as config_lib
 from vosjax.core import images
 from vosjax.core import sharding
 from vosjax.data import davis
@@ -55,10 +59,15 @@ CANDIDATES_FOLDER = "frame_candidates"  # beside frame_results/
 
 
 def evaluation_sequences(data: ml_collections.ConfigDict) -> list[str]:
-  """`data.eval_sequences`, else every sequence of `data.eval_root` with frames."""
-  if data.eval_sequences:
-    return list(data.eval_sequences)
-  sequences = davis.list_sequences(data.eval_root, data.eval_quality)
+  """`data.eval_sequences`, else the sequences of the `ImageSets/` list of `data.eval_imageset`
+  (default "val"; DAVIS-2017 `ImageSets/2017/val.txt`, DAVIS-2016 `ImageSets/480p/val.txt`) with
+  frames, else (no list shipped) every sequence of `data.eval_root` with frames."""
+  sequences = davis.split_sequences(
+    data.eval_root,
+    data.get("eval_imageset", "val"),
+    data.eval_quality,
+    override=tuple(data.eval_sequences or ()),
+  )
   if not sequences:
     raise FileNotFoundError(
       f"no sequence with frames under "
@@ -133,6 +142,7 @@ def _segment_sequence(
       masks=candidates[0],
       valid=candidates[1],
       frame_names=np.array([p.stem for p in paths]),
+      nearest_rule=np.array("torch" if config_lib.is_official(config) else "exact"),
     )
   return frames, ids
 
@@ -140,14 +150,69 @@ def _segment_sequence(
 class _UpsampledFrames:
   """The frames' candidate masks bool [K, H, W], upsampled one frame at a time when read."""
 
-  def __init__(self, masks: np.ndarray, size: tuple[int, int]):
-    self.masks, self.size = masks, size
+  def __init__(self, masks: np.ndarray, size: tuple[int, int], rule: str = "exact"):
+    self.masks, self.size, self.rule = masks, size, rule
 
   def __len__(self) -> int:
     return len(self.masks)
 
   def __getitem__(self, t: int) -> np.ndarray:
-    return windows.upsample_nearest_floor(self.masks[t], self.size)
+    return windows.upsample_nearest_floor(self.masks[t], self.size, self.rule)
+
+
+class _IdFrames:
+  """The PNG id maps of a sequence as proposals: frame t -> bool [num_ids, H, W] (id k + 1)."""
+
+  def __init__(self, paths: list[Path], num_ids: int):
+    self.paths, self.num_ids = paths, num_ids
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, t: int) -> np.ndarray:
+    ids = davis.read_label_png(self.paths[t])
+    return ids[None] == np.arange(1, self.num_ids + 1)[:, None, None]
+
+
+def score_id_maps(
+  annotations: Path, results: Path, sequences: list[str], protocol: str
+) -> davis_protocol.EvaluationResults:
+  """`davis_protocol.evaluate_folders`, except that a sequence with more ids than `protocol`
+  allows proposals (official Betrayed: every cluster is one) is scored as a stack of proposals
+  (`evaluate_sequence_masks`: the largest by area are kept) instead of failing."""
+  limit = davis_protocol.PROTOCOLS[protocol].max_proposals
+  scored = []
+  for sequence in sequences:
+    true_ids, num_objects, gt_paths = davis_protocol.read_annotations(
+      annotations, sequence, protocol
+    )
+    paths = [results / sequence / p.name for p in gt_paths]
+    num_ids = max(int(davis.read_label_png(p).max()) for p in paths)
+    if num_ids <= limit:
+      scored.extend(
+        davis_protocol.evaluate_folders(annotations, results, protocol, [sequence]).sequences
+      )
+      continue
+    logging.warning(
+      "%s: %d ids, more than the %d proposals of %s: the %d largest are scored.",
+      sequence,
+      num_ids,
+      limit,
+      protocol,
+      limit,
+    )
+    scored.append(
+      davis_protocol.evaluate_sequence_masks(
+        true_ids,
+        _IdFrames(paths, num_ids),
+        protocol,
+        num_objects=num_objects,
+        name=sequence,
+        frame_names=[p.stem for p in gt_paths],
+      )
+    )
+  frames = davis_protocol.PROTOCOLS[protocol].default_frames
+  return davis_protocol.EvaluationResults(protocol, frames, scored)
 
 
 def score_candidates(
@@ -164,11 +229,13 @@ def score_candidates(
     path = candidates_dir / f"{sequence}.npz"
     with np.load(path) as saved:
       masks, valid, names = saved["masks"], saved["valid"], list(saved["frame_names"])
+      # The rule of the run's config.eval.mode ("torch": official); files from before: "exact".
+      rule = str(saved["nearest_rule"]) if "nearest_rule" in saved else "exact"
     missing = [p.stem for p in gt_paths if p.stem not in names]
     if missing:
       raise ValueError(f"{path}: no candidates for the annotated frames {missing[:5]}")
     index = np.array([names.index(p.stem) for p in gt_paths])
-    proposals = _UpsampledFrames(masks[index], true_ids.shape[1:])
+    proposals = _UpsampledFrames(masks[index], true_ids.shape[1:], rule)
     scores = proposal_scores.score_mask_stack(
       true_ids, proposals, num_objects=num_objects, name=sequence
     )
@@ -264,9 +331,7 @@ def evaluate(
       if candidates is not None:
         scored = candidates[protocol]
       else:
-        scored = davis_protocol.evaluate_folders(
-          annotations, out_dir, protocol, sequences=scored_sequences
-        )
+        scored = score_id_maps(annotations, out_dir, scored_sequences, protocol)
       scored.write_csv(workdir / "frame_eval" / protocol)
       prefix = "" if protocol == "davis2017-unsupervised" else "perframe_"
       for key, value in scored.global_results().items():

@@ -19,6 +19,8 @@ import numpy as np
 from scipy import optimize
 import tqdm
 
+from vosjax.core import config as config_lib
+from vosjax.core import images
 from vosjax.methods import interface
 
 # Two clusters of neighbouring windows are the same segment when their IoU on the shared frames is
@@ -93,6 +95,78 @@ def rank_by_area(ids: np.ndarray) -> np.ndarray:
   return np.minimum(rank, 255).astype(np.uint8)[ids]
 
 
+class _JoinedIds:
+  """One id stream of a video (`[T, h, w]`) joined from overlapping windows (see
+  `predict_in_windows`)."""
+
+  def __init__(self, num_frames: int, link_clusters: bool):
+    self.num_frames, self.link_clusters = num_frames, link_clusters
+    self.out = None
+    self.filled = self.next_id = 0  # frames [0, filled) are labelled; ids [0, next_id) are used
+
+  def add(self, start: int, window: int, ids: np.ndarray) -> None:
+    """Joins one window's ids `[window, h, w]` starting at video frame `start`."""
+    ids = ids.astype(np.int64)
+    if self.out is None:
+      self.out = np.zeros((self.num_frames,) + ids.shape[1:], np.int32)
+    if self.link_clusters:
+      if start == 0:
+        mapping, self.next_id = np.arange(ids.max() + 1), int(ids.max()) + 1
+      else:
+        mapping, self.next_id = link_ids(
+          self.out[start : self.filled],
+          ids[: self.filled - start],
+          int(ids.max()) + 1,
+          self.next_id,
+        )
+      ids = mapping[ids]
+    # Frames before `filled` keep the previous window's result: there the first frame of this
+    # window lacks its backward flow, and cluster ids were linked on them.
+    end = kept_end(start, window, self.num_frames)
+    self.out[self.filled : end] = ids[self.filled - start : end - start]
+    self.filled = end
+
+
+def _join_windows(
+  predict: Callable[[dict], dict],
+  inputs: dict[str, np.ndarray],
+  chunk_frames: int,
+  *,
+  link_clusters: bool,
+  progress: bool,
+  with_levels: bool = False,
+  ids_key: str = "ids",
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """(ids int32 `[T, h, w]`, and with `with_levels` the joined hierarchy levels int32
+  `[L, T, h', w']` finest first, L the most levels any window has, else None)."""
+  num_frames = len(next(iter(inputs.values())))
+  window, starts = windows(num_frames, chunk_frames)
+  joined = _JoinedIds(num_frames, link_clusters)
+  levels, num_levels = [], 1
+  for start in tqdm.tqdm(starts, desc="segment", unit="window", disable=not progress):
+    prediction = predict(
+      {k: np.asarray(v[start : start + window])[None] for k, v in inputs.items()}
+    )
+    if np.any(prediction.get("overflow", False)):
+      logging.warning(
+        "Frames %d-%d: clustering capacity exceeded (config.model.max_clusters / "
+        "max_window_clusters): some clusters were dropped and their pixels went to "
+        "the nearest kept one.",
+        start,
+        start + window - 1,
+      )
+    joined.add(start, window, np.asarray(prediction[ids_key])[0])
+    if with_levels:
+      window_levels = np.asarray(prediction["levels"])[0]  # [max_levels, window, h', w']
+      levels = levels or [_JoinedIds(num_frames, link_clusters) for _ in window_levels]
+      for level, ids in zip(levels, window_levels):
+        level.add(start, window, ids)
+      num_levels = max(num_levels, int(np.asarray(prediction["num_levels"])[0]))
+  if not with_levels:
+    return joined.out, None
+  return joined.out, np.stack([level.out for level in levels[:num_levels]])
+
+
 def predict_in_windows(
   predict: Callable[[dict], dict],
   inputs: dict[str, np.ndarray],
@@ -114,39 +188,42 @@ def predict_in_windows(
   Returns:
     int32 `[T, h, w]` ids, consistent over the whole video.
   """
-  num_frames = len(next(iter(inputs.values())))
-  window, starts = windows(num_frames, chunk_frames)
-  out = None
-  filled = next_id = 0  # frames [0, filled) are labelled; video ids [0, next_id) are used
-  for start in tqdm.tqdm(starts, desc="segment", unit="window", disable=not progress):
-    prediction = predict(
-      {k: np.asarray(v[start : start + window])[None] for k, v in inputs.items()}
-    )
-    ids = np.asarray(prediction["ids"])[0].astype(np.int64)
-    if np.any(prediction.get("overflow", False)):
-      logging.warning(
-        "Frames %d-%d: clustering capacity exceeded (config.model.max_clusters / "
-        "max_window_clusters): some clusters were dropped and their pixels went to "
-        "the nearest kept one.",
-        start,
-        start + window - 1,
-      )
-    if out is None:
-      out = np.zeros((num_frames,) + ids.shape[1:], np.int32)
-    if link_clusters:
-      if start == 0:
-        mapping, next_id = np.arange(ids.max() + 1), int(ids.max()) + 1
-      else:
-        mapping, next_id = link_ids(
-          out[start:filled], ids[: filled - start], int(ids.max()) + 1, next_id
-        )
-      ids = mapping[ids]
-    # Frames before `filled` keep the previous window's result: there the first frame of this
-    # window lacks its backward flow, and cluster ids were linked on them.
-    end = kept_end(start, window, num_frames)
-    out[filled:end] = ids[filled - start : end - start]
-    filled = end
-  return out
+  return _join_windows(
+    predict, inputs, chunk_frames, link_clusters=link_clusters, progress=progress
+  )[0]
+
+
+def segment_hierarchy(
+  method,
+  predict: Callable[[dict], dict],
+  inputs: dict[str, np.ndarray],
+  chunk_frames: int,
+  frame_size: tuple[int, int],
+  *,
+  progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+  """`segment_frames` for a `interface.ClustersHierarchically` method whose `predict` returns its
+  levels (`with_hierarchy_levels`): the id map and every level of the hierarchy.
+
+  Each level is joined over the windows like the ids (linked by IoU, on the token grid), upsampled
+  to the prediction grid as the method upsamples its ids (torch nearest, `upsample_labels`), ranked
+  by area and upsampled to `frame_size` like the ids: on a video of one window the coarsest level
+  is the id map itself.
+
+  Returns:
+    (ids uint8 `[T, H, W]`, levels uint8 `[L, T, H, W]`, coarse to fine).
+  """
+  if not isinstance(method, interface.ClustersHierarchically):
+    raise ValueError("this method has no clustering hierarchy (interface.ClustersHierarchically)")
+  ids, levels = _join_windows(
+    predict, inputs, chunk_frames, link_clusters=True, progress=progress, with_levels=True
+  )
+  grid = ids.shape[1:]
+  levels = [
+    upsample_nearest(rank_by_area(upsample_labels(level, grid)), frame_size)
+    for level in levels[::-1]
+  ]
+  return upsample_nearest(rank_by_area(ids), frame_size), np.stack(levels)
 
 
 def predict_in_chunks(
@@ -210,7 +287,10 @@ def segment_frames(
   `chunk_frames` frames), the others in windows of `chunk_frames` + 2 frames (`predict_in_windows`;
   cluster ids linked between windows and ranked by area, class ids as they are, upsampled nearest).
   For methods with `interface.ProposesCandidates`, the ids are the method's resolution of the
-  overlapping candidates, upsampled with torch's rule like the candidates themselves.
+  overlapping candidates, upsampled with torch's rule like the candidates themselves. With
+  `config.eval.mode` "official", the method's `OFFICIAL_EVALUATION`
+  (`interface.ReproducesOfficialEvaluation`: last frame dropped and repeated, ids upsampled from
+  the official grid with torch's float32 nearest rule, every cluster a proposal).
 
   Args:
     method: a `SegmentsVideos` method; predict: batch dict `[1, W, ...]` -> outputs (NumPy or jax);
@@ -220,7 +300,16 @@ def segment_frames(
     (ids uint8 `[T, H, W]`, None or (masks bool `[T, K, h, w]`, valid bool `[T, K]`): the
     candidates on the prediction grid, `upsample_nearest_floor` to `frame_size`).
   """
+  official = {}
+  if config_lib.is_official(config) and isinstance(method, interface.ReproducesOfficialEvaluation):
+    official = {"nearest_rule": "torch", **method.OFFICIAL_EVALUATION}
   num_frames = len(next(iter(inputs.values())))
+  dropped = bool(official.get("drop_last_frame")) and num_frames > 1
+  if dropped:
+    inputs = {k: v[:-1] for k, v in inputs.items()}
+    num_frames -= 1
+  rule = official.get("nearest_rule", "exact")
+  candidates = None
   if isinstance(method, interface.PredictsInChunks):
     chunks, positions = method.chunk_layout(num_frames, config)
     outputs = predict_in_chunks(
@@ -228,28 +317,48 @@ def segment_frames(
     )
   else:
     clusters = method.SEGMENT_IDS == "clusters"
-    ids = predict_in_windows(
-      predict, inputs, chunk_frames, link_clusters=clusters, progress=progress
-    )
-    outputs = {"ids": rank_by_area(ids) if clusters else ids}
+    ids = _join_windows(
+      predict,
+      inputs,
+      chunk_frames,
+      link_clusters=clusters,
+      progress=progress,
+      ids_key=official.get("ids_key", "ids"),
+    )[0]
+    if clusters and official.get("every_cluster_is_a_proposal"):
+      if ids.max() + 1 > 255:
+        raise ValueError(
+          f"{int(ids.max()) + 1} clusters do not fit the ids 1..255 of a DAVIS PNG (official "
+          "evaluation: every cluster is a proposal)"
+        )
+      ids = ids + 1
+    elif clusters:
+      ids = rank_by_area(ids)
+    outputs = {"ids": ids}
   if isinstance(method, interface.ProposesCandidates):
     masks, ids = method.candidate_masks(
       outputs["candidates"], outputs["candidate_valid"], tuple(frame_size), config
     )
-    return (
-      upsample_nearest_floor(ids, frame_size),
-      (masks, np.asarray(outputs["candidate_valid"], bool)),
-    )
-  return upsample_nearest(np.asarray(outputs["ids"]).astype(np.uint8), frame_size), None
+    ids = upsample_nearest_floor(ids, frame_size, rule)
+    candidates = (masks, np.asarray(outputs["candidate_valid"], bool))
+  elif official:
+    ids = upsample_nearest_floor(np.asarray(outputs["ids"]).astype(np.uint8), frame_size, rule)
+  else:
+    ids = upsample_nearest(np.asarray(outputs["ids"]).astype(np.uint8), frame_size)
+  if dropped:
+    # The official evaluation repeats the last segmented frame's masks for the dropped frame.
+    ids = np.concatenate([ids, ids[-1:]])
+    if candidates is not None:
+      candidates = tuple(np.concatenate([c, c[-1:]]) for c in candidates)
+  return ids, candidates
 
 
-def upsample_nearest_floor(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def upsample_nearest_floor(x: np.ndarray, size: tuple[int, int], rule: str = "exact") -> np.ndarray:
   """Nearest-neighbour resize of `[..., h, w]` to `[..., H, W]` with torch's
-  `F.interpolate(mode="nearest")` rule, source index floor(i * h / H) (the SMTC evaluator's)."""
-  height, width = x.shape[-2:]
-  rows = (np.arange(size[0]) * height) // size[0]
-  cols = (np.arange(size[1]) * width) // size[1]
-  return x[..., rows[:, None], cols[None, :]]
+  `F.interpolate(mode="nearest")` rule, source index floor(i * h / H) computed exactly (vosjax) or
+  as torch computes it in float32 (`rule="torch"`, the official evaluators; `images.NEAREST_RULES`).
+  """
+  return images.upsample_nearest(x, size, rule)
 
 
 def upsample_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -259,3 +368,10 @@ def upsample_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   rows = ((np.arange(size[0]) + 0.5) * height / size[0]).astype(np.int64)
   cols = ((np.arange(size[1]) + 0.5) * width / size[1]).astype(np.int64)
   return ids[..., rows[:, None], cols[None, :]]
+
+
+def upsample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resize of `[..., h, w]` to `[..., H, W]` with torch's
+  `F.interpolate(mode="nearest")` as torch computes it (float32 scale, `images.NEAREST_RULES`
+  "torch"; top-left aligned), as Betrayed's `clustering.upsample_labels`."""
+  return images.upsample_nearest(labels, size, "torch")

@@ -70,6 +70,10 @@ class PredictsFromFlow(Protocol):
   def foreground_probability(self, params: Any, model: Any, flow, config: ConfigDict):
     """Soft foreground `[N, H, W]` of flows `[N, H, W, 2]` (delta_row, delta_col)."""
 
+  def slot_masks(self, params: Any, model: Any, flow, config: ConfigDict):
+    """Soft masks `[N, K, H, W]` of the K slots of flows `[N, H, W, 2]` (the official evaluation
+    picks one of them per flow against the ground truth)."""
+
 
 @runtime_checkable
 class SegmentsVideos(Protocol):
@@ -87,6 +91,35 @@ class SegmentsVideos(Protocol):
   ) -> dict[str, np.ndarray]:
     """uint8 frames `[T, H, W, 3]` -> the per-frame arrays `[T, ...]` that `predict` reads, at
     `config.data.resolution` (e.g. optical flow, cached under `cache_dir/cache_key`)."""
+
+  def model_resolution(self, config: ConfigDict) -> tuple[int, int]:
+    """(H, W) the model actually runs at (e.g. `model.inference_resolution` where the method
+    resizes its inputs again before the network)."""
+
+
+@runtime_checkable
+class ClustersHierarchically(Protocol):
+  """`predict` can also return every level of a clustering hierarchy (`vosjax.segment --levels`,
+  the multi-granularity figure of Betrayed by Attention)."""
+
+  def with_hierarchy_levels(self, config: ConfigDict) -> ConfigDict:
+    """`config` whose `predict` also returns `levels` int32 `[B, L, T, h, w]` (cluster ids of each
+    level on the prediction grid, finest first; levels >= `num_levels` repeat the last, coarsest)
+    and `num_levels` int32 `[B]`; `ids` stay the coarsest level upsampled."""
+
+
+@runtime_checkable
+class ReproducesOfficialEvaluation(Protocol):
+  """What `config.eval.mode="official"` changes in the frame-folder evaluation and
+  `vosjax.segment` (`evaluation.windows.segment_frames`), besides what the method itself reads from
+  the config. `OFFICIAL_EVALUATION` keys (each optional): drop_last_frame (bool: the official loader
+  drops each video's last frame and the evaluation repeats the previous mask), ids_key (str: the
+  `predict` output holding the ids the official code upsamples, e.g. on the token grid),
+  every_cluster_is_a_proposal (bool: cluster ids written as id + 1 in the official order, not ranked
+  by area, so the background cluster is scored too). Upsampling to the frames then follows torch's
+  nearest rule as torch computes it (`core.images.NEAREST_RULES` "torch")."""
+
+  OFFICIAL_EVALUATION: dict
 
 
 @runtime_checkable

@@ -9,6 +9,7 @@ benchmarks only, with `backbone.random_init`) shrinks to a random ViT of a few b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
@@ -48,10 +49,21 @@ def check_video(batch: dict, what: str, method: str) -> jax.Array:
   return video
 
 
+def arch_overrides_config() -> ml_collections.ConfigDict:
+  """`backbone.arch_overrides`: one unset (None) field per `vit.ViTArch` field, so that the command
+  lines (`vosjax.main`, `vosjax.segment`) take `--config.backbone.arch_overrides.depth=1` etc."""
+  config = ml_collections.ConfigDict()
+  for field in dataclasses.fields(vit.ViTArch):
+    config[field.name] = ml_collections.config_dict.placeholder(
+      {"int": int, "float": float, "bool": bool}[getattr(field.type, "__name__", field.type)]
+    )
+  return config
+
+
 def arch_overrides(backbone_config: ml_collections.ConfigDict) -> dict:
-  """`backbone.arch_overrides` as a dict ({} when unset)."""
+  """The set fields of `backbone.arch_overrides` as a dict ({} when none is)."""
   overrides = backbone_config.arch_overrides
-  return dict(overrides.items()) if overrides else {}
+  return {k: v for k, v in overrides.items() if v is not None} if overrides else {}
 
 
 def load_backbone(

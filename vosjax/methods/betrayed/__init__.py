@@ -40,6 +40,7 @@ import logging
 from typing import Any
 
 from etils import epath
+import cv2
 import flax
 import jax
 import jax.numpy as jnp
@@ -77,7 +78,7 @@ def default_config() -> ml_collections.ConfigDict:
   )
 
   config.backbone = pretrained.default_backbone_config()  # DINO ViT-S/8
-  config.backbone.arch_overrides = ml_collections.ConfigDict()  # tests only (random_init)
+  config.backbone.arch_overrides = vit_video.arch_overrides_config()  # tests only (random_init)
 
   config.model = ml_collections.ConfigDict()
   config.model.num_heads = 8
@@ -95,6 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.max_window_clusters = 128
   config.model.max_clusters = 1024
   config.model.max_levels = 16
+  config.model.output_levels = (
+    False  # predict also returns every hierarchy level (segment --levels)
+  )
 
   config.loss = ml_collections.ConfigDict()
   config.loss.num_queries = 8
@@ -135,14 +139,17 @@ class BetrayedModel:
   frame_chunk: int = flax.struct.field(pytree_node=False)
   backbone_params: Any = None
 
-  def features(self, video: jax.Array) -> dict[str, jax.Array]:
-    """Frozen ViT features of video `[B, T, H, W, 3]` in [0, 1] (ImageNet-normalized inside).
+  def features(
+    self, video: jax.Array, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD
+  ) -> dict[str, jax.Array]:
+    """Frozen ViT features of video `[B, T, H, W, 3]` in [0, 1] (normalized inside with `mean`,
+    `std`: ImageNet, the statistics of training; the official test code uses Kinetics ones).
 
     Returns:
       keys `[B, T, h, w, C]`, tokens `[B, T, h, w, C]`, cls `[B, T, C]`, without gradient.
     """
     extract = features_lib.make_feature_extractor(
-      self.backbone, self.frame_chunk, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD
+      self.backbone, self.frame_chunk, mean=mean, std=std
     )
     return jax.tree.map(
       jax.lax.stop_gradient, extract(jax.lax.stop_gradient(self.backbone_params), video)
@@ -284,8 +291,15 @@ def loss_fn(
 def query_key(
   params: Any, model: BetrayedModel, video: jax.Array, config: ml_collections.ConfigDict
 ) -> tuple[jax.Array, jax.Array, tuple[int, int]]:
-  """Per-frame q, k `[B, T, N, heads, head_dim]` of the block for `video` `[B, T, H, W, 3]`."""
-  keys = model.features(_resize(video, config.model.inference_resolution))["keys"]
+  """Per-frame q, k `[B, T, N, heads, head_dim]` of the block for `video` `[B, T, H, W, 3]`
+  (`config.eval.mode` "official": frames normalised with the Kinetics statistics of the official
+  test code, `OFFICIAL_EVALUATION`; else ImageNet's, those the model was trained with)."""
+  statistics = (
+    (augment.KINETICS_MEAN, augment.KINETICS_STD)
+    if config_lib.is_official(config)
+    else (augment.IMAGENET_MEAN, augment.IMAGENET_STD)
+  )
+  keys = model.features(_resize(video, config.model.inference_resolution), *statistics)["keys"]
   grid = tuple(keys.shape[2:4])
   q, k = model.block.apply(
     {"params": params}, _flatten_grid(keys), method=spatiotemporal.SpatioTemporalBlock.query_key
@@ -304,7 +318,10 @@ def predict(
     num_clusters: int32 `[B]`; overflow: bool `[B]` (a clustering capacity was exceeded) and, per
     capacity, window_overflow, cluster_overflow, level_overflow bool `[B]`,
     window_clusters_needed, clusters_needed int32 `[B]` (`clustering.ClusterResult`), num_tokens
-    int32 `[B]` (T * h * w), read by `grown_config`.
+    int32 `[B]` (T * h * w), read by `grown_config`; token_ids int32 `[B, T, h, w]` the ids on
+    the token grid (the official evaluation upsamples these). With `model.output_levels`, also
+    levels int32 `[B, max_levels, T, h, w]` on the token grid (level 0 the finest;
+    `clustering.ClusterResult`) and num_levels int32 `[B]`.
   """
   video = vit_video.check_video(batch, "prediction", NAME)
   q, k, grid = query_key(params, model, video, config)
@@ -327,7 +344,11 @@ def predict(
   result = jax.lax.map(lambda q_k: cluster(*q_k), (q, k))
   ids = clustering.upsample_labels(result.labels, tuple(video.shape[2:4])).astype(jnp.int32)
   num_tokens = jnp.full(ids.shape[:1], q.shape[1] * q.shape[2], jnp.int32)
+  levels = {"token_ids": result.labels}
+  if model_config.get("output_levels", False):
+    levels = {"levels": result.levels, "num_levels": result.num_levels}
   return {
+    **levels,
     "ids": ids,
     "num_clusters": result.num_clusters[:, -1],
     "overflow": result.overflow,
@@ -441,6 +462,17 @@ def summary_images(
 
 # vosjax.segment: cluster ids are arbitrary per window; linked between windows and ranked by area.
 SEGMENT_IDS = "clusters"
+# `interface.ReproducesOfficialEvaluation`, what `config.eval.mode="official"` changes (SSL-UVOS
+# `src/eval_oneshot.py`, `src/data.py`, `davis2017-evaluation/davis2017/results.py::load_attn`):
+# frames normalised with Kinetics statistics (`query_key`); the loader drops each video's last frame
+# and the evaluation repeats the previous mask; the token-grid labels upsampled straight to the
+# frame size with torch's nearest rule (`token_ids`); every cluster, background included, scored as
+# a proposal in the official cluster order (PNG id = cluster + 1), none ranked by area.
+OFFICIAL_EVALUATION = {
+  "drop_last_frame": True,
+  "ids_key": "token_ids",
+  "every_cluster_is_a_proposal": True,
+}
 
 
 def segment_inputs(
@@ -452,6 +484,30 @@ def segment_inputs(
   flow_preset: str,
 ) -> dict[str, np.ndarray]:
   """uint8 frames `[T, H, W, 3]` -> video float32 `[T, h, w, 3]` in [0, 1] at
-  `config.data.resolution` (bilinear, as the frame readers); no flow, nothing cached."""
+  `config.data.resolution` (bilinear, as the frame readers; `config.eval.mode` "official": the
+  official `readRGB`, / 255 then cv2 bilinear on float64); no flow, nothing cached."""
   del cache_dir, cache_key, flow_preset
-  return {"video": video_io.resize_frames(frames, tuple(config.data.resolution))}
+  if not config_lib.is_official(config):
+    return {"video": video_io.resize_frames(frames, tuple(config.data.resolution))}
+  height, width = config.data.resolution
+  return {
+    "video": np.stack(
+      [
+        cv2.resize(frame / 255.0, (width, height), interpolation=cv2.INTER_LINEAR)
+        for frame in frames
+      ]
+    ).astype(np.float32)
+  }
+
+
+def model_resolution(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """`interface.SegmentsVideos`: `model.inference_resolution`, else `data.resolution`."""
+  return tuple(config.model.inference_resolution or config.data.resolution)
+
+
+def with_hierarchy_levels(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`interface.ClustersHierarchically`: `config` with `model.output_levels` on."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.output_levels = True
+  return config

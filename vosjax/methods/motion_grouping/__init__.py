@@ -194,12 +194,17 @@ def foreground_from_masks(masks: jnp.ndarray) -> jnp.ndarray:
   return 1.0 - jnp.take_along_axis(masks, background_slot[:, None, None, None], axis=1)[:, 0]
 
 
+def slot_masks(params, model, flow: jnp.ndarray, config) -> jnp.ndarray:
+  """Soft slot masks `[N, K, H, W]` (float32) of flows `[N, H, W, 2]`, computed in the configured
+  `model.dtype`."""
+  return precision.apply(
+    model, params, encode(flow, config), dtype=precision.compute_dtype(config)
+  )["masks"]
+
+
 def foreground_probability(params, model, flow: jnp.ndarray, config) -> jnp.ndarray:
   """Soft foreground `[N, H, W]` of flows `[N, H, W, 2]` (see `foreground_from_masks`)."""
-  masks = precision.apply(
-    model, params, encode(flow, config), dtype=precision.compute_dtype(config)
-  )["masks"]  # [N, K, H, W]
-  return foreground_from_masks(masks)
+  return foreground_from_masks(slot_masks(params, model, flow, config))
 
 
 def predict(params, model, batch, config) -> dict:
@@ -253,3 +258,8 @@ def segment_inputs(
     frames, tuple(config.data.resolution), cache_dir, cache_key, flow_preset
   )
   return {"forward_flow": flows[1], "backward_flow": flows[-1]}
+
+
+def model_resolution(config) -> tuple[int, int]:
+  """`interface.SegmentsVideos`: the flows' `data.resolution`."""
+  return tuple(config.data.resolution)

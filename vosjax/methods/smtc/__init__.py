@@ -78,7 +78,7 @@ def default_config() -> ml_collections.ConfigDict:
   )
   config.backbone = pretrained.default_backbone_config()
   config.backbone.name = "dino_vits16"
-  config.backbone.arch_overrides = ml_collections.ConfigDict()  # tests only (random_init)
+  config.backbone.arch_overrides = vit_video.arch_overrides_config()  # tests only (random_init)
   config.backbone.drop_path_rate = 0.1  # the student's stochastic depth (0 -> 0.1 over the blocks)
 
   config.model = ml_collections.ConfigDict()
@@ -328,6 +328,18 @@ def segment_inputs(
   `model.inference_resolution` (`inference.segment_inputs`); no flow, nothing cached."""
   del cache_dir, cache_key, flow_preset
   return inference.segment_inputs(frames, config)
+
+
+def model_resolution(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """`interface.SegmentsVideos`: `model.inference_resolution`, else `data.resolution`."""
+  return tuple(config.model.inference_resolution or config.data.resolution)
+
+
+# `interface.ReproducesOfficialEvaluation`: with `config.eval.mode="official"` the candidates and
+# ids are upsampled with torch's nearest rule as torch computes it (float32; the official
+# evaluator's `F.interpolate`), not exactly (`inference.nearest_rule`); the rest of the inference
+# is the official pipeline already.
+OFFICIAL_EVALUATION = {}
 
 
 def chunk_layout(

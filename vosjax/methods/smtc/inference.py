@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vosjax.core import config as config_lib
+from vosjax.core import images
 from vosjax.data import augment
 from vosjax.methods import vit_video
 from vosjax.models import precision
@@ -128,10 +130,16 @@ def candidates(out: smtc.SMTCOutput, similarity_threshold: float) -> tuple[jax.A
   return masks, valid.reshape(valid.shape[:-2] + (-1,))
 
 
-def upsample_indices(grid: int, size: int) -> np.ndarray:
+def upsample_indices(grid: int, size: int, rule: str = "exact") -> np.ndarray:
   """Source index of each output pixel for nearest upsampling of `grid` cells to `size` pixels,
-  torch `F.interpolate(mode="nearest")`: floor(i * grid / size)."""
-  return (np.arange(size) * grid) // size
+  torch `F.interpolate(mode="nearest")`: floor(i * grid / size), computed exactly ("exact") or in
+  float32 as torch and the official evaluator do ("torch"; `core.images.NEAREST_RULES`)."""
+  return images.nearest_source_indices(grid, size, rule)
+
+
+def nearest_rule(config: ml_collections.ConfigDict) -> str:
+  """The upsampling rule of `config.eval.mode`: "torch" (official), else "exact"."""
+  return "torch" if config_lib.is_official(config) else "exact"
 
 
 def predict(
@@ -168,8 +176,8 @@ def predict(
   normalised = jnp.where(valid[..., None] & (high > low), normalised, -1.0)
   ids = jnp.where(normalised.max(2) > config.model.mask_threshold, normalised.argmax(2) + 1, 0)
   semantic_ids = select(out.semantic_masks).argmax(2)
-  rows = upsample_indices(grid[0], height)[:, None]
-  cols = upsample_indices(grid[1], width)[None, :]
+  rows = upsample_indices(grid[0], height, nearest_rule(config))[:, None]
+  cols = upsample_indices(grid[1], width, nearest_rule(config))[None, :]
   upsample = lambda tokens: tokens.reshape(tokens.shape[:2] + grid)[:, :, rows, cols]
   return {
     "candidates": masks.reshape(masks.shape[:3] + grid).astype(jnp.float32),
@@ -191,8 +199,9 @@ def candidate_masks(
     candidates: float `[T, K, h, w]` (`predict`'s candidates of one video).
     valid: bool `[T, K]`.
     frame_size: (H, W) of the frames the masks are upsampled to (torch nearest,
-      `upsample_indices`); only the tokens that upsampling shows count in the min-max.
-    config: reads model.mask_threshold.
+      `upsample_indices`, float32 as torch with `config.eval.mode` "official"); only the tokens
+      that upsampling shows count in the min-max.
+    config: reads model.mask_threshold, eval.mode.
 
   Returns:
     masks: bool `[T, K, h, w]`, empty where not valid; the frame's masks are their nearest
@@ -206,8 +215,9 @@ def candidate_masks(
     )
   if candidates.shape[1] > 255:
     raise ValueError(f"{candidates.shape[1]} candidates do not fit the ids 1..255 of a DAVIS PNG")
-  rows = np.unique(upsample_indices(candidates.shape[2], frame_size[0]))
-  cols = np.unique(upsample_indices(candidates.shape[3], frame_size[1]))
+  rule = nearest_rule(config)
+  rows = np.unique(upsample_indices(candidates.shape[2], frame_size[0], rule))
+  cols = np.unique(upsample_indices(candidates.shape[3], frame_size[1], rule))
   shown = candidates[:, :, rows][:, :, :, cols]
   low, high = shown.min((2, 3), keepdims=True), shown.max((2, 3), keepdims=True)
   with np.errstate(divide="ignore", invalid="ignore"):
