@@ -87,3 +87,11 @@ def test_accelerator_attention_equals_the_cpu_kernels():
         transformer_layers.ACCELERATOR_ATTENTION = "xla"
       np.testing.assert_allclose(value, cpu_value, rtol=1e-5)
       np.testing.assert_allclose(grad, cpu_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_under_mesh_can_be_traced_inside_another_trace():
+  """`jax.set_mesh` is refused inside a trace: a step wrapped by `under_mesh` is still traceable
+  by `jax.make_jaxpr` (the FLOP count of `vosjax.bench train`) and callable as usual."""
+  double = sharding.under_mesh(jax.jit(lambda x: 2.0 * x), sharding.make_mesh())
+  assert "mul" in str(jax.make_jaxpr(double)(1.0))
+  assert float(double(jnp.float32(1.5))) == 3.0

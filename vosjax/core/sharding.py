@@ -7,6 +7,7 @@ part.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Callable
 
@@ -88,17 +89,30 @@ def host_values(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+@contextlib.contextmanager
+def _mesh_set(mesh: jax.sharding.Mesh):
+  """`jax.set_mesh(mesh)`, except inside a trace (`jax.make_jaxpr` or an outer `jit` of the call),
+  where JAX refuses it: there the enclosing trace's mesh context applies."""
+  with contextlib.ExitStack() as stack:
+    try:
+      stack.enter_context(jax.set_mesh(mesh))
+    except ValueError as error:
+      if "outside of `jax.jit`" not in str(error):
+        raise
+    yield
+
+
 def under_mesh(jitted: Callable, mesh: jax.sharding.Mesh) -> Callable:
   """`jitted` called (and, through `.lower`, lowered) under `jax.set_mesh(mesh)`, so that it is
   traced with the mesh set and `vosjax.core.platform.target_platform()` sees the platform of the
   devices it is compiled for (a CPU host compiling for a TPU picks the TPU kernels)."""
 
   def call(*args, **kwargs):
-    with jax.set_mesh(mesh):
+    with _mesh_set(mesh):
       return jitted(*args, **kwargs)
 
   def lower(*args, **kwargs):
-    with jax.set_mesh(mesh):
+    with _mesh_set(mesh):
       return jitted.lower(*args, **kwargs)
 
   call.lower = lower
