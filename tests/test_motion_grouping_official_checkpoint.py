@@ -235,7 +235,7 @@ def test_official_mode_reports_the_oracle_slot_choice(official, tiny_davis_dir, 
   > 0.5) of the official model on the same flows, every frame; vosjax's label-free masks are
   scored beside them (labelfree_*), and `official_frame_mean_iou` is the official `acc`."""
   from configs import davis2016  # pylint: disable=g-import-not-at-top
-  from official_motion_grouping_torch import official_frame_mask  # pylint: disable=g-import-not-at-top
+  from references.official_motion_grouping_torch import official_frame_mask  # pylint: disable=g-import-not-at-top
   from vosjax.data import davis  # pylint: disable=g-import-not-at-top
   from vosjax.evaluation import davis_flows  # pylint: disable=g-import-not-at-top
 

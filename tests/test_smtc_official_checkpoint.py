@@ -379,7 +379,7 @@ def test_official_mode_gives_the_official_evaluator_masks(tmp_path):
   rule recorded beside them) equal the official evaluator's (`official_evaluator_masks`: torch
   `F.interpolate`, min-max, > 0.3) at 854x480, pixel for pixel. 16 tokens across 854 columns is a
   case where torch's float32 rule differs from the exact one (column 427: token 7, not 8)."""
-  from official_smtc_torch import official_evaluator_masks  # pylint: disable=g-import-not-at-top
+  from references.official_smtc_torch import official_evaluator_masks  # pylint: disable=g-import-not-at-top
   from vosjax.evaluation import windows  # pylint: disable=g-import-not-at-top
 
   resolution, size = (64, 256), (480, 854)  # 4 x 16 tokens
