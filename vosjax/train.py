@@ -172,7 +172,7 @@ def train_and_evaluate(
   # ------------------------------------------------------------------ Setup
   method = methods.load_method(config) if method is None else method
   sharding.check_batch_size(config.batch_size)
-  pipeline.check_eval_data(config)  # a broken eval split fails now, not after the training
+  pipeline.check_data(config)  # a broken split fails now, not after a checkpoint folder is made
   mesh = sharding.make_mesh()
   data_sharding = NamedSharding(mesh, P("data"))
   writer = progress.SummaryWriter(workdir)

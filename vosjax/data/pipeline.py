@@ -83,9 +83,10 @@ def _tfds_train(config: ml_collections.ConfigDict, start_step: int) -> Iterator[
   return (jax.tree.map(lambda *parts: np.concatenate(parts), *batches) for batches in zip(*shards))
 
 
-def _tfds_check_eval(config: ml_collections.ConfigDict) -> None:
+def _tfds_check(config: ml_collections.ConfigDict) -> None:
   from vosjax.data import movi  # pylint: disable=g-import-not-at-top
 
+  movi.check_split(config.data, "train_split")
   movi.check_split(config.data, "eval_split")
 
 
@@ -105,8 +106,9 @@ class Source:
   """The readers of one `config.data.source` (each imports its module, e.g. TensorFlow, on use)."""
 
   train_iterator: Callable[[ml_collections.ConfigDict, int], Iterator[dict]]
-  # Fails before any training when the evaluation data cannot be read; None: checked when read.
-  check_eval_data: Callable[[ml_collections.ConfigDict], None] | None
+  # Fails before any training when the training or evaluation data cannot be read; None: checked
+  # when read.
+  check_data: Callable[[ml_collections.ConfigDict], None] | None
   # One pass over the evaluation split for `vosjax.evaluation.videos`; None: the source's folders
   # are evaluated by `vosjax.evaluation` itself (davis_flows, frame_folders), at the end of training
   # and every `eval_every_steps`.
@@ -117,7 +119,7 @@ class Source:
 # frame_clips: RGB clips from frame folders (YouTube-VIS / DAVIS layout). The one table that says
 # what each source reads (`vosjax.evaluation.evaluate` keeps the matching one for evaluation).
 SOURCES = {
-  "tfds": Source(_tfds_train, _tfds_check_eval, _tfds_eval),
+  "tfds": Source(_tfds_train, _tfds_check, _tfds_eval),
   "davis": Source(_davis_flow_pairs, None, None),
   "frame_clips": Source(_frame_clips, None, None),
 }
@@ -141,9 +143,10 @@ def make_train_iterator(
   return SOURCES[source(config)].train_iterator(config, start_step)
 
 
-def check_eval_data(config: ml_collections.ConfigDict) -> None:
-  """Fails now (before any training) if the evaluation split cannot be read (TFDS source only)."""
-  check = SOURCES[source(config)].check_eval_data
+def check_data(config: ml_collections.ConfigDict) -> None:
+  """Fails now (before any training, before a checkpoint folder is made) if the training or the
+  evaluation split cannot be read (TFDS source only)."""
+  check = SOURCES[source(config)].check_data
   if check is not None:
     check(config)
 
