@@ -3,11 +3,12 @@
 replicated, and the program takes no CPU-only code path; XLA's memory check can refuse a step.
 
 The steps are those of tests/test_configs.py (helpers.tiny_configs.CONFIG_OVERRIDES' tiny sizes) on
-v4:2x2x2: 8 chips (megacore) over 2 hosts, 2 examples per chip.
+v4:2x2x2: 8 chips (megacore) over 2 hosts, 2 examples per chip; no chip gathers the batch.
 """
 
 import dataclasses
 import importlib.util
+import re
 
 import jax
 import jax.numpy as jnp
@@ -60,8 +61,12 @@ def test_config_train_step_compiles_for_tpu(name, devices):
   assert all(s.is_fully_replicated for s in jax.tree.leaves(compiled.output_shardings[0]))
   assert result["flops"] > 0 and result["step_s"] > 0 and result["examples_per_s"] > 0
   # Kernels are chosen by the platform compiled for (`vosjax.core.platform`), not by this host's.
-  assert "cpu_only/" not in compiled.as_text(), name
+  hlo = compiled.as_text()
+  assert "cpu_only/" not in hlo, name
   assert result["hlo_cpu_only"] is False
+  # Data-parallel: no chip gathers the batch (a loop over the sharded batch axis would, and every
+  # chip would then compute every example: `vosjax.core.shard_loops`).
+  assert not re.findall(r"= [^ ]+ all-gather(?:-start)?\(", hlo), name
 
 
 def test_cpu_programs_show_the_cpu_only_marker():

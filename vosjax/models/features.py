@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from vosjax.core import platform
+from vosjax.core import shard_loops
 from vosjax.models import vit
 
 # ImageNet statistics, used by both DINO and DINOv2 preprocessing.
@@ -43,7 +44,8 @@ def make_feature_extractor(
   The module's dtype is the compute dtype (build it with dtype=jnp.bfloat16 for a bf16 forward;
   parameters stay float32 and are cast inside the layers). Frames are processed `frame_chunk` at a
   time with `lax.map`, so peak memory is that of one chunk; the frame count is padded up to a whole
-  number of chunks and the padding is dropped from the outputs. No gradient flows to the params.
+  number of chunks and the padding is dropped from the outputs. Under a `data` mesh each device
+  loops over its own clips' frames (`core.shard_loops`). No gradient flows to the params.
 
   Args:
     module: the ViT.
@@ -77,20 +79,14 @@ def make_feature_extractor(
     if video.ndim != 5 or video.shape[-1] != 3:
       raise ValueError(f"video must be [B, T, H, W, 3], got shape {video.shape}")
     batch, time, height, width, _ = video.shape
-    num_frames = batch * time
-    chunk = min(resolve_frame_chunk(frame_chunk), num_frames)
-    num_chunks = -(-num_frames // chunk)
-    frames = video.reshape(num_frames, height, width, 3).astype(jnp.float32)
+    frames = video.reshape(batch * time, height, width, 3).astype(jnp.float32)
     frames = (frames - mean_array) / std_array
-    frames = jnp.pad(frames, ((0, num_chunks * chunk - num_frames), (0, 0), (0, 0), (0, 0)))
-    frames = frames.reshape(num_chunks, chunk, height, width, 3)
     params = jax.lax.stop_gradient(params)
-    chunked = jax.lax.map(lambda chunk_frames: forward(params, chunk_frames), frames)
-    return jax.tree.map(
-      lambda x: x.reshape((num_chunks * chunk,) + x.shape[2:])[:num_frames].reshape(
-        (batch, time) + x.shape[2:]
-      ),
-      chunked,
+    # `chunk` frames of each device's own clips per forward pass (`core.shard_loops`: a loop over
+    # the global frames would gather every clip onto every device).
+    features = shard_loops.map_rows(
+      lambda chunk_frames: forward(params, chunk_frames), frames, resolve_frame_chunk(frame_chunk)
     )
+    return jax.tree.map(lambda x: x.reshape((batch, time) + x.shape[1:]), features)
 
   return extract

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from vosjax.core import shard_loops
 from vosjax.models import convolution
 
 # PyTorch's InstanceNorm2d default epsilon (flax's default is 1e-6).
@@ -86,7 +87,8 @@ def apply_in_chunks(
 
   A `scan` over the chunks with the parameters broadcast: the parameters keep the names they
   have without chunking, and the result is the same when `function` treats rows independently
-  (per-image convolutions and InstanceNorm). On CPU a chunk's activations stay closer to the
+  (per-image convolutions and InstanceNorm). Under a `data` mesh each device scans its own rows
+  (`core.shard_loops`). On CPU a chunk's activations stay closer to the
   cache (Motion Grouping's encoder and decoder forward passes run faster, docs/performance.md).
   With `remat`, the backward pass keeps only each chunk's inputs and recomputes its activations.
 
@@ -94,7 +96,8 @@ def apply_in_chunks(
     module: the module whose scope `function` creates its submodules in.
     function: `[n, ...] -> [n, ...]` for any n.
     inputs: `[N, ...]`; zero rows pad the last chunk and are dropped from the result.
-    chunk_size: rows per chunk; 0 (or >= N) applies `function` to all rows at once.
+    chunk_size: rows per chunk (per device under a `data` mesh); 0 (or >= the rows of a device)
+      applies `function` to all rows at once.
     remat: recompute each chunk's activations in the backward pass instead of storing them.
   """
   if chunk_size < 0:
@@ -102,10 +105,11 @@ def apply_in_chunks(
       f"apply_in_chunks: chunk_size must be >= 0 (0: all at once), got {chunk_size}."
     )
   total = inputs.shape[0]
-  if not 0 < chunk_size < total:
+  if not 0 < chunk_size < total // shard_loops.data_shards(total):
     return function(module, inputs)
-  count = -(-total // chunk_size)
-  padded = jnp.pad(inputs, ((0, count * chunk_size - total),) + ((0, 0),) * (inputs.ndim - 1))
+  # Each device's own rows, `chunk_size` per trip (`core.shard_loops`): a scan over the global
+  # rows would gather every example onto every device.
+  grouped, ungroup = shard_loops.group_by_shard(inputs, chunk_size)
 
   def chunk_step(scoped_module, carry, chunk):
     return carry, function(scoped_module, chunk)
@@ -114,10 +118,10 @@ def apply_in_chunks(
     nn.remat(chunk_step) if remat else chunk_step,
     variable_broadcast="params",
     split_rngs={"params": False},
-    length=count,
+    length=grouped.shape[0],
   )
-  _, outputs = scan(module, None, padded.reshape((count, chunk_size) + inputs.shape[1:]))
-  return outputs.reshape((count * chunk_size,) + outputs.shape[2:])[:total]
+  _, outputs = scan(module, None, grouped)
+  return ungroup(outputs)
 
 
 def torch_conv_transpose_padding(

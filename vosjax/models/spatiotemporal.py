@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vosjax.core import shard_loops
 from vosjax.models import transformer_layers
 
 # PyTorch nn.LayerNorm default epsilon (flax's default is 1e-6).
@@ -185,7 +186,8 @@ class SpatioTemporalBlock(nn.Module):
   ) -> tuple[jax.Array, jax.Array]:
     """Training forward pass on a clip.
 
-    The attention runs one clip at a time (`lax.map`) under `jax.checkpoint`: only the clip's q,
+    The attention runs one clip at a time (`lax.map`; under a `data` mesh each device loops over
+    its own clips, `core.shard_loops`) under `jax.checkpoint`: only the clip's q,
     k, v are kept for the backward pass, which recomputes the `[heads, L, L]` maps of one clip at
     a time, and only their head mean `[L, L]` (what the losses read) leaves the loop. The stored
     per-head maps, their dropout masks and their gradients for the whole batch were most of the
@@ -220,9 +222,11 @@ class SpatioTemporalBlock(nn.Module):
       return mixed, mean[:, 1:, :, 1:].reshape(frames * num_tokens, frames * num_tokens)
 
     if dropout_keys is None:
-      mixed, attention = jax.lax.map(jax.checkpoint(lambda qkv: clip(qkv + (None,))), (q, k, v))
+      mixed, attention = shard_loops.map_each(
+        jax.checkpoint(lambda qkv: clip(qkv + (None,))), (q, k, v)
+      )
     else:
-      mixed, attention = jax.lax.map(jax.checkpoint(clip), (q, k, v, dropout_keys))
+      mixed, attention = shard_loops.map_each(jax.checkpoint(clip), (q, k, v, dropout_keys))
     out = self._rest_of_block(sequence.astype(self.dtype), mixed, deterministic)
     tokens = out.reshape(batch, frames, num_tokens + 1, channels)[:, :, 1:]
     return tokens, attention

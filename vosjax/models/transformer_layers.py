@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vosjax.core import platform
+from vosjax.core import shard_loops
 
 # Queries per chunk of `attend_in_query_chunks`: a chunk's [heads, chunk, S] logits of one image (a
 # few MiB at ViT-S/8 sizes) stay in cache between the two matmuls and the softmax.
@@ -77,12 +78,12 @@ def attend_in_query_chunks(qkv: jax.Array, scale: float, chunk: int = QUERY_CHUN
     mixed = mixed.transpose(0, 2, 1, 3).reshape(count * chunk, heads * head_dim)
     return mixed[:length]
 
-  return jax.lax.map(attend_image, qkv)
+  return shard_loops.map_each(attend_image, qkv)
 
 
 def _attend_images(qkv: jax.Array, scale: float) -> jax.Array:
   _, length, _, heads, head_dim = qkv.shape
-  return jax.lax.map(
+  return shard_loops.map_each(
     lambda image: (
       _attend_image(*_heads_first(image), scale)[0]
       .transpose(1, 0, 2)
@@ -132,7 +133,7 @@ def _attend_per_image_backward(scale, qkv, output_gradient):
     d_key = jnp.einsum("hqk,hqd->hkd", d_logits, query) * scale
     return jnp.stack([d_query, d_key, d_value]).transpose(2, 0, 1, 3).astype(qkv.dtype)
 
-  return (jax.lax.map(image_gradient, (qkv, output_gradient)),)
+  return (shard_loops.map_each(image_gradient, (qkv, output_gradient)),)
 
 
 attend_per_image.defvjp(_attend_per_image_forward, _attend_per_image_backward)

@@ -51,6 +51,7 @@ import optax
 from vosjax.core import config as config_lib
 from vosjax.core import images
 from vosjax.core import optimizers
+from vosjax.core import shard_loops
 from vosjax.data import augment
 from vosjax.data import video as video_io
 from vosjax.methods import vit_video
@@ -340,8 +341,9 @@ def predict(
     )
 
   # One video at a time (lax.map, not vmap): the clustering's data-dependent loops would run every
-  # video's longest trip count with a select over the whole carry per step under vmap.
-  result = jax.lax.map(lambda q_k: cluster(*q_k), (q, k))
+  # video's longest trip count with a select over the whole carry per step under vmap. Under a
+  # `data` mesh each device loops over its own videos (`core.shard_loops`).
+  result = shard_loops.map_each(lambda q_k: cluster(*q_k), (q, k))
   ids = clustering.upsample_labels(result.labels, tuple(video.shape[2:4])).astype(jnp.int32)
   num_tokens = jnp.full(ids.shape[:1], q.shape[1] * q.shape[2], jnp.int32)
   levels = {"token_ids": result.labels}
