@@ -10,9 +10,12 @@ from PIL import Image
 import pytest
 
 from helpers import dataset_layouts
+from references import propagation_reference as reference
 from vosjax import evaluate
 from vosjax import propagate
+from vosjax.correspondence import settings
 from vosjax.data import synthetic_render
+from vosjax.data import vip
 from vosjax.data.davis import read_label_png
 from vosjax.data.video import write_indexed_png
 from vosjax.evaluation import keypoints
@@ -167,3 +170,37 @@ def test_task_modes_need_their_data_and_the_crw_protocol(tmp_path, capsys):
     propagate.main(argv + ["--mode", "keypoints", "--preset", "crw", "--jhmdb", str(missing)]) == 1
   )
   assert "joint_positions.mat" in capsys.readouterr().err
+
+
+def test_part_mode_matches_the_official_vos_dataset_path(clips, tmp_path):
+  """One VIP video through `propagate_video` (crop 128, crw) and through our transcription of
+  VOSDataset (frames, the bilinear label resize, label set) + eval_prop.py + dump_predictions +
+  eval_vip.py's resize, fed the same features: soft maps to 1e-4, part maps equal except where
+  the transcription's own maps tie (within 1e-4)."""
+  root = dataset_layouts.write_vip(tmp_path, {"clip_a": clips["clip_a"]})
+  (video,) = vip.vip_videos(root)
+  config = settings.preset("crw")
+  config.crop_size, stride = 128, config.label_stride
+  module, params = propagate.load_backbone("dino_vits16", random_init=True, depth=1)
+  first_ids = vip.read_part_ids(video.annotations[0])
+  ours = propagate.propagate_video(module, params, config, video.frames, first_ids)
+  first, lblset = reference.vos_reference_labels(video.annotations[0], 128, stride)
+  np.testing.assert_array_equal(ours["soft"][0], first)
+  np.testing.assert_array_equal(ours["label_ids"], lblset[:, 0])
+  frames = reference.jhmdb_reference_frames(video.frames, 128, stride, config.mean, config.std)
+  tokens = np.array(propagate.video_features(module, params, frames, config.feature))
+  ref_soft, _ = reference.crw_reference(
+    tokens, first, config.context_frames, config.radius, config.topk, config.temperature
+  )
+  np.testing.assert_allclose(ours["soft"], ref_soft, atol=1e-4)
+  differing = 0
+  for t, maps in enumerate(ref_soft):
+    ids, dist = reference.vos_reference_readout(maps, lblset, 128, first_ids.shape)
+    differ = ours["ids"][t] != ids
+    if differ.any():  # ties of the transcription's own upsampled maps, at the crop size
+      small = np.asarray(Image.fromarray(ours["ids"][t]).resize((128, 128), Image.NEAREST))
+      channel = np.searchsorted(lblset[:, 0], small)
+      gap = dist.max(-1) - np.take_along_axis(dist, channel[..., None], -1)[..., 0]
+      assert gap.max() <= 1e-4
+    differing += int(differ.sum())
+  print(f"VIP part maps: {differing} of {ours['ids'].size} pixels differ (ties)")

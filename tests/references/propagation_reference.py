@@ -5,6 +5,8 @@
 - `crw_reference`: SMTC `src/eval_prop.py` `test` with `test_utils.context_index_bank`,
   `mem_efficient_batched_affinity` and `MaskedAttention` (padded start, long-term frame 0 without
   the radius mask), on given per-frame features at the label grid.
+- `vos_reference_*`: SMTC/videowalk `vos.py` `VOSDataset` labels under `--cropSize` and
+  `dump_predictions` + eval_vip.py's resize (the VIP part path).
 - `jhmdb_reference_*`: videowalk's JHMDB test path: `code/data/jhmdb.py` (`load_image`, the
   `--cropSize` resize, `pos_img - 1` scaled to the label grid, `draw_labelmap_np`, background
   channel), `utils/test_utils.process_pose` and `code/eval/eval_pck.py` (feat_res scaling, PCK).
@@ -256,3 +258,28 @@ def eval_pck_reference(preds, gts, heights, widths, feat_res, thresholds=(0.1, 0
     per_joint = [100.0 * np.sum(np.asarray(d) <= threshold) / len(d) for d in dist_all.values()]
     out[threshold] = float(np.mean(per_joint))
   return out
+
+
+def vos_reference_labels(label_path, img_size, map_scale):
+  """VOSDataset's first-frame labels: ([h, w, K] soft one-hot, label set [K] or [K, 3])."""
+  lblimg = cv2.imread(str(label_path))
+  if img_size > 0:
+    lblimg = cv2.resize(lblimg, (img_size, img_size), cv2.INTER_NEAREST)
+  lbls = lblimg[None]
+  lblset = np.unique(lbls[0].copy().reshape(-1, lbls.shape[-1]).astype(np.uint8), axis=0)
+  if np.all((lblset[1:] - lblset[:-1]) == 1):
+    lblset = lblset[:, 0:1]
+  rsz_h = math.floor(lblimg.shape[0] / map_scale)
+  rsz_w = math.floor(lblimg.shape[1] / map_scale)
+  onehot = np.stack([np.all(lbls[0] == ll, axis=-1) for ll in lblset], axis=-1)
+  return cv2.resize(np.float32(onehot), (rsz_w, rsz_h), cv2.INTER_LINEAR), lblset
+
+
+def vos_reference_readout(pred, lblset, img_size, gt_hw):
+  """dump_predictions at the crop size, then eval_vip.py's PIL NEAREST to the GT size: [H, W]."""
+  pred_dist = cv2.resize(np.asarray(pred, np.float32), (img_size, img_size))
+  if pred_dist.ndim == 2:
+    pred_dist = pred_dist[..., None]
+  pred_lbl = np.array(lblset, dtype=np.int32)[np.argmax(pred_dist, axis=-1)]
+  image = Image.fromarray(np.uint8(pred_lbl)[..., -1] if pred_lbl.ndim == 3 else np.uint8(pred_lbl))
+  return np.array(image.resize((gt_hw[1], gt_hw[0]), Image.NEAREST), np.int32), pred_dist
