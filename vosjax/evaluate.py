@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     choices=sorted(PROTOCOLS) + list(TASK_PROTOCOLS),
     help="required for PNG folders; candidates (*.npz): default both DAVIS-2017 unsupervised",
   )
-  parser.add_argument("--gt", required=True, type=Path, help="DAVIS root or annotation folder")
+  parser.add_argument(
+    "--gt", required=True, type=Path, help="DAVIS root or annotation folder; JHMDB list; VIP_Fine"
+  )
   parser.add_argument("--results", required=True, type=Path, help="folder of sequence folders")
   parser.add_argument("--sequences", help="comma-separated subset (default: every GT sequence)")
   parser.add_argument("--output", type=Path, default=Path("."), help="where the CSVs go")

@@ -173,8 +173,9 @@ def propagate_video(module, params, config, frame_paths, first_ids: np.ndarray) 
     elif config.readout == "dino":
       ids.append(readout.dino_readout(maps, patch, frame_hw, config.norm_mask))
     elif crop > 0:
-      # Read out at the crop size (as dump_predictions), then nearest to the frame size (as
-      # eval_vip.py / convert_davis.py compare with the ground truth).
+      # Read out at the crop size (as dump_predictions), then PIL NEAREST to the frame size (as
+      # eval_vip.py before scoring; DAVIS's convert_davis.py would use cv2 INTER_NEAREST, but
+      # eval_prop.sh runs DAVIS at the native size, crop_size 0).
       small = readout.crw_readout(maps, label_ids, (crop, crop), config.norm_mask)
       image = Image.fromarray(small.astype(np.uint8))
       ids.append(np.asarray(image.resize(frame_hw[::-1], Image.NEAREST)))
