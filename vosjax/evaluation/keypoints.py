@@ -4,7 +4,8 @@
 of that frame's GT joints (only joints predicted visible count; a prediction < 0 means
 "invisible"); the first frame (given) is not scored; a joint is correct when its distance to the
 GT divided by the reference size is <= the threshold; PCK is the mean over joint types of each
-type's percentage correct.
+type's percentage correct. A joint type never predicted visible is left out of the mean (the
+original, whose table always holds JHMDB's 15 types, would print nan).
 
 Result format (`python -m vosjax.propagate --mode keypoints`): one `<video>.json` per video,
 `{"video", "frame_size": [H, W], "frames": [{"frame": stem, "joints": [[x, y, visible], ...]}]}`
