@@ -1,15 +1,25 @@
-"""`python -m vosjax.propagate`: DAVIS PNGs and overlays for a synthetic multi-object video."""
+"""`python -m vosjax.propagate`: DAVIS PNGs and overlays for a synthetic multi-object video; the
+keypoint (JHMDB layout) and part (VIP layout) modes and their scores."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from helpers import dataset_layouts
+from references import propagation_reference as reference
+from vosjax import evaluate
 from vosjax import propagate
+from vosjax.correspondence import settings
 from vosjax.data import synthetic_render
+from vosjax.data import vip
 from vosjax.data.davis import read_label_png
 from vosjax.data.video import write_indexed_png
+from vosjax.evaluation import keypoints
+from vosjax.evaluation import parts
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +72,135 @@ def test_bad_override_is_a_clear_error(video, tmp_path, capsys):
   argv = ["--frames", str(folder / "frames"), "--first_labels", str(folder / "first.png")]
   code = propagate.main(argv + ["--output", str(tmp_path), "--random_init", "--set", "topk"])
   assert code == 1 and "key=value" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def clips():
+  return {
+    "clip_a": dataset_layouts.synthetic_clip(num_frames=5, height=96, width=128, seed=3),
+    "clip_b": dataset_layouts.synthetic_clip(num_frames=5, height=80, width=120, seed=4),
+  }
+
+
+def test_keypoint_mode_writes_json_overlays_and_pck(clips, tmp_path, capsys):
+  """JHMDB layout of two synthetic videos (joints = exact object centres), crw_stride8 at crop
+  128: one JSON per video with every frame and joint, overlays, PCK printed by the command and
+  equal to `python -m vosjax.evaluate --protocol jhmdb-pck` on the JSONs."""
+  listing = dataset_layouts.write_jhmdb(tmp_path / "jhmdb", clips)
+  out = tmp_path / "out"
+  argv = ["--mode", "keypoints", "--preset", "crw_stride8", "--jhmdb", str(listing)]
+  argv += ["--random_init", "--depth", "1", "--set", "crop_size=128", "--output", str(out)]
+  assert propagate.main(argv) == 0
+  printed = capsys.readouterr().out
+  assert "crop_size=128" in printed and "PCK@0.1" in printed
+  for name, (rgb, _, centres) in clips.items():
+    record = json.loads((out / "keypoints" / f"{name}.json").read_text())
+    assert record["frame_size"] == list(rgb.shape[1:3])
+    assert [f["frame"] for f in record["frames"]] == [f"{t + 1:05d}" for t in range(len(rgb))]
+    assert all(len(f["joints"]) == centres.shape[1] for f in record["frames"])
+    overlays = sorted((out / "overlays" / name).glob("*.jpg"))
+    assert len(overlays) == len(rgb)
+    assert np.asarray(Image.open(overlays[0])).shape == rgb.shape[1:]
+  scores, count = keypoints.score_jhmdb(listing, out / "keypoints")
+  assert count == 2 and f"PCK@0.1 {scores[0.1]:.2f}, PCK@0.2 {scores[0.2]:.2f}" in printed
+  assert (
+    evaluate.main(
+      [
+        "--protocol",
+        "jhmdb-pck",
+        "--gt",
+        str(listing),
+        "--results",
+        str(out / "keypoints"),
+        "--output",
+        str(tmp_path / "scores"),
+      ]
+    )
+    == 0
+  )
+  assert f"PCK@0.2 {scores[0.2]:.2f}" in capsys.readouterr().out
+
+
+def test_part_mode_writes_indexed_pngs_and_miou(clips, tmp_path, capsys):
+  """VIP_Fine layout (object ids as part ids): indexed part PNGs at the frame size for every
+  annotated frame, overlays, mIoU printed and equal to `--protocol vip-miou`."""
+  root = dataset_layouts.write_vip(tmp_path, clips)
+  out = tmp_path / "out"
+  argv = ["--mode", "parts", "--preset", "crw", "--vip", str(root), "--random_init"]
+  argv += ["--depth", "1", "--set", "crop_size=128", "--output", str(out)]
+  assert propagate.main(argv) == 0
+  printed = capsys.readouterr().out
+  for name, (rgb, ids, _) in clips.items():
+    pngs = sorted((out / name).glob("*.png"))
+    assert [p.stem for p in pngs] == [f"{(t + 1) * 25:012d}" for t in range(len(rgb))]
+    with Image.open(pngs[1]) as image:
+      assert image.mode == "P"
+    masks = np.stack([read_label_png(p) for p in pngs])
+    assert masks.shape == ids.shape
+    assert len(list((out / "overlays" / name).glob("*.jpg"))) == len(rgb)
+  miou, _, frames = parts.score_vip(root, out)
+  assert frames == 10 and 0 < miou <= 1 and f"mIoU {miou:.4f}" in printed
+  assert (
+    evaluate.main(
+      [
+        "--protocol",
+        "vip-miou",
+        "--gt",
+        str(root),
+        "--results",
+        str(out),
+        "--output",
+        str(tmp_path / "scores"),
+      ]
+    )
+    == 0
+  )
+  assert f"mIoU {miou:.4f}" in capsys.readouterr().out
+
+
+def test_task_modes_need_their_data_and_the_crw_protocol(tmp_path, capsys):
+  argv = ["--random_init", "--output", str(tmp_path)]
+  assert propagate.main(argv + ["--mode", "keypoints", "--preset", "crw"]) == 1
+  assert "--jhmdb" in capsys.readouterr().err
+  assert propagate.main(argv + ["--mode", "parts", "--preset", "dino"]) == 1
+  assert "crw" in capsys.readouterr().err
+  missing = tmp_path / "list.txt"
+  missing.write_text("frames/clip joints/clip/joint_positions.mat\n")
+  assert (
+    propagate.main(argv + ["--mode", "keypoints", "--preset", "crw", "--jhmdb", str(missing)]) == 1
+  )
+  assert "joint_positions.mat" in capsys.readouterr().err
+
+
+def test_part_mode_matches_the_official_vos_dataset_path(clips, tmp_path):
+  """One VIP video through `propagate_video` (crop 128, crw) and through our transcription of
+  VOSDataset (frames, the bilinear label resize, label set) + eval_prop.py + dump_predictions +
+  eval_vip.py's resize, fed the same features: soft maps to 1e-4, part maps equal except where
+  the transcription's own maps tie (within 1e-4)."""
+  root = dataset_layouts.write_vip(tmp_path, {"clip_a": clips["clip_a"]})
+  (video,) = vip.vip_videos(root)
+  config = settings.preset("crw")
+  config.crop_size, stride = 128, config.label_stride
+  module, params = propagate.load_backbone("dino_vits16", random_init=True, depth=1)
+  first_ids = vip.read_part_ids(video.annotations[0])
+  ours = propagate.propagate_video(module, params, config, video.frames, first_ids)
+  first, lblset = reference.vos_reference_labels(video.annotations[0], 128, stride)
+  np.testing.assert_array_equal(ours["soft"][0], first)
+  np.testing.assert_array_equal(ours["label_ids"], lblset[:, 0])
+  frames = reference.jhmdb_reference_frames(video.frames, 128, stride, config.mean, config.std)
+  tokens = np.array(propagate.video_features(module, params, frames, config.feature))
+  ref_soft, _ = reference.crw_reference(
+    tokens, first, config.context_frames, config.radius, config.topk, config.temperature
+  )
+  np.testing.assert_allclose(ours["soft"], ref_soft, atol=1e-4)
+  differing = 0
+  for t, maps in enumerate(ref_soft):
+    ids, dist = reference.vos_reference_readout(maps, lblset, 128, first_ids.shape)
+    differ = ours["ids"][t] != ids
+    if differ.any():  # ties of the transcription's own upsampled maps, at the crop size
+      small = np.asarray(Image.fromarray(ours["ids"][t]).resize((128, 128), Image.NEAREST))
+      channel = np.searchsorted(lblset[:, 0], small)
+      gap = dist.max(-1) - np.take_along_axis(dist, channel[..., None], -1)[..., 0]
+      assert gap.max() <= 1e-4
+    differing += int(differ.sum())
+  print(f"VIP part maps: {differing} of {ours['ids'].size} pixels differ (ties)")

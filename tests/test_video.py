@@ -121,3 +121,15 @@ def test_overlay_masks():
   np.testing.assert_array_equal(outlined[8, 15], video.DAVIS_PALETTE[2])  # Top edge.
   np.testing.assert_array_equal(outlined[19, 29], video.DAVIS_PALETTE[2])  # Bottom-right corner.
   np.testing.assert_array_equal(outlined[12, 15], out[0, 12, 15])  # Interior: blended.
+
+
+def test_draw_keypoints_marks_visible_joints_only():
+  frame = np.zeros((40, 60, 3), np.uint8)
+  frame.setflags(write=False)  # the input is never written
+  joints = np.array([[10.0, 10.0], [50.0, 30.0], [-1.0, -1.0]])
+  out = video.draw_keypoints(frame, joints, parents=(1, 1, 0))
+  assert out.shape == frame.shape and not frame.any()
+  np.testing.assert_array_equal(out[10, 10], video.DAVIS_PALETTE[1])
+  np.testing.assert_array_equal(out[30, 50], video.DAVIS_PALETTE[2])
+  assert out[20, 30].any()  # the bone from joint 0 to its parent 1
+  assert not out[35:, :5].any()  # nothing for the invisible joint

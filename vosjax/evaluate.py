@@ -2,12 +2,16 @@
 
   python -m vosjax.evaluate --protocol P --gt DIR --results DIR [--sequences a,b] [--frames all]
   python -m vosjax.evaluate --gt DAVIS2017 --results WORKDIR/frame_candidates [--protocol P]
+  python -m vosjax.evaluate --protocol jhmdb-pck --gt JHMDB_LIST --results OUT/keypoints
+  python -m vosjax.evaluate --protocol vip-miou --gt VIP_Fine --results OUT
 
 The protocols are `vosjax.evaluation.davis_protocol` (see its docstring); this module only parses
 the command line, scores and prints. A results folder of `<seq>.npz` files (a run's
 `frame_candidates/`: SMTC's overlapping candidate masks, `vosjax.evaluation.frame_folders`) is
 scored with both DAVIS-2017 unsupervised protocols (or the one `--protocol` names), each candidate
 on its own as the run's evaluation does; the CSVs go to `--output/<protocol>/`.
+`jhmdb-pck` (`vosjax.evaluation.keypoints`) and `vip-miou` (`vosjax.evaluation.parts`) score
+`python -m vosjax.propagate --mode keypoints|parts` results as CRW's eval_pck.py / eval_vip.py.
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ import sys
 import time
 
 from vosjax.evaluation import davis_protocol
+from vosjax.evaluation import keypoints
+from vosjax.evaluation import parts
 from vosjax.evaluation.davis_protocol import PROTOCOLS
+
+TASK_PROTOCOLS = ("jhmdb-pck", "vip-miou")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -35,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
   )
   parser.add_argument(
     "--protocol",
-    choices=sorted(PROTOCOLS),
+    choices=sorted(PROTOCOLS) + list(TASK_PROTOCOLS),
     help="required for PNG folders; candidates (*.npz): default both DAVIS-2017 unsupervised",
   )
-  parser.add_argument("--gt", required=True, type=Path, help="DAVIS root or annotation folder")
+  parser.add_argument(
+    "--gt", required=True, type=Path, help="DAVIS root or annotation folder; JHMDB list; VIP_Fine"
+  )
   parser.add_argument("--results", required=True, type=Path, help="folder of sequence folders")
   parser.add_argument("--sequences", help="comma-separated subset (default: every GT sequence)")
   parser.add_argument("--output", type=Path, default=Path("."), help="where the CSVs go")
@@ -55,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
       parser.error(f"--output {args.output} is inside the input folder {folder}; choose another")
   start = time.perf_counter()
   sequences = [s.strip() for s in args.sequences.split(",")] if args.sequences else None
+  if args.protocol in TASK_PROTOCOLS:
+    return _score_task(args, sequences)
   if args.results.is_dir() and any(args.results.glob("*.npz")):
     return _score_candidates(args, sequences, start)
   if args.protocol is None:
@@ -77,6 +89,22 @@ def main(argv: list[str] | None = None) -> int:
   for row in results.object_rows():
     print(f"  {row['Sequence']:<24} {row['J-Mean']:.3f}   {row['F-Mean']:.3f}")
   print(f"\nwrote {global_path} and {sequence_path}")
+  return 0
+
+
+def _score_task(args, sequences: list[str] | None) -> int:
+  """PCK of keypoint JSONs (JHMDB) or mIoU of part PNGs (VIP)."""
+  try:
+    if args.protocol == "jhmdb-pck":
+      scores, count = keypoints.score_jhmdb(args.gt, args.results, (0.1, 0.2), sequences)
+      print(f"jhmdb-pck: {count} videos, PCK@0.1 {scores[0.1]:.2f}, PCK@0.2 {scores[0.2]:.2f}")
+    else:
+      miou, iou, frames = parts.score_vip(args.gt, args.results, sequences)
+      print(f"vip-miou: {frames} frames, mIoU {miou:.4f}")
+      print("per class IoU: " + " ".join("-" if v != v else f"{v:.3f}" for v in iou))
+  except (FileNotFoundError, KeyError, ValueError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 1
   return 0
 
 

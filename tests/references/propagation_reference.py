@@ -5,11 +5,19 @@
 - `crw_reference`: SMTC `src/eval_prop.py` `test` with `test_utils.context_index_bank`,
   `mem_efficient_batched_affinity` and `MaskedAttention` (padded start, long-term frame 0 without
   the radius mask), on given per-frame features at the label grid.
-Both written from reading the official code, dense as the originals are.
+- `vos_reference_*`: SMTC/videowalk `vos.py` `VOSDataset` labels under `--cropSize` and
+  `dump_predictions` + eval_vip.py's resize (the VIP part path).
+- `jhmdb_reference_*`: videowalk's JHMDB test path: `code/data/jhmdb.py` (`load_image`, the
+  `--cropSize` resize, `pos_img - 1` scaled to the label grid, `draw_labelmap_np`, background
+  channel), `utils/test_utils.process_pose` and `code/eval/eval_pck.py` (feat_res scaling, PCK).
+All written from reading the official code, dense as the originals are.
 """
 
 from __future__ import annotations
 
+import math
+
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -137,3 +145,141 @@ def crw_reference(
     out.append(pred.numpy().copy())
     lbls[t + video_len] = pred if forced is None else torch.from_numpy(np.array(forced[t]))
   return np.stack(out), np.stack(gaps)
+
+
+def jhmdb_reference_frames(paths, img_size, map_scale, mean, std):
+  """JhmdbSet's frames (cv2.imread, /255, BGR->RGB, cv2 resize to img_size^2, color_normalize)
+  then eval_prop.py's trilinear resize to multiples of map_scale: float32 [T, H, W, 3]."""
+  imgs = []
+  for path in paths:
+    img = cv2.imread(str(path)).astype(np.float32) / 255.0
+    img = img[:, :, ::-1].copy()
+    ht, wd = img.shape[:2]
+    if img_size > 0:
+      img = cv2.resize(img, (img_size, img_size))
+    img = torch.from_numpy(np.transpose(img, (2, 0, 1))).float()
+    for t, m, s_ in zip(img, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]):
+      t.sub_(m)
+      t.div_(s_)
+    imgs.append(img)
+  imgs = torch.stack(imgs)[None]  # 1 T 3 H W
+  h, w = imgs.shape[-2:]
+  new_h, new_w = h // map_scale * map_scale, w // map_scale * map_scale
+  imgs = F.interpolate(imgs, size=(3, new_h, new_w), mode="trilinear")
+  return imgs[0].permute(0, 2, 3, 1).numpy()
+
+
+def draw_labelmap_reference(img, pt, sigma):
+  """draw_labelmap_np (Gaussian): in place on img [h, w]."""
+  ul = [int(pt[0] - 3 * sigma), int(pt[1] - 3 * sigma)]
+  br = [int(pt[0] + 3 * sigma + 1), int(pt[1] + 3 * sigma + 1)]
+  if ul[0] >= img.shape[1] or ul[1] >= img.shape[0] or br[0] < 0 or br[1] < 0:
+    return img
+  size = 6 * sigma + 1
+  x = np.arange(0, size, 1, float)
+  y = x[:, np.newaxis]
+  x0 = y0 = size // 2
+  g = np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma**2))
+  g_x = max(0, -ul[0]), min(br[0], img.shape[1]) - ul[0]
+  g_y = max(0, -ul[1]), min(br[1], img.shape[0]) - ul[1]
+  img_x = max(0, ul[0]), min(br[0], img.shape[1])
+  img_y = max(0, ul[1]), min(br[1], img.shape[0])
+  img[img_y[0] : img_y[1], img_x[0] : img_x[1]] = g[g_y[0] : g_y[1], g_x[0] : g_x[1]]
+  return img
+
+
+def jhmdb_reference_labels(pos_img, frame_hw, img_size, map_scale, sigma=0.5):
+  """JhmdbSet's label tensor of frame 0: float32 [h, w, 1 + J] (background first).
+
+  pos_img: the .mat's [2, J, T] 1-based coordinates."""
+  ht, wd = frame_hw
+  newh, neww = (img_size, img_size) if img_size > 0 else (ht, wd)
+  rsz_h, rsz_w = math.ceil(newh / map_scale), math.ceil(neww / map_scale)
+  lbls_coord = np.array(pos_img, np.float64) - 1
+  lbls_coord[0, :, :] = lbls_coord[0, :, :] * float(neww) / float(wd) / map_scale
+  lbls_coord[1, :, :] = lbls_coord[1, :, :] * float(newh) / float(ht) / map_scale
+  lbls = np.zeros((lbls_coord.shape[2], rsz_h, rsz_w, lbls_coord.shape[1]))
+  for i in range(lbls_coord.shape[2]):
+    for j in range(lbls_coord.shape[1]):
+      if sigma > 0:
+        draw_labelmap_reference(lbls[i, :, :, j], lbls_coord[:, j, i], sigma)
+      else:
+        tx, ty = int(lbls_coord[0, j, i]), int(lbls_coord[1, j, i])
+        if 0 <= tx < rsz_w and 0 <= ty < rsz_h:
+          lbls[i, ty, tx, j] = 1.0
+  first = torch.from_numpy(lbls[0]).float()
+  return torch.cat([(first.sum(-1) == 0)[..., None] * 1.0, first], dim=-1).numpy()
+
+
+def process_pose_reference(pred, topk=3):
+  """process_pose: pred [h, w, 1 + J] -> ([2, J] grid (x, y), -1 for all-zero channels;
+  [J] gaps: the k-th minus the (k+1)-th largest value, 0 where top-k picks among ties)."""
+  pred = torch.from_numpy(np.array(pred, np.float32))[..., 1:]
+  flatlbls = pred.flatten(0, 1)
+  topk = min(flatlbls.shape[0], topk)
+  ranked = torch.topk(flatlbls, k=min(flatlbls.shape[0], topk + 1), dim=0)[0]
+  gaps = (ranked[topk - 1] - ranked[-1]).numpy() if len(ranked) > topk else None
+  vals, ids = torch.topk(flatlbls, k=topk, dim=0)
+  vals /= vals.sum(0)[None]
+  xx, yy = ids % pred.shape[1], ids // pred.shape[1]
+  current_coord = torch.stack([(xx * vals).sum(0), (yy * vals).sum(0)], dim=0)
+  current_coord[:, flatlbls.sum(0) == 0] = -1
+  return current_coord.numpy(), gaps
+
+
+def eval_pck_reference(preds, gts, heights, widths, feat_res, thresholds=(0.1, 0.2)):
+  """eval_pck.py: preds [2, J, T] grid coordinates per video (the .dat files), gts pos_img
+  [2, J, T] (1-based), frame sizes; returns {threshold: PCK}."""
+  dist_all = {}
+  for predres, pos_img, height, width in zip(preds, gts, heights, widths):
+    nowgt = np.asarray(pos_img, np.float64) - 1
+    predres = np.array(predres, np.float64)
+    visible = np.ones(predres.shape[1:])
+    visible[predres[0] < 0] = 0
+    predres[0] = predres[0] / float(feat_res) * width
+    predres[1] = predres[1] / float(feat_res) * height
+    boxes = np.zeros(nowgt.shape[2])
+    for k in range(nowgt.shape[2]):
+      minx, maxx, miny, maxy = 1e6, -1, 1e6, -1
+      for j in range(nowgt.shape[1]):
+        if visible[j, k] == 0:
+          continue
+        minx, miny = np.min([minx, nowgt[0, j, k]]), np.min([miny, nowgt[1, j, k]])
+        maxx, maxy = np.max([maxx, nowgt[0, j, k]]), np.max([maxy, nowgt[1, j, k]])
+      boxes[k] = 0.6 * np.linalg.norm(np.subtract([maxx, maxy], [minx, miny]))
+    for j in range(nowgt.shape[1]):
+      for k in range(nowgt.shape[2]):
+        if visible[j, k] == 0 or k == 0:
+          continue
+        d = np.linalg.norm(np.subtract(predres[:, j, k], nowgt[:, j, k]))
+        dist_all.setdefault(j, []).append(d / boxes[k])
+  out = {}
+  for threshold in thresholds:
+    per_joint = [100.0 * np.sum(np.asarray(d) <= threshold) / len(d) for d in dist_all.values()]
+    out[threshold] = float(np.mean(per_joint))
+  return out
+
+
+def vos_reference_labels(label_path, img_size, map_scale):
+  """VOSDataset's first-frame labels: ([h, w, K] soft one-hot, label set [K] or [K, 3])."""
+  lblimg = cv2.imread(str(label_path))
+  if img_size > 0:
+    lblimg = cv2.resize(lblimg, (img_size, img_size), cv2.INTER_NEAREST)
+  lbls = lblimg[None]
+  lblset = np.unique(lbls[0].copy().reshape(-1, lbls.shape[-1]).astype(np.uint8), axis=0)
+  if np.all((lblset[1:] - lblset[:-1]) == 1):
+    lblset = lblset[:, 0:1]
+  rsz_h = math.floor(lblimg.shape[0] / map_scale)
+  rsz_w = math.floor(lblimg.shape[1] / map_scale)
+  onehot = np.stack([np.all(lbls[0] == ll, axis=-1) for ll in lblset], axis=-1)
+  return cv2.resize(np.float32(onehot), (rsz_w, rsz_h), cv2.INTER_LINEAR), lblset
+
+
+def vos_reference_readout(pred, lblset, img_size, gt_hw):
+  """dump_predictions at the crop size, then eval_vip.py's PIL NEAREST to the GT size: [H, W]."""
+  pred_dist = cv2.resize(np.asarray(pred, np.float32), (img_size, img_size))
+  if pred_dist.ndim == 2:
+    pred_dist = pred_dist[..., None]
+  pred_lbl = np.array(lblset, dtype=np.int32)[np.argmax(pred_dist, axis=-1)]
+  image = Image.fromarray(np.uint8(pred_lbl)[..., -1] if pred_lbl.ndim == 3 else np.uint8(pred_lbl))
+  return np.array(image.resize((gt_hw[1], gt_hw[0]), Image.NEAREST), np.int32), pred_dist

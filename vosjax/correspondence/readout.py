@@ -89,7 +89,8 @@ def keypoint_coordinates(soft: np.ndarray, topk: int = 3) -> np.ndarray:
   k = min(flat.shape[0], topk)
   order = np.argsort(-flat, axis=0, kind="stable")[:k]
   values = np.take_along_axis(flat, order, axis=0)
-  values = values / values.sum(0, keepdims=True)
+  with np.errstate(divide="ignore", invalid="ignore"):  # all-zero channels: set to -1 below
+    values = values / values.sum(0, keepdims=True)
   xx, yy = order % maps.shape[1], order // maps.shape[1]
   coords = np.stack([(xx * values).sum(0), (yy * values).sum(0)]).astype(np.float32)
   coords[:, flat.sum(0) == 0] = -1

@@ -66,6 +66,12 @@ def preset(name: str) -> ml_collections.ConfigDict:
     config.window_first_frame = False
     config.readout = "crw"  # cv2 bilinear of the soft maps to the frame size, argmax
     config.first_frame_output = "prediction"
+    # --cropSize: frames resized to crop x crop first, label images bilinearly (vos.py's quirk),
+    # predictions read out at that size. 0: native (eval_prop.sh's -1); the keypoint and part
+    # modes of `python -m vosjax.propagate` default to 320 (JHMDB) and 560 (VIP).
+    config.crop_size = 0
+    config.keypoint_sigma = 0.5  # JhmdbSet's Gaussian per joint, in label-grid cells
+    config.keypoint_topk = 3  # process_pose: the top-3 cells' weighted mean
   config.norm_mask = config.readout == "dino"
   config.block_rows = 0  # 0: automatic (propagation.BLOCK_BYTES per block)
   config.frame_chunk = 0  # frames per backbone forward; 0: automatic

@@ -114,12 +114,19 @@ def torch_linear_matrix(out_size: int, in_size: int) -> np.ndarray:
   return matrix
 
 
-def read_crw_frames(paths, stride: int, mean, std) -> np.ndarray:
-  """Normalised float32 [T, H // s * s, W // s * s, 3] RGB frames as CRW/SMTC make them."""
+def read_crw_frames(paths, stride: int, mean, std, crop_size: int = 0) -> np.ndarray:
+  """Normalised float32 [T, H // s * s, W // s * s, 3] RGB frames as CRW/SMTC make them.
+
+  crop_size > 0: first the test code's `--cropSize` resize (`vos.py` / `jhmdb.py`: cv2 bilinear
+  of the float RGB image to crop x crop, `ratio = 1.0`), so H = W = crop_size.
+  """
   frames = []
   for path in paths:
     image = _read_bgr(path).astype(np.float32) / np.float32(255.0)
-    frames.append(normalize(image[..., ::-1], mean, std))
+    image = np.ascontiguousarray(image[..., ::-1])
+    if crop_size > 0:
+      image = cv2.resize(image, (crop_size, crop_size))
+    frames.append(normalize(image, mean, std))
   frames = np.stack(frames)
   height, width = frames.shape[1:3]
   new_h, new_w = height // stride * stride, width // stride * stride
@@ -144,3 +151,16 @@ def crw_first_labels(ids: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarr
   size = (ids.shape[1] // stride, ids.shape[0] // stride)
   soft = cv2.resize(onehot, size, interpolation=cv2.INTER_LINEAR)
   return soft.reshape(size[1], size[0], len(label_ids)), label_ids.astype(np.int32)
+
+
+def crop_annotation(ids: np.ndarray, crop_size: int) -> np.ndarray:
+  """uint8 [H, W] ids -> [crop, crop] as `vos.py` resizes the label image under `--cropSize`.
+
+  `cv2.resize(lblimg, (newh, neww), cv2.INTER_NEAREST)` passes INTER_NEAREST as the `dst`
+  argument, so the (3-channel, uint8) label image is resized bilinearly: pixels on a boundary
+  between two ids get in-between values, and those values join the label set (each its own
+  channel), as in the original. The ids' channels are equal, so one channel is resized here.
+  """
+  ids = np.asarray(ids, np.uint8)
+  colour = cv2.resize(np.repeat(ids[..., None], 3, -1), (crop_size, crop_size))
+  return colour[..., 0]

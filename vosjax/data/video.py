@@ -238,6 +238,28 @@ def overlay_masks(
   return out[0] if single else out
 
 
+def draw_keypoints(frame, joints, parents=None, palette: np.ndarray = DAVIS_PALETTE) -> np.ndarray:
+  """uint8 [H, W, 3] copy of frame with joints float [J, 2] (x, y; x < 0: invisible) drawn as
+  dots in palette colours 1..J, each joined to parents[j] when both are visible."""
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  out = np.array(_as_uint8_frames(np.asarray(frame)[None])[0], order="C")
+  joints = np.asarray(joints, np.float64)
+  radius = max(2, round(min(out.shape[:2]) / 80))
+  visible = (joints[:, 0] >= 0) & (joints[:, 1] >= 0)
+  points = [(int(round(x)), int(round(y))) for x, y in joints.tolist()]
+  if parents is not None:
+    for j, parent in enumerate(parents):
+      if visible[j] and visible[parent] and j != parent:
+        colour = [int(c) for c in palette[(j % 255) + 1]]
+        cv2.line(out, points[parent], points[j], colour, max(1, radius // 2), cv2.LINE_AA)
+  for j in np.flatnonzero(visible):
+    colour = [int(c) for c in palette[(j % 255) + 1]]
+    cv2.circle(out, points[j], radius, colour, -1, cv2.LINE_AA)
+    cv2.circle(out, points[j], radius, (255, 255, 255), 1, cv2.LINE_AA)
+  return out
+
+
 def resize_frames(frames: np.ndarray, resolution) -> np.ndarray:
   """uint8 `[T, H, W, 3]` -> float32 `[T, h, w, 3]` in [0, 1], bilinear (as the frame readers)."""
   height, width = resolution

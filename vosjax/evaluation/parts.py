@@ -8,8 +8,13 @@ absent from both GT and predictions does not count). VIP has 20 classes (backgro
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
+
+from vosjax.data import vip
+from vosjax.data.davis import read_label_png
 
 VIP_CLASSES = 20
 
@@ -35,3 +40,23 @@ def mean_iou(frames, num_classes: int = VIP_CLASSES) -> tuple[float, np.ndarray]
   with np.errstate(divide="ignore", invalid="ignore"):
     iou = correct / (hist.sum(1) + hist.sum(0) - correct)
   return float(np.nanmean(iou)), iou
+
+
+def score_vip(root, results, videos=None, num_classes: int = VIP_CLASSES):
+  """(mIoU, per-class IoU, frames scored) of `results/<video>/<frame>.png` against
+  `root/Annotations/Category_ids/<video>/<frame>.png`: every result PNG of the videos (default:
+  each folder of `results`), as `eval_vip.py` scores every file of its prediction folder."""
+  results = Path(results)
+  names = videos or sorted(p.name for p in results.iterdir() if p.is_dir() and p.name != "overlays")
+  pairs = []
+  for name in names:
+    predicted = sorted((results / name).glob("*.png"))
+    if not predicted:
+      raise FileNotFoundError(f"no result PNGs in {results / name}")
+    for path in predicted:
+      truth = vip.read_part_ids(Path(root) / vip.CATEGORY_IDS / name / path.name)
+      pairs.append((truth, read_label_png(path)))
+  if not pairs:
+    raise ValueError(f"{results}: no video folder to score")
+  miou, iou = mean_iou(pairs, num_classes)
+  return miou, iou, len(pairs)
