@@ -22,6 +22,8 @@ import time
 from vosjax.benchmarks import _config_file as config_file
 from vosjax.core import topology
 
+BEGIN = "<!-- table: python -m vosjax.bench tpu --table -->"
+README_BEGIN = "<!-- tpu table: python -m vosjax.bench tpu --table (compact) -->"
 TOPOLOGIES = ("v5e-16", "v4-32", "v5p-16", "v6e-16", "v5e-256")
 # Training videos of each config's dataset (an epoch: one clip per training video) and the source.
 DATASETS = {
@@ -180,24 +182,90 @@ def markdown(results: dict, configs, topologies) -> str:
   return "\n".join(lines)
 
 
-def render(out: str, configs, topologies) -> str:
-  """Writes the table of the cached results (`<out>.json`) into `out`; returns it."""
-  out_path = pathlib.Path(out)
-  out_json = out_path.with_suffix(".json")
-  results = json.loads(out_json.read_text()) if out_json.exists() else {}
-  table = markdown(results, configs, topologies)
-  text = out_path.read_text() if out_path.exists() else ""
-  begin, end = "<!-- table: python -m vosjax.bench tpu --table -->", "<!-- end of table -->"
+def _compact_row(name: str, topology_name: str, cell: dict) -> str:
+  """One README row: the shipped batch's figures and, beside them, the largest batch's."""
+  shipped, largest, batch = cell["shipped"], cell["largest"], cell["shipped_batch"]
+  chips = shipped.get("chips") or largest.get("chips") or ""
+  head = f"| {name} | {topology_name} ({chips}) |"
+  if "memory" not in shipped:
+    return (
+      f"{head} {shipped.get('per_chip_batch')}/chip | no: {shipped.get('error', '')[:60]} |||||||"
+    )
+  videos, _ = DATASETS.get(name, (None, ""))
+
+  def figures(r):
+    source = "" if r["step_s_source"] == "cost model" else "*"
+    return (
+      f"{r['memory']['total'] / 2**30:.1f} GiB | {r['step_s'] * 1e3:.1f} ms{source}"
+      f" | {r['examples_per_s']:.0f} | {100 * r['mfu_bf16']:.1f}%"
+    )
+
+  run_s = shipped["num_train_steps"] * batch / shipped["examples_per_s"]
+  epoch = _hours(videos / shipped["examples_per_s"]) if videos else ""
+  if "memory" in largest:
+    mark = " (pred.)" if largest.get("predicted") else ""
+    big = f"{largest['per_chip_batch'] * largest['chips']} ({largest['per_chip_batch']}){mark}"
+    big += f" | {largest['examples_per_s']:.0f}"
+  else:
+    big = " | "
+  return (
+    f"{head} {shipped['per_chip_batch'] * shipped['chips']} ({shipped['per_chip_batch']})"
+    f" | {'yes' if shipped['fits'] else 'no'} | {figures(shipped)} | {_hours(run_s)} | {epoch}"
+    f" | {big} |"
+  )
+
+
+def compact_markdown(results: dict, configs, topologies) -> str:
+  """The README's table: a row per config and topology (shipped batch, and the largest batch)."""
+  lines = [
+    "| config | topology (chips) | global batch (per chip) | fits | memory per chip | step time "
+    "| examples/s | MFU (bf16) | training run | one epoch | largest batch (per chip) "
+    "| its examples/s |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for path in configs:
+    name = os.path.basename(path)
+    for topology_name in topologies:
+      cell = results.get(f"{name}|{topology_name}")
+      if cell is not None:
+        lines.append(_compact_row(name, topology_name, cell))
+  return "\n".join(lines)
+
+
+def _replace_block(path: pathlib.Path, begin: str, end: str, table: str) -> None:
+  text = path.read_text() if path.exists() else ""
   if begin in text and end in text:
     text = text[: text.index(begin) + len(begin)] + "\n" + table + "\n" + text[text.index(end) :]
   else:
     text = text + f"\n{begin}\n{table}\n{end}\n"
-  out_path.write_text(text)
+  path.write_text(text)
+
+
+def render(out: str, configs, topologies, readme: str | None = None) -> str:
+  """Writes the table of the cached results (`<out>.json`) into `out` (and the compact one into
+  `readme`, between its `<!-- tpu table ... -->` markers); returns the full table."""
+  out_path = pathlib.Path(out)
+  out_json = out_path.with_suffix(".json")
+  results = json.loads(out_json.read_text()) if out_json.exists() else {}
+  table = markdown(results, configs, topologies)
+  _replace_block(out_path, BEGIN, "<!-- end of table -->", table)
+  if readme:
+    compact = compact_markdown(results, configs, topologies)
+    _replace_block(pathlib.Path(readme), README_BEGIN, "<!-- end of tpu table -->", compact)
   return table
 
 
-def main(run, out: str, configs=None, topologies=TOPOLOGIES, verify: bool = True) -> int:
+def main(
+  run,
+  out: str,
+  configs=None,
+  topologies=TOPOLOGIES,
+  verify: bool = True,
+  readme: str | None = None,
+  compile_cells: bool = True,
+) -> int:
   configs = configs or sorted(str(p) for p in pathlib.Path("configs").glob("*.py"))
-  compute(run, pathlib.Path(out).with_suffix(".json"), configs, topologies, verify)
-  print(render(out, configs, topologies))
+  if compile_cells:
+    compute(run, pathlib.Path(out).with_suffix(".json"), configs, topologies, verify)
+  print(render(out, configs, topologies, readme))
   return 0

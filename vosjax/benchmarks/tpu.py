@@ -277,6 +277,14 @@ def main(argv: list[str]) -> int:
     action="store_true",
     help="with --table: the largest batch from two compiles' memory line, not compiled to check",
   )
+  parser.add_argument(
+    "--readme",
+    default="README.md",
+    help="with --table: also write the compact table here ('' for no)",
+  )
+  parser.add_argument(
+    "--render-only", action="store_true", help="with --table: rewrite the tables from the JSON only"
+  )
   args = parser.parse_args(argv)
   if args.table:
     from vosjax.benchmarks import _tpu_table as tpu_table  # pylint: disable=g-import-not-at-top
@@ -288,6 +296,8 @@ def main(argv: list[str]) -> int:
         configs=args.config.split(",") if args.config else None,
         topologies=args.topology.split(",") if args.topology else tpu_table.TOPOLOGIES,
         verify=not args.predict_largest,
+        readme=args.readme or None,
+        compile_cells=not args.render_only,
       )
     except topology.TopologyError as error:
       print(f"vosjax.bench tpu: {error}", file=sys.stderr)
