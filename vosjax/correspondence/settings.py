@@ -67,7 +67,8 @@ def preset(name: str) -> ml_collections.ConfigDict:
     config.readout = "crw"  # cv2 bilinear of the soft maps to the frame size, argmax
     config.first_frame_output = "prediction"
   config.norm_mask = config.readout == "dino"
-  config.block_rows = 0  # 0: automatic (propagation.BLOCK_BYTES per block)
+  config.block_rows = 0  # query tile rows; 0: automatic (propagation.choose_block_shape)
+  config.block_cols = 0  # query tile columns; 0: automatic
   config.frame_chunk = 0  # frames per backbone forward; 0: automatic
   return config
 
@@ -84,6 +85,7 @@ def spec_from(config: ml_collections.ConfigDict) -> propagation.PropagationSpec:
     radius=float(config.radius),
     window_first_frame=bool(config.window_first_frame),
     block_rows=int(config.block_rows),
+    block_cols=int(config.block_cols),
   )
 
 
