@@ -101,8 +101,9 @@ def test_dino_protocol_matches_the_transcription_on_synthetic_objects(overrides)
   check_dino(normed, first, patch, config, f"dino/synthetic {overrides}")
 
 
-@pytest.mark.parametrize("block_rows", [1, 4, 0])
-def test_blocking_does_not_change_the_result(block_rows):
+@pytest.mark.parametrize("block_rows,block_cols", [(1, 1), (4, 3), (2, 11), (9, 2), (0, 0)])
+def test_tiling_does_not_change_the_result(block_rows, block_cols):
+  """Any query tile (padded at the bottom/right edge or not) gives the one-tile result."""
   rng = np.random.default_rng(0)
   features = propagation.l2_normalize(rng.standard_normal((5, 9, 11, 8)).astype(np.float32))
   first = np.eye(3, dtype=np.float32)[rng.integers(0, 3, (9, 11))]
@@ -110,19 +111,26 @@ def test_blocking_does_not_change_the_result(block_rows):
     config = settings.preset(name)
     config.radius = 3.0
     config.context_frames = 2
-    config.block_rows = 9
+    config.block_rows, config.block_cols = 9, 11
     whole = propagation.propagate(features, first, settings.spec_from(config))
-    config.block_rows = block_rows
-    blocked = propagation.propagate(features, first, settings.spec_from(config))
-    np.testing.assert_allclose(blocked, whole, atol=1e-6, err_msg=name)
+    config.block_rows, config.block_cols = block_rows, block_cols
+    tiled = propagation.propagate(features, first, settings.spec_from(config))
+    np.testing.assert_allclose(tiled, whole, atol=1e-6, err_msg=name)
 
 
-def test_block_rows_respect_the_budget():
+def test_tile_shape_respects_the_budget_and_skips_unreachable_keys():
   spec = settings.spec_from(settings.preset("dino"))
-  rows = propagation.choose_block_rows(spec, 60, 104)
-  band = rows + 2 * 12
-  assert 1 <= rows <= 60 and rows * 104 * 8 * band * 104 * 4 <= propagation.BLOCK_BYTES
-  assert (rows + 1) * 104 * 8 * (band + 1) * 104 * 4 > propagation.BLOCK_BYTES
+  for height, width in ((30, 52), (60, 104)):
+    rows, cols = propagation.choose_block_shape(spec, height, width)
+    keys = 8 * min(rows + 24, height) * min(cols + 24, width)
+    assert rows * cols * keys * 4 <= propagation.BLOCK_BYTES
+    assert rows * cols >= propagation.MIN_TILE_QUERIES
+    # Fewer score entries than one tile per row band spanning the whole width.
+    assert keys < 8 * min(rows + 24, height) * width
+  tiny = settings.preset("dino")
+  tiny.block_rows = 1
+  rows, cols = propagation.choose_block_shape(settings.spec_from(tiny), 60, 104)
+  assert rows == 1 and 1 * cols * 8 * 25 * min(cols + 24, 104) * 4 <= propagation.BLOCK_BYTES
 
 
 def test_relative_windows_are_the_originals():

@@ -12,6 +12,15 @@ float32 features (seeded random, [T, 480/p, 832/p, 384], the 480p DAVIS feature 
 and the same first-frame labels (a DAVIS annotation at that grid). Each side runs in its own
 process (peak RSS is per side), alternated, `--repeats` times; prints per-frame wall and CPU time,
 the official/ours ratio and the machine load.
+
+  python -m vosjax.bench propagate --backbone --official /tmp/official_dino --patch 8 --frames 3
+
+times the backbone instead: the feature extraction of the DINO protocol at 480p (854x480 frames
+enter the ViT as 832x480, DINO's resize), random ViT-S/p weights. Ours: `vosjax.propagate.
+video_features` (one jitted call for the video, `frame_chunk` frames per forward pass); the
+official side: `eval_video_segmentation.extract_feature` per frame on the official
+`vision_transformer.vit_small` (CPU, no_grad), as its loop calls it. Same alternation and output;
+`--resolution` and `--depth` shrink the ViT for tests.
 """
 
 from __future__ import annotations
@@ -119,11 +128,57 @@ def _run_official(args, features, first):
   return time.perf_counter() - wall, time.process_time() - cpu, mask_seconds
 
 
+def _frames(args) -> np.ndarray:
+  """float32 [T, H, W, 3] normalised random frames at --resolution."""
+  height, width = (int(v) for v in args.resolution.split("x"))
+  return np.random.default_rng(0).standard_normal((args.frames, height, width, 3), np.float32)
+
+
+def _backbone_ours(args, frames, _):
+  from vosjax import propagate  # pylint: disable=g-import-not-at-top
+
+  module, params = propagate.load_backbone(
+    f"dino_vits{args.patch}", random_init=True, depth=args.depth
+  )
+  propagate.video_features(module, params, frames, "tokens_normed")  # compile
+  wall, cpu = time.perf_counter(), time.process_time()
+  propagate.video_features(module, params, frames, "tokens_normed")
+  return time.perf_counter() - wall, time.process_time() - cpu, 0.0
+
+
+def _backbone_official(args, frames, _):
+  import torch  # pylint: disable=g-import-not-at-top
+
+  torch.Tensor.cuda = lambda self, *a, **k: self  # CPU run of the official code
+  sys.path.insert(0, str(Path(args.official).resolve()))
+  import eval_video_segmentation as official  # pylint: disable=g-import-not-at-top
+  import vision_transformer  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(0)
+  model = vision_transformer.vit_small(patch_size=args.patch)
+  if args.depth:
+    model.blocks = model.blocks[: args.depth]
+  model.eval()
+  chw = torch.from_numpy(frames).permute(0, 3, 1, 2)
+  with torch.no_grad():
+    official.extract_feature(model, chw[0])  # warm-up, as the first call of a process
+    wall, cpu = time.perf_counter(), time.process_time()
+    for frame in chw:
+      official.extract_feature(model, frame)
+  return time.perf_counter() - wall, time.process_time() - cpu, 0.0
+
+
 def _side(args) -> dict:
-  features, first = _inputs(args)
-  run = _run_ours if args.side == "ours" else _run_official
-  wall, cpu, mask_seconds = run(args, features, first)
-  frames = len(features) - 1
+  if args.backbone:
+    frames = _frames(args)
+    run = _backbone_ours if args.side == "ours" else _backbone_official
+    wall, cpu, mask_seconds = run(args, frames, None)
+    frames = len(frames)
+  else:
+    features, first = _inputs(args)
+    run = _run_ours if args.side == "ours" else _run_official
+    wall, cpu, mask_seconds = run(args, features, first)
+    frames = len(features) - 1
   return {
     "side": args.side,
     "wall_per_frame_s": wall / frames,
@@ -141,18 +196,25 @@ def main(argv=None) -> int:
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--davis", default="../shared/data/davis2016")
   parser.add_argument("--sequence", default="dog")
+  parser.add_argument("--backbone", action="store_true", help="time the ViT feature extraction")
+  parser.add_argument("--resolution", default="480x832", help="--backbone: frame HxW at the ViT")
+  parser.add_argument("--depth", type=int, default=0, help="--backbone: blocks (0: all 12)")
+  parser.add_argument("--ours_only", action="store_true", help="skip the official side")
   parser.add_argument("--side", choices=("ours", "official"), help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.side:
     print(json.dumps(_side(args)))
     return 0
-  if not (Path(args.official) / "eval_video_segmentation.py").is_file():
+  sides = ("ours",) if args.ours_only else ("official", "ours")
+  if not args.ours_only and not (Path(args.official) / "eval_video_segmentation.py").is_file():
     print(f"error: no eval_video_segmentation.py in {args.official}", file=sys.stderr)
     return 1
-  results = {"ours": [], "official": []}
-  base = [sys.executable, "-m", "vosjax.bench", "propagate"] + (argv or sys.argv[2:])
+  results = {side: [] for side in sides}
+  base = [sys.executable, "-m", "vosjax.bench", "propagate"] + list(
+    sys.argv[2:] if argv is None else argv
+  )
   for repeat in range(args.repeats):
-    for side in ("official", "ours"):
+    for side in sides:
       out = subprocess.run(base + ["--side", side], capture_output=True, text=True, check=True)
       row = json.loads(out.stdout.strip().splitlines()[-1])
       results[side].append(row)
@@ -160,14 +222,23 @@ def main(argv=None) -> int:
   best = {s: min(r["wall_per_frame_s"] for r in rows) for s, rows in results.items()}
   cpu = {s: min(r["cpu_per_frame_s"] for r in rows) for s, rows in results.items()}
   peak = {s: max(r["peak_rss_mb"] for r in rows) for s, rows in results.items()}
-  print(
-    f"ViT-S/{args.patch} 480p grid {GRID[args.patch]}, {args.frames} frames: per frame wall "
-    f"official {best['official']:.3f} s, ours {best['ours']:.3f} s (ratio "
-    f"{best['official'] / best['ours']:.2f}x); CPU {cpu['official']:.3f} vs {cpu['ours']:.3f} s "
-    f"({cpu['official'] / cpu['ours']:.2f}x); peak RSS official {peak['official']:.0f} MB, ours "
-    f"{peak['ours']:.0f} MB; official one-time mask "
-    f"{results['official'][0]['official_mask_s']:.1f} s; load {os.getloadavg()}"
-  )
+  if args.backbone:
+    what = (
+      f"ViT-S/{args.patch} backbone (random weights, depth {args.depth or 12}) at {args.resolution}"
+    )
+  else:
+    what = f"ViT-S/{args.patch} propagation, 480p grid {GRID[args.patch]}"
+  line = f"{what}, {args.frames} frames: per frame wall ours {best['ours']:.3f} s, CPU "
+  line += f"{cpu['ours']:.3f} s, peak RSS {peak['ours']:.0f} MB"
+  if "official" in results:
+    line += (
+      f"; official wall {best['official']:.3f} s (ratio {best['official'] / best['ours']:.2f}x), "
+      f"CPU {cpu['official']:.3f} s ({cpu['official'] / cpu['ours']:.2f}x), peak RSS "
+      f"{peak['official']:.0f} MB"
+    )
+    if not args.backbone:
+      line += f"; official one-time mask {results['official'][0]['official_mask_s']:.1f} s"
+  print(f"{line}; load {os.getloadavg()}")
   return 0
 
 

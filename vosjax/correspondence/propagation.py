@@ -17,10 +17,13 @@ DINO's `restrict_neighborhood`), `circle` (sqrt(dy^2 + dx^2) < r, CRW's `MaskedA
 `none`. `window_first_frame` says whether the first frame is windowed too (DINO: yes; CRW: its
 long-term memory is not).
 
-Memory: the affinity is never formed for the whole context at once. Query rows are processed
-`block_rows` at a time, and each block only meets the band of key rows its window can reach, so
-a block's scores are [block_rows * w, frames * band_rows * w] (plus h * w for an unwindowed first
-frame). Everything is static-shaped and runs in one `lax.scan` over frames.
+Memory and work: the affinity is never formed for the whole context at once. Queries are
+processed in tiles of `block_rows` x `block_cols` grid cells, and each tile only meets the band of
+key rows and columns its window can reach, so a tile's scores are [rows * cols, frames *
+band_rows * band_cols] (plus h * w for an unwindowed first frame), with band_rows = rows + 2 *
+reach (at most h) and likewise for columns. The tile shape is chosen per grid to need the fewest
+score entries (choose_block_shape), which also skips most of the matrix product the dense
+original computes. Everything is static-shaped and runs in one `lax.scan` over frames.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ WINDOWS = ("square", "circle", "none")
 CRW_MASK_VALUE = -1e10
 # Entries tied with the k-th largest DINO weight that are kept like the original keeps them.
 EXTRA_TIES = 3
-# Default budget for one block's score tensor, bytes (block_rows = 0 picks rows to fit it).
+# Default budget for one tile's score tensor, bytes (block_rows/cols = 0 pick a tile that fits).
 BLOCK_BYTES = 64 * 2**20
+# Fewest queries per automatic tile: thinner tiles make the affinity matrix products slow.
+MIN_TILE_QUERIES = 96
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +61,7 @@ class PropagationSpec:
     weighting: one of WEIGHTINGS.
     window: one of WINDOWS; radius: its size in grid cells (see the module docstring).
     window_first_frame: apply the window to the first frame as well.
-    block_rows: query rows per block; 0 picks them to keep a block's scores under BLOCK_BYTES.
+    block_rows, block_cols: query rows and columns per tile; 0 picks them (choose_block_shape).
   """
 
   context_frames: int
@@ -68,16 +73,17 @@ class PropagationSpec:
   radius: float
   window_first_frame: bool
   block_rows: int = 0
+  block_cols: int = 0
 
   def __post_init__(self):
     if self.weighting not in WEIGHTINGS:
       raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
     if self.window not in WINDOWS:
       raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
-    if self.context_frames < 0 or self.topk < 1 or self.block_rows < 0:
+    if self.context_frames < 0 or self.topk < 1 or min(self.block_rows, self.block_cols) < 0:
       raise ValueError(
-        f"need context_frames >= 0, topk >= 1, block_rows >= 0; got {self.context_frames}, "
-        f"{self.topk}, {self.block_rows}"
+        f"need context_frames >= 0, topk >= 1, block_rows/cols >= 0; got {self.context_frames}, "
+        f"{self.topk}, {self.block_rows}, {self.block_cols}"
       )
     if self.temperature <= 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}")
@@ -117,19 +123,35 @@ def relative_window(window: str, radius: float, rows: int, reach: int, width: in
   return inside.reshape(rows * width, (rows + 2 * reach) * width)
 
 
-def choose_block_rows(spec: PropagationSpec, height: int, width: int) -> int:
-  """spec.block_rows, or the most rows whose score tensor fits BLOCK_BYTES (at least 1)."""
-  if spec.block_rows:
-    return min(spec.block_rows, height)
-  reach = window_reach(spec.window, spec.radius, height)
+def choose_block_shape(spec: PropagationSpec, height: int, width: int) -> tuple[int, int]:
+  """(rows, cols) of one query tile: spec.block_rows / spec.block_cols where set, else the tile
+  that needs the fewest score entries per frame (padded queries times the keys each tile meets)
+  among tiles of at least MIN_TILE_QUERIES queries (smaller tiles make matrix products too thin to
+  run at full speed) whose score tensor fits BLOCK_BYTES (at least one cell)."""
+  reach_y = window_reach(spec.window, spec.radius, height)
+  reach_x = window_reach(spec.window, spec.radius, width)
   banded = spec.context_frames + int(spec.window_first_frame)
   full = 0 if spec.window_first_frame else height * width
-  best = 1
-  for rows in range(1, height + 1):
-    band = min(rows + 2 * reach, height)
-    if rows * width * (banded * band * width + full) * 4 > BLOCK_BYTES:
-      break
-    best = rows
+  row_options = [spec.block_rows] if spec.block_rows else range(1, height + 1)
+  col_options = [spec.block_cols] if spec.block_cols else range(1, width + 1)
+  least = min(MIN_TILE_QUERIES, height * width)
+  best, best_key = (1, 1), None
+  for rows in row_options:
+    rows = min(rows, height)
+    row_blocks = -(-height // rows)
+    rows = -(-height // row_blocks)  # the same number of tiles with the least padding
+    for cols in col_options:
+      cols = min(cols, width)
+      col_blocks = -(-width // cols)
+      cols = -(-width // col_blocks)
+      keys = banded * min(rows + 2 * reach_y, height) * min(cols + 2 * reach_x, width) + full
+      fits = rows * cols * keys * 4 <= BLOCK_BYTES
+      big = rows * cols >= least or (spec.block_rows and spec.block_cols)
+      entries = row_blocks * rows * col_blocks * cols * keys
+      # Prefer tiles that fit and are big enough, then fewer score entries, then fewer tiles.
+      key = (not fits, not big, entries, row_blocks * col_blocks)
+      if best_key is None or key < best_key:
+        best, best_key = (rows, cols), key
   return best
 
 
@@ -175,16 +197,16 @@ def propagate(features: jax.Array, first_labels: jax.Array, spec: PropagationSpe
       f"features [T, h, w, C] and first_labels [h, w, K] must share (h, w); got "
       f"{features.shape} and {first_labels.shape}"
     )
-  num_frames, height, width, _ = features.shape
+  num_frames, height, width, channels = features.shape
   num_labels = first_labels.shape[-1]
   features = features.astype(jnp.float32)
   first_labels = first_labels.astype(jnp.float32)
   memory = spec.context_frames
-  reach = window_reach(spec.window, spec.radius, height)
-  rows = choose_block_rows(spec, height, width)
-  num_blocks = -(-height // rows)
-  band_rows = min(rows + 2 * reach, height)
-  dx = jnp.arange(width)[None, None, None, :] - jnp.arange(width)[None, :, None, None]
+  reach_y = window_reach(spec.window, spec.radius, height)
+  reach_x = window_reach(spec.window, spec.radius, width)
+  rows, cols = choose_block_shape(spec, height, width)
+  row_blocks, col_blocks = -(-height // rows), -(-width // cols)
+  band_rows, band_cols = min(rows + 2 * reach_y, height), min(cols + 2 * reach_x, width)
   if spec.prefill_context:
     ring = (
       jnp.broadcast_to(features[0], (memory,) + features.shape[1:]),
@@ -208,33 +230,47 @@ def propagate(features: jax.Array, first_labels: jax.Array, spec: PropagationSpe
       band_valid = jnp.concatenate([jnp.ones((1,), bool), ring_valid])
     else:
       band_features, band_labels, band_valid = ring_features, ring_labels, ring_valid
-    padded_query = jnp.pad(query, ((0, num_blocks * rows - height), (0, 0), (0, 0)))
+    padded_query = jnp.pad(
+      query, ((0, row_blocks * rows - height), (0, col_blocks * cols - width), (0, 0))
+    )
 
-    def block(index):
-      start = index * rows
-      band_start = jnp.clip(start - reach, 0, height - band_rows)
-      q = jax.lax.dynamic_slice_in_dim(padded_query, start, rows, 0).reshape(rows * width, -1)
-      keys = jax.lax.dynamic_slice_in_dim(band_features, band_start, band_rows, 1)
-      labels = jax.lax.dynamic_slice_in_dim(band_labels, band_start, band_rows, 1)
-      slots = keys.shape[0]
-      keys = keys.reshape(slots * band_rows * width, -1)
-      labels = labels.reshape(slots * band_rows * width, num_labels)
-      dy = (band_start + jnp.arange(band_rows))[None, None, :, None] - (start + jnp.arange(rows))[
-        :, None, None, None
-      ]
+    def tile(index):
+      row_start, col_start = (index // col_blocks) * rows, (index % col_blocks) * cols
+      band_row_start = jnp.clip(row_start - reach_y, 0, height - band_rows)
+      band_col_start = jnp.clip(col_start - reach_x, 0, width - band_cols)
+      q = jax.lax.dynamic_slice(padded_query, (row_start, col_start, 0), (rows, cols, channels))
+      q = q.reshape(rows * cols, channels)
+      slots = band_features.shape[0]
+      keys = jax.lax.dynamic_slice(
+        band_features,
+        (0, band_row_start, band_col_start, 0),
+        (slots, band_rows, band_cols, channels),
+      ).reshape(slots * band_rows * band_cols, channels)
+      labels = jax.lax.dynamic_slice(
+        band_labels,
+        (0, band_row_start, band_col_start, 0),
+        (slots, band_rows, band_cols, num_labels),
+      ).reshape(slots * band_rows * band_cols, num_labels)
+      dy = (band_row_start + jnp.arange(band_rows))[None, None, :, None] - (
+        row_start + jnp.arange(rows)
+      )[:, None, None, None]
+      dx = (band_col_start + jnp.arange(band_cols))[None, None, None, :] - (
+        col_start + jnp.arange(cols)
+      )[None, :, None, None]
       inside = window_inside(spec.window, spec.radius, dy, dx)
-      inside = jnp.broadcast_to(inside, (rows, width, band_rows, width))
-      inside = inside.reshape(rows * width, 1, band_rows * width)
-      valid = (inside & band_valid[None, :, None]).reshape(rows * width, -1)
+      inside = jnp.broadcast_to(inside, (rows, cols, band_rows, band_cols))
+      inside = inside.reshape(rows * cols, 1, band_rows * band_cols)
+      valid = (inside & band_valid[None, :, None]).reshape(rows * cols, -1)
       scores = q @ keys.T
       if not spec.window_first_frame:
         scores = jnp.concatenate([q @ flat_first_features.T, scores], axis=1)
-        valid = jnp.concatenate([jnp.ones((rows * width, height * width), bool), valid], axis=1)
+        valid = jnp.concatenate([jnp.ones((rows * cols, height * width), bool), valid], axis=1)
         labels = jnp.concatenate([flat_first_labels, labels])
-      return _weigh(spec, scores, valid, labels).reshape(rows, width, num_labels)
+      return _weigh(spec, scores, valid, labels).reshape(rows, cols, num_labels)
 
-    soft = jax.lax.map(block, jnp.arange(num_blocks))
-    soft = soft.reshape(num_blocks * rows, width, num_labels)[:height]
+    soft = jax.lax.map(tile, jnp.arange(row_blocks * col_blocks))
+    soft = soft.reshape(row_blocks, col_blocks, rows, cols, num_labels).transpose(0, 2, 1, 3, 4)
+    soft = soft.reshape(row_blocks * rows, col_blocks * cols, num_labels)[:height, :width]
     if memory:
       ring_features = jax.lax.dynamic_update_index_in_dim(ring_features, query, slot, 0)
       ring_labels = jax.lax.dynamic_update_index_in_dim(ring_labels, soft, slot, 0)

@@ -30,37 +30,49 @@ def torch_bilinear(maps: np.ndarray, out_hw: tuple[int, int], scale=None) -> np.
   """float32 [h, w, K] -> [H, W, K] as torch bilinear (align_corners=False, no antialias).
 
   scale: (sy, sx) source step per output pixel; default in/out (torch with `size=`); torch with
-  `scale_factor=f, recompute_scale_factor=False` uses 1/f.
+  `scale_factor=f, recompute_scale_factor=False` uses 1/f. Separable: each source row is
+  interpolated along x once, then rows are blended along y (the same float32 products and sums
+  as blending the four taps per output pixel).
   """
   maps = np.asarray(maps, np.float32)
   height, width = maps.shape[:2]
   sy, sx = scale if scale is not None else (height / out_hw[0], width / out_hw[1])
   y0, y1, wy0, wy1 = _linear_taps(out_hw[0], sy, height)
   x0, x1, wx0, wx1 = _linear_taps(out_hw[1], sx, width)
-  wx0, wx1 = wx0[None, :, None], wx1[None, :, None]
-  top = wx0 * maps[y0][:, x0] + wx1 * maps[y0][:, x1]
-  bottom = wx0 * maps[y1][:, x0] + wx1 * maps[y1][:, x1]
-  return wy0[:, None, None] * top + wy1[:, None, None] * bottom
+  rows = wx0[None, :, None] * maps[:, x0] + wx1[None, :, None] * maps[:, x1]
+  return wy0[:, None, None] * rows[y0] + wy1[:, None, None] * rows[y1]
 
 
 def min_max_channels(maps: np.ndarray) -> np.ndarray:
   """DINO's `norm_mask` on [H, W, K]: channels with a positive maximum -> (x - min) / max."""
-  maps = np.array(maps, np.float32)
-  for channel in range(maps.shape[-1]):
-    values = maps[..., channel]
-    if values.max() > 0:
-      values = values - values.min()
-      maps[..., channel] = values / values.max()
-  return maps
+  planes = np.ascontiguousarray(np.moveaxis(np.asarray(maps, np.float32), -1, 0))
+  return np.moveaxis(_min_max_planes(planes), 0, -1)
+
+
+def _min_max_planes(planes: np.ndarray) -> np.ndarray:
+  """norm_mask in place on channel-first [K, H, W] (contiguous planes reduce fast)."""
+  for plane in planes:
+    if plane.max() > 0:
+      plane -= plane.min()
+      plane /= plane.max()
+  return planes
 
 
 def dino_readout(soft: np.ndarray, patch: int, frame_hw: tuple[int, int], norm_mask=True):
-  """float32 [h, w, K] -> uint8 [H, W] channel ids at the original frame size."""
+  """float32 [h, w, K] -> uint8 [H, W] channel ids at the original frame size.
+
+  Computed channel-first ([K, H, W]: the per-channel min-max and the argmax read contiguous
+  planes), with the same float32 arithmetic as torch_bilinear and min_max_channels.
+  """
   height, width = soft.shape[:2]
-  maps = torch_bilinear(soft, (height * patch, width * patch), (1.0 / patch, 1.0 / patch))
+  planes = np.ascontiguousarray(np.moveaxis(np.asarray(soft, np.float32), -1, 0))
+  y0, y1, wy0, wy1 = _linear_taps(height * patch, 1.0 / patch, height)
+  x0, x1, wx0, wx1 = _linear_taps(width * patch, 1.0 / patch, width)
+  rows = wx0 * planes[:, :, x0] + wx1 * planes[:, :, x1]
+  maps = wy0[:, None] * rows[:, y0] + wy1[:, None] * rows[:, y1]
   if norm_mask:
-    maps = min_max_channels(maps)
-  ids = np.argmax(maps, axis=-1).astype(np.uint8)
+    maps = _min_max_planes(maps)
+  ids = np.argmax(maps, axis=0).astype(np.uint8)
   return np.asarray(Image.fromarray(ids).resize((frame_hw[1], frame_hw[0]), Image.NEAREST))
 
 

@@ -73,7 +73,8 @@ def preset(name: str) -> ml_collections.ConfigDict:
     config.keypoint_sigma = 0.5  # JhmdbSet's Gaussian per joint, in label-grid cells
     config.keypoint_topk = 3  # process_pose: the top-3 cells' weighted mean
   config.norm_mask = config.readout == "dino"
-  config.block_rows = 0  # 0: automatic (propagation.BLOCK_BYTES per block)
+  config.block_rows = 0  # query tile rows; 0: automatic (propagation.choose_block_shape)
+  config.block_cols = 0  # query tile columns; 0: automatic
   config.frame_chunk = 0  # frames per backbone forward; 0: automatic
   return config
 
@@ -90,6 +91,7 @@ def spec_from(config: ml_collections.ConfigDict) -> propagation.PropagationSpec:
     radius=float(config.radius),
     window_first_frame=bool(config.window_first_frame),
     block_rows=int(config.block_rows),
+    block_cols=int(config.block_cols),
   )
 
 
