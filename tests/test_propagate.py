@@ -242,9 +242,11 @@ def test_block_features_are_the_betrayed_block_keys(video, betrayed_workdir, tmp
   are Betrayed's `query_key` keys k (heads concatenated) of the frames in [0, 1], computed directly
   with the saved params, and the soft maps are their propagation."""
   from helpers.environment import REPO
+  from vosjax.core import config as config_lib
   from vosjax.correspondence import propagation
   from vosjax.data import label_propagation as inputs
   from vosjax.methods import betrayed
+  from vosjax.methods import dense_features
 
   folder, ids = video
   workdir, config, params, overrides = betrayed_workdir
@@ -260,8 +262,8 @@ def test_block_features_are_the_betrayed_block_keys(video, betrayed_workdir, tmp
   np.testing.assert_array_equal(masks[0], ids[0])
 
   # The same loading path as the command, against query_key computed directly.
-  module, restored = propagate.load_trained_features(
-    propagate.read_method_config(movi_e, overrides), str(workdir)
+  module, restored = dense_features.load_trained_features(
+    config_lib.read_config_file(movi_e, overrides), str(workdir)
   )
   paths = inputs.list_frames(folder / "frames")
   frames = inputs.read_dino_frames(paths, 96, 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -297,7 +299,7 @@ def test_block_features_need_a_checkpoint_of_a_method_with_them(
   movi_e = ["--config", f"{REPO}/configs/movi_e.py", *overrides]
   cases = {
     "No checkpoint folder": ["--workdir", str(tmp_path), *movi_e],
-    "config.method='motion_grouping'": [
+    "config.method='motion_grouping' has no trained dense features": [
       "--workdir",
       str(workdir),
       "--config",

@@ -39,23 +39,19 @@ once per video, `frame_chunk` frames per forward pass, then labels are propagate
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 from pathlib import Path
 import sys
 import time
 from typing import Any
 
-from absl import flags
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from vosjax import methods
 from vosjax.core import checkpoint as checkpoint_lib
-from vosjax.core import sharding
+from vosjax.core import config as config_lib
 from vosjax.correspondence import propagation
 from vosjax.correspondence import readout
 from vosjax.correspondence import settings
@@ -65,8 +61,8 @@ from vosjax.data import video as video_io
 from vosjax.data import vip
 from vosjax.evaluation import keypoints
 from vosjax.evaluation import parts
-from vosjax.methods import checkpoints
-from vosjax.methods import interface
+from vosjax.methods import dense_features
+from vosjax.methods.dense_features import TrainedFeatures
 from vosjax.models import features as features_lib
 from vosjax.models import pretrained
 from vosjax.models import state_dicts
@@ -103,65 +99,6 @@ def load_backbone(name: str, checkpoint=None, prefix: str = "", random_init=Fals
   config = pretrained.default_backbone_config()
   config.name = name
   return pretrained.load_backbone(config)
-
-
-@dataclasses.dataclass(eq=False)
-class TrainedFeatures:
-  """A trained model's dense features (`interface.ProvidesDenseFeatures`, `--features block`),
-  used in place of a ViT module: `video_features(self, params, frames, ...)` runs it on frames
-  [T, H, W, 3] in [0, 1] (`frame_statistics`), the whole video in one call."""
-
-  method: Any
-  model: Any  # the method's model (a pytree, passed to the jitted function as an argument)
-  config: Any
-  source: str = ""  # where the params came from, for people
-
-  def __post_init__(self):
-    method, config = self.method, self.config
-    self._run = jax.jit(
-      lambda params, model, video: method.dense_features(params, model, video, config)
-    )
-
-  @property
-  def patch_size(self) -> int:
-    return self.method.feature_stride(self.model)
-
-  def features(self, params, frames: np.ndarray) -> np.ndarray:
-    """float32 [T, h, w, C] of frames [T, H, W, 3] in [0, 1]."""
-    return np.asarray(self._run(params, self.model, jnp.asarray(frames)[None])[0], np.float32)
-
-
-def read_method_config(path: str, overrides=()):
-  """The config of `--config FILE` with `--config.key=value` overrides, parsed as
-  `python -m vosjax.main` parses them."""
-  argv = ["vosjax.propagate", f"--config={path}", *overrides]
-  values = flags.FlagValues()
-  # sys_argv: the override flags are defined from the arguments given here, not from sys.argv.
-  config_flags.DEFINE_config_file(
-    "config", None, flag_values=values, lock_config=True, sys_argv=argv
-  )
-  try:
-    values(argv)
-    return values.config
-  except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as err:
-    raise ValueError(f"--config {path} {' '.join(overrides)}: {err}") from None
-
-
-def load_trained_features(config, workdir: str) -> tuple[TrainedFeatures, Any]:
-  """(TrainedFeatures, params) of the method of `config`: the newest checkpoint of `workdir`, else
-  `config.init.checkpoint` (`checkpoints.restore_for_inference`, as `vosjax.segment`)."""
-  method = methods.load_method(config)
-  if not isinstance(method, interface.ProvidesDenseFeatures):
-    capable = methods.with_capability(interface.ProvidesDenseFeatures)
-    raise ValueError(
-      f"--features block needs a method with trained dense features ({', '.join(capable)}), "
-      f"got config.method={config.method!r}"
-    )
-  checkpoints.checkpoint_folder(config, workdir)  # fails before the model is built
-  mesh = sharding.make_mesh(jax.devices()[:1])
-  model = method.make_model(config)
-  restored = checkpoints.restore_for_inference(method, model, config, workdir, mesh)
-  return TrainedFeatures(method, model, config, restored.source), restored.params
 
 
 def patch_size(module) -> int:
@@ -464,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         config.crop_size = MODE_CROP[args.mode]
     videos = _videos(args, args.mode)
     if args.features == "block":
-      method_config = read_method_config(args.config, config_overrides)
-      module, params = load_trained_features(method_config, args.workdir)
+      method_config = config_lib.read_config_file(args.config, config_overrides, "vosjax.propagate")
+      module, params = dense_features.load_trained_features(method_config, args.workdir)
       config.feature = "block"
       config.mean, config.std = frame_statistics(module, config)
       print(f"features: the spatio-temporal block keys of {module.source}")
