@@ -316,3 +316,63 @@ def test_block_features_need_a_checkpoint_of_a_method_with_them(
     assert propagate.main(argv + extra) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_block_features_of_the_authors_checkpoint(video, betrayed_workdir, tmp_path, capsys):
+  """`--config.init.checkpoint=FILE` with a workdir without checkpoints: the block AND the backbone
+  come from the official-layout file (`encoder.*`, `temporal_transformer.0.*`; here the tiny run's
+  block and another random backbone, renamed; 8 heads as the official block), and the features are
+  `query_key`'s keys with those."""
+  import flax
+
+  from helpers.environment import REPO
+  from vosjax.core import config as config_lib
+  from vosjax.data import label_propagation as inputs
+  from vosjax.methods import betrayed
+  from vosjax.methods import dense_features
+  from vosjax.methods.betrayed import official_checkpoint
+  from vosjax.models import pretrained
+  from vosjax.models import state_dicts
+
+  folder, ids = video
+  _, config, params, overrides = betrayed_workdir
+  config = config.copy_and_resolve_references()
+  config.model.num_heads = official_checkpoint.OFFICIAL_NUM_HEADS
+  model = betrayed.make_model(config)
+  # Another backbone than config.backbone's (random_init seed 0): the file's must be the one used.
+  model = model.replace(backbone_params=pretrained.random_params(model.backbone.arch, seed=1))
+  backbone = flax.traverse_util.flatten_dict(model.backbone_params)
+  state = {}
+  for name, (path, _) in pretrained._expected_tensors(model.backbone.arch).items():
+    value = np.asarray(backbone[path])
+    value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value
+    state[official_checkpoint.BACKBONE_PREFIX + name] = value.T if value.ndim == 2 else value
+  block = flax.traverse_util.flatten_dict(params)
+  for name, (path, layout) in official_checkpoint.block_names().items():
+    value = np.asarray(block[path])
+    state[name] = value.T if layout == state_dicts.LINEAR else value
+  checkpoint = state_dicts.write_state_dict(tmp_path / "official.npz", state)
+  overrides = overrides + ["--config.model.num_heads=8", f"--config.init.checkpoint={checkpoint}"]
+  movi_e = f"{REPO}/configs/movi_e.py"
+  argv = ["--features", "block", "--workdir", str(tmp_path / "new"), "--config", movi_e]
+  argv += [*overrides, "--set", "short_side=96", "--set", "size_multiple=16"]
+  argv += ["--frames", str(folder / "frames"), "--first_labels", str(folder / "first.png")]
+  assert propagate.main(argv + ["--output", str(tmp_path / "out")]) == 0
+  assert f"block keys of imported {checkpoint}" in capsys.readouterr().out
+  masks = np.stack([read_label_png(p) for p in sorted((tmp_path / "out" / "frames").glob("*.png"))])
+  assert masks.shape == ids.shape
+
+  module, restored = dense_features.load_trained_features(
+    config_lib.read_config_file(movi_e, overrides), str(tmp_path / "new")
+  )
+  frames = inputs.read_dino_frames(
+    inputs.list_frames(folder / "frames"), 96, 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+  )
+  config.model.inference_resolution = frames.shape[1:3]
+  _, k, _ = betrayed.query_key(params, model, frames[None], config)
+  np.testing.assert_allclose(
+    propagate.video_features(module, restored, frames, "block"),
+    np.asarray(k[0]).reshape(6, 12, 20, 32),
+    rtol=1e-5,
+    atol=1e-5,
+  )
