@@ -129,6 +129,7 @@ def test_every_method_satisfies_the_interface(name):
     interface.GrowsCapacity,
     interface.PredictsInChunks,
     interface.ProposesCandidates,
+    interface.ProvidesDenseFeatures,
   ):
     if not isinstance(method, protocol):
       continue
@@ -157,6 +158,7 @@ def test_capabilities_are_what_the_methods_provide():
   assert methods.with_capability(interface.GrowsCapacity) == ["betrayed"]
   assert methods.with_capability(interface.PredictsInChunks) == ["smtc"]
   assert methods.with_capability(interface.ProposesCandidates) == ["smtc"]
+  assert methods.with_capability(interface.ProvidesDenseFeatures) == ["betrayed"]
   assert "smtc" in methods.with_capability(interface.SegmentsVideos)
 
 

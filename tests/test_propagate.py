@@ -204,3 +204,175 @@ def test_part_mode_matches_the_official_vos_dataset_path(clips, tmp_path):
       assert gap.max() <= 1e-4
     differing += int(differ.sum())
   print(f"VIP part maps: {differing} of {ours['ids'].size} pixels differ (ties)")
+
+
+# ---------------------------------------------------------------- --features block --
+
+
+@pytest.fixture(scope="module")
+def betrayed_workdir(tmp_path_factory):
+  """A workdir holding a tiny Betrayed train state (freshly initialised block, random 1-block
+  32-wide backbone) saved as training saves it; returns (workdir, config, params, overrides)."""
+  from helpers.tiny_configs import TINY_BETRAYED, tiny_betrayed_config
+  from vosjax import methods
+  from vosjax import train
+  from vosjax.core import checkpoint
+  from vosjax.core import sharding
+
+  config = tiny_betrayed_config("unused: no training data is read")
+  method = methods.load_method(config)
+  state, _ = train.create_train_state(
+    method,
+    method.make_model(config),
+    config,
+    method.make_optimizer(config),
+    sharding.make_mesh(),
+    {"video": np.zeros((1, 3, 32, 32, 3), np.float32)},
+  )
+  workdir = tmp_path_factory.mktemp("betrayed")
+  manager = checkpoint.CheckpointManager(str(workdir))
+  manager.save(0, state, {"step": 0, "data_step": 0})
+  manager.close()
+  overrides = [f"--config.{k}={v}" for k, v in TINY_BETRAYED.items()]
+  return workdir, config, state.params, overrides
+
+
+def test_block_features_are_the_betrayed_block_keys(video, betrayed_workdir, tmp_path, capsys):
+  """`--features block --workdir`: labels for every frame with the first frame's ids; the features
+  are Betrayed's `query_key` keys k (heads concatenated) of the frames in [0, 1], computed directly
+  with the saved params, and the soft maps are their propagation."""
+  from helpers.environment import REPO
+  from vosjax.core import config as config_lib
+  from vosjax.correspondence import propagation
+  from vosjax.data import label_propagation as inputs
+  from vosjax.methods import betrayed
+  from vosjax.methods import dense_features
+
+  folder, ids = video
+  workdir, config, params, overrides = betrayed_workdir
+  movi_e = f"{REPO}/configs/movi_e.py"
+  argv = ["--features", "block", "--workdir", str(workdir), "--config", movi_e, *overrides]
+  argv += ["--set", "short_side=96", "--set", "size_multiple=16"]
+  argv += ["--frames", str(folder / "frames"), "--first_labels", str(folder / "first.png")]
+  assert propagate.main(argv + ["--output", str(tmp_path)]) == 0
+  assert "block keys of checkpoint step 0" in capsys.readouterr().out
+  masks = np.stack([read_label_png(p) for p in sorted((tmp_path / "frames").glob("*.png"))])
+  assert masks.shape == ids.shape
+  assert set(np.unique(masks)) <= set(np.unique(ids[0])) and len(np.unique(masks[-1])) > 1
+  np.testing.assert_array_equal(masks[0], ids[0])
+
+  # The same loading path as the command, against query_key computed directly.
+  module, restored = dense_features.load_trained_features(
+    config_lib.read_config_file(movi_e, overrides), str(workdir)
+  )
+  paths = inputs.list_frames(folder / "frames")
+  frames = inputs.read_dino_frames(paths, 96, 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+  assert frames.min() >= 0 and frames.max() <= 1
+  ours = propagate.video_features(module, restored, frames, "block")
+  direct = config.copy_and_resolve_references()
+  direct.model.inference_resolution = frames.shape[1:3]  # no resize
+  method_model = betrayed.make_model(direct)
+  _, k, grid = betrayed.query_key(params, method_model, frames[None], direct)
+  assert grid == (12, 20) and k.shape == (1, 6, 240, 4, 8)
+  expected = np.asarray(k[0]).reshape(6, 12, 20, 32)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+  preset = settings.preset("dino")
+  preset.short_side, preset.size_multiple = 96, 16
+  first_ids = ids[0].astype(np.uint8)
+  result = propagate.propagate_video(module, restored, preset, paths, first_ids)
+  first = inputs.dino_first_labels(first_ids, 8, 96, 16)
+  soft = propagation.propagate(
+    propagation.l2_normalize(expected), first, settings.spec_from(preset)
+  )
+  np.testing.assert_allclose(result["soft"], np.asarray(soft), atol=1e-5)
+
+
+def test_block_features_need_a_checkpoint_of_a_method_with_them(
+  video, betrayed_workdir, tmp_path, capsys
+):
+  from helpers.environment import REPO
+
+  folder, _ = video
+  workdir, _, _, overrides = betrayed_workdir
+  argv = ["--features", "block", "--frames", str(folder / "frames")]
+  argv += ["--first_labels", str(folder / "first.png"), "--output", str(tmp_path / "out")]
+  movi_e = ["--config", f"{REPO}/configs/movi_e.py", *overrides]
+  cases = {
+    "No checkpoint folder": ["--workdir", str(tmp_path), *movi_e],
+    "config.method='motion_grouping' has no trained dense features": [
+      "--workdir",
+      str(workdir),
+      "--config",
+      f"{REPO}/configs/demo.py",
+    ],
+    "can be restored": [
+      "--workdir",
+      str(workdir),
+      *movi_e,
+      "--config.backbone.arch_overrides.embed_dim=64",
+    ],
+  }
+  for message, extra in cases.items():
+    assert propagate.main(argv + extra) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_block_features_of_the_authors_checkpoint(video, betrayed_workdir, tmp_path, capsys):
+  """`--config.init.checkpoint=FILE` with a workdir without checkpoints: the block AND the backbone
+  come from the official-layout file (`encoder.*`, `temporal_transformer.0.*`; here the tiny run's
+  block and another random backbone, renamed; 8 heads as the official block), and the features are
+  `query_key`'s keys with those."""
+  import flax
+
+  from helpers.environment import REPO
+  from vosjax.core import config as config_lib
+  from vosjax.data import label_propagation as inputs
+  from vosjax.methods import betrayed
+  from vosjax.methods import dense_features
+  from vosjax.methods.betrayed import official_checkpoint
+  from vosjax.models import pretrained
+  from vosjax.models import state_dicts
+
+  folder, ids = video
+  _, config, params, overrides = betrayed_workdir
+  config = config.copy_and_resolve_references()
+  config.model.num_heads = official_checkpoint.OFFICIAL_NUM_HEADS
+  model = betrayed.make_model(config)
+  # Another backbone than config.backbone's (random_init seed 0): the file's must be the one used.
+  model = model.replace(backbone_params=pretrained.random_params(model.backbone.arch, seed=1))
+  backbone = flax.traverse_util.flatten_dict(model.backbone_params)
+  state = {}
+  for name, (path, _) in pretrained._expected_tensors(model.backbone.arch).items():
+    value = np.asarray(backbone[path])
+    value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value
+    state[official_checkpoint.BACKBONE_PREFIX + name] = value.T if value.ndim == 2 else value
+  block = flax.traverse_util.flatten_dict(params)
+  for name, (path, layout) in official_checkpoint.block_names().items():
+    value = np.asarray(block[path])
+    state[name] = value.T if layout == state_dicts.LINEAR else value
+  checkpoint = state_dicts.write_state_dict(tmp_path / "official.npz", state)
+  overrides = overrides + ["--config.model.num_heads=8", f"--config.init.checkpoint={checkpoint}"]
+  movi_e = f"{REPO}/configs/movi_e.py"
+  argv = ["--features", "block", "--workdir", str(tmp_path / "new"), "--config", movi_e]
+  argv += [*overrides, "--set", "short_side=96", "--set", "size_multiple=16"]
+  argv += ["--frames", str(folder / "frames"), "--first_labels", str(folder / "first.png")]
+  assert propagate.main(argv + ["--output", str(tmp_path / "out")]) == 0
+  assert f"block keys of imported {checkpoint}" in capsys.readouterr().out
+  masks = np.stack([read_label_png(p) for p in sorted((tmp_path / "out" / "frames").glob("*.png"))])
+  assert masks.shape == ids.shape
+
+  module, restored = dense_features.load_trained_features(
+    config_lib.read_config_file(movi_e, overrides), str(tmp_path / "new")
+  )
+  frames = inputs.read_dino_frames(
+    inputs.list_frames(folder / "frames"), 96, 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+  )
+  config.model.inference_resolution = frames.shape[1:3]
+  _, k, _ = betrayed.query_key(params, model, frames[None], config)
+  np.testing.assert_allclose(
+    propagate.video_features(module, restored, frames, "block"),
+    np.asarray(k[0]).reshape(6, 12, 20, 32),
+    rtol=1e-5,
+    atol=1e-5,
+  )

@@ -5,6 +5,16 @@
   python -m vosjax.propagate --preset crw --backbone dino_vits16 --checkpoint smtc.pth \\
       --checkpoint_prefix encoder. --frames DIR --first_labels 00000.png --output OUT
   python -m vosjax.propagate ... --set topk=10 --set radius=5   # any preset field
+  python -m vosjax.propagate --features block --workdir WORKDIR --config configs/movi_e.py \\
+      [--config.key=value ...] --davis DAVIS_ROOT --output OUT
+
+`--features block`: the keys of a trained Betrayed by Attention spatio-temporal block (the method's
+`interface.ProvidesDenseFeatures`: per-frame last-block patch keys of its backbone, then the block's
+k = qkv(norm1(keys)), heads concatenated, what its clustering compares), from the newest checkpoint
+of WORKDIR, else from `--config.init.checkpoint=FILE` (the authors' checkpoint), restored as
+`vosjax.segment` does; the config and overrides are those of training. The frames are normalised
+as the method's inference does (ImageNet statistics; Kinetics with `--config.eval.mode=official`) at
+the preset's frame size (`model.inference_resolution` is not applied).
 
 Writes OUT/<sequence>/<frame>.png (DAVIS indexed PNGs, the semi-supervised result format) and
 OUT/overlays/<sequence>/<frame>.jpg. Score with
@@ -40,6 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from vosjax.core import checkpoint as checkpoint_lib
+from vosjax.core import config as config_lib
 from vosjax.correspondence import propagation
 from vosjax.correspondence import readout
 from vosjax.correspondence import settings
@@ -49,12 +61,15 @@ from vosjax.data import video as video_io
 from vosjax.data import vip
 from vosjax.evaluation import keypoints
 from vosjax.evaluation import parts
+from vosjax.methods import dense_features
+from vosjax.methods.dense_features import TrainedFeatures
 from vosjax.models import features as features_lib
 from vosjax.models import pretrained
 from vosjax.models import state_dicts
 from vosjax.models import vit
 
 FEATURES = ("tokens", "tokens_normed", "keys")
+FEATURE_SOURCES = ("backbone", "block")  # --features
 MODES = ("masks", "keypoints", "parts")
 # The test resize of the keypoint and part modes when --set crop_size is not given: CRW's test
 # default --cropSize 320 (eval_pck.py's feat_res 40 = 320 / 8) for JHMDB, UVC's VIP command's
@@ -86,6 +101,19 @@ def load_backbone(name: str, checkpoint=None, prefix: str = "", random_init=Fals
   return pretrained.load_backbone(config)
 
 
+def patch_size(module) -> int:
+  """Pixels per feature cell of a ViT module or `TrainedFeatures`."""
+  return module.patch_size if isinstance(module, TrainedFeatures) else module.arch.patch_size
+
+
+def frame_statistics(module, config):
+  """(mean, std) the frames are normalised with before `module`: the preset's for a ViT, none
+  (frames in [0, 1]) for `TrainedFeatures`, which normalise as their method's inference does."""
+  if isinstance(module, TrainedFeatures):
+    return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+  return config.mean, config.std
+
+
 @functools.partial(jax.jit, static_argnames=("module", "feature", "chunk"))
 def _features(module, params, frames, feature: str, chunk: int):
   num_frames = frames.shape[0]
@@ -102,7 +130,10 @@ def _features(module, params, frames, feature: str, chunk: int):
 
 def video_features(module, params, frames: np.ndarray, feature: str, frame_chunk: int = 0):
   """float32 [T, h, w, C] features of normalised frames [T, H, W, 3], computed once, `chunk`
-  frames per forward pass (0: automatic)."""
+  frames per forward pass (0: automatic); `TrainedFeatures`: its features (`feature`, `frame_chunk`
+  unused)."""
+  if isinstance(module, TrainedFeatures):
+    return module.features(params, frames)
   if feature not in FEATURES:
     raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
   chunk = min(features_lib.resolve_frame_chunk(frame_chunk), len(frames))
@@ -120,7 +151,7 @@ def propagate_soft(module, params, config, frames: np.ndarray, first: np.ndarray
     if config.frames != "crw_resize":
       raise ValueError(
         f"feature grid {feats.shape[1:3]} differs from the label grid {first.shape[:2]} "
-        f"(frames {frames.shape[1:3]}, patch {module.arch.patch_size})"
+        f"(frames {frames.shape[1:3]}, patch {patch_size(module)})"
       )
     # CRW: features trilinearly resized to the label grid (stride-8 variant: upsampled).
     feats = np.stack([readout.torch_bilinear(f, first.shape[:2]) for f in feats])
@@ -140,7 +171,7 @@ def propagate_video(module, params, config, frame_paths, first_ids: np.ndarray) 
   """Label maps of one video.
 
   Args:
-    module, params: the ViT. config: a `settings.preset` ConfigDict.
+    module, params: the ViT (or `TrainedFeatures`). config: a `settings.preset` ConfigDict.
     frame_paths: the frames in order. first_ids: uint8 [H, W] ids of the first frame.
 
   Returns:
@@ -148,17 +179,18 @@ def propagate_video(module, params, config, frame_paths, first_ids: np.ndarray) 
     label_ids ([K] id of each channel) and timings (seconds: frames, features, propagation).
   """
   start = time.perf_counter()
-  patch = module.arch.patch_size
+  patch = patch_size(module)
+  mean, std = frame_statistics(module, config)
   frame_hw = first_ids.shape
   crop = _crop_size(config)
   if config.frames == "dino_resize":
     frames = inputs.read_dino_frames(
-      frame_paths, config.short_side, config.size_multiple, config.mean, config.std
+      frame_paths, config.short_side, config.size_multiple, mean, std
     )
     first = inputs.dino_first_labels(first_ids, patch, config.short_side, config.size_multiple)
     label_ids = np.arange(first.shape[-1])
   elif config.frames == "crw_resize":
-    frames = inputs.read_crw_frames(frame_paths, config.label_stride, config.mean, config.std, crop)
+    frames = inputs.read_crw_frames(frame_paths, config.label_stride, mean, std, crop)
     cropped = inputs.crop_annotation(first_ids, crop) if crop > 0 else first_ids
     first, label_ids = inputs.crw_first_labels(cropped, config.label_stride)
   else:
@@ -203,7 +235,8 @@ def propagate_keypoints(module, params, config, frame_paths, joints: np.ndarray)
     raise ValueError("keypoints follow the CRW test code: use --preset crw or crw_stride8")
   start = time.perf_counter()
   crop, stride = _crop_size(config), config.label_stride
-  frames = inputs.read_crw_frames(frame_paths, stride, config.mean, config.std, crop)
+  mean, std = frame_statistics(module, config)
+  frames = inputs.read_crw_frames(frame_paths, stride, mean, std, crop)
   with Image.open(frame_paths[0]) as image:
     frame_hw = (image.height, image.width)
   first = jhmdb.keypoint_label_maps(joints, frame_hw, crop, stride, config.keypoint_sigma)
@@ -317,6 +350,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--mode", default="masks", choices=MODES)
   parser.add_argument("--preset", default="dino", choices=settings.PRESETS)
   parser.add_argument("--set", action="append", default=[], help="override: key=value")
+  parser.add_argument(
+    "--features",
+    default="backbone",
+    choices=FEATURE_SOURCES,
+    help="backbone: a ViT (--backbone, --checkpoint); block: the keys of a trained "
+    "spatio-temporal block (--workdir, --config, --config.key=value)",
+  )
+  parser.add_argument("--workdir", help="block: a training workdir (its newest checkpoint)")
+  parser.add_argument(
+    "--config", default="configs/movi_e.py", help="block: the training config file"
+  )
   parser.add_argument("--backbone", default="dino_vits16", help="checkpoint or architecture name")
   parser.add_argument("--checkpoint", help="local .pth/.safetensors/.npz weights")
   parser.add_argument("--checkpoint_prefix", default="", help='e.g. "encoder." for SMTC')
@@ -333,9 +377,21 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--vip_list", type=Path, help="parts: file list (frames, label folder)")
   parser.add_argument("--output", type=Path, required=True)
   parser.add_argument("--no_overlays", action="store_true")
-  args = parser.parse_args(argv)
+  args, unknown = parser.parse_known_args(argv)
+  config_overrides = [a for a in unknown if a.startswith("--config.")]
+  if len(config_overrides) < len(unknown):
+    parser.error(
+      f"unrecognized arguments: {' '.join(sorted(set(unknown) - set(config_overrides)))}"
+    )
   config = settings.preset(args.preset)
   try:
+    if args.features == "block":
+      if args.checkpoint or args.random_init or args.depth:
+        raise ValueError("--checkpoint, --random_init, --depth pick the ViT of --features backbone")
+      if not args.workdir:
+        raise ValueError("--features block needs --workdir (a training workdir)")
+    elif args.workdir or config_overrides:
+      raise ValueError("--workdir and --config.* are for --features block")
     for assignment in args.set:
       settings.parse_override(config, assignment)
     if args.mode != "masks":
@@ -344,10 +400,23 @@ def main(argv: list[str] | None = None) -> int:
       if not any(a.startswith("crop_size=") for a in args.set):
         config.crop_size = MODE_CROP[args.mode]
     videos = _videos(args, args.mode)
-    module, params = load_backbone(
-      args.backbone, args.checkpoint, args.checkpoint_prefix, args.random_init, args.depth
-    )
-  except (FileNotFoundError, KeyError, ValueError, state_dicts.CheckpointError) as err:
+    if args.features == "block":
+      method_config = config_lib.read_config_file(args.config, config_overrides, "vosjax.propagate")
+      module, params = dense_features.load_trained_features(method_config, args.workdir)
+      config.feature = "block"
+      config.mean, config.std = frame_statistics(module, config)
+      print(f"features: the spatio-temporal block keys of {module.source}")
+    else:
+      module, params = load_backbone(
+        args.backbone, args.checkpoint, args.checkpoint_prefix, args.random_init, args.depth
+      )
+  except (
+    FileNotFoundError,
+    KeyError,
+    ValueError,
+    state_dicts.CheckpointError,
+    checkpoint_lib.CheckpointMismatchError,
+  ) as err:
     print(f"error: {err}", file=sys.stderr)
     return 1
   print(f"{args.mode}, preset {args.preset}: " + ", ".join(f"{k}={v}" for k, v in config.items()))

@@ -5,6 +5,8 @@ One place for the loop's defaults: a method passes only the values it changes.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 LOOP_DEFAULTS = dict(
@@ -61,3 +63,28 @@ def base_config(method: str, **values) -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.mode = "vosjax"  # or "official" (EVAL_MODES)
   return config
+
+
+def read_config_file(path: str, overrides=(), program: str = "vosjax") -> ml_collections.ConfigDict:
+  """`get_config()` of the config file `path` with `--config.key=value` overrides, parsed as
+  `python -m vosjax.main` parses them (ml_collections config_flags); any error is a ValueError
+  naming the file and the overrides."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  file = str(path).split(":")[0]  # config_flags: FILE:ARGUMENT passes ARGUMENT to get_config
+  if not os.path.isfile(file):
+    raise ValueError(f"--config {path}: no such file (relative paths start at {os.getcwd()})")
+  argv = [program, f"--config={path}", *overrides]
+  values = flags.FlagValues()
+  # sys_argv: the override flags are defined from the arguments given here, not from sys.argv.
+  config_flags.DEFINE_config_file(
+    "config", None, flag_values=values, lock_config=True, sys_argv=argv
+  )
+  try:
+    values(argv)
+    config = values.config
+    getattr(config, "method", None)  # a file that fails to load fails here, not at first use
+    return config
+  except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as err:
+    raise ValueError(f"--config {path} {' '.join(overrides)}: {err}") from None

@@ -172,6 +172,19 @@ class ImportsCheckpoints(Protocol):
 
 
 @runtime_checkable
+class ProvidesDenseFeatures(Protocol):
+  """Gives per-frame dense features of a trained model (`python -m vosjax.propagate --features
+  block`: label propagation compares them between frames)."""
+
+  def dense_features(self, params: Any, model: Any, video, config: ConfigDict):
+    """float32 `[B, T, h, w, C]` features of video `[B, T, H, W, 3]` in [0, 1], run at the size
+    given (the caller picks it), on the token grid of `feature_stride(model)` pixels."""
+
+  def feature_stride(self, model: Any) -> int:
+    """Pixels per feature cell (the backbone's patch size)."""
+
+
+@runtime_checkable
 class GrowsCapacity(Protocol):
   """`predict` has static capacities (buffer sizes fixed at compilation) that some inputs exceed;
   `core.sharding.jit_predict` then re-runs it with grown ones (recompiling) until none is exceeded,

@@ -295,18 +295,43 @@ def query_key(
   """Per-frame q, k `[B, T, N, heads, head_dim]` of the block for `video` `[B, T, H, W, 3]`
   (`config.eval.mode` "official": frames normalised with the Kinetics statistics of the official
   test code, `OFFICIAL_EVALUATION`; else ImageNet's, those the model was trained with)."""
+  return _query_key_at_size(
+    params, model, _resize(video, config.model.inference_resolution), config
+  )
+
+
+def _query_key_at_size(
+  params: Any, model: BetrayedModel, video: jax.Array, config: ml_collections.ConfigDict
+) -> tuple[jax.Array, jax.Array, tuple[int, int]]:
+  """`query_key` of `video` at its own size (no `model.inference_resolution` resize)."""
   statistics = (
     (augment.KINETICS_MEAN, augment.KINETICS_STD)
     if config_lib.is_official(config)
     else (augment.IMAGENET_MEAN, augment.IMAGENET_STD)
   )
-  keys = model.features(_resize(video, config.model.inference_resolution), *statistics)["keys"]
+  keys = model.features(video, *statistics)["keys"]
   grid = tuple(keys.shape[2:4])
   q, k = model.block.apply(
     {"params": params}, _flatten_grid(keys), method=spatiotemporal.SpatioTemporalBlock.query_key
   )
   q, k = q.astype(jnp.float32), k.astype(jnp.float32)  # the clustering in float32
   return q, k, grid
+
+
+def dense_features(
+  params: Any, model: BetrayedModel, video: jax.Array, config: ml_collections.ConfigDict
+) -> jax.Array:
+  """`interface.ProvidesDenseFeatures`: the block's keys k of `query_key` (what the clustering
+  compares), heads concatenated: float32 `[B, T, h, w, heads * head_dim]` for `video`
+  `[B, T, H, W, 3]` in [0, 1], normalised as `query_key` does, at the size given (propagation
+  picks the frame size, so `model.inference_resolution` is not applied)."""
+  _, k, grid = _query_key_at_size(params, model, video, config)
+  return k.reshape(k.shape[:2] + grid + (-1,))
+
+
+def feature_stride(model: BetrayedModel) -> int:
+  """`interface.ProvidesDenseFeatures`: the backbone's patch size."""
+  return model.backbone.arch.patch_size
 
 
 def predict(
