@@ -99,6 +99,10 @@ EXECUTED = {
     "tests/test_bench_forward.py::test_forward_benchmark_command",
     "the same method (configs/demo.py's Motion Grouping) at tiny widths and 16x16, 3 flows",
   ),
+  "python -m vosjax.bench forward": (
+    "tests/test_bench_forward.py::test_forward_benchmark_command",
+    "with a config and tiny shapes",
+  ),
   "python -m vosjax.bench backbone --frames 4 --frame-chunk 2": (
     "tests/test_bench_train.py::test_backbone_benchmark_command",
     "ViT-S/16 at 32x64, one repeat",
