@@ -1,6 +1,8 @@
 """`python -m vosjax.bench train`: the loop's own step on synthetic inputs of the configured
 shapes."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -27,24 +29,27 @@ def test_overrides_are_checked():
   assert config.batch_size == 4 and config.model.flow_encoding == "raw"
 
 
-def test_benchmark_runs_the_training_step(tmp_path):
-  config = config_file.load_config(
-    "configs/demo.py",
-    [
-      "batch_size=2",
-      "model.encoder_widths=(8,8,8)",
-      "model.slot_dim=8",
-      "model.slot_mlp_hidden_size=8",
-      "model.decoder_transpose_widths=(8,8,8)",
-      "model.decoder_conv_width=8",
-      "data.resolution=(16,16)",
-    ],
-  )
-  result = bench_train.benchmark(config, steps=2)
+def test_benchmark_runs_the_training_step(tmp_path, capsys):
+  """Through the command line: its printed seconds per step and its JSON."""
+  overrides = [
+    "batch_size=2",
+    "model.encoder_widths=(8,8,8)",
+    "model.slot_dim=8",
+    "model.slot_mlp_hidden_size=8",
+    "model.decoder_transpose_widths=(8,8,8)",
+    "model.decoder_conv_width=8",
+    "data.resolution=(16,16)",
+  ]
+  argv = ["--config", "configs/demo.py", "--steps", "2", "--json", str(tmp_path / "r.json")]
+  assert bench_train.main(argv + [a for o in overrides for a in ("--set", o)]) == 0
+  with open(tmp_path / "r.json") as f:
+    result = json.load(f)
   assert result["finite"] and np.isfinite(result["loss"])
   assert result["steps_per_s"] > 0 and result["compile_s"] > 0
   assert result["images_per_s"] == pytest.approx(result["steps_per_s"] * 2 * 2)
   assert result["peak_memory_gib"] > 0
+  # The seconds per step are printed (steps/s at 2 decimals is too coarse for a slow step).
+  assert f"({1 / result['steps_per_s']:.2f} s/step, mean of 2)" in capsys.readouterr().out
 
 
 def test_benchmark_runs_smtc_training_step_without_dino_weights():

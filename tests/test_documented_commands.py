@@ -89,6 +89,20 @@ EXECUTED = {
     "tests/test_bench_train.py::test_benchmark_runs_smtc_training_step_without_dino_weights",
     "with a tiny random ViT and tiny shapes",
   ),
+  "python -m vosjax.bench train --config configs/smtc_ytvos.py --set batch_size=2 "
+  "--set backbone.random_init=True --steps 3": (
+    "tests/test_bench_train.py::test_benchmark_runs_smtc_training_step_without_dino_weights",
+    "with a tiny random ViT and tiny shapes",
+  ),
+  "python -m vosjax.bench forward --config configs/motion_grouping.py "
+  '--set "data.resolution=(128,224)" --flows 16': (
+    "tests/test_bench_forward.py::test_forward_benchmark_command",
+    "the same method (configs/demo.py's Motion Grouping) at tiny widths and 16x16, 3 flows",
+  ),
+  "python -m vosjax.bench forward": (
+    "tests/test_bench_forward.py::test_forward_benchmark_command",
+    "with a config and tiny shapes",
+  ),
   "python -m vosjax.bench backbone --frames 4 --frame-chunk 2": (
     "tests/test_bench_train.py::test_backbone_benchmark_command",
     "ViT-S/16 at 32x64, one repeat",

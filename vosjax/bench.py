@@ -1,7 +1,7 @@
 """Benchmarks: `python -m vosjax.bench NAME [options]`.
 
 NAME is one of the modules of `vosjax/benchmarks/` (all, backbone, clustering, data, evaluate,
-flow_error, keyframes, mg_recipes, tpu, train).
+flow_error, forward, keyframes, mg_recipes, propagate, tpu, train).
 
 Each benchmark lives in `vosjax/benchmarks/<name>.py` and exposes `main(argv)`.
 """

@@ -18,22 +18,10 @@ call's seconds and the backbone's share, `--repeats` times.
 """
 
 import argparse
-import ast
 import os
-import sys
 import time
 
-
-def official_functions(path: str, names: tuple[str, ...], namespace: dict) -> dict:
-  """The top-level functions `names` of the Python file `path`, executed in `namespace`."""
-  with open(path) as f:
-    tree = ast.parse(f.read(), path)
-  found = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
-  missing = set(names) - {n.name for n in found}
-  if missing:
-    raise SystemExit(f"{path} has no function(s) {sorted(missing)}: is --official SSL-UVOS?")
-  exec(compile(ast.Module(body=found, type_ignores=[]), path, "exec"), namespace)  # pylint: disable=exec-used
-  return namespace
+import official_source
 
 
 def main() -> None:
@@ -49,18 +37,15 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
   args = parser.parse_args()
 
-  src = os.path.join(os.path.abspath(args.official), "src")
-  if not os.path.isfile(os.path.join(src, "model", "model_cluster.py")):
-    raise SystemExit(
-      f"no src/model/model_cluster.py in {args.official}: is --official shvdiwnkozbw/SSL-UVOS?"
-    )
-  sys.path.insert(0, src)
+  src = official_source.official_source(
+    args.official, os.path.join("model", "model_cluster.py"), "shvdiwnkozbw/SSL-UVOS"
+  )
   import einops  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   from model.model_cluster import AttEncoder  # pylint: disable=g-import-not-at-top  # official
 
-  namespace = official_functions(
+  namespace = official_source.official_functions(
     os.path.join(src, "eval_oneshot.py"),
     ("kl_distance", "mem_efficient_hierarchical_cluster", "mem_efficient_inference"),
     {"torch": torch, "einops": einops, "F": F},

@@ -22,8 +22,8 @@ from vosjax.methods.betrayed import clustering
 from vosjax.methods.betrayed import keyframe_attention as kfa
 from vosjax.benchmarks import reference_clustering as reference
 
-GRID = (24, 48)
-HEADS, HEAD_DIM = 8, 48
+GRID = reference.BENCH_GRID
+HEADS, HEAD_DIM = reference.BENCH_HEADS, reference.BENCH_HEAD_DIM
 
 
 def _work(frames: int, ratio: int) -> int:
@@ -66,9 +66,7 @@ def main(argv: list[str]) -> int:
   jax_history: list[tuple[int, float]] = []
   numpy_history: list[tuple[int, float]] = []
   for frames in args.frames:
-    q, k = reference.planted_query_key(
-      frames, GRID[0] * GRID[1], HEADS, HEAD_DIM, args.objects, args.seed, strength=1.0, noise=0.7
-    )
+    q, k = reference.bench_query_key(frames, args.objects, args.seed)
     work = _work(frames, args.ratio)
     num_keys = len(kfa.key_frame_indices(frames, args.ratio)) * GRID[0] * GRID[1]
 

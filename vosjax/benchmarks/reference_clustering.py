@@ -108,6 +108,26 @@ def hierarchical_cluster(
   )
 
 
+# The inputs of `python -m vosjax.bench clustering` (and of benchmarks/official/
+# betrayed_clustering.py, the official side): ViT-S/8 token grids at 192x384, 8 heads of 48.
+BENCH_GRID = (24, 48)
+BENCH_HEADS, BENCH_HEAD_DIM = 8, 48
+
+
+def bench_query_key(frames: int, objects: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """The clustering benchmark's planted q, k: float32 [frames, 24 * 48, 8, 48]."""
+  return planted_query_key(
+    frames,
+    BENCH_GRID[0] * BENCH_GRID[1],
+    BENCH_HEADS,
+    BENCH_HEAD_DIM,
+    objects,
+    seed,
+    strength=1.0,
+    noise=0.7,
+  )
+
+
 def planted_query_key(
   num_frames: int,
   num_tokens: int,

@@ -148,7 +148,8 @@ def main(argv: list[str]) -> int:
   print(f"{args.config} {' '.join(args.set)}")
   print(
     f"  {result['device_kind']} x {result['devices']}, batch {result['batch_size']}: "
-    f"compile {result['compile_s']:.1f} s | {result['steps_per_s']:.2f} steps/s | "
+    f"compile {result['compile_s']:.1f} s | {result['steps_per_s']:.2f} steps/s "
+    f"({1 / result['steps_per_s']:.2f} s/step, mean of {args.steps}) | "
     f"{result['examples_per_s']:.1f} examples/s | {result['images_per_s']:.1f} images/s | "
     f"{result['peak_memory_kind']} {result['peak_memory_gib']:.2f} GiB | "
     f"{result['flops_per_step'] / 1e9:.1f} GFLOP/step (matmul, loops multiplied out) | loss "
