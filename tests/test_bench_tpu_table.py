@@ -67,3 +67,42 @@ def test_render_only_writes_both_tables_from_the_cached_cells(tmp_path, monkeypa
   row = "| movi_e.py | v5e-16 (16) | 16 (1) | yes | 2.5 GiB | 50.0 ms | 320 | 25.0% | 25 s | 30 s"
   assert row + " | 96 (6) (pred.) | 320 |" in readme
   assert "| demo.py | v5e-16 () | 1/chip | no: RESOURCE_EXHAUSTED: too big |" in readme
+
+
+def _fake_run(memory_gib, step_s):
+  """A `tpu.run` stand-in for `_largest`'s arithmetic: memory and step time as functions of the
+  per-chip batch (what XLA would report), the rest of a compiled result as `_compiled_cell`."""
+
+  def run(config, topology_name, programs):
+    per_chip = config.batch_size // 16
+    cell = _compiled_cell(per_chip, memory_gib(per_chip), step_s(per_chip))
+    cell.update(
+      hbm_bytes=16 * 2**30, bf16_flops_per_s=1e14, fp32_flops_per_s=1e14 / 6, compile_s=1.0
+    )
+    cell["flops"] = 1e11 * per_chip * 16
+    return [cell]
+
+  return run
+
+
+def test_largest_batch_from_two_compiles(monkeypatch):
+  monkeypatch.setattr(tpu_table, "_overrides", lambda path: [])
+  first = _fake_run(lambda b: 1 + b, lambda b: 0.01 * b)(
+    tpu_table.config_file.load_config("configs/demo.py", ["batch_size=16"]), "v5e-16", ("train",)
+  )[0]
+  # 1 GiB + 1 GiB per example: 15 examples fit 16 GiB. The byte-bound step time of the second
+  # compile (XLA counts a loop body once) fell with the batch; the prediction keeps its time per
+  # example, so no MFU above that compile's appears.
+  run = _fake_run(lambda b: 1 + b, lambda b: 0.02 if b == 1 else 0.015)
+  largest = tpu_table._largest(run, "configs/demo.py", "v5e-16", 16, first, verify=False)
+  assert largest["predicted"] and largest["per_chip_batch"] == 15
+  assert largest["memory"]["total"] == 16 * 2**30 and largest["fits"]
+  assert largest["step_s"] == 0.015 * 15 / 2
+  assert largest["examples_per_s"] == 2 * 16 / 0.015
+  assert [c["per_chip_batch"] for c in largest["from_compiles"]] == [1, 2]
+  # Memory that does not grow with the batch bounds nothing: the larger compile, marked.
+  flat = tpu_table._largest(
+    _fake_run(lambda b: 1.0, lambda b: 0.01), "configs/demo.py", "v5e-16", 16, first, False
+  )
+  assert flat["unbounded"] and flat["per_chip_batch"] == 2 and "predicted" not in flat
+  assert tpu_table._mfu({"mfu_bf16": 1.3}).startswith("n/a (130%")

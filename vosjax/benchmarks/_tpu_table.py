@@ -5,8 +5,9 @@ training step compiled for each topology of `TOPOLOGIES` at its shipped global b
 a multiple of the chips where it does not divide) and at the largest per-chip batch that fits:
 per-chip memory is linear in the per-chip batch, so two compiles give the line, and the batch it
 predicts for the chip's HBM is compiled to check it (shrunk until it compiles and fits), or with
-`--predict-largest` reported as predicted from the two compiles (memory, step time and FLOPs are
-linear in the batch) without that third compile.
+`--predict-largest` reported as predicted from the two compiles without that third compile (memory
+and FLOPs on their lines; the time per example that of the larger compile: see `_predicted`).
+Where memory does not grow between the two compiles, no bound is claimed (`unbounded`).
 Results are kept in `<out>.json` beside the table, cell by cell: a run that is cut short keeps
 them and the next run computes only the missing cells (delete the file to recompute everything).
 """
@@ -61,17 +62,22 @@ def _cell(run, config_path: str, topology_name: str, per_chip: int, chips: int) 
 
 
 def _predicted(first: dict, second: dict, per_chip: int) -> dict:
-  """The program at `per_chip` examples per chip, from the lines through two compiled ones
-  (memory, step time and FLOPs are linear in the batch), marked as predicted (not compiled)."""
+  """The program at `per_chip` examples per chip from two compiled ones, marked as predicted (not
+  compiled): memory and FLOPs on their lines through the two (both linear in the batch); the time
+  per example that of the larger compile (a roofline's byte count is not: XLA counts a loop body
+  once, and the loops' shapes change with the batch), so the throughput is that compile's."""
   b1, b2 = first["per_chip_batch"], second["per_chip_batch"]
 
   def line(a, b):
     return a + (b - a) / (b2 - b1) * (per_chip - b1)
 
   result = dict(second, per_chip_batch=per_chip, predicted=True)
+  result["from_compiles"] = [
+    {k: r[k] for k in ("per_chip_batch", "memory", "flops", "step_s")} for r in (first, second)
+  ]
   result["memory"] = {"total": line(first["memory"]["total"], second["memory"]["total"])}
   result["flops"] = line(first["flops"], second["flops"])
-  result["step_s"] = line(first["step_s"], second["step_s"])
+  result["step_s"] = second["step_s"] * per_chip / b2
   chips, step = result["chips"], result["step_s"]
   result["examples_per_s"] = per_chip * chips / step
   result["mfu_bf16"] = result["flops"] / chips / step / result["bf16_flops_per_s"]
@@ -96,8 +102,10 @@ def _largest(run, config_path, topology_name, chips, first: dict, verify: bool) 
   if not second.get("fits") or "memory" not in second:
     return first
   slope = (second["memory"]["total"] - first["memory"]["total"]) / b1
+  if slope <= 0:  # memory did not grow with the batch: two compiles give no bound
+    return dict(second, unbounded=True)
   fixed = first["memory"]["total"] - slope * b1
-  b = int((first["hbm_bytes"] - fixed) / slope) if slope > 0 else 4 * b1
+  b = int((first["hbm_bytes"] - fixed) / slope)
   if b <= 2 * b1:
     return second
   if not verify:
@@ -137,6 +145,12 @@ def _hours(seconds: float) -> str:
   return f"{seconds / 3600:.1f} h"
 
 
+def _mfu(r: dict) -> str:
+  """MFU against the bf16 peak; above 100 % the estimate is impossible and is not shown as one."""
+  share = 100 * r["mfu_bf16"]
+  return f"n/a ({share:.0f}%: estimate below the FLOP bound)" if share > 100 else f"{share:.1f}%"
+
+
 def _row(name: str, topology_name: str, label: str, r: dict, shipped_batch: int) -> str:
   batch = r.get("per_chip_batch", 0) * r.get("chips", 0)
   chips = r.get("chips", "")
@@ -152,10 +166,12 @@ def _row(name: str, topology_name: str, label: str, r: dict, shipped_batch: int)
   source = "" if r["step_s_source"] == "cost model" else " (roofline)"
   if r.get("predicted"):
     label += " (predicted from 2 compiles)"
+  if r.get("unbounded"):
+    label += " (not bounded: memory did not grow over 2 compiles; the larger shown)"
   return (
     f"| {name} | {topology_name} ({chips} chips) | {label} | {batch} ({r['per_chip_batch']}/chip)"
     f" | {'yes' if r['fits'] else 'no'} | {r['memory']['total'] / 2**30:.2f} GiB"
-    f" | {step * 1e3:.2f} ms{source} | {r['examples_per_s']:.0f} | {100 * r['mfu_bf16']:.1f}%"
+    f" | {step * 1e3:.2f} ms{source} | {r['examples_per_s']:.0f} | {_mfu(r)}"
     f" | {r['flops'] / 1e9:.0f} | {_hours(run_s)} | {_hours(epoch_s) if epoch_s else ''} |"
   )
 
@@ -197,13 +213,14 @@ def _compact_row(name: str, topology_name: str, cell: dict) -> str:
     source = "" if r["step_s_source"] == "cost model" else "*"
     return (
       f"{r['memory']['total'] / 2**30:.1f} GiB | {r['step_s'] * 1e3:.1f} ms{source}"
-      f" | {r['examples_per_s']:.0f} | {100 * r['mfu_bf16']:.1f}%"
+      f" | {r['examples_per_s']:.0f} | {_mfu(r)}"
     )
 
   run_s = shipped["num_train_steps"] * batch / shipped["examples_per_s"]
   epoch = _hours(videos / shipped["examples_per_s"]) if videos else ""
   if "memory" in largest:
     mark = " (pred.)" if largest.get("predicted") else ""
+    mark += " (no bound)" if largest.get("unbounded") else ""
     big = f"{largest['per_chip_batch'] * largest['chips']} ({largest['per_chip_batch']}){mark}"
     big += f" | {largest['examples_per_s']:.0f}"
   else:
