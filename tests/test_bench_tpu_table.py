@@ -64,9 +64,10 @@ def test_render_only_writes_both_tables_from_the_cached_cells(tmp_path, monkeypa
   assert readme.startswith("top\n") and readme.endswith("<!-- end of tpu table -->\nbottom\n")
   assert "old" not in readme
   # 8 examples x 1000 steps at 320 examples/s: 25 s; one epoch of MOVi-E's 9,750 videos: 30.5 s.
-  row = "| movi_e.py | v5e-16 (16) | 16 (1) | yes | 2.5 GiB | 50.0 ms | 320 | 25.0% | 25 s | 30 s"
+  row = "| movi_e.py | v5e-16 (16) | 16 (1) | yes | 2.50 GiB | 50.0 ms | 320 | 25.0% | 25 s | 30 s"
   assert row + " | 96 (6) (pred.) | 320 |" in readme
   assert "| demo.py | v5e-16 () | 1/chip | no: RESOURCE_EXHAUSTED: too big |" in readme
+  assert readme.count("Not computed yet: v5e-16: ytvis.py.") == 1
 
 
 def _fake_run(memory_gib, step_s):

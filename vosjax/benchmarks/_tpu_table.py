@@ -138,6 +138,8 @@ def compute(run, out_json: pathlib.Path, configs, topologies, verify: bool = Tru
 
 
 def _hours(seconds: float) -> str:
+  if seconds < 1:
+    return f"{seconds:.2f} s"
   if seconds < 60:
     return f"{seconds:.0f} s"
   if seconds < 3600:
@@ -212,7 +214,7 @@ def _compact_row(name: str, topology_name: str, cell: dict) -> str:
   def figures(r):
     source = "" if r["step_s_source"] == "cost model" else "*"
     return (
-      f"{r['memory']['total'] / 2**30:.1f} GiB | {r['step_s'] * 1e3:.1f} ms{source}"
+      f"{r['memory']['total'] / 2**30:.2f} GiB | {r['step_s'] * 1e3:.1f} ms{source}"
       f" | {r['examples_per_s']:.0f} | {_mfu(r)}"
     )
 
@@ -240,12 +242,25 @@ def compact_markdown(results: dict, configs, topologies) -> str:
     "| its examples/s |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
+  missing = {}
   for path in configs:
     name = os.path.basename(path)
     for topology_name in topologies:
       cell = results.get(f"{name}|{topology_name}")
       if cell is not None:
         lines.append(_compact_row(name, topology_name, cell))
+      else:
+        missing.setdefault(topology_name, []).append(name)
+  if missing:
+    lines.append("")
+    lines.append(
+      "Not computed yet: "
+      + "; ".join(
+        f"{t}: {'every config' if len(n) == len(configs) else ', '.join(n)}"
+        for t, n in missing.items()
+      )
+      + "."
+    )
   return "\n".join(lines)
 
 
