@@ -51,6 +51,13 @@ EXECUTED = {
     _CONFIG_CASE.format("davis2016.py"),
     "tiny overrides (2 sequences, 6 frames, 32x56)",
   ),
+  "python -m vosjax.main --config configs/davis2016.py --workdir W --config.num_train_steps=0 "
+  "[--config.eval.mode=official]": (
+    "tests/test_motion_grouping_official_checkpoint.py::"
+    "test_official_mode_reports_the_oracle_slot_choice",
+    "official mode evaluated on a tiny DAVIS folder; training with tiny overrides: "
+    + _CONFIG_CASE.format("davis2016.py"),
+  ),
   "python -m vosjax.main --config configs/davis2016.py --workdir workdirs/davis2016 "
   "[--config.data.root=PATH_TO_DAVIS2016] "
   "[--config.data.raft_flow_root=DIR --config.data.raft_res=480p]": (
@@ -129,10 +136,6 @@ EXECUTED = {
   "python -m vosjax.bench tpu --config CONFIG --topology v5e:4x4": (
     "tests/test_tpu.py::test_config_train_step_compiles_for_tpu",
     "every config at tiny sizes on v4:2x2x2, through the command's `tpu.run`",
-  ),
-  "python -m vosjax.bench tpu": (
-    "tests/test_tpu.py::test_refusals",
-    "the command's refusals (unknown topology, indivisible batch, no libtpu)",
   ),
   "python -m vosjax.bench clustering --frames 24 --skip_numpy": (
     "tests/test_bench_clustering.py::test_clustering_benchmark_runs_and_agrees_with_numpy",
