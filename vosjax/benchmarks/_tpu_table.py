@@ -153,6 +153,14 @@ def _mfu(r: dict) -> str:
   return f"n/a ({share:.0f}%: estimate below the FLOP bound)" if share > 100 else f"{share:.1f}%"
 
 
+def _durations(name: str, r: dict, shipped_batch: int) -> tuple[str, str]:
+  """The config's whole training run (num_train_steps x its shipped global batch) and one epoch
+  of its dataset (`DATASETS`) at `r`'s throughput, as text ("" without a video count)."""
+  videos, _ = DATASETS.get(name, (None, ""))
+  run_s = r["num_train_steps"] * shipped_batch / r["examples_per_s"]
+  return _hours(run_s), _hours(videos / r["examples_per_s"]) if videos else ""
+
+
 def _row(name: str, topology_name: str, label: str, r: dict, shipped_batch: int) -> str:
   batch = r.get("per_chip_batch", 0) * r.get("chips", 0)
   chips = r.get("chips", "")
@@ -160,11 +168,8 @@ def _row(name: str, topology_name: str, label: str, r: dict, shipped_batch: int)
     reason = r.get("error", "")[:90]
     head = f"| {name} | {topology_name} | {label} | {r.get('per_chip_batch')}/chip"
     return f"{head} | no | {reason} | | | | | | |"
-  videos, _ = DATASETS.get(name, (None, ""))
   step = r["step_s"]
-  # The config's training examples (num_train_steps x its global batch) at this throughput.
-  run_s = r["num_train_steps"] * shipped_batch / r["examples_per_s"]
-  epoch_s = videos / r["examples_per_s"] if videos else None
+  run, epoch = _durations(name, r, shipped_batch)
   source = "" if r["step_s_source"] == "cost model" else " (roofline)"
   if r.get("predicted"):
     label += " (predicted from 2 compiles)"
@@ -174,7 +179,7 @@ def _row(name: str, topology_name: str, label: str, r: dict, shipped_batch: int)
     f"| {name} | {topology_name} ({chips} chips) | {label} | {batch} ({r['per_chip_batch']}/chip)"
     f" | {'yes' if r['fits'] else 'no'} | {r['memory']['total'] / 2**30:.2f} GiB"
     f" | {step * 1e3:.2f} ms{source} | {r['examples_per_s']:.0f} | {_mfu(r)}"
-    f" | {r['flops'] / 1e9:.0f} | {_hours(run_s)} | {_hours(epoch_s) if epoch_s else ''} |"
+    f" | {r['flops'] / 1e9:.0f} | {run} | {epoch} |"
   )
 
 
@@ -209,7 +214,6 @@ def _compact_row(name: str, topology_name: str, cell: dict) -> str:
     return (
       f"{head} {shipped.get('per_chip_batch')}/chip | no: {shipped.get('error', '')[:60]} |||||||"
     )
-  videos, _ = DATASETS.get(name, (None, ""))
 
   def figures(r):
     source = "" if r["step_s_source"] == "cost model" else "*"
@@ -218,8 +222,7 @@ def _compact_row(name: str, topology_name: str, cell: dict) -> str:
       f" | {r['examples_per_s']:.0f} | {_mfu(r)}"
     )
 
-  run_s = shipped["num_train_steps"] * batch / shipped["examples_per_s"]
-  epoch = _hours(videos / shipped["examples_per_s"]) if videos else ""
+  run, epoch = _durations(name, shipped, batch)
   if "memory" in largest:
     mark = " (pred.)" if largest.get("predicted") else ""
     mark += " (no bound)" if largest.get("unbounded") else ""
@@ -229,7 +232,7 @@ def _compact_row(name: str, topology_name: str, cell: dict) -> str:
     big = " | "
   return (
     f"{head} {shipped['per_chip_batch'] * shipped['chips']} ({shipped['per_chip_batch']})"
-    f" | {'yes' if shipped['fits'] else 'no'} | {figures(shipped)} | {_hours(run_s)} | {epoch}"
+    f" | {'yes' if shipped['fits'] else 'no'} | {figures(shipped)} | {run} | {epoch}"
     f" | {big} |"
   )
 
